@@ -1,0 +1,26 @@
+"""closedloop: the system around the model.
+
+>>> import closedloop as cl
+>>> sorted(cl.__all__)[:3]
+['Agg', 'ClosedLoopError', 'Entity']
+"""
+
+from closedloop.data.sources import Entity, EventSource, TableSource
+from closedloop.errors import ClosedLoopError
+from closedloop.features.definitions import Agg, FeatureView, Transform, transform
+from closedloop.project import Project, init_project
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agg",
+    "ClosedLoopError",
+    "Entity",
+    "EventSource",
+    "FeatureView",
+    "Project",
+    "TableSource",
+    "Transform",
+    "init_project",
+    "transform",
+]

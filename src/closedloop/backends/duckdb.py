@@ -1,0 +1,376 @@
+"""The embedded offline engine: DuckDB over Parquet/CSV files, out of core when memory runs short.
+
+It implements the written semantics (docs/architecture.md, "Feature semantics") with
+non-quadratic plans:
+
+* snapshot features — dedup by (entity, event time) with the tie rule, then one ASOF join per
+  view; with an arrival column, a running arg-max in visibility order, then an ASOF join;
+* windowed aggregations — per-hop partial aggregates (tiles) keyed by (entity, hop of the event
+  time, hop of the visibility time). A query row at t with hop index T reads the tiles of hops
+  T-n .. T-1 that were fully visible before hop T (an equi-join on the enumerated hop indexes:
+  at most n+1 lookups per row and window, whatever the history length) plus the raw events that
+  became visible inside hop T up to t. This is what the online store serves from its tiles.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
+from closedloop.data.sources import LogicalType, Source
+from closedloop.errors import BackendError, DataError, PointInTimeError, SchemaMismatch
+from closedloop.features.definitions import FeatureView, WindowedFeature
+
+_SQL_TYPES: dict[LogicalType, str] = {
+    "string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMPTZ",
+}
+
+
+def _logical(duck_type: str) -> str:
+    t = duck_type.upper()
+    if t in ("VARCHAR", "STRING", "TEXT") or t.startswith("VARCHAR"):
+        return "string"
+    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "UBIGINT", "HUGEINT"):
+        return "int64"
+    if t in ("FLOAT", "DOUBLE", "REAL") or t.startswith("DECIMAL"):
+        return "float64"
+    if t == "BOOLEAN":
+        return "bool"
+    if t in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"):
+        return "timestamp"
+    if t.startswith("TIMESTAMP") or t == "DATE":
+        return "timestamp_naive"
+    return t.lower()
+
+
+_COMPATIBLE = {
+    "string": {"string"}, "int64": {"int64"}, "float64": {"float64", "int64"},
+    "bool": {"bool"}, "timestamp": {"timestamp"},
+}
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _fdiv(expr: str, hop: int) -> str:
+    """Floor division of an int64 expression by a positive constant (correct before 1970)."""
+    return f"(({expr}) // {hop} - CASE WHEN ({expr}) % {hop} < 0 THEN 1 ELSE 0 END)"
+
+
+def _nulls_low(expr: str) -> str:
+    """An ordering key where null sorts below every value."""
+    return f"struct_pack(p := ({expr}) IS NOT NULL, v := {expr})"
+
+
+class DuckDBEngine:
+    """Offline engine on DuckDB. ``root`` resolves relative source paths.
+
+    >>> engine = DuckDBEngine(root=".")
+    >>> engine.close()
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = ".", memory_limit: str | None = None,
+                 threads: int | None = None, temp_directory: str | None = None) -> None:
+        self.root = Path(root)
+        self.memory_limit = memory_limit
+        self.threads = threads
+        self.temp_directory = temp_directory
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    # -- connection -------------------------------------------------------------------------
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            config: dict[str, Any] = {"preserve_insertion_order": False}
+            if self.memory_limit:
+                config["memory_limit"] = self.memory_limit
+            if self.threads:
+                config["threads"] = self.threads
+            if self.temp_directory:
+                config["temp_directory"] = self.temp_directory
+            self._con = duckdb.connect(":memory:", config=config)
+            self._con.execute("SET TimeZone = 'UTC'")
+        return self._con
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def _path(self, source: Source) -> str:
+        path = Path(source.path)
+        if not path.is_absolute():
+            path = self.root / path
+        if not path.exists():
+            raise DataError(f"source {source.name!r} has no data at {str(path)!r}",
+                            fix="write its files there, or point path= at them")
+        if path.is_dir():
+            ext = "csv" if source.file_format == "csv" else "parquet"
+            files = sorted(path.rglob(f"*.{ext}"))
+            if not files:
+                raise DataError(f"source {source.name!r}: folder {str(path)!r} holds no "
+                                f".{ext} files", fix="write the source's files there")
+            return str(path / "**" / f"*.{ext}")
+        return str(path)
+
+    def _scan(self, source: Source) -> str:
+        path = _lit(self._path(source))
+        if source.file_format == "csv":
+            declared = {c: _SQL_TYPES[t] for c, t in source.logical_schema.items()}
+            types = ", ".join(f"{_lit(c)}: {_lit(t)}" for c, t in declared.items())
+            extra = f", types = {{{types}}}" if types else ""
+            return f"read_csv({path}, header = true, union_by_name = true{extra})"
+        return f"read_parquet({path}, union_by_name = true)"
+
+    # -- schema -----------------------------------------------------------------------------
+    def columns(self, source: Source) -> dict[str, str]:
+        sql = f"DESCRIBE SELECT * FROM {self._scan(source)}"
+        try:
+            with self._lock:
+                described = self._connection().execute(sql).fetchall()
+        except duckdb.Error as exc:
+            raise DataError(f"source {source.name!r} cannot be read: {exc}",
+                            fix=f"check the files at {source.path!r}") from exc
+        return {str(row[0]): _logical(str(row[1])) for row in described}
+
+    def check_source(self, source: Source, key: str, key_type: LogicalType,
+                     needed: Sequence[str]) -> dict[str, str]:
+        """Check that a source has what a view reads; return its columns."""
+        cols = self.columns(source)
+        for col, role in [(source.timestamp, "timestamp"), *(
+                [(source.tie_column, "tie")] if source.tie_column else [])]:
+            if col not in cols:
+                raise SchemaMismatch(
+                    f"source {source.name!r} has no {role} column {col!r}",
+                    fix=f"its columns are {sorted(cols)}; set {role}= to one of them")
+            if cols[col] == "timestamp_naive":
+                raise PointInTimeError(
+                    f"column {col!r} of source {source.name!r} holds naive timestamps (no time "
+                    "zone); closedloop does not guess the zone",
+                    fix="store UTC instants: pyarrow timestamp('us', tz='UTC'), or CSV strings "
+                        "ending in 'Z' or '+00:00'")
+            if cols[col] != "timestamp":
+                raise SchemaMismatch(
+                    f"{role} column {col!r} of source {source.name!r} is {cols[col]}, "
+                    "not a timestamp", fix="store it as a UTC timestamp")
+        if key not in cols:
+            raise SchemaMismatch(f"source {source.name!r} has no entity key column {key!r}",
+                                 fix=f"its columns are {sorted(cols)}")
+        if cols[key] != key_type:
+            raise SchemaMismatch(
+                f"entity key {key!r} is {cols[key]} in source {source.name!r} but the entity "
+                f"declares {key_type}", fix="declare the entity dtype to match the data")
+        declared = source.logical_schema
+        for col in needed:
+            if col not in cols:
+                raise SchemaMismatch(f"source {source.name!r} has no column {col!r}",
+                                     fix=f"its columns are {sorted(cols)}")
+            want = declared.get(col)
+            if want is not None and cols[col] not in _COMPATIBLE[want]:
+                raise SchemaMismatch(
+                    f"column {col!r} of source {source.name!r} is {cols[col]}, but the source "
+                    f"declares {want}", fix="fix the data or the declared schema")
+        return cols
+
+    # -- point in time ----------------------------------------------------------------------
+    def point_in_time(self, rows: pa.Table, view: FeatureView,
+                      features: Sequence[str]) -> pa.Table:
+        source = view.source
+        key_type = view.entity.spec()["dtype"]
+        needed = [w.column for w in view.windowed if w.name in features] or list(features)
+        self.check_source(source, view.entity.key, key_type, sorted(set(needed)))
+        if view.aggregations:
+            wanted = [w for w in view.windowed if w.name in features]
+            sql = self._windowed_sql(view, wanted)
+        else:
+            sql = self._snapshot_sql(view, list(features))
+        return self._run(sql, rows)
+
+    def _run(self, sql: str, rows: pa.Table) -> pa.Table:
+        with self._lock:
+            con = self._connection()
+            self._seq += 1
+            name = f"__rows_{self._seq}"
+            con.register(name, rows)
+            try:
+                result = con.sql(sql.replace("__rows", name)).to_arrow_table()
+            except duckdb.OutOfMemoryException as exc:
+                raise BackendError(f"DuckDB ran out of memory: {exc}",
+                                   fix="raise [offline] memory_limit or set temp_directory "
+                                       "so it can spill") from exc
+            except duckdb.Error as exc:
+                raise DataError(f"the offline query failed: {exc}",
+                                fix="check the source files against their definitions") from exc
+            finally:
+                con.unregister(name)
+        if result.num_rows != rows.num_rows:  # pragma: no cover - an engine bug, not bad input
+            raise BackendError(f"point-in-time query returned {result.num_rows} rows for "
+                               f"{rows.num_rows}", fix="report this as a bug")
+        return result
+
+    def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:
+        source = view.source
+        key_sql = _SQL_TYPES[view.entity.spec()["dtype"]]
+        ts = f"epoch_us({_q(source.timestamp)})"
+        tie = f"epoch_us({_q(source.tie_column)})" if source.tie_column else "NULL::BIGINT"
+        vis = source.visibility_column
+        v = f"greatest({ts}, epoch_us({_q(vis)}))" if vis else ts
+        cols = "".join(f", {_q(c)}" for c in dict.fromkeys(columns))
+        return (f"SELECT CAST({_q(view.entity.key)} AS {key_sql}) AS __k, {ts} AS __et, "
+                f"{v} AS __v, {tie} AS __tie{cols} FROM {self._scan(source)} "
+                f"WHERE {_q(view.entity.key)} IS NOT NULL AND {_q(source.timestamp)} IS NOT NULL")
+
+    def _snapshot_sql(self, view: FeatureView, features: list[str]) -> str:
+        all_cols = list(view.features)  # the tie rule orders by every column of the view
+        ttl = view.ttl_micros
+        keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in all_cols)]
+        if view.source.visibility_column is None:
+            order = " DESC, ".join(keys)
+            latest = (f"SELECT * FROM src QUALIFY row_number() OVER (PARTITION BY __k, __et "
+                      f"ORDER BY {order} DESC) = 1")
+            at, best = "__et", "l"
+            pick = {c: f"l.{_q(c)}" for c in features}
+            age = "l.__et"
+        else:
+            payload = ", ".join(["et := __et", *(f"{_q('f_' + c)} := {_q(c)}"
+                                                  for c in features)])
+            order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
+            latest = (f"SELECT DISTINCT ON (__k, __v) __k, __v, arg_max(struct_pack({payload}), "
+                      f"struct_pack({order})) OVER (PARTITION BY __k ORDER BY __v RANGE "
+                      f"UNBOUNDED PRECEDING) AS b FROM src")
+            at, best = "__v", "l"
+            pick = {c: f"l.b.{_q('f_' + c)}" for c in features}
+            age = "l.b.et"
+        keep = "TRUE" if ttl is None else f"r.{ROW_TS} - {age} <= {ttl}"
+        outs = ", ".join(f"CASE WHEN {keep} THEN {expr} END AS {_q(c)}"
+                         for c, expr in pick.items())
+        return (f"WITH src AS ({self._source_cte(view, all_cols)}), latest AS ({latest}) "
+                f"SELECT r.{ROW_ID}, {outs} FROM __rows r ASOF LEFT JOIN latest {best} "
+                f"ON r.{ROW_KEY} = {best}.__k AND r.{ROW_TS} >= {best}.{at} ORDER BY r.{ROW_ID}")
+
+    def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature]) -> str:
+        columns = list(dict.fromkeys(w.column for w in wanted))
+        stddev_cols = sorted({w.column for w in wanted if w.fn == "stddev"})
+        ctes = [f"src AS ({self._source_cte(view, columns)})"]
+        shift = {c: "0" for c in columns}
+        if stddev_cols:
+            # Shift by the entity's mean so that the sum of squares does not cancel.
+            means = ", ".join(f"avg({_q(c)}) AS {_q('m_' + c)}" for c in stddev_cols)
+            ctes.append(f"shift AS (SELECT __k, {means} FROM src GROUP BY __k)")
+            ctes.append("ev AS (SELECT src.*" + "".join(
+                f", shift.{_q('m_' + c)}" for c in stddev_cols) +
+                " FROM src JOIN shift USING (__k))")
+            shift.update({c: f"{_q('m_' + c)}" for c in stddev_cols})
+        else:
+            ctes.append("ev AS (SELECT * FROM src)")
+        hops = sorted({w.hop for w in wanted})
+        selects: list[str] = []
+        joins: list[str] = []
+        for i, hop in enumerate(hops):
+            group = [w for w in wanted if w.hop == hop]
+            ctes += self._hop_ctes(i, hop, group, columns, shift)
+            selects += [f"coalesce(h{i}.{_q(w.name)}, 0) AS {_q(w.name)}"
+                        if w.fn in ("count", "sum") else f"h{i}.{_q(w.name)}" for w in group]
+            joins.append(f"LEFT JOIN h{i} ON h{i}.{ROW_ID} = r.{ROW_ID}")
+        return (f"WITH {', '.join(ctes)} SELECT r.{ROW_ID}, {', '.join(selects)} "
+                f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
+
+    @staticmethod
+    def _hop_ctes(i: int, hop: int, group: list[WindowedFeature], columns: list[str],
+                  shift: dict[str, str]) -> list[str]:
+        span = max(w.window // hop for w in group)
+        cols = sorted({w.column for w in group})
+        fns = {c: {w.fn for w in group if w.column == c} for c in cols}
+
+        def last_order(c: str) -> str:
+            return f"struct_pack(et := __et, tie := {_nulls_low('__tie')}, v := {_q(c)})"
+
+        # Partial aggregates: from tiles (grouped) and from raw head events (one row each).
+        tile_parts: list[str] = []
+        raw_parts: list[str] = []
+        for c in cols:
+            qc, d = _q(c), f"({_q(c)} - {shift[c]})"
+            p = f"{c}"
+            tile_parts += [f"count({qc}) AS {_q('n_' + p)}"]
+            raw_parts += [f"({qc} IS NOT NULL)::BIGINT AS {_q('n_' + p)}"]
+            if fns[c] & {"sum", "mean"}:
+                tile_parts.append(f"sum({qc})::DOUBLE AS {_q('s_' + p)}")
+                raw_parts.append(f"{qc}::DOUBLE AS {_q('s_' + p)}")
+            if "stddev" in fns[c]:
+                tile_parts += [f"sum({d})::DOUBLE AS {_q('d_' + p)}",
+                               f"sum({d} * {d})::DOUBLE AS {_q('q_' + p)}"]
+                raw_parts += [f"{d}::DOUBLE AS {_q('d_' + p)}",
+                              f"({d} * {d})::DOUBLE AS {_q('q_' + p)}"]
+            if "min" in fns[c]:
+                tile_parts.append(f"min({qc}) AS {_q('lo_' + p)}")
+                raw_parts.append(f"{qc} AS {_q('lo_' + p)}")
+            if "max" in fns[c]:
+                tile_parts.append(f"max({qc}) AS {_q('hi_' + p)}")
+                raw_parts.append(f"{qc} AS {_q('hi_' + p)}")
+            if "last" in fns[c]:
+                tile_parts += [
+                    f"arg_max({qc}, {last_order(c)}) FILTER (WHERE {qc} IS NOT NULL) "
+                    f"AS {_q('l_' + p)}",
+                    f"max({last_order(c)}) FILTER (WHERE {qc} IS NOT NULL) AS {_q('o_' + p)}"]
+                raw_parts += [f"{qc} AS {_q('l_' + p)}",
+                              f"CASE WHEN {qc} IS NOT NULL THEN {last_order(c)} END "
+                              f"AS {_q('o_' + p)}"]
+        b, vb = _fdiv("__et", hop), _fdiv("__v", hop)
+        t = f"t{i}"
+        ctes = [
+            f"{t} AS (SELECT __k, {b} AS __b, {vb} AS __vb, {', '.join(tile_parts)} "
+            f"FROM ev GROUP BY ALL)",
+            f"q{i} AS (SELECT {ROW_ID}, {ROW_KEY}, {ROW_TS}, {_fdiv(ROW_TS, hop)} AS __T "
+            f"FROM __rows)",
+            # Tiles of hops T-span .. T-1 that were complete before hop T began.
+            f"p{i} AS (SELECT q.{ROW_ID}, q.__T, x.* EXCLUDE (__k, __vb) FROM q{i} q "
+            f"CROSS JOIN range(1, {span + 1}) k(j) JOIN {t} x ON x.__k = q.{ROW_KEY} "
+            f"AND x.__b = q.__T - k.j WHERE x.__vb < q.__T "
+            f"UNION ALL "
+            # Raw events that became visible inside hop T, up to t.
+            f"SELECT q.{ROW_ID}, q.__T, {b} AS __b, {', '.join(raw_parts)} FROM q{i} q "
+            f"JOIN ev e ON e.__k = q.{ROW_KEY} AND {_fdiv('e.__v', hop)} = q.__T "
+            f"WHERE e.__v <= q.{ROW_TS} AND {_fdiv('e.__et', hop)} >= q.__T - {span})",
+        ]
+        outs: list[str] = []
+        for w in group:
+            n = w.window // hop
+            inside = f"__b >= __T - {n}"
+            p = w.column
+            cnt = f"sum({_q('n_' + p)}) FILTER (WHERE {inside})"
+            if w.fn == "count":
+                expr = f"coalesce({cnt}, 0)::BIGINT"
+            elif w.fn == "sum":
+                expr = f"coalesce(sum({_q('s_' + p)}) FILTER (WHERE {inside}), 0)::DOUBLE"
+            elif w.fn == "mean":
+                expr = f"(sum({_q('s_' + p)}) FILTER (WHERE {inside}) / nullif({cnt}, 0))"
+            elif w.fn == "stddev":
+                sd = f"sum({_q('d_' + p)}) FILTER (WHERE {inside})"
+                sq = f"sum({_q('q_' + p)}) FILTER (WHERE {inside})"
+                expr = (f"CASE WHEN {cnt} > 0 THEN sqrt(greatest(({sq} - {sd} * {sd} / {cnt}) "
+                        f"/ {cnt}, 0)) END")
+            elif w.fn == "min":
+                expr = f"min({_q('lo_' + p)}) FILTER (WHERE {inside})"
+            elif w.fn == "max":
+                expr = f"max({_q('hi_' + p)}) FILTER (WHERE {inside})"
+            else:  # last
+                expr = (f"arg_max({_q('l_' + p)}, {_q('o_' + p)}) "
+                        f"FILTER (WHERE {inside} AND {_q('o_' + p)} IS NOT NULL)")
+            outs.append(f"{expr} AS {_q(w.name)}")
+        ctes.append(f"h{i} AS (SELECT {ROW_ID}, {', '.join(outs)} FROM p{i} GROUP BY {ROW_ID})")
+        return ctes

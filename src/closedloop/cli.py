@@ -1,0 +1,200 @@
+"""The ``closedloop`` command: each command parses, makes one call into the package, renders."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from closedloop.errors import ClosedLoopError, DataError
+from closedloop.features.registration import Plan
+
+app = typer.Typer(
+    name="closedloop", no_args_is_help=True, add_completion=False,
+    help="closedloop: features, training, serving and feedback for production ML. "
+         "Start with `closedloop demo`, or `closedloop init` for a project of your own.")
+console = Console(stderr=True)
+out = Console()
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="The project folder.")]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except ClosedLoopError as exc:
+        console.print(f"[bold red]error[/] [dim]{exc.code}[/] {exc.message}")
+        if exc.fix:
+            console.print(f"[bold]fix:[/] {exc.fix}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _progress(total_hint: str) -> Iterator[Progress]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=False) as bar:
+        yield bar
+
+
+def _open(project: Path):  # type: ignore[no-untyped-def]  # the façade is imported lazily
+    from closedloop.project import Project
+
+    return Project(project)
+
+
+def _render_plan(plan: Plan, applied: bool) -> None:
+    table = Table(title="plan" if not applied else "applied", show_edge=False)
+    table.add_column("action")
+    table.add_column("definition")
+    colours = {"add": "green", "revise": "yellow", "unchanged": "dim", "conflict": "red"}
+    for item in plan.items:
+        c = colours[item.action]
+        table.add_row(f"[{c}]{item.action}[/]", item.describe())
+    out.print(table)
+    n = len(plan.changes)
+    verb = "registered" if applied else "would register"
+    out.print(f"{verb} {n} change{'s' if n != 1 else ''}; "
+              f"{len(plan.of('unchanged'))} unchanged")
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Folder to create.")] = Path("."),
+         name: Annotated[str | None, typer.Option(help="Project name.")] = None) -> None:
+    """Create a project: closedloop.toml (embedded defaults, no server) and definitions.py."""
+    from closedloop.project import init_project
+
+    with _errors():
+        root = init_project(path, name=name)
+    out.print(f"created project in {root}: edit {root / 'definitions.py'}, then "
+              "`closedloop apply`")
+
+
+@app.command()
+def apply(project: ProjectOpt = Path("."),
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the plan only.")] = False,
+          ) -> None:
+    """Register the definitions in the metadata store, after showing the plan.
+
+    A registered feature view or transform version never changes in place: change it under a
+    new version= and both stay usable. Nothing is written when anything is refused.
+    """
+    with _errors(), _open(project) as p:
+        plan = p.plan() if dry_run else p.apply()
+    _render_plan(plan, applied=not dry_run)
+
+
+@app.command("features")
+def list_features(project: ProjectOpt = Path(".")) -> None:
+    """List the project's feature views, their versions, hashes and features."""
+    with _errors(), _open(project) as p:
+        table = Table(show_edge=False)
+        for col in ("view", "version", "hash", "entity", "source", "features"):
+            table.add_column(col)
+        for view in p.catalog.views.values():
+            table.add_row(view.name, str(view.version), view.hash, view.entity.name,
+                          view.source.name, ", ".join(view.feature_names))
+        for t in p.catalog.transforms.values():
+            table.add_row(t.name, str(t.version), t.hash, "-", "transform",
+                          "reads " + ", ".join(t.inputs))
+    out.print(table)
+
+
+def _read_rows(path: Path) -> object:
+    if not path.exists():
+        raise DataError(f"entity rows file {str(path)!r} does not exist",
+                        fix="give a Parquet file with the entity keys and a timestamp column")
+    try:
+        return pq.read_table(path)
+    except Exception as exc:
+        raise DataError(f"{str(path)!r} is not a readable Parquet file: {exc}",
+                        fix="write the entity rows as Parquet") from exc
+
+
+@app.command("training-set")
+def training_set(
+    rows: Annotated[Path, typer.Argument(help="Parquet file of entity rows (keys + timestamp).")],
+    feature: Annotated[list[str], typer.Option("--feature", "-f",
+                                               help="A feature reference; repeat for more.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
+    timestamp: Annotated[str | None, typer.Option(
+        help="The rows' timestamp column (found automatically when there is one).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Build a point-in-time training set: each feature as known at each row's timestamp."""
+    with _errors(), _open(project) as p, _progress("training set") as bar:
+        table_in = _read_rows(rows)
+        task = bar.add_task("reading", total=None)
+        result = p.features.training_set(
+            table_in, feature, timestamp=timestamp,
+            progress=lambda msg: bar.update(task, description=msg))
+        bar.update(task, description="writing")
+        pq.write_table(result, output)
+        bar.update(task, description=f"wrote {result.num_rows} rows to {output}")
+
+
+@app.command()
+def backfill(
+    rows: Annotated[Path, typer.Argument(help="An existing training set (Parquet).")],
+    feature: Annotated[list[str], typer.Option("--feature", "-f", help="Feature(s) to add.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write.")],
+    timestamp: Annotated[str | None, typer.Option(help="The rows' timestamp column.")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Add features to an existing training set, with their history from the raw sources."""
+    with _errors(), _open(project) as p, _progress("backfill") as bar:
+        task = bar.add_task("reading", total=None)
+        result = p.features.backfill(
+            _read_rows(rows), feature, timestamp=timestamp,
+            progress=lambda msg: bar.update(task, description=msg))
+        pq.write_table(result, output)
+        bar.update(task, description=f"wrote {result.num_rows} rows to {output}")
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(help="Size of the simulated world.")] = 2000,
+    folder: Annotated[Path | None, typer.Option(
+        "--dir", help="Where to write the demo project (default: a temporary folder).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated world.")] = 0,
+) -> None:
+    """Run the main job on the embedded defaults, no server: generate a fraud world, register
+    its feature definitions, and build a point-in-time training set for every transaction."""
+    from closedloop.demo import run_demo
+
+    target = folder or Path(tempfile.mkdtemp(prefix="closedloop-demo-"))
+    with _errors(), _progress("demo") as bar:
+        task = bar.add_task("starting", total=None)
+        report = run_demo(target, n_users=users, seed=seed,
+                          progress=lambda msg: bar.update(task, description=msg))
+        bar.update(task, description="done")
+    out.print(f"\n[bold]project[/] {report.folder}  (closedloop.toml, definitions.py, data/)")
+    out.print(f"world generated in {report.seconds_world:.1f}s; "
+              f"{len(report.plan.changes)} definitions registered")
+    out.print(f"training set: {report.rows:,} rows x {len(report.feature_summary())} features "
+              f"in {report.seconds_training_set:.2f}s, point in time "
+              f"(event <= t and arrival <= t) -> {report.output}")
+    table = Table(title="features as known at each transaction's time", show_edge=False)
+    for col in ("feature", "missing", "mean on fraud", "mean on legit"):
+        table.add_column(col, justify="right" if col != "feature" else "left")
+    for name, missing, fraud, legit in report.feature_summary():
+        table.add_row(name, f"{missing:.1%}", f"{fraud:,.3f}", f"{legit:,.3f}")
+    out.print(table)
+    out.print(f"next: cd {report.folder} && closedloop features")
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

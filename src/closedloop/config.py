@@ -1,0 +1,82 @@
+"""Settings: ``closedloop.toml`` → typed settings, with embedded defaults for everything.
+
+An empty or absent file gives a project that needs no server: DuckDB over local Parquet files
+for the offline store, SQLite for metadata.
+
+>>> settings = load_settings(None)
+>>> settings.metadata.url
+'sqlite:///.closedloop/metadata.db'
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from closedloop.errors import ConfigError
+
+CONFIG_FILE = "closedloop.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSettings(_Section):
+    name: str = "closedloop-project"
+    definitions: str = "definitions.py"
+
+
+class OfflineSettings(_Section):
+    engine: Literal["duckdb"] = "duckdb"
+    memory_limit: str | None = None
+    threads: int | None = Field(default=None, ge=1)
+    temp_directory: str = ".closedloop/tmp"
+
+
+class MetadataSettings(_Section):
+    url: str = "sqlite:///.closedloop/metadata.db"
+
+
+class Settings(_Section):
+    """Every setting of a project, each with its embedded default."""
+
+    project: ProjectSettings = ProjectSettings()
+    offline: OfflineSettings = OfflineSettings()
+    metadata: MetadataSettings = MetadataSettings()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read a ``closedloop.toml``; a missing or empty file gives the defaults."""
+    if path is None or not path.exists():
+        return Settings()
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}",
+                          fix="correct the line it names") from exc
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{path} has invalid settings: {problems}",
+                          fix="see docs/architecture.md#configuration for the keys") from None
+
+
+DEFAULT_CONFIG = '''# closedloop project settings. Every key is optional; these are the defaults.
+[project]
+name = "{name}"
+definitions = "definitions.py"   # the Python module that declares entities, sources, features
+
+[offline]
+engine = "duckdb"                # Parquet/CSV files queried by DuckDB, out of core
+# memory_limit = "2GB"           # DuckDB spills to temp_directory beyond this
+temp_directory = ".closedloop/tmp"
+
+[metadata]
+url = "sqlite:///.closedloop/metadata.db"   # or postgresql+psycopg://host/db
+'''

@@ -1,0 +1,114 @@
+"""The one error tree of closedloop (standard library only).
+
+Every error says what was wrong, with the offending value, and what to do about it.
+Only ``server/`` maps these to HTTP status codes.
+
+>>> from closedloop.errors import DefinitionError, ClosedLoopError
+>>> issubclass(DefinitionError, ClosedLoopError)
+True
+"""
+
+from __future__ import annotations
+
+
+class ClosedLoopError(Exception):
+    """Base of every error closedloop raises on purpose.
+
+    ``code`` is a stable, searchable identifier (``CL-...``); ``fix`` says what to do.
+    """
+
+    code = "CL-000"
+
+    def __init__(self, message: str, *, fix: str | None = None) -> None:
+        self.message = message
+        self.fix = fix
+        super().__init__(message if fix is None else f"{message} — fix: {fix}")
+
+
+class ConfigError(ClosedLoopError):
+    """closedloop.toml or the project folder is invalid."""
+
+    code = "CL-100"
+
+
+class DefinitionError(ClosedLoopError):
+    """A definition (entity, source, feature view, transform) is invalid or inconsistent."""
+
+    code = "CL-200"
+
+
+class UnknownFeatureError(DefinitionError):
+    """A feature reference names no defined feature."""
+
+    code = "CL-201"
+
+
+class VersionConflict(DefinitionError):
+    """A registered definition version was changed in place."""
+
+    code = "CL-202"
+
+
+class DataError(ClosedLoopError):
+    """Data does not match what its definition declares."""
+
+    code = "CL-300"
+
+
+class SchemaMismatch(DataError):
+    """A column is missing or has the wrong type."""
+
+    code = "CL-301"
+
+
+class PointInTimeError(DataError):
+    """Timestamps that cannot be placed in time (naive, missing, unparseable)."""
+
+    code = "CL-302"
+
+
+class BackendError(ClosedLoopError):
+    """An engine or store failed."""
+
+    code = "CL-400"
+
+
+class BackendUnavailable(BackendError):
+    """An engine or store cannot be reached."""
+
+    code = "CL-401"
+
+
+class RegistryError(ClosedLoopError):
+    """The model registry refused an operation."""
+
+    code = "CL-500"
+
+
+class VersionNotFound(RegistryError):
+    """A model version or alias does not exist."""
+
+    code = "CL-501"
+
+
+class PromotionBlocked(RegistryError):
+    """The promotion ladder refused a step."""
+
+    code = "CL-502"
+
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailable",
+    "ClosedLoopError",
+    "ConfigError",
+    "DataError",
+    "DefinitionError",
+    "PointInTimeError",
+    "PromotionBlocked",
+    "RegistryError",
+    "SchemaMismatch",
+    "UnknownFeatureError",
+    "VersionConflict",
+    "VersionNotFound",
+]

@@ -1,0 +1,118 @@
+"""``Project``: the façade the CLI and the server call. It wires settings to backends and hands
+out the stage services; the logic lives in the stage folders.
+
+>>> import tempfile, closedloop as cl
+>>> with tempfile.TemporaryDirectory() as folder:
+...     _ = cl.init_project(folder, name="demo")
+...     with cl.Project(folder) as project:
+...         print(project.settings.project.name)
+demo
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType, TracebackType
+
+from closedloop.backends.duckdb import DuckDBEngine
+from closedloop.backends.metadata import SQLMetadataStore
+from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
+from closedloop.errors import ClosedLoopError, ConfigError, DefinitionError
+from closedloop.features import registration
+from closedloop.features.catalog import Catalog
+from closedloop.features.registration import Plan
+from closedloop.features.service import FeatureService
+
+DEFAULT_DEFINITIONS = '''"""Definitions of this closedloop project: entities, sources, features."""
+
+import closedloop as cl
+
+# user = cl.Entity("user", key="user_id")
+# txns = cl.EventSource("transactions", path="data/transactions", timestamp="event_time",
+#                       arrival="ingested_at", schema={"user_id": str, "amount": float})
+# user_txn = cl.FeatureView("user_txn", entity=user, source=txns, version=1,
+#                           aggregations=[cl.Agg("amount", "sum", windows=["1h", "30d"])])
+'''
+
+
+def init_project(path: str | Path, *, name: str | None = None,
+                 definitions: str | None = None) -> Path:
+    """Create a project folder: ``closedloop.toml``, a definitions module, a data folder."""
+    root = Path(path)
+    config = root / CONFIG_FILE
+    if config.exists():
+        raise ConfigError(f"{config} already exists", fix="open it with closedloop.Project")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data").mkdir(exist_ok=True)
+    config.write_text(DEFAULT_CONFIG.format(name=name or root.resolve().name))
+    module = root / "definitions.py"
+    if not module.exists():
+        module.write_text(definitions if definitions is not None else DEFAULT_DEFINITIONS)
+    return root
+
+
+def _load_module(path: Path) -> ModuleType:
+    if not path.exists():
+        raise ConfigError(f"the definitions module {str(path)!r} does not exist",
+                          fix="create it, or set [project] definitions in closedloop.toml")
+    name = f"closedloop_definitions_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - only for non-.py paths
+        raise ConfigError(f"{path} is not a Python module", fix="name a .py file")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    except ClosedLoopError:
+        raise
+    except Exception as exc:
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        raise DefinitionError(
+            f"the definitions module {str(path)!r} raised {type(exc).__name__}: {exc} "
+            f"(line {where.lineno})",
+            fix="fix the module; `python definitions.py` shows the error") from exc
+    finally:
+        sys.path.remove(str(path.parent.resolve()))
+    return module
+
+
+class Project:
+    """A closedloop project folder: its settings, its definitions, its stores."""
+
+    def __init__(self, path: str | Path = ".") -> None:
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise ConfigError(f"project folder {str(path)!r} does not exist",
+                              fix="create one with `closedloop init`")
+        self.settings: Settings = load_settings(self.root / CONFIG_FILE)
+        module = _load_module(self.root / self.settings.project.definitions)
+        self.catalog = Catalog.from_module(module)
+        offline = self.settings.offline
+        temp = Path(offline.temp_directory)
+        self.engine = DuckDBEngine(
+            root=self.root, memory_limit=offline.memory_limit, threads=offline.threads,
+            temp_directory=str(temp if temp.is_absolute() else self.root / temp))
+        self.metadata = SQLMetadataStore(self.settings.metadata.url, root=self.root)
+        self.features = FeatureService(self.catalog, self.engine)
+
+    def plan(self) -> Plan:
+        """What ``apply`` would register, without writing anything."""
+        return registration.plan(self.catalog, self.metadata)
+
+    def apply(self) -> Plan:
+        """Register the definitions; refuse to change a registered version in place."""
+        return registration.apply(self.catalog, self.metadata)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.metadata.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

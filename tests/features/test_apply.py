@@ -1,0 +1,88 @@
+"""`apply`: a plan first, registration all or nothing, registered versions immutable."""
+
+from __future__ import annotations
+
+import pytest
+
+import closedloop as cl
+from closedloop.errors import DefinitionError, VersionConflict
+
+V1 = '''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+txns = cl.EventSource("txns", path="data/t.parquet", timestamp="ts",
+                      schema={"user_id": str, "amount": float})
+v = cl.FeatureView("v", entity=user, source=txns,
+                   aggregations=[cl.Agg("amount", "sum", windows=["1h"])])
+'''
+CHANGED_IN_PLACE = V1.replace('windows=["1h"]', 'windows=["2h"]')
+NEW_VERSION = V1 + '''
+v2 = cl.FeatureView("v", entity=user, source=txns, version=2,
+                    aggregations=[cl.Agg("amount", "sum", windows=["2h"])])
+'''
+
+
+def _reopen(project: cl.Project, definitions: str) -> cl.Project:
+    (project.root / "definitions.py").write_text(definitions)
+    project.close()
+    return cl.Project(project.root)
+
+
+def test_plan_then_apply_then_unchanged(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(V1)
+    plan = p.plan()
+    assert {i.action for i in plan.items} == {"add"}
+    assert p.metadata.definitions() == []          # planning writes nothing
+    p.apply()
+    assert len(p.metadata.definitions()) == 3
+    again = p.apply()
+    assert {i.action for i in again.items} == {"unchanged"}
+    assert len(p.metadata.definitions()) == 3
+
+
+def test_changing_a_registered_version_in_place_is_refused_and_writes_nothing(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(V1)
+    p.apply()
+    before = p.metadata.definitions()
+    p = _reopen(p, CHANGED_IN_PLACE + '\nother = cl.Entity("merchant", key="merchant_id")\n')
+    try:
+        with pytest.raises(VersionConflict, match="feature_view v v1") as info:
+            p.apply()
+        assert "new version" in (info.value.fix or "")
+        assert p.metadata.definitions() == before    # not even the new entity
+    finally:
+        p.close()
+
+
+def test_a_new_version_registers_beside_the_old(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(V1)
+    p.apply()
+    p = _reopen(p, NEW_VERSION)
+    try:
+        plan = p.apply()
+        added = [(i.definition.name, i.definition.version) for i in plan.of("add")]
+        assert added == [("v", 2)]
+        versions = sorted(d.version for d in p.metadata.definitions() if d.name == "v")
+        assert versions == [1, 2]
+        assert p.catalog.resolve(["v@1.amount_sum_1h", "v.amount_sum_2h"]).features
+    finally:
+        p.close()
+
+
+def test_a_changed_source_is_a_new_revision(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(V1)
+    p.apply()
+    changed = NEW_VERSION.replace('"amount": float}', '"amount": float, "country": str}')
+    changed = changed.replace("version=2", "version=3")
+    # v1 reads the changed source, so v1's hash changes too: that must be refused.
+    p = _reopen(p, changed)
+    try:
+        with pytest.raises(VersionConflict):
+            p.apply()
+    finally:
+        p.close()
+
+
+def test_a_broken_definitions_module_is_a_clear_error(make_project) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(DefinitionError, match="ZeroDivisionError"):
+        make_project("x = 1 / 0\n")

@@ -1,0 +1,78 @@
+"""A deliberately simple, slow reference of the feature semantics, in plain Python.
+
+It restates docs/architecture.md ("Feature semantics") row by row, with no cleverness, so that
+the engines can be checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from closedloop.features.definitions import FeatureView
+
+
+def _low(value: Any) -> tuple[bool, Any]:
+    """Ordering key in which null sorts below every value."""
+    return (value is not None, value if value is not None else 0)
+
+
+def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
+                       key: Any, t: int) -> dict[str, Any]:
+    """The features of ``view`` for entity ``key`` at time ``t`` (µs), from raw source rows.
+
+    ``source_rows`` hold the entity key, the timestamp (and tie/arrival) columns as int µs.
+    """
+    src = view.source
+    k = view.entity.key
+    arrival = src.visibility_column
+    tie = src.tie_column
+
+    def visible(r: dict[str, Any]) -> bool:
+        if r[k] is None or r[src.timestamp] is None or r[k] != key:
+            return False
+        if r[src.timestamp] > t:
+            return False
+        return not (arrival is not None and r[arrival] is not None and r[arrival] > t)
+
+    rows = [r for r in source_rows if visible(r)]
+    out: dict[str, Any] = {}
+    if not view.aggregations:
+        def order(r: dict[str, Any]) -> tuple[Any, ...]:
+            return (r[src.timestamp], _low(r[tie] if tie else None),
+                    *(_low(r[c]) for c in view.features))
+        best = max(rows, key=order) if rows else None
+        ttl = view.ttl_micros
+        if best is not None and ttl is not None and t - best[src.timestamp] > ttl:
+            best = None
+        for f in view.features:
+            value = None if best is None else best[f]
+            out[f] = view.default(f) if value is None else value
+        return out
+    for w in view.windowed:
+        start = (t // w.hop) * w.hop - w.window
+        inside = [r for r in rows if r[src.timestamp] >= start and r[w.column] is not None]
+        vals = [r[w.column] for r in inside]
+        value: Any
+        if w.fn == "count":
+            value = len(vals)
+        elif w.fn == "sum":
+            value = float(sum(vals))
+        elif not vals:
+            value = None
+        elif w.fn == "mean":
+            value = sum(vals) / len(vals)
+        elif w.fn == "min":
+            value = min(vals)
+        elif w.fn == "max":
+            value = max(vals)
+        elif w.fn == "stddev":
+            mean = sum(vals) / len(vals)
+            value = math.sqrt(sum((x - mean) ** 2 for x in vals) / len(vals))
+        else:  # last
+            last = max(inside, key=lambda r: (r[src.timestamp], _low(r[tie] if tie else None),
+                                              r[w.column]))
+            value = last[w.column]
+        out[w.name] = w.default if value is None and w.default is not None else value
+    return out
