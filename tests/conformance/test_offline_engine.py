@@ -13,6 +13,9 @@ from closedloop.testing import check_offline_engine, run_case, semantic_cases
 
 ENGINES: dict[str, Callable[[], OfflineEngine]] = {
     "duckdb": lambda: DuckDBEngine(),
+    # The same engine forced onto each of its two window plans (tiles, or raw events).
+    "duckdb-tiles": lambda: DuckDBEngine(tile_min_compression=0.0),
+    "duckdb-events": lambda: DuckDBEngine(tile_min_compression=float("inf")),
 }
 
 

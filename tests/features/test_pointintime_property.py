@@ -48,9 +48,10 @@ def _ts(values: list[int]) -> pa.Array:
     return pa.array(values, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
-@pytest.fixture(scope="module")
-def engine():  # type: ignore[no-untyped-def]
-    made = DuckDBEngine()
+@pytest.fixture(scope="module", params=["tiles", "events"])
+def engine(request):  # type: ignore[no-untyped-def]
+    """Both window plans of the DuckDB engine: per-hop tiles, and events as their own tiles."""
+    made = DuckDBEngine(tile_min_compression=0.0 if request.param == "tiles" else float("inf"))
     yield made
     made.close()
 

@@ -79,13 +79,18 @@ def _nulls_low(expr: str) -> str:
 class DuckDBEngine:
     """Offline engine on DuckDB. ``root`` resolves relative source paths.
 
+    ``tile_min_compression``: windows are computed from per-hop tiles when tiles would hold at
+    least this many events on average, else from the events themselves (same results).
+
     >>> engine = DuckDBEngine(root=".")
     >>> engine.close()
     """
 
     def __init__(self, root: str | os.PathLike[str] = ".", memory_limit: str | None = None,
-                 threads: int | None = None, temp_directory: str | None = None) -> None:
+                 threads: int | None = None, temp_directory: str | None = None,
+                 tile_min_compression: float = 2.0) -> None:
         self.root = Path(root)
+        self.tile_min_compression = tile_min_compression
         self.memory_limit = memory_limit
         self.threads = threads
         self.temp_directory = temp_directory
@@ -239,29 +244,42 @@ class DuckDBEngine:
         all_cols = list(view.features)  # the tie rule orders by every column of the view
         ttl = view.ttl_micros
         keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in all_cols)]
+        payload = ", ".join(f"{_q('f_' + c)} := {_q(c)}" for c in features)
+        src = self._source_cte(view, all_cols)
         if view.source.visibility_column is None:
-            order = " DESC, ".join(keys)
-            latest = (f"SELECT * FROM src QUALIFY row_number() OVER (PARTITION BY __k, __et "
-                      f"ORDER BY {order} DESC) = 1")
-            at, best = "__et", "l"
-            pick = {c: f"l.{_q(c)}" for c in features}
-            age = "l.__et"
-        else:
-            payload = ", ".join(["et := __et", *(f"{_q('f_' + c)} := {_q(c)}"
-                                                  for c in features)])
-            order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
-            latest = (f"SELECT DISTINCT ON (__k, __v) __k, __v, arg_max(struct_pack({payload}), "
-                      f"struct_pack({order})) OVER (PARTITION BY __k ORDER BY __v RANGE "
-                      f"UNBOUNDED PRECEDING) AS b FROM src")
-            at, best = "__v", "l"
-            pick = {c: f"l.b.{_q('f_' + c)}" for c in features}
-            age = "l.b.et"
-        keep = "TRUE" if ttl is None else f"r.{ROW_TS} - {age} <= {ttl}"
-        outs = ", ".join(f"CASE WHEN {keep} THEN {expr} END AS {_q(c)}"
-                         for c, expr in pick.items())
-        return (f"WITH src AS ({self._source_cte(view, all_cols)}), latest AS ({latest}) "
-                f"SELECT r.{ROW_ID}, {outs} FROM __rows r ASOF LEFT JOIN latest {best} "
-                f"ON r.{ROW_KEY} = {best}.__k AND r.{ROW_TS} >= {best}.{at} ORDER BY r.{ROW_ID}")
+            # ASOF on the narrow (key, event time) pairs finds the latest event time at or
+            # before t; an equi-join then gathers the rows sharing it and the tie order
+            # picks one. Cheaper than deduplicating every row of the source first.
+            order = ", ".join(f"o{j} := {k}" for j, k in enumerate(keys))
+            narrow = (f"SELECT CAST({_q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
+                      f"epoch_us({_q(view.source.timestamp)}) AS __et "
+                      f"FROM {self._scan(view.source)} WHERE {_q(view.entity.key)} IS NOT NULL "
+                      f"AND {_q(view.source.timestamp)} IS NOT NULL")
+            matched = (f"SELECT r.{ROW_ID}, r.{ROW_KEY}, r.{ROW_TS}, n.__et FROM __rows r "
+                       f"ASOF LEFT JOIN ({narrow}) n ON r.{ROW_KEY} = n.__k "
+                       f"AND r.{ROW_TS} >= n.__et")
+            best = (f"SELECT m.{ROW_ID}, any_value(m.{ROW_TS}) AS {ROW_TS}, "
+                    f"any_value(m.__et) AS __et, arg_max(struct_pack({payload}), "
+                    f"struct_pack({order})) AS b FROM ({matched}) m LEFT JOIN ({src}) s "
+                    f"ON s.__k = m.{ROW_KEY} AND s.__et = m.__et GROUP BY m.{ROW_ID}")
+            keep = "TRUE" if ttl is None else f"{ROW_TS} - __et <= {ttl}"
+            outs = ", ".join(f"CASE WHEN {keep} THEN b.{_q('f_' + c)} END AS {_q(c)}"
+                             for c in features)
+            return f"SELECT {ROW_ID}, {outs} FROM ({best}) ORDER BY {ROW_ID}"
+        # With arrival times: a running arg-max of the tie order in visibility order.
+        order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
+        latest = (f"SELECT DISTINCT ON (__k, __v) __k, __v, arg_max(struct_pack(et := __et, "
+                  f"{payload}), struct_pack({order})) OVER (PARTITION BY __k ORDER BY __v "
+                  f"RANGE UNBOUNDED PRECEDING) AS b FROM ({src})")
+        keep = "TRUE" if ttl is None else f"r.{ROW_TS} - l.b.et <= {ttl}"
+        outs = ", ".join(f"CASE WHEN {keep} THEN l.b.{_q('f_' + c)} END AS {_q(c)}"
+                         for c in features)
+        return (f"SELECT r.{ROW_ID}, {outs} FROM __rows r ASOF LEFT JOIN ({latest}) l "
+                f"ON r.{ROW_KEY} = l.__k AND r.{ROW_TS} >= l.__v ORDER BY r.{ROW_ID}")
+
+    @staticmethod
+    def _key_sql(view: FeatureView) -> str:
+        return _SQL_TYPES[view.entity.spec()["dtype"]]
 
     def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature]) -> str:
         columns = list(dict.fromkeys(w.column for w in wanted))
@@ -279,20 +297,39 @@ class DuckDBEngine:
         else:
             ctes.append("ev AS (SELECT * FROM src)")
         hops = sorted({w.hop for w in wanted})
+        compression = self._tile_compression(view, hops)
         selects: list[str] = []
         joins: list[str] = []
         for i, hop in enumerate(hops):
             group = [w for w in wanted if w.hop == hop]
-            ctes += self._hop_ctes(i, hop, group, columns, shift)
+            tiled = compression[hop] >= self.tile_min_compression
+            ctes += self._hop_ctes(i, hop, group, shift, tiled=tiled)
             selects += [f"coalesce(h{i}.{_q(w.name)}, 0) AS {_q(w.name)}"
                         if w.fn in ("count", "sum") else f"h{i}.{_q(w.name)}" for w in group]
             joins.append(f"LEFT JOIN h{i} ON h{i}.{ROW_ID} = r.{ROW_ID}")
         return (f"WITH {', '.join(ctes)} SELECT r.{ROW_ID}, {', '.join(selects)} "
                 f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
 
+    def _tile_compression(self, view: FeatureView, hops: list[int]) -> dict[int, float]:
+        """Events per tile at each hop (estimated with HyperLogLog in one scan).
+
+        Where tiles would hold fewer than two events on average, grouping costs more than it
+        saves, and each event serves as its own tile: the same partial aggregates, so the
+        same results, and each row still reads at most the rows of two blocks of hops.
+        """
+        source = view.source
+        ts = f"epoch_us({_q(source.timestamp)})"
+        key = _q(view.entity.key)
+        parts = ", ".join(f"approx_count_distinct(hash({key}, {_fdiv(ts, h)}))" for h in hops)
+        sql = f"SELECT count(*), {parts} FROM {self._scan(source)}"
+        with self._lock:
+            row = self._connection().execute(sql).fetchall()[0]
+        total = max(int(row[0]), 1)
+        return {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=True)}
+
     @staticmethod
-    def _hop_ctes(i: int, hop: int, group: list[WindowedFeature], columns: list[str],
-                  shift: dict[str, str]) -> list[str]:
+    def _hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, str],
+                  *, tiled: bool) -> list[str]:
         span = max(w.window // hop for w in group)
         cols = sorted({w.column for w in group})
         fns = {c: {w.fn for w in group if w.column == c} for c in cols}
@@ -332,15 +369,24 @@ class DuckDBEngine:
                               f"AS {_q('o_' + p)}"]
         b, vb = _fdiv("__et", hop), _fdiv("__v", hop)
         t = f"t{i}"
+        located = f"(SELECT *, {b} AS __b, {vb} AS __vb FROM ev)"
+        if tiled:
+            tiles = (f"SELECT __k, __b, {_fdiv('__b', span)} AS __blk, __vb, "
+                     f"{', '.join(tile_parts)} FROM {located} GROUP BY __k, __b, __vb")
+        else:
+            tiles = (f"SELECT __k, __b, {_fdiv('__b', span)} AS __blk, __vb, "
+                     f"{', '.join(raw_parts)} FROM {located}")
         ctes = [
-            f"{t} AS (SELECT __k, {b} AS __b, {vb} AS __vb, {', '.join(tile_parts)} "
-            f"FROM ev GROUP BY ALL)",
+            f"{t} AS ({tiles})",
             f"q{i} AS (SELECT {ROW_ID}, {ROW_KEY}, {ROW_TS}, {_fdiv(ROW_TS, hop)} AS __T "
             f"FROM __rows)",
-            # Tiles of hops T-span .. T-1 that were complete before hop T began.
-            f"p{i} AS (SELECT q.{ROW_ID}, q.__T, x.* EXCLUDE (__k, __vb) FROM q{i} q "
-            f"CROSS JOIN range(1, {span + 1}) k(j) JOIN {t} x ON x.__k = q.{ROW_KEY} "
-            f"AND x.__b = q.__T - k.j WHERE x.__vb < q.__T "
+            # Tiles of hops T-span .. T-1 that were complete before hop T began. Tiles are
+            # grouped in blocks of `span` hops, so those hops lie in two blocks: each row
+            # probes two blocks by equality and reads at most 2 * span tiles.
+            f"p{i} AS (SELECT q.{ROW_ID}, q.__T, x.* EXCLUDE (__k, __blk, __vb) "
+            f"FROM q{i} q CROSS JOIN (VALUES (0), (1)) d(j) JOIN {t} x "
+            f"ON x.__k = q.{ROW_KEY} AND x.__blk = {_fdiv(f'q.__T - {span}', span)} + d.j "
+            f"WHERE x.__b >= q.__T - {span} AND x.__b < q.__T AND x.__vb < q.__T "
             f"UNION ALL "
             # Raw events that became visible inside hop T, up to t.
             f"SELECT q.{ROW_ID}, q.__T, {b} AS __b, {', '.join(raw_parts)} FROM q{i} q "

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: closedloop, its anchors and a hand-written floor on the same data."""

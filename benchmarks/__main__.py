@@ -1,0 +1,134 @@
+"""``python -m benchmarks [WORKLOAD...] [--json] [--repeat N] [--scale F]``
+
+Runs each workload's systems side by side on the same generated files, each run in a fresh
+process, and prints per system the median wall seconds, the median peak memory (RSS of the
+process), the number of result cells that differ from the floor, and the ratios: closedloop
+against the floor (lower is better, 1.0 = as fast as the hand-written query) and the anchor
+against closedloop (how many times faster closedloop is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.workloads import WORKLOADS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_child(workload: str, system: str, data: Path, out: Path) -> dict[str, float]:
+    with tempfile.TemporaryFile("w+") as stdout:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.child", workload, system,
+                               str(data), str(out)], cwd=ROOT, stdout=stdout, check=False)
+        stdout.seek(0)
+        text = stdout.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{workload}/{system} failed with exit code {proc.returncode}")
+    result = json.loads(text.strip().splitlines()[-1])
+    return {"seconds": result["seconds"], "peak_mb": result["peak_mb"]}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+    return bool(a == b)
+
+
+def mismatches(table: pa.Table, floor: pa.Table, outputs: list[str]) -> int:
+    """Cells that differ from the floor, matched by label_id; a missing row counts all cells."""
+    table = table.sort_by("label_id")
+    floor = floor.sort_by("label_id")
+    ids = table["label_id"].to_pylist()
+    want_ids = floor["label_id"].to_pylist()
+    bad = 0
+    if ids != want_ids:
+        index = {v: i for i, v in enumerate(ids)}
+        bad += len(outputs) * (len(set(want_ids) - set(ids)) + abs(len(ids) - len(set(ids))))
+        keep = [index[v] for v in want_ids if v in index]
+        table = table.take(keep)
+        floor = floor.filter(pa.array([v in index for v in want_ids]))
+    for name in outputs:
+        have, want = table[name].to_pylist(), floor[name].to_pylist()
+        bad += sum(not _same(h, w) for h, w in zip(have, want, strict=True))
+    return bad
+
+
+def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None,
+                 as_json: bool) -> list[dict[str, Any]]:
+    module = WORKLOADS[name]
+    if not as_json:
+        print(f"\n== {name}: generating data (scale {scale:g}) ...", flush=True)
+    data = module.DATA(scale)
+    chosen = [s for s in module.SYSTEMS if systems is None or s in systems or s == "floor"]
+    runs: dict[str, list[dict[str, float]]] = {s: [] for s in chosen}
+    outs = {s: Path(tempfile.mkdtemp()) / f"{s}.parquet" for s in chosen}
+    for _ in range(repeat):                 # interleave systems so drift hits all alike
+        for system in chosen:
+            runs[system].append(run_child(name, system, data, outs[system]))
+    floor = pq.read_table(outs["floor"])
+    results = []
+    for system in chosen:
+        table = pq.read_table(outs[system])
+        results.append({
+            "workload": name, "system": system,
+            "seconds": round(statistics.median(r["seconds"] for r in runs[system]), 4),
+            "peak_mb": round(statistics.median(r["peak_mb"] for r in runs[system]), 1),
+            "mismatches": mismatches(table, floor, module.OUTPUTS),
+            "rows": table.num_rows, "repeat": repeat, "scale": scale,
+        })
+    return results
+
+
+def render(results: list[dict[str, Any]], anchor: str | None) -> None:
+    by = {r["system"]: r for r in results}
+    floor, ours = by.get("floor"), by.get("closedloop")
+    print(f"{'system':<14}{'seconds':>10}{'peak MB':>10}{'mismatches':>12}{'ratio':>28}")
+    for r in results:
+        ratio = ""
+        if r["system"] == "closedloop" and floor:
+            ratio = f"{r['seconds'] / floor['seconds']:.2f}x the floor"
+        elif r["system"] == anchor and ours:
+            ratio = f"closedloop {r['seconds'] / ours['seconds']:.1f}x faster"
+        print(f"{r['system']:<14}{r['seconds']:>10.3f}{r['peak_mb']:>10.0f}"
+              f"{r['mismatches']:>12}{ratio:>28}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workloads", nargs="*", choices=[[], *WORKLOADS], metavar="WORKLOAD",
+                        help=f"workloads to run (default: all of {', '.join(WORKLOADS)})")
+    parser.add_argument("--json", action="store_true", help="one JSON object per system run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per system (median)")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full size")
+    parser.add_argument("--systems", nargs="*", help="only these systems (the floor always runs)")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or not 0 < args.scale <= 10:
+        parser.error("--repeat must be >= 1 and --scale in (0, 10]")
+    for name in args.workloads or list(WORKLOADS):
+        results = run_workload(name, args.repeat, args.scale, args.systems, args.json)
+        if args.json:
+            for r in results:
+                print(json.dumps(r), flush=True)
+        else:
+            render(results, WORKLOADS[name].ANCHOR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

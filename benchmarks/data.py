@@ -1,0 +1,96 @@
+"""Benchmark data, generated once per size into benchmarks/.data/ (never committed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from closedloop.sim import FraudWorld
+
+DATA = Path(__file__).parent / ".data"
+SECOND = 1_000_000
+DAY = 86_400 * SECOND
+T0 = 1_767_225_600 * SECOND          # 2026-01-01T00:00Z
+FEATURES_A = [f"a{i}" for i in range(5)]
+FEATURES_B = [f"b{i}" for i in range(5)]
+
+
+def _ts(values: np.ndarray) -> pa.Array:
+    return pa.array(values.astype(np.int64), pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "done.json").exists()
+
+
+def _user_ids(n: int) -> np.ndarray:
+    return np.char.add("u", np.arange(n).astype(str))
+
+
+def pit_data(scale: float = 1.0, seed: int = 7) -> Path:
+    """Two snapshot tables of ~1M rows (5 floats each) over 90 days for 10k users, shuffled;
+    table A repeats ~1% of (user, time) with a later created time; table B is read with a
+    2-day TTL; 100k label rows at random times."""
+    folder = DATA / f"pit-{scale:g}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_users, n_rows, n_labels = int(10_000 * scale), int(1_000_000 * scale), int(100_000 * scale)
+    users = _user_ids(n_users)
+    for name, cols, dup in (("a", FEATURES_A, 0.01), ("b", FEATURES_B, 0.0)):
+        base = n_rows - int(n_rows * dup)
+        uid = rng.integers(0, n_users, size=base)
+        ts = T0 + rng.integers(0, 90 * DAY, size=base)
+        created = ts + rng.integers(0, 3600 * SECOND, size=base)
+        if dup:
+            pick = rng.integers(0, base, size=n_rows - base)
+            uid = np.concatenate([uid, uid[pick]])
+            ts = np.concatenate([ts, ts[pick]])
+            created = np.concatenate([created, created[pick] + rng.integers(
+                1, 3600 * SECOND, size=pick.size)])
+        order = rng.permutation(uid.size)
+        table = {"user_id": users[uid[order]], "event_timestamp": _ts(ts[order])}
+        if name == "a":
+            table["created"] = _ts(created[order])
+        for c in cols:
+            values = np.round(rng.normal(100, 30, size=uid.size), 6)
+            values[rng.random(uid.size) < 0.01] = np.nan      # a few missing values
+            table[c] = pa.array(values[order], from_pandas=True)
+        pq.write_table(pa.table(table), folder / f"{name}.parquet", row_group_size=128_000)
+    labels = pa.table({
+        "label_id": np.arange(n_labels, dtype=np.int64),
+        "user_id": users[rng.integers(0, n_users, size=n_labels)],
+        "event_timestamp": _ts(T0 + rng.integers(0, 92 * DAY, size=n_labels)),
+        "label": rng.integers(0, 2, size=n_labels)})
+    pq.write_table(labels, folder / "labels.parquet")
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "seed": seed}))
+    return folder
+
+
+def windows_data(scale: float = 1.0, seed: int = 11) -> Path:
+    """One ~1M-row event table (the fraud world's transactions, with arrival times) and 100k
+    label rows at random times."""
+    folder = DATA / f"windows-{scale:g}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    world = FraudWorld(n_users=max(10, int(10_000 * scale)), seed=seed).generate()
+    tx = world["transactions"].select(["txn_id", "user_id", "amount", "event_time",
+                                       "ingested_at"])
+    rng = np.random.default_rng(seed)
+    tx = tx.take(rng.permutation(tx.num_rows))
+    pq.write_table(tx, folder / "events.parquet", row_group_size=128_000)
+    users = world["users"]["user_id"].to_numpy(zero_copy_only=False)
+    n_labels = int(100_000 * scale)
+    labels = pa.table({
+        "label_id": np.arange(n_labels, dtype=np.int64),
+        "user_id": users[rng.integers(0, users.size, size=n_labels)],
+        "event_timestamp": _ts(T0 + rng.integers(0, 90 * DAY, size=n_labels))})
+    pq.write_table(labels, folder / "labels.parquet")
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "seed": seed}))
+    return folder

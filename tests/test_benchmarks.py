@@ -1,0 +1,28 @@
+"""The benchmark harness at a tiny scale: it runs, prints the promised JSON, and closedloop
+agrees with the hand-written floor cell for cell (speed itself is measured, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmarks_json_and_zero_mismatches() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "pit", "windows", "--scale", "0.02", "--repeat", "1",
+         "--systems", "closedloop", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    seen = {(r["workload"], r["system"]) for r in lines}
+    assert seen == {("pit", "closedloop"), ("pit", "floor"), ("windows", "closedloop"),
+                    ("windows", "floor")}
+    for r in lines:
+        assert {"workload", "system", "seconds", "peak_mb", "mismatches"} <= set(r)
+        assert r["mismatches"] == 0, r
+        assert r["seconds"] > 0
+        assert r["peak_mb"] > 0
