@@ -11,7 +11,15 @@ from typing import Annotated
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from closedloop.errors import ClosedLoopError, DataError
@@ -39,10 +47,16 @@ def _errors() -> Iterator[None]:
 
 
 @contextmanager
-def _progress(total_hint: str) -> Iterator[Progress]:
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
+def _progress() -> Iterator[Progress]:
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
         yield bar
+
+
+def _stepper(bar: Progress, task: TaskID):  # type: ignore[no-untyped-def]  # a Progress callback
+    def step(done: int, total: int, description: str) -> None:
+        bar.update(task, completed=done, total=total, description=description)
+    return step
 
 
 def _open(project: Path):  # type: ignore[no-untyped-def]  # the façade is imported lazily
@@ -130,12 +144,10 @@ def training_set(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Build a point-in-time training set: each feature as known at each row's timestamp."""
-    with _errors(), _open(project) as p, _progress("training set") as bar:
-        table_in = _read_rows(rows)
+    with _errors(), _open(project) as p, _progress() as bar:
         task = bar.add_task("reading", total=None)
-        result = p.features.training_set(
-            table_in, feature, timestamp=timestamp,
-            progress=lambda msg: bar.update(task, description=msg))
+        result = p.features.training_set(_read_rows(rows), feature, timestamp=timestamp,
+                                         progress=_stepper(bar, task))
         bar.update(task, description="writing")
         pq.write_table(result, output)
         bar.update(task, description=f"wrote {result.num_rows} rows to {output}")
@@ -150,11 +162,10 @@ def backfill(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Add features to an existing training set, with their history from the raw sources."""
-    with _errors(), _open(project) as p, _progress("backfill") as bar:
+    with _errors(), _open(project) as p, _progress() as bar:
         task = bar.add_task("reading", total=None)
-        result = p.features.backfill(
-            _read_rows(rows), feature, timestamp=timestamp,
-            progress=lambda msg: bar.update(task, description=msg))
+        result = p.features.backfill(_read_rows(rows), feature, timestamp=timestamp,
+                                     progress=_stepper(bar, task))
         pq.write_table(result, output)
         bar.update(task, description=f"wrote {result.num_rows} rows to {output}")
 
@@ -171,11 +182,9 @@ def demo(
     from closedloop.demo import run_demo
 
     target = folder or Path(tempfile.mkdtemp(prefix="closedloop-demo-"))
-    with _errors(), _progress("demo") as bar:
+    with _errors(), _progress() as bar:
         task = bar.add_task("starting", total=None)
-        report = run_demo(target, n_users=users, seed=seed,
-                          progress=lambda msg: bar.update(task, description=msg))
-        bar.update(task, description="done")
+        report = run_demo(target, n_users=users, seed=seed, progress=_stepper(bar, task))
     out.print(f"\n[bold]project[/] {report.folder}  (closedloop.toml, definitions.py, data/)")
     out.print(f"world generated in {report.seconds_world:.1f}s; "
               f"{len(report.plan.changes)} definitions registered")

@@ -8,7 +8,6 @@ they were known at the transaction's own time.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from closedloop.features.registration import Plan
+from closedloop.features.service import Progress
 from closedloop.project import Project
 from closedloop.sim.fraud_project import FEATURES, write_fraud_project
 
@@ -45,8 +45,15 @@ class DemoReport:
 
 
 def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
-             progress: Callable[[str], None] | None = None) -> DemoReport:
-    say = progress or (lambda _: None)
+             progress: Progress | None = None) -> DemoReport:
+    """Write the fraud project, apply it, build the training set; report what was done.
+
+    The demo has four steps (world, apply, read, training set); the training set reports its
+    own steps through ``progress`` too.
+    """
+    def say(text: str) -> None:
+        if progress:
+            progress(0, 1, text)
     root = Path(folder)
     t0 = time.perf_counter()
     say(f"generating the fraud world: {n_users} users, 90 days")
@@ -61,7 +68,7 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
         say(f"building the training set: {txns.num_rows} rows x {len(FEATURES)} features")
         t2 = time.perf_counter()
         table = project.features.training_set(txns, FEATURES, timestamp="event_time",
-                                               progress=say)
+                                               progress=progress)
         t3 = time.perf_counter()
     output = root / "training_set.parquet"
     pq.write_table(table, output)

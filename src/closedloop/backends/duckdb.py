@@ -107,6 +107,7 @@ class DuckDBEngine:
             if self.threads:
                 config["threads"] = self.threads
             if self.temp_directory:
+                Path(self.temp_directory).mkdir(parents=True, exist_ok=True)
                 config["temp_directory"] = self.temp_directory
             self._con = duckdb.connect(":memory:", config=config)
             self._con.execute("SET TimeZone = 'UTC'")
@@ -218,6 +219,10 @@ class DuckDBEngine:
                 raise BackendError(f"DuckDB ran out of memory: {exc}",
                                    fix="raise [offline] memory_limit or set temp_directory "
                                        "so it can spill") from exc
+            except duckdb.IOException as exc:
+                raise BackendError(f"the offline engine could not read or write: {exc}",
+                                   fix="check the source files and [offline] temp_directory"
+                                   ) from exc
             except duckdb.Error as exc:
                 raise DataError(f"the offline query failed: {exc}",
                                 fix="check the source files against their definitions") from exc

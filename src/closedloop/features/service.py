@@ -17,7 +17,8 @@ from closedloop.features.definitions import FeatureView, Transform
 _ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
                 "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
 
-Progress = Callable[[str], None]
+#: Called before each step: (steps done, steps in all, what the next step is).
+Progress = Callable[[int, int, str], None]
 
 
 def _as_table(rows: Any) -> pa.Table:
@@ -109,19 +110,22 @@ class FeatureService:
         row_ids = pa.array(np.arange(table.num_rows, dtype=np.int64))
         values: dict[str, pa.ChunkedArray] = {}
         groups = resolution.by_view()
-        for n, (view, names) in enumerate(groups, start=1):
+        steps = len(groups) + len(resolution.transforms)
+        for n, (view, names) in enumerate(groups):
             if progress:
-                progress(f"[{n}/{len(groups)}] {view.name} v{view.version}: {len(names)} features")
+                progress(n, steps, f"{view.name} v{view.version}: {len(names)} features")
             keys = self._keys(table, view)
             rows = pa.table({ROW_ID: row_ids, ROW_KEY: keys, ROW_TS: micros})
             result = self.engine.point_in_time(rows, view, names)
             for name in names:
                 values[f"{view.name}@{view.version}.{name}"] = self._finish(
                     result[name], view, name)
-        for t in resolution.transforms:
+        for n, t in enumerate(resolution.transforms, start=len(groups)):
             if progress:
-                progress(f"transform {t.name}")
+                progress(n, steps, f"transform {t.name}")
             values[t.name] = self._run_transform(t, table, resolution, values)
+        if progress:
+            progress(steps, steps, "done")
         return values
 
     @staticmethod
