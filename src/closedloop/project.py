@@ -96,6 +96,8 @@ class Project:
             root=self.root, memory_limit=offline.memory_limit, threads=offline.threads,
             temp_directory=str(temp if temp.is_absolute() else self.root / temp))
         self.metadata = SQLMetadataStore(self.settings.metadata.url, root=self.root)
+        # Registered versions the code no longer defines stay usable.
+        self.catalog.restore(self.metadata.definitions())
         self.features = FeatureService(self.catalog, self.engine)
 
     def plan(self) -> Plan:

@@ -86,3 +86,31 @@ def test_a_changed_source_is_a_new_revision(make_project) -> None:  # type: igno
 def test_a_broken_definitions_module_is_a_clear_error(make_project) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(DefinitionError, match="ZeroDivisionError"):
         make_project("x = 1 / 0\n")
+
+
+def test_a_registered_version_stays_usable_after_the_code_moves_on(make_project) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = make_project(V1)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ts = pa.array([t0, t0 + timedelta(minutes=90)], pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"user_id": ["a", "a"], "ts": ts, "amount": [1.0, 2.0]}),
+                   p.root / "data" / "t.parquet")
+    p.apply()
+    only_v2 = V1.replace("version=", "").replace(
+        'v = cl.FeatureView("v", entity=user, source=txns,',
+        'v = cl.FeatureView("v", entity=user, source=txns, version=2,').replace(
+        'windows=["1h"]', 'windows=["2h"]')
+    p = _reopen(p, only_v2)
+    try:
+        assert [i.definition.version for i in p.apply().of("add")] == [2]
+        rows = pa.table({"user_id": ["a"], "t": pa.array([t0 + timedelta(minutes=100)],
+                                                         pa.timestamp("us", tz="UTC"))})
+        out = p.features.training_set(rows, ["v@1.amount_sum_1h", "v.amount_sum_2h"])
+        assert out["v@1.amount_sum_1h"].to_pylist() == [2.0]
+        assert out["v.amount_sum_2h"].to_pylist() == [3.0]
+    finally:
+        p.close()

@@ -197,3 +197,15 @@ class TableSource(_SourceBase):
 
 
 Source = EventSource | TableSource
+
+
+def source_from_spec(spec: dict[str, Any], path: str, file_format: str = "auto") -> Source:
+    """Rebuild a source from its registered spec and the location it was registered with."""
+    common = {"name": spec["name"], "path": path, "timestamp": spec["timestamp"],
+              "schema": dict(spec["schema"]), "format": file_format}
+    if spec["kind"] == "event":
+        return EventSource(**common, arrival=spec.get("arrival"))
+    if spec["kind"] == "table":
+        return TableSource(**common, created=spec.get("created"))
+    raise DefinitionError(f"registered source kind {spec['kind']!r} is unknown",
+                          fix="upgrade closedloop to read this metadata store")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from closedloop.backends.base import RegisteredDefinition
 from closedloop.data.sources import Entity, EventSource, Source, TableSource
 from closedloop.errors import DefinitionError, UnknownFeatureError
 from closedloop.features.definitions import FeatureView, Transform
@@ -114,6 +115,25 @@ class Catalog:
             raise DefinitionError(f"two different {kind} definitions are named {name!r}",
                                   fix=f"give each {kind} its own name")
         table.setdefault(name, item)
+
+    def restore(self, registered: Iterable[RegisteredDefinition]) -> list[FeatureView]:
+        """Add registered feature view versions that the code no longer defines.
+
+        A model pinned to ``view@1`` keeps working after the code moved on to version 2.
+        Transforms are code and cannot be restored this way.
+        """
+        restored = []
+        for r in registered:
+            if r.kind != "feature_view" or (r.name, r.version) in self.views:
+                continue
+            view = FeatureView.from_spec(r.spec)
+            if view.hash != r.hash:
+                raise DefinitionError(
+                    f"registered view {r.name!r} v{r.version} rebuilds with hash {view.hash}, "
+                    f"not its registered {r.hash}", fix="define that version in code again")
+            self.views[(r.name, r.version)] = view
+            restored.append(view)
+        return restored
 
     def definitions(self) -> list[Definition]:
         """All definitions, in a stable order (for plans and registration)."""

@@ -30,6 +30,7 @@ from closedloop.data.sources import (
     TableSource,
     check_name,
     content_hash,
+    source_from_spec,
 )
 from closedloop.errors import DefinitionError
 from closedloop.features.windows import format_duration, hop_for, parse_duration, parse_window
@@ -205,6 +206,29 @@ class FeatureView:
     @property
     def hash(self) -> str:
         return content_hash(self.spec())
+
+    def registered_spec(self) -> dict[str, Any]:
+        """The spec plus where the source's rows live (kept, but not hashed)."""
+        return {**self.spec(), "location": {"path": self.source.path,
+                                            "format": self.source.format}}
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> FeatureView:
+        """Rebuild a registered view (e.g. an old version no longer in the code)."""
+        e = spec["entity"]
+        location = spec.get("location") or {}
+        if "path" not in location:
+            raise DefinitionError(f"registered view {spec['name']!r} v{spec['version']} has no "
+                                  "recorded location", fix="define it in code again")
+        source = source_from_spec(spec["source"], location["path"], location.get("format", "auto"))
+        aggs = [Agg(a["column"], a["fn"], windows=a["windows"], default=a.get("default"))
+                for a in spec["aggregations"]]
+        ttl = spec.get("ttl")
+        return cls(spec["name"], entity=Entity(e["name"], key=e["key"], dtype=e["dtype"]),
+                   source=source, version=spec["version"], aggregations=aggs,
+                   features=spec["features"],
+                   ttl=None if ttl is None else format_duration(int(ttl)),
+                   defaults=spec.get("defaults") or {})
 
 
 Columns = Mapping[str, "np.ndarray[Any, Any]"]

@@ -66,7 +66,8 @@ def plan(catalog: Catalog, store: MetadataStore) -> Plan:
     for d in catalog.definitions():
         kind = _kind(d)
         if isinstance(d, FeatureView | Transform):
-            new = RegisteredDefinition(kind, d.name, d.version, d.hash, d.spec())
+            spec = d.registered_spec() if isinstance(d, FeatureView) else d.spec()
+            new = RegisteredDefinition(kind, d.name, d.version, d.hash, spec)
             old = exact.get((kind, d.name, d.version))
             if old is None:
                 items.append(PlanItem("add", new))
