@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks.workloads import WORKLOADS
+from closedloop.testing import same_value
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,16 +37,6 @@ def run_child(workload: str, system: str, data: Path, out: Path) -> dict[str, fl
         raise RuntimeError(f"{workload}/{system} failed with exit code {proc.returncode}")
     result = json.loads(text.strip().splitlines()[-1])
     return {"seconds": result["seconds"], "peak_mb": result["peak_mb"]}
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        if math.isnan(a) and math.isnan(b):
-            return True
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 def mismatches(table: pa.Table, floor: pa.Table, outputs: list[str]) -> int:
@@ -64,7 +54,7 @@ def mismatches(table: pa.Table, floor: pa.Table, outputs: list[str]) -> int:
         floor = floor.filter(pa.array([v in index for v in want_ids]))
     for name in outputs:
         have, want = table[name].to_pylist(), floor[name].to_pylist()
-        bad += sum(not _same(h, w) for h, w in zip(have, want, strict=True))
+        bad += sum(not same_value(h, w) for h, w in zip(have, want, strict=True))
     return bad
 
 

@@ -193,10 +193,13 @@ def run_case(engine: OfflineEngine, case: SemanticCase, folder: str | Path) -> l
     return out
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_value(a: Any, b: Any) -> bool:
+    """Feature values agree: both null, or equal (floats within a relative 1e-9; NaN = NaN)."""
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, float) or isinstance(b, float):
+        if math.isnan(a) and math.isnan(b):
+            return True
         return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
     return bool(a == b)
 
@@ -208,6 +211,6 @@ def check_offline_engine(engine: OfflineEngine) -> None:
             got = run_case(engine, case, folder)
             for query, want, have in zip(case.queries, case.expected, got, strict=True):
                 for name, value in want.items():
-                    assert _same(have[name], value), (
+                    assert same_value(have[name], value), (
                         f"{case.name} ({case.rule}): {name} for {query} is {have[name]!r}, "
                         f"expected {value!r}")

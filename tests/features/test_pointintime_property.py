@@ -6,11 +6,9 @@ often; arrivals are sometimes late (minutes to a day); values are sometimes null
 
 from __future__ import annotations
 
-import math
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -22,6 +20,7 @@ import closedloop as cl
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
+from closedloop.testing import same_value
 from tests.reference import reference_features
 
 T0 = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000
@@ -54,14 +53,6 @@ def engine(request):  # type: ignore[no-untyped-def]
     made = DuckDBEngine(tile_min_compression=0.0 if request.param == "tiles" else float("inf"))
     yield made
     made.close()
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -118,4 +109,4 @@ def test_training_set_equals_reference(engine, evs, snaps, qs, use_arrival, ttl)
             want = reference_features(view, source_rows[name], key, t)
             for feature, value in want.items():
                 have = got[f"{name}.{feature}"][i].as_py()
-                assert _same(have, value), (name, feature, key, t, have, value)
+                assert same_value(have, value), (name, feature, key, t, have, value)
