@@ -33,3 +33,42 @@ def make_project(tmp_path: Path) -> Iterator[object]:
     yield make
     for p in opened:
         p.close()
+
+
+def _redis_or_skip(url: str = "redis://127.0.0.1:6379/0") -> None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        if IN_CI:
+            pytest.fail(f"Redis at {url} is unreachable under CI=true: {exc}")
+        pytest.skip(f"Redis at {url} is unreachable: {exc}")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def online_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
+    """Every online store: SQLite in a temporary file; Redis under a key prefix of its own,
+    whose keys (and only those) are deleted afterwards."""
+    if request.param == "sqlite":
+        from closedloop.backends.sqlite import SQLiteOnlineStore
+
+        store: object = SQLiteOnlineStore(tmp_path / "online.db")
+        yield store
+        store.close()  # type: ignore[attr-defined]
+        return
+    import uuid
+
+    import redis
+
+    from closedloop.backends.redis import RedisOnlineStore
+
+    _redis_or_skip()
+    prefix = f"cltest:{uuid.uuid4().hex}:"
+    store = RedisOnlineStore(prefix=prefix)
+    yield store
+    store.close()  # type: ignore[attr-defined]
+    client = redis.Redis()
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)

@@ -37,6 +37,13 @@ class OfflineSettings(_Section):
     temp_directory: str = ".closedloop/tmp"
 
 
+class OnlineSettings(_Section):
+    store: Literal["sqlite", "redis"] = "sqlite"
+    path: str = ".closedloop/online.db"            # sqlite
+    url: str = "redis://127.0.0.1:6379/0"          # redis
+    prefix: str = "cl:"                            # redis: every key starts with this
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -46,6 +53,7 @@ class Settings(_Section):
 
     project: ProjectSettings = ProjectSettings()
     offline: OfflineSettings = OfflineSettings()
+    online: OnlineSettings = OnlineSettings()
     metadata: MetadataSettings = MetadataSettings()
 
 
@@ -76,6 +84,12 @@ definitions = "definitions.py"   # the Python module that declares entities, sou
 engine = "duckdb"                # Parquet/CSV files queried by DuckDB, out of core
 # memory_limit = "2GB"           # DuckDB spills to temp_directory beyond this
 temp_directory = ".closedloop/tmp"
+
+[online]
+store = "sqlite"                 # or "redis"
+path = ".closedloop/online.db"   # sqlite
+# url = "redis://127.0.0.1:6379/0"   # redis
+# prefix = "cl:"
 
 [metadata]
 url = "sqlite:///.closedloop/metadata.db"   # or postgresql+psycopg://host/db

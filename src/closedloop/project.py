@@ -17,8 +17,10 @@ import traceback
 from pathlib import Path
 from types import ModuleType, TracebackType
 
+from closedloop.backends.base import OnlineStore
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
+from closedloop.backends.sqlite import SQLiteOnlineStore
 from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
 from closedloop.errors import ClosedLoopError, ConfigError, DefinitionError
 from closedloop.features import registration
@@ -96,9 +98,19 @@ class Project:
             root=self.root, memory_limit=offline.memory_limit, threads=offline.threads,
             temp_directory=str(temp if temp.is_absolute() else self.root / temp))
         self.metadata = SQLMetadataStore(self.settings.metadata.url, root=self.root)
+        self.online_store = self._online_store()
         # Registered versions the code no longer defines stay usable.
         self.catalog.restore(self.metadata.definitions())
-        self.features = FeatureService(self.catalog, self.engine)
+        self.features = FeatureService(self.catalog, self.engine, self.online_store)
+
+    def _online_store(self) -> OnlineStore:
+        online = self.settings.online
+        if online.store == "redis":
+            from closedloop.backends.redis import RedisOnlineStore
+
+            return RedisOnlineStore(online.url, prefix=online.prefix)
+        path = Path(online.path)
+        return SQLiteOnlineStore(path if path.is_absolute() else self.root / path)
 
     def plan(self) -> Plan:
         """What ``apply`` would register, without writing anything."""
@@ -111,6 +123,7 @@ class Project:
     def close(self) -> None:
         self.engine.close()
         self.metadata.close()
+        self.online_store.close()
 
     def __enter__(self) -> Project:
         return self

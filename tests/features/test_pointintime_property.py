@@ -7,8 +7,10 @@ often; arrivals are sometimes late (minutes to a day); values are sometimes null
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -55,58 +57,76 @@ def engine(request):  # type: ignore[no-untyped-def]
     made.close()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                 HealthCheck.function_scoped_fixture])
-@given(evs=events, snaps=snapshots, qs=queries, use_arrival=st.booleans(),
-       ttl=st.sampled_from([None, "2h", "1d"]))
-def test_training_set_equals_reference(engine, evs, snaps, qs, use_arrival, ttl):  # type: ignore[no-untyped-def]
+@dataclass
+class History:
+    """Random source rows written to Parquet, and the views over them."""
+
+    ev_rows: list[dict[str, Any]]
+    snap_rows: list[dict[str, Any]]
+    views: dict[str, cl.FeatureView]
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{n}.{f}" for n, v in self.views.items() for f in v.feature_names]
+
+    def source_rows(self, name: str) -> list[dict[str, Any]]:
+        return self.snap_rows if name == "s" else self.ev_rows
+
+
+def write_history(folder: str, evs: list[dict[str, Any]], snaps: list[dict[str, Any]],
+                  use_arrival: bool, ttl: str | None) -> History:
     ev_rows = [{"user_id": e["user_id"], "ts": e["ts"], "arrival": e["ts"] + e["lag"],
                 "amount": e["amount"]} for e in evs] or [
         {"user_id": "nobody", "ts": T0, "arrival": T0, "amount": None}]
     snap_rows = [{"user_id": s["user_id"], "ts": s["ts"], "created": s["ts"] + s["created_lag"],
                   "spend": s["spend"], "tier": s["tier"]} for s in snaps] or [
         {"user_id": "nobody", "ts": T0, "created": T0, "spend": None, "tier": None}]
+    ev_path, snap_path = Path(folder) / "ev.parquet", Path(folder) / "snap.parquet"
+    pq.write_table(pa.table({
+        "user_id": [r["user_id"] for r in ev_rows], "ts": _ts([r["ts"] for r in ev_rows]),
+        "arrival": _ts([r["arrival"] for r in ev_rows]),
+        "amount": pa.array([r["amount"] for r in ev_rows], pa.float64())}), ev_path)
+    pq.write_table(pa.table({
+        "user_id": [r["user_id"] for r in snap_rows],
+        "ts": _ts([r["ts"] for r in snap_rows]),
+        "created": _ts([r["created"] for r in snap_rows]),
+        "spend": pa.array([r["spend"] for r in snap_rows], pa.float64()),
+        "tier": pa.array([r["tier"] for r in snap_rows], pa.string())}), snap_path)
+    user = cl.Entity("user", key="user_id")
+    ev_src = cl.EventSource("ev", path=str(ev_path), timestamp="ts",
+                            arrival="arrival" if use_arrival else None,
+                            schema={"user_id": str, "amount": float})
+    tab_src = cl.TableSource("tab", path=str(snap_path), timestamp="ts", created="created",
+                             schema={"user_id": str, "spend": float, "tier": str})
+    windowed = cl.FeatureView("w", entity=user, source=ev_src, aggregations=[
+        cl.Agg("amount", fn, windows=["10m", "1h", "1d"])
+        for fn in ("sum", "count", "mean", "min", "max", "last", "stddev")])
+    snapshot = cl.FeatureView("s", entity=user, source=tab_src, features=["spend", "tier"],
+                              ttl=ttl)
+    ev_snapshot = cl.FeatureView("e", entity=user, source=ev_src, features=["amount"], ttl=ttl)
+    return History(ev_rows, snap_rows, {"w": windowed, "s": snapshot, "e": ev_snapshot})
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(evs=events, snaps=snapshots, qs=queries, use_arrival=st.booleans(),
+       ttl=st.sampled_from([None, "2h", "1d"]))
+def test_training_set_equals_reference(engine, evs, snaps, qs, use_arrival, ttl):  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as folder:
-        ev_path, snap_path = Path(folder) / "ev.parquet", Path(folder) / "snap.parquet"
-        pq.write_table(pa.table({
-            "user_id": [r["user_id"] for r in ev_rows], "ts": _ts([r["ts"] for r in ev_rows]),
-            "arrival": _ts([r["arrival"] for r in ev_rows]),
-            "amount": pa.array([r["amount"] for r in ev_rows], pa.float64())}), ev_path)
-        pq.write_table(pa.table({
-            "user_id": [r["user_id"] for r in snap_rows],
-            "ts": _ts([r["ts"] for r in snap_rows]),
-            "created": _ts([r["created"] for r in snap_rows]),
-            "spend": pa.array([r["spend"] for r in snap_rows], pa.float64()),
-            "tier": pa.array([r["tier"] for r in snap_rows], pa.string())}), snap_path)
-        user = cl.Entity("user", key="user_id")
-        ev_src = cl.EventSource("ev", path=str(ev_path), timestamp="ts",
-                                arrival="arrival" if use_arrival else None,
-                                schema={"user_id": str, "amount": float})
-        tab_src = cl.TableSource("tab", path=str(snap_path), timestamp="ts", created="created",
-                                 schema={"user_id": str, "spend": float, "tier": str})
-        windowed = cl.FeatureView("w", entity=user, source=ev_src, aggregations=[
-            cl.Agg("amount", fn, windows=["10m", "1h", "1d"])
-            for fn in ("sum", "count", "mean", "min", "max", "last", "stddev")])
-        snapshot = cl.FeatureView("s", entity=user, source=tab_src, features=["spend", "tier"],
-                                  ttl=ttl)
-        ev_snapshot = cl.FeatureView("e", entity=user, source=ev_src, features=["amount"],
-                                     ttl=ttl)
-        service = FeatureService(Catalog([windowed, snapshot, ev_snapshot]), engine)
-        views = {"w": windowed, "s": snapshot, "e": ev_snapshot}
-        refs = [f"{n}.{f}" for n, v in views.items() for f in v.feature_names]
+        h = write_history(folder, evs, snaps, use_arrival, ttl)
+        service = FeatureService(Catalog(list(h.views.values())), engine)
         # Edges the grid rarely hits by chance: exact arrival, window start and TTL expiry.
-        for e in ev_rows[:3]:
+        for e in h.ev_rows[:3]:
             qs = [*qs, (e["user_id"], e["arrival"]), (e["user_id"], e["ts"] + 3_600_000_000)]
-        ttl_us = snapshot.ttl_micros
-        for r in snap_rows[:3]:
+        ttl_us = h.views["s"].ttl_micros
+        for r in h.snap_rows[:3]:
             if ttl_us is not None:
                 qs = [*qs, (r["user_id"], r["ts"] + ttl_us), (r["user_id"], r["ts"] + ttl_us + 1)]
         rows = pa.table({"user_id": [k for k, _ in qs], "t": _ts([t for _, t in qs])})
-        got = service.training_set(rows, refs)
-    source_rows = {"w": ev_rows, "e": ev_rows, "s": snap_rows}
+        got = service.training_set(rows, h.refs)
     for i, (key, t) in enumerate(qs):
-        for name, view in views.items():
-            want = reference_features(view, source_rows[name], key, t)
+        for name, view in h.views.items():
+            want = reference_features(view, h.source_rows(name), key, t)
             for feature, value in want.items():
                 have = got[f"{name}.{feature}"][i].as_py()
                 assert same_value(have, value), (name, feature, key, t, have, value)

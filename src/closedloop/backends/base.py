@@ -36,6 +36,19 @@ class OfflineEngine(Protocol):
         """Feature values of ``view`` as known at each row's time."""
         ...
 
+    def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
+        """Per entity (``key`` as a string), the snapshot row visible at ``at``: ``et``,
+        ``tie``, then the view's features; only entities with a row that became visible in
+        (``since``, ``at``] when ``since`` is given."""
+        ...
+
+    def tiles(self, view: FeatureView, hop: int, span: int, at: int,
+              since: int | None = None) -> pa.Table:
+        """Per entity and hop bucket ``b`` ≥ ``at // hop - span``, every aggregated column's
+        partials over the rows visible at ``at``: ``n{i}, s{i}, m{i}, lo{i}, hi{i}, l{i},
+        o{i}`` (count, sum, M2, min, max, last, last's order)."""
+        ...
+
     def close(self) -> None:
         """Release the engine's resources."""
         ...
@@ -61,6 +74,34 @@ class MetadataStore(Protocol):
 
     def register(self, items: Sequence[RegisteredDefinition]) -> None:
         """Add definition versions, all or none, in one transaction."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+#: One online write: (namespace, key, value); a value of None deletes the key.
+OnlineItem = tuple[str, str, bytes | None]
+
+
+class OnlineStore(Protocol):
+    """A key-value store for served feature records: namespaces of keys holding opaque bytes.
+
+    ``write`` applies all its items atomically (no reader sees part of a call); ``read``
+    fetches any number of (namespace, key) pairs in one round trip.
+    """
+
+    def write(self, items: Sequence[OnlineItem]) -> None:
+        """Set or delete every item, all or none."""
+        ...
+
+    def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """The values of the keys, None where absent, in order, in one round trip."""
+        ...
+
+    def clear(self, namespace: str) -> None:
+        """Delete every key of a namespace."""
         ...
 
     def close(self) -> None:

@@ -425,3 +425,64 @@ class DuckDBEngine:
             outs.append(f"{expr} AS {_q(w.name)}")
         ctes.append(f"h{i} AS (SELECT {ROW_ID}, {', '.join(outs)} FROM p{i} GROUP BY {ROW_ID})")
         return ctes
+
+    # -- materialization ---------------------------------------------------------------------
+    def _changed(self, view: FeatureView, at: int, since: int | None) -> str:
+        if since is None:
+            return ""
+        return f" AND __k IN (SELECT __k FROM src WHERE __v > {since} AND __v <= {at})"
+
+    def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
+        """Per entity, the snapshot row visible at ``at`` (for entities with rows that became
+        visible after ``since``, when given): key, event time, tie, then the features."""
+        cols = list(view.features)
+        self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"], cols)
+        keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in cols)]
+        order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
+        payload = ", ".join(["et := __et", "tie := __tie",
+                             *(f"{_q('f_' + c)} := {_q(c)}" for c in cols)])
+        outs = ", ".join(["b.et AS et", "b.tie AS tie",
+                          *(f"b.{_q('f_' + c)} AS {_q(c)}" for c in cols)])
+        sql = (f"WITH src AS ({self._source_cte(view, cols)}) "
+               f"SELECT CAST(__k AS VARCHAR) AS key, {outs} "
+               f"FROM (SELECT __k, arg_max(struct_pack({payload}), struct_pack({order})) AS b "
+               f"FROM src WHERE __v <= {at}{self._changed(view, at, since)} GROUP BY __k)")
+        return self._query(sql)
+
+    def tiles(self, view: FeatureView, hop: int, span: int, at: int,
+              since: int | None = None) -> pa.Table:
+        """Per entity and hop bucket, the partial aggregates of every aggregated column over
+        the rows visible at ``at``, for the buckets a window of ``span`` hops can still read
+        (for entities with rows that became visible after ``since``, when given)."""
+        columns = list(dict.fromkeys(a.column for a in view.aggregations))
+        types = self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"],
+                                  columns)
+        parts = []
+        for i, c in enumerate(columns):
+            qc = _q(c)
+            numeric = types[c] in ("int64", "float64", "bool")
+            order = "struct_pack(et := __et, tp := __tie IS NOT NULL, tie := coalesce(__tie, 0))"
+            parts += [
+                f"count({qc}) AS n{i}",
+                f"sum({qc})::DOUBLE AS s{i}" if numeric else f"0.0 AS s{i}",
+                f"coalesce(var_pop({qc}::DOUBLE) * count({qc}), 0) AS m{i}" if numeric
+                else f"0.0 AS m{i}",
+                f"min({qc}) AS lo{i}", f"max({qc}) AS hi{i}",
+                f"arg_max({qc}, struct_pack(o := {order}, v := {qc})) "
+                f"FILTER (WHERE {qc} IS NOT NULL) AS l{i}",
+                f"max({order}) FILTER (WHERE {qc} IS NOT NULL) AS o{i}",
+            ]
+        b = _fdiv("__et", hop)
+        sql = (f"WITH src AS ({self._source_cte(view, columns)}) "
+               f"SELECT CAST(__k AS VARCHAR) AS key, {b} AS b, {', '.join(parts)} FROM src "
+               f"WHERE __v <= {at} AND {b} >= {_fdiv(str(at), hop)} - {span}"
+               f"{self._changed(view, at, since)} GROUP BY ALL")
+        return self._query(sql)
+
+    def _query(self, sql: str) -> pa.Table:
+        with self._lock:
+            try:
+                return self._connection().sql(sql).to_arrow_table()
+            except duckdb.Error as exc:
+                raise DataError(f"the offline query failed: {exc}",
+                                fix="check the source files against their definitions") from exc

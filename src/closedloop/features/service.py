@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine
-from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
+from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
+from closedloop.errors import (
+    ConfigError,
+    DataError,
+    PointInTimeError,
+    SchemaMismatch,
+    UnknownFeatureError,
+)
 from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.definitions import FeatureView, Transform
+from closedloop.features.materialize import MaterializeReport, materialize_view
+from closedloop.features.online import (
+    OnlineVector,
+    decode,
+    namespace,
+    snapshot_values,
+    windowed_values,
+)
 
 _ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
                 "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
@@ -66,12 +82,107 @@ def to_micros(column: pa.ChunkedArray, what: str) -> pa.ChunkedArray:
     return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
 
 
-class FeatureService:
-    """Builds training sets: ``project.features``."""
+def now_micros() -> int:
+    return time.time_ns() // 1000
 
-    def __init__(self, catalog: Catalog, engine: OfflineEngine) -> None:
+
+class FeatureService:
+    """Training sets, materialization and online vectors: ``project.features``."""
+
+    def __init__(self, catalog: Catalog, engine: OfflineEngine,
+                 online_store: OnlineStore | None = None) -> None:
         self.catalog = catalog
         self.engine = engine
+        self.online_store = online_store
+        self._resolved: dict[tuple[str, ...], Resolution] = {}
+
+    def _store(self) -> OnlineStore:
+        if self.online_store is None:
+            raise ConfigError("this feature service has no online store",
+                              fix="open the project with closedloop.Project, which wires one")
+        return self.online_store
+
+    def materialize(self, views: Sequence[str] | None = None, *, at: datetime | None = None,
+                    incremental: bool = True, progress: Progress | None = None,
+                    ) -> list[MaterializeReport]:
+        """Write every view version's state as of ``at`` (default: now) to the online store.
+
+        Incremental (only entities with rows that became visible since the last run), late-data
+        aware and idempotent; see ``closedloop.features.materialize``.
+        """
+        t = now_micros() if at is None else _instant(at)
+        chosen = [v for v in self.catalog.views.values()
+                  if views is None or v.name in views or f"{v.name}@{v.version}" in views]
+        if views is not None and not chosen:
+            names = sorted({v.name for v in self.catalog.views.values()})
+            raise UnknownFeatureError(f"no feature view matches {list(views)}",
+                                      fix=f"the views are {names}")
+        return [materialize_view(v, self.engine, self._store(), t, incremental=incremental,
+                                 progress=progress) for v in chosen]
+
+    def online(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+               features: Sequence[str], *, at: datetime | None = None,
+               ) -> OnlineVector | list[OnlineVector]:
+        """Feature vectors as served now (or at ``at``): one dict of entity keys and request
+        values gives one ``OnlineVector``, a list gives a list. One store round trip.
+
+        Unknown entity keys get the declared defaults, and the vector's ``missing`` names the
+        views that had no record; a malformed key or an unknown feature is an error.
+        """
+        single = isinstance(rows, Mapping)
+        batch: Sequence[Mapping[str, Any]] = [rows] if isinstance(rows, Mapping) else rows
+        ref_key = tuple(features)
+        resolution = self._resolved.get(ref_key)
+        if resolution is None:
+            resolution = self._resolved[ref_key] = self.catalog.resolve(list(features))
+        t = now_micros() if at is None else _instant(at)
+        groups = resolution.by_view()
+        pairs: list[tuple[str, str]] = []
+        for row in batch:
+            for view, _ in groups:
+                pairs.append((namespace(view), _online_key(row, view)))
+        raw = self._store().read(pairs)
+        vectors: list[dict[str, Any]] = []
+        missing: list[list[str]] = []
+        i = 0
+        for _row in batch:
+            values: dict[str, Any] = {}
+            gone: list[str] = []
+            for view, names in groups:
+                data = raw[i]
+                i += 1
+                record = None if data is None else decode(data)
+                if record is None:
+                    gone.append(namespace(view))
+                if view.aggregations:
+                    got = windowed_values(view, record, t,
+                                          [w for w in view.windowed if w.name in names])
+                else:
+                    got = snapshot_values(view, record, t, names)
+                prefix = f"{view.name}@{view.version}."
+                for name, value in got.items():
+                    values[prefix + name] = value
+            vectors.append(values)
+            missing.append(gone)
+        for tr in resolution.transforms:
+            inputs = {}
+            for inp in tr.inputs:
+                if inp.startswith("request."):
+                    column = inp.removeprefix("request.")
+                    if any(column not in row for row in batch):
+                        raise SchemaMismatch(f"transform {tr.name!r} reads {inp!r}, which the "
+                                             "request does not carry", fix=f"send {column!r}")
+                    data_in: list[Any] = [row[column] for row in batch]
+                else:
+                    key = resolution.keys[inp]
+                    data_in = [v[key] for v in vectors]
+                inputs[inp] = _column(data_in)
+            out = _call_transform(tr, inputs, len(batch))
+            for v, value in zip(vectors, out.tolist(), strict=True):
+                v[tr.name] = tr.default if value is None and tr.default is not None else value
+        result = [OnlineVector({ref: v[resolution.columns[ref]] for ref in resolution.requested},
+                               tuple(m), t) for v, m in zip(vectors, missing, strict=True)]
+        return result[0] if single else result
 
     def training_set(self, entity_rows: Any, features: Sequence[str], *,
                      timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:
@@ -170,15 +281,49 @@ class FeatureService:
             else:
                 data = values[resolution.keys[inp]]
             inputs[inp] = data.to_numpy(zero_copy_only=False)
-        try:
-            out = np.asarray(t(inputs))
-        except Exception as exc:
-            raise DataError(f"transform {t.name!r} raised {type(exc).__name__}: {exc}",
-                            fix="fix the transform; it gets numpy arrays by input name") from exc
-        if out.shape != (table.num_rows,):
-            raise DataError(f"transform {t.name!r} returned shape {out.shape} for "
-                            f"{table.num_rows} rows", fix="return one value per row")
+        out = _call_transform(t, inputs, table.num_rows)
         result = pa.chunked_array([pa.array(out, from_pandas=True)])
         if t.default is not None and result.null_count:
             result = pc.fill_null(result, t.default)
         return result
+
+
+def _call_transform(t: Transform, inputs: dict[str, Any], n: int) -> Any:
+    """Run a transform the same way for N training rows and for one served row."""
+    try:
+        out = np.asarray(t(inputs))
+    except Exception as exc:
+        raise DataError(f"transform {t.name!r} raised {type(exc).__name__}: {exc}",
+                        fix="fix the transform; it gets numpy arrays by input name") from exc
+    if out.shape != (n,):
+        raise DataError(f"transform {t.name!r} returned shape {out.shape} for {n} rows",
+                        fix="return one value per row")
+    return out
+
+
+def _column(values: list[Any]) -> Any:
+    """Served values as the numpy array training would have given the transform."""
+    return pa.array(values, from_pandas=True).to_numpy(zero_copy_only=False)
+
+
+def _instant(at: datetime) -> int:
+    if not isinstance(at, datetime) or at.tzinfo is None:
+        raise PointInTimeError(f"time {at!r} is naive or not a datetime",
+                               fix="pass a timezone-aware datetime, e.g. datetime.now(UTC)")
+    return int(at.timestamp()) * 1_000_000 + at.microsecond
+
+
+def _online_key(row: Mapping[str, Any], view: FeatureView) -> str:
+    key = view.entity.key
+    if key not in row:
+        raise SchemaMismatch(f"the request has no {key!r}, the key of entity "
+                             f"{view.entity.name!r}", fix=f"send {key!r}")
+    value = row[key]
+    dtype = view.entity.spec()["dtype"]
+    ok = isinstance(value, str) if dtype == "string" else (
+        isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise SchemaMismatch(f"entity key {key!r} is {value!r} ({type(value).__name__}); entity "
+                             f"{view.entity.name!r} declares {dtype}",
+                             fix=f"send {key!r} as {dtype}")
+    return str(value)

@@ -1,0 +1,77 @@
+"""The scale-out online store: Redis strings under a key prefix; MGET reads, MULTI writes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+
+from closedloop.backends.base import OnlineItem
+from closedloop.errors import BackendError, BackendUnavailable
+
+
+class RedisOnlineStore:
+    """Online store in Redis. Keys are ``{prefix}{namespace}|{key}``."""
+
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "cl:") -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client: redis.Redis | None = None
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.url, socket_connect_timeout=2,
+                                                socket_timeout=5)
+        return self._client
+
+    def _key(self, namespace: str, key: str) -> str:
+        return f"{self.prefix}{namespace}|{key}"
+
+    def _down(self, exc: Exception) -> BackendUnavailable:
+        return BackendUnavailable(f"Redis at {self.url} is unreachable: {exc}",
+                                  fix="start Redis or fix the online store url")
+
+    def write(self, items: Sequence[OnlineItem]) -> None:
+        if not items:
+            return
+        try:
+            pipe = self._redis().pipeline(transaction=True)
+            for ns, key, value in items:
+                if value is None:
+                    pipe.delete(self._key(ns, key))
+                else:
+                    pipe.set(self._key(ns, key), value)
+            pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._down(exc) from exc
+        except redis.RedisError as exc:
+            raise BackendError(f"Redis at {self.url} refused a write: {exc}",
+                               fix="check the server; MULTI applied none of it") from exc
+
+    def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            values = self._redis().mget([self._key(ns, k) for ns, k in keys])
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._down(exc) from exc
+        return list(values)  # type: ignore[arg-type]  # redis-py types MGET loosely
+
+    def clear(self, namespace: str) -> None:
+        try:
+            client = self._redis()
+            batch: list[str] = []
+            for key in client.scan_iter(match=f"{self.prefix}{namespace}|*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    client.delete(*batch)
+                    batch = []
+            if batch:
+                client.delete(*batch)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._down(exc) from exc
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None

@@ -1,0 +1,94 @@
+"""The embedded online store: one SQLite table of (namespace, key) → bytes, WAL mode."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from closedloop.backends.base import OnlineItem
+from closedloop.errors import BackendError, BackendUnavailable
+
+_SCHEMA = """CREATE TABLE IF NOT EXISTS cl_online (
+    ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ns, key)
+) WITHOUT ROWID"""
+
+
+class SQLiteOnlineStore:
+    """Online store in a SQLite file (``":memory:"`` for a private in-memory one).
+
+    >>> store = SQLiteOnlineStore(":memory:")
+    >>> store.write([("v@1", "u1", b"x")])
+    >>> store.read([("v@1", "u1"), ("v@1", "u2")])
+    [b'x', None]
+    >>> store.close()
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._con: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._reads: dict[int, str] = {}
+
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+                con.execute(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise BackendUnavailable(f"online store {self.path!r} cannot be opened: {exc}",
+                                         fix="check the path and its permissions") from exc
+            self._con = con
+        return self._con
+
+    def write(self, items: Sequence[OnlineItem]) -> None:
+        sets = [(ns, key, value) for ns, key, value in items if value is not None]
+        dels = [(ns, key) for ns, key, value in items if value is None]
+        with self._lock:
+            con = self._db()
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                if sets:
+                    con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?, ?)", sets)
+                if dels:
+                    con.executemany("DELETE FROM cl_online WHERE ns = ? AND key = ?", dels)
+                con.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                raise BackendError(f"online store {self.path!r} write failed: {exc}",
+                                   fix="check the disk; nothing of this write was applied") from exc
+
+    def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        if not keys:
+            return []
+        n = len(keys)
+        sql = self._reads.get(n)
+        if sql is None:
+            values = ", ".join(["(?, ?)"] * n)
+            sql = self._reads[n] = (f"SELECT ns, key, value FROM cl_online "
+                                    f"WHERE (ns, key) IN (VALUES {values})")
+        flat = [part for pair in keys for part in pair]
+        with self._lock:
+            try:
+                rows = self._db().execute(sql, flat).fetchall()
+            except sqlite3.Error as exc:
+                raise BackendError(f"online store {self.path!r} read failed: {exc}",
+                                   fix="check the file") from exc
+        found = {(ns, key): value for ns, key, value in rows}
+        return [found.get(k) for k in keys]
+
+    def clear(self, namespace: str) -> None:
+        with self._lock:
+            self._db().execute("DELETE FROM cl_online WHERE ns = ?", (namespace,))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
