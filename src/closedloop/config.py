@@ -42,6 +42,8 @@ class OnlineSettings(_Section):
     path: str = ".closedloop/online.db"            # sqlite
     url: str = "redis://127.0.0.1:6379/0"          # redis
     prefix: str = "cl:"                            # redis: every key starts with this
+    log_sample: float = Field(default=0.0, ge=0.0, le=1.0)   # share of served vectors logged
+    batch_size: int = Field(default=2000, ge=1)    # entities per atomic materialization write
 
 
 class MetadataSettings(_Section):

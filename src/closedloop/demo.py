@@ -7,17 +7,21 @@ they were known at the transaction's own time.
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.registration import Plan
 from closedloop.features.service import Progress
 from closedloop.project import Project
+from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import FEATURES, write_fraud_project
 
 
@@ -30,6 +34,10 @@ class DemoReport:
     seconds_training_set: float
     training_set: pa.Table
     output: Path
+    materialized: int = 0
+    served: int = 0
+    seconds_online_p50: float = 0.0
+    consistency: tuple[FeatureConsistency, ...] = ()
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:
         """Per feature: share missing, mean on fraud rows, mean on legitimate rows."""
@@ -70,6 +78,32 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
         table = project.features.training_set(txns, FEATURES, timestamp="event_time",
                                                progress=progress)
         t3 = time.perf_counter()
-    output = root / "training_set.parquet"
-    pq.write_table(table, output)
-    return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output)
+        output = root / "training_set.parquet"
+        pq.write_table(table, output)
+        # Serve: materialize the world as of its last instant, then answer requests for a
+        # sample of users (their last transaction's amount and country as the request).
+        end = FraudWorld(n_users=n_users, seed=seed).end
+        say(f"materializing the online store as of {end:%Y-%m-%d %H:%M}")
+        reports = project.features.materialize(at=end)
+        last = _last_per_user(txns, limit=500)
+        say(f"serving {len(last)} online vectors")
+        timings = []
+        for row in last:
+            s = time.perf_counter()
+            project.features.online(row, FEATURES, at=end)
+            timings.append(time.perf_counter() - s)
+        say("replaying the served vectors offline")
+        report = project.features.consistency()
+    return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output,
+                      sum(r.entities for r in reports), len(last),
+                      statistics.median(timings) if timings else 0.0, tuple(report))
+
+
+def _last_per_user(txns: pa.Table, limit: int) -> list[dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for row in txns.select(["user_id", "event_time", "amount", "country"]).to_pylist():
+        seen = latest.get(row["user_id"])
+        if seen is None or row["event_time"] > seen["event_time"]:
+            latest[row["user_id"]] = row
+    return [{"user_id": r["user_id"], "amount": r["amount"], "country": r["country"]}
+            for r in list(latest.values())[:limit]]

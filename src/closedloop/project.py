@@ -25,6 +25,7 @@ from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settin
 from closedloop.errors import ClosedLoopError, ConfigError, DefinitionError
 from closedloop.features import registration
 from closedloop.features.catalog import Catalog
+from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
 
@@ -101,7 +102,11 @@ class Project:
         self.online_store = self._online_store()
         # Registered versions the code no longer defines stay usable.
         self.catalog.restore(self.metadata.definitions())
-        self.features = FeatureService(self.catalog, self.engine, self.online_store)
+        sample = self.settings.online.log_sample
+        self.feature_log = FeatureLog(self.root / ".closedloop" / "feature_log", sample=sample)
+        self.features = FeatureService(self.catalog, self.engine, self.online_store,
+                                       self.feature_log if sample > 0 else None,
+                                       batch_size=self.settings.online.batch_size)
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online
@@ -121,6 +126,7 @@ class Project:
         return registration.apply(self.catalog, self.metadata)
 
     def close(self) -> None:
+        self.feature_log.flush()
         self.engine.close()
         self.metadata.close()
         self.online_store.close()

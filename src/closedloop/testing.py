@@ -8,7 +8,6 @@ nulls and defaults — against any ``OfflineEngine``. A new engine is one parame
 
 from __future__ import annotations
 
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine
+from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
 from closedloop.data.sources import Entity, EventSource, TableSource
+from closedloop.features.consistency import same_value
 from closedloop.features.definitions import Agg, FeatureView
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
@@ -193,17 +193,6 @@ def run_case(engine: OfflineEngine, case: SemanticCase, folder: str | Path) -> l
     return out
 
 
-def same_value(a: Any, b: Any) -> bool:
-    """Feature values agree: both null, or equal (floats within a relative 1e-9; NaN = NaN)."""
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        if math.isnan(a) and math.isnan(b):
-            return True
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-    return bool(a == b)
-
-
 def check_offline_engine(engine: OfflineEngine) -> None:
     """Raise AssertionError unless the engine computes every semantic case exactly."""
     with tempfile.TemporaryDirectory() as folder:
@@ -214,3 +203,49 @@ def check_offline_engine(engine: OfflineEngine) -> None:
                     assert same_value(have[name], value), (
                         f"{case.name} ({case.rule}): {name} for {query} is {have[name]!r}, "
                         f"expected {value!r}")
+
+
+def check_online_store(store: OnlineStore) -> None:
+    """Raise AssertionError unless ``store`` behaves as the OnlineStore protocol says:
+    writes land, deletes delete, reads keep order and namespaces apart, a write is never
+    seen in part, and ``clear`` clears one namespace only."""
+    import threading
+
+    ns, other = "__check@1", "__check@2"
+    store.clear(ns)
+    store.clear(other)
+    assert store.read([]) == []
+    assert store.read([(ns, "absent")]) == [None]
+    blob = bytes(range(256))
+    store.write([(ns, "a", b"1"), (ns, "b", blob), (other, "a", b"other")])
+    assert store.read([(ns, "b"), (other, "a"), (ns, "a"), (ns, "zz")]) == [
+        blob, b"other", b"1", None], "read must keep order and namespaces apart"
+    store.write([(ns, "a", b"2"), (ns, "b", None)])
+    assert store.read([(ns, "a"), (ns, "b")]) == [b"2", None], "overwrite and delete"
+    keys = [f"k{i}" for i in range(300)]
+    many = [(ns, k) for k in keys]
+    store.write([(ns, k, k.encode()) for k in keys])
+    assert store.read(many) == [k.encode() for k in keys], "300 keys in one read"
+    # Atomicity: a reader running beside a writer never sees two versions in one read.
+    torn: list[list[bytes | None]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            got = store.read(many)
+            if len(set(got)) != 1:
+                torn.append(got)
+
+    store.write([(ns, k, b"v0") for k in keys])
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in range(1, 40):
+            store.write([(ns, k, f"v{version}".encode()) for k in keys])
+    finally:
+        stop.set()
+        thread.join()
+    assert not torn, f"a read saw a write in part: {sorted(set(map(repr, torn[0])))[:3]}"
+    store.clear(ns)
+    assert store.read([(ns, "k1"), (other, "a")]) == [None, b"other"], "clear is per namespace"
+    store.clear(other)

@@ -462,10 +462,12 @@ class DuckDBEngine:
             qc = _q(c)
             numeric = types[c] in ("int64", "float64", "bool")
             order = "struct_pack(et := __et, tp := __tie IS NOT NULL, tie := coalesce(__tie, 0))"
+            # Float sums in a fixed order, so that a rerun writes the same bits.
+            fixed = f"ORDER BY __et, __tie, {qc}"
             parts += [
                 f"count({qc}) AS n{i}",
-                f"sum({qc})::DOUBLE AS s{i}" if numeric else f"0.0 AS s{i}",
-                f"coalesce(var_pop({qc}::DOUBLE) * count({qc}), 0) AS m{i}" if numeric
+                f"sum({qc}::DOUBLE {fixed}) AS s{i}" if numeric else f"0.0 AS s{i}",
+                f"coalesce(var_pop({qc}::DOUBLE {fixed}) * count({qc}), 0) AS m{i}" if numeric
                 else f"0.0 AS m{i}",
                 f"min({qc}) AS lo{i}", f"max({qc}) AS hi{i}",
                 f"arg_max({qc}, struct_pack(o := {order}, v := {qc})) "

@@ -38,7 +38,7 @@ def watermark_key(view: FeatureView) -> tuple[str, str]:
 
 def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
                      since: int | None) -> Iterator[tuple[str, Any]]:
-    table = engine.latest(view, at, since)
+    table = engine.latest(view, at, since).sort_by("key")
     keys, ets, ties = (table[c].to_pylist() for c in ("key", "et", "tie"))
     values = [table[c].to_pylist() for c in view.features]
     for i, key in enumerate(keys):
@@ -63,7 +63,11 @@ def window_records(view: FeatureView, engine: OfflineEngine, at: int,
                                  c[5][r], None if order is None else
                                  [order["et"], order["tp"], order["tie"]]])
             records[key].setdefault(str(hop), []).append([buckets[r], partials])
-    yield from records.items()
+    for key in sorted(records):          # byte-for-byte the same record on every run
+        record = records[key]
+        for tiles in record.values():
+            tiles.sort(key=lambda tile: tile[0])
+        yield key, record
 
 
 def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStore, at: int, *,

@@ -20,6 +20,7 @@ from closedloop.errors import (
     UnknownFeatureError,
 )
 from closedloop.features.catalog import Catalog, Resolution
+from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.definitions import FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, materialize_view
 from closedloop.features.online import (
@@ -90,10 +91,13 @@ class FeatureService:
     """Training sets, materialization and online vectors: ``project.features``."""
 
     def __init__(self, catalog: Catalog, engine: OfflineEngine,
-                 online_store: OnlineStore | None = None) -> None:
+                 online_store: OnlineStore | None = None, log: FeatureLog | None = None,
+                 batch_size: int = 2000) -> None:
         self.catalog = catalog
         self.engine = engine
         self.online_store = online_store
+        self.log = log
+        self.batch_size = batch_size
         self._resolved: dict[tuple[str, ...], Resolution] = {}
 
     def _store(self) -> OnlineStore:
@@ -118,7 +122,7 @@ class FeatureService:
             raise UnknownFeatureError(f"no feature view matches {list(views)}",
                                       fix=f"the views are {names}")
         return [materialize_view(v, self.engine, self._store(), t, incremental=incremental,
-                                 progress=progress) for v in chosen]
+                                 batch_size=self.batch_size, progress=progress) for v in chosen]
 
     def online(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                features: Sequence[str], *, at: datetime | None = None,
@@ -172,17 +176,27 @@ class FeatureService:
                     if any(column not in row for row in batch):
                         raise SchemaMismatch(f"transform {tr.name!r} reads {inp!r}, which the "
                                              "request does not carry", fix=f"send {column!r}")
-                    data_in: list[Any] = [row[column] for row in batch]
+                    data_in = [row[column] for row in batch]
+                    inputs[inp] = _column(data_in, None)
                 else:
                     key = resolution.keys[inp]
-                    data_in = [v[key] for v in vectors]
-                inputs[inp] = _column(data_in)
+                    inputs[inp] = _column([v[key] for v in vectors], _key_type(resolution, key))
             out = _call_transform(tr, inputs, len(batch))
             for v, value in zip(vectors, out.tolist(), strict=True):
                 v[tr.name] = tr.default if value is None and tr.default is not None else value
         result = [OnlineVector({ref: v[resolution.columns[ref]] for ref in resolution.requested},
                                tuple(m), t) for v, m in zip(vectors, missing, strict=True)]
+        if self.log is not None:
+            for row, vector in zip(batch, result, strict=True):
+                self.log.record(t, resolution.requested, dict(row), vector.values)
         return result[0] if single else result
+
+    def consistency(self) -> list[FeatureConsistency]:
+        """Replay the logged served vectors offline; per feature, how often they agree."""
+        if self.log is None:
+            raise ConfigError("no feature log is configured", fix="set [online] log_sample")
+        self.log.flush()
+        return consistency_report(self, self.log.read())
 
     def training_set(self, entity_rows: Any, features: Sequence[str], *,
                      timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:
@@ -301,9 +315,17 @@ def _call_transform(t: Transform, inputs: dict[str, Any], n: int) -> Any:
     return out
 
 
-def _column(values: list[Any]) -> Any:
-    """Served values as the numpy array training would have given the transform."""
-    return pa.array(values, from_pandas=True).to_numpy(zero_copy_only=False)
+def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
+    """Served values as the numpy array training would have given the transform (typed, so
+    that a missing float is NaN there as here)."""
+    return pa.array(values, type=arrow_type, from_pandas=True).to_numpy(zero_copy_only=False)
+
+
+def _key_type(resolution: Resolution, key: str) -> pa.DataType | None:
+    for ref in resolution.features:
+        if str(ref) == key:
+            return _ARROW_TYPES[ref.view.output_type(ref.feature)]
+    return None   # a transform's output: let Arrow infer
 
 
 def _instant(at: datetime) -> int:

@@ -18,7 +18,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +65,11 @@ class FraudWorld:
             raise ConfigError(f"days={self.days!r} is out of range", fix="use 1..3650 days")
         if self.start.tzinfo is None:
             raise ConfigError("start is a naive datetime", fix="pass a UTC datetime")
+
+    @property
+    def end(self) -> datetime:
+        """The world's last instant: every event happened before it."""
+        return self.start + timedelta(days=self.days)
 
     @property
     def start_us(self) -> int:

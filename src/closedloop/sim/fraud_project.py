@@ -75,5 +75,6 @@ def write_fraud_project(folder: str | Path, *, n_users: int = 1000, seed: int = 
     FraudWorld(n_users=n_users, seed=seed).write(root / "data")
     (root / "definitions.py").write_text(DEFINITIONS)
     (root / "closedloop.toml").write_text(
-        '[project]\nname = "fraud"\ndefinitions = "definitions.py"\n')
+        '[project]\nname = "fraud"\ndefinitions = "definitions.py"\n\n'
+        "[online]\nlog_sample = 1.0   # log every served vector for `closedloop consistency`\n")
     return root

@@ -1,0 +1,50 @@
+"""Every online store passes the shared check (the `online_store` fixture lists them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from closedloop.backends.redis import RedisOnlineStore
+from closedloop.errors import BackendUnavailable
+from closedloop.testing import check_online_store
+
+
+def test_check_online_store(online_store) -> None:  # type: ignore[no-untyped-def]
+    check_online_store(online_store)
+
+
+class _TornStore:
+    """Writes key by key: the check must catch it."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+
+    def write(self, items):  # type: ignore[no-untyped-def]
+        for item in items:
+            self.inner.write([item])
+
+    def read(self, keys):  # type: ignore[no-untyped-def]
+        return self.inner.read(keys)
+
+    def clear(self, namespace):  # type: ignore[no-untyped-def]
+        self.inner.clear(namespace)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_check_catches_a_store_that_tears_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from closedloop.backends.sqlite import SQLiteOnlineStore
+
+    store = _TornStore(SQLiteOnlineStore(tmp_path / "o.db"))
+    try:
+        with pytest.raises(AssertionError, match="in part"):
+            check_online_store(store)
+    finally:
+        store.close()
+
+
+def test_redis_down_names_the_url() -> None:
+    store = RedisOnlineStore("redis://127.0.0.1:1/0")
+    with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1"):
+        store.read([("v@1", "a")])

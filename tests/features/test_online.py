@@ -1,0 +1,162 @@
+"""Online serving through the project: defaults for unknown keys, clear errors, the log and
+the consistency report, materialization from the CLI, and a materialization killed half-way."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import closedloop as cl
+from closedloop.errors import BackendUnavailable, SchemaMismatch, UnknownFeatureError
+
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
+DEFS = '''
+import numpy as np
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+txns = cl.EventSource("txns", path="data/txns.parquet", timestamp="ts", arrival="arr",
+                      schema={"user_id": str, "amount": float})
+user_txn = cl.FeatureView("user_txn", entity=user, source=txns,
+                          aggregations=[cl.Agg("amount", "sum", windows=["1h", "1d"]),
+                                        cl.Agg("amount", "max", windows=["1d"], default=-1.0)])
+last_txn = cl.FeatureView("last_txn", entity=user, source=txns, features=["amount"], ttl="1d")
+
+@cl.transform(inputs=["request.amount", "user_txn.amount_sum_1h"])
+def share(c):
+    return c["request.amount"] / (c["request.amount"] + c["user_txn.amount_sum_1h"])
+'''
+FEATURES = ["user_txn.amount_sum_1h", "user_txn.amount_max_1d", "last_txn.amount", "share"]
+
+
+def _write(root: Path, n_users: int = 50, per_user: int = 20) -> None:
+    users, ts, amounts = [], [], []
+    for u in range(n_users):
+        for k in range(per_user):
+            users.append(f"u{u}")
+            ts.append(T0 + timedelta(minutes=17 * k + u))
+            amounts.append(float(u + k))
+    arr = pa.array(ts, pa.timestamp("us", tz="UTC"))
+    pq.write_table(pa.table({"user_id": users, "ts": arr, "arr": arr, "amount": amounts}),
+                   root / "data" / "txns.parquet")
+
+
+@pytest.fixture
+def project(make_project):  # type: ignore[no-untyped-def]
+    p = make_project(DEFS + "\n")
+    _write(p.root)
+    (p.root / "closedloop.toml").write_text("[online]\nlog_sample = 1.0\n")
+    p.close()
+    opened = cl.Project(p.root)
+    yield opened
+    opened.close()
+
+
+def test_unknown_keys_get_defaults_and_say_so(project) -> None:  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(hours=3)
+    project.features.materialize(at=at)
+    known, unknown = project.features.online(
+        [{"user_id": "u1", "amount": 5.0}, {"user_id": "nobody", "amount": 5.0}], FEATURES,
+        at=at)
+    assert known.missing == ()
+    assert known.values["user_txn.amount_max_1d"] == 11.0
+    assert unknown.missing == ("user_txn@1", "last_txn@1")
+    assert unknown.values == {"user_txn.amount_sum_1h": 0.0, "user_txn.amount_max_1d": -1.0,
+                              "last_txn.amount": None, "share": 1.0}
+
+
+def test_bad_requests_are_clear_errors(project) -> None:  # type: ignore[no-untyped-def]
+    project.features.materialize(at=T0)
+    with pytest.raises(SchemaMismatch, match="user_id"):
+        project.features.online({"user_id": 7, "amount": 1.0}, FEATURES)
+    with pytest.raises(SchemaMismatch, match="user_id"):
+        project.features.online({"uid": "u1"}, FEATURES)
+    with pytest.raises(UnknownFeatureError, match="amount_sum_5h"):
+        project.features.online({"user_id": "u1"}, ["user_txn.amount_sum_5h"])
+    with pytest.raises(SchemaMismatch, match="request.amount"):
+        project.features.online({"user_id": "u1"}, ["share"])
+
+
+def test_consistency_report_is_all_matches(project) -> None:  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(hours=5, minutes=3)
+    project.features.materialize(at=at)
+    for u in range(50):
+        project.features.online({"user_id": f"u{u}", "amount": 10.0}, FEATURES, at=at)
+    report = project.features.consistency()
+    assert {r.feature for r in report} == set(FEATURES)
+    for r in report:
+        assert (r.rows, r.match_rate, r.missing, r.extra) == (50, 1.0, 0, 0), r
+
+
+def test_consistency_catches_a_stale_store(project) -> None:  # type: ignore[no-untyped-def]
+    project.features.materialize(at=T0 + timedelta(hours=1))
+    late = T0 + timedelta(hours=5)          # served long after the store was last refreshed
+    for u in range(10):
+        project.features.online({"user_id": f"u{u}", "amount": 1.0}, FEATURES, at=late)
+    report = {r.feature: r for r in project.features.consistency()}
+    assert report["user_txn.amount_max_1d"].match_rate < 1.0
+
+
+@pytest.mark.redis
+def test_redis_down_is_backend_unavailable(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(DEFS)
+    (p.root / "closedloop.toml").write_text('[online]\nstore = "redis"\n'
+                                            'url = "redis://127.0.0.1:1/0"\n')
+    p.close()
+    with cl.Project(p.root) as q, pytest.raises(BackendUnavailable, match="127.0.0.1:1"):
+        q.features.online({"user_id": "u1", "amount": 1.0}, FEATURES)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "closedloop", *args], cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _dump(root: Path) -> dict[tuple[str, str], bytes]:
+    import sqlite3
+
+    with sqlite3.connect(root / ".closedloop" / "online.db") as con:
+        return {(ns, k): v for ns, k, v in con.execute("SELECT ns, key, value FROM cl_online")}
+
+
+def test_a_killed_materialization_reruns_to_the_clean_state(tmp_path: Path) -> None:
+    roots = []
+    for name in ("killed", "clean"):
+        root = cl.init_project(tmp_path / name, definitions=DEFS)
+        _write(root, n_users=2000, per_user=10)
+        (root / "closedloop.toml").write_text("[online]\nbatch_size = 5\n")
+        roots.append(root)
+    killed, clean = roots
+    at = (T0 + timedelta(days=1)).isoformat()
+    proc = _cli("materialize", "--at", at, cwd=killed)
+    db = killed / ".closedloop" / "online.db"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:      # kill as soon as the first batches are in
+        try:
+            if len(_dump(killed)) > 50:
+                break
+        except Exception:                   # the file or table is not there yet
+            pass
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    partial = _dump(killed)
+    assert 0 < len(partial) < 2 * 2000, "killed before or after the writes: retune the test"
+    assert db.exists()
+    for root in (killed, clean):
+        done = subprocess.run([sys.executable, "-m", "closedloop", "materialize", "--at", at],
+                              cwd=root, capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0, done.stderr
+    a, b = _dump(killed), _dump(clean)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    assert not diff, (len(diff), diff[:3], [(a.get(k), b.get(k)) for k in diff[:2]])
+    assert len(b) > len(partial)
