@@ -81,7 +81,7 @@ def test_bad_requests_are_clear_errors(project) -> None:  # type: ignore[no-unty
         project.features.online({"uid": "u1"}, FEATURES)
     with pytest.raises(UnknownFeatureError, match="amount_sum_5h"):
         project.features.online({"user_id": "u1"}, ["user_txn.amount_sum_5h"])
-    with pytest.raises(SchemaMismatch, match="request.amount"):
+    with pytest.raises(SchemaMismatch, match=r"request\.amount"):
         project.features.online({"user_id": "u1"}, ["share"])
 
 
@@ -111,7 +111,7 @@ def test_redis_down_is_backend_unavailable(make_project) -> None:  # type: ignor
     (p.root / "closedloop.toml").write_text('[online]\nstore = "redis"\n'
                                             'url = "redis://127.0.0.1:1/0"\n')
     p.close()
-    with cl.Project(p.root) as q, pytest.raises(BackendUnavailable, match="127.0.0.1:1"):
+    with cl.Project(p.root) as q, pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1"):
         q.features.online({"user_id": "u1", "amount": 1.0}, FEATURES)
 
 
