@@ -35,8 +35,8 @@ def run_child(workload: str, system: str, data: Path, out: Path) -> dict[str, fl
         text = stdout.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{workload}/{system} failed with exit code {proc.returncode}")
-    result = json.loads(text.strip().splitlines()[-1])
-    return {"seconds": result["seconds"], "peak_mb": result["peak_mb"]}
+    result: dict[str, float] = json.loads(text.strip().splitlines()[-1])
+    return result
 
 
 def mismatches(table: pa.Table, floor: pa.Table, outputs: list[str]) -> int:
@@ -74,28 +74,33 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
     results = []
     for system in chosen:
         table = pq.read_table(outs[system])
+        figures = {key: round(statistics.median(r[key] for r in runs[system]), 4)
+                   for key in runs[system][0]}
         results.append({
-            "workload": name, "system": system,
-            "seconds": round(statistics.median(r["seconds"] for r in runs[system]), 4),
-            "peak_mb": round(statistics.median(r["peak_mb"] for r in runs[system]), 1),
+            "workload": name, "system": system, **figures,
             "mismatches": mismatches(table, floor, module.OUTPUTS),
             "rows": table.num_rows, "repeat": repeat, "scale": scale,
         })
     return results
 
 
-def render(results: list[dict[str, Any]], anchor: str | None) -> None:
+def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> None:
+    """One line per system; ratios on the workload's headline metric (lower is better)."""
     by = {r["system"]: r for r in results}
-    floor, ours = by.get("floor"), by.get("closedloop")
-    print(f"{'system':<14}{'seconds':>10}{'peak MB':>10}{'mismatches':>12}{'ratio':>28}")
+    floor = by.get("floor")
+    ours = [r for r in results if r["system"].startswith("closedloop")]
+    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s") if k in results[0]]
+    head = "".join(f"{k:>10}" for k in extra)
+    print(f"{'system':<18}{'seconds':>9}{head}{'peak MB':>9}{'mismatches':>11}  ratio")
     for r in results:
         ratio = ""
-        if r["system"] == "closedloop" and floor:
-            ratio = f"{r['seconds'] / floor['seconds']:.2f}x the floor"
+        if r["system"].startswith("closedloop") and floor:
+            ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
         elif r["system"] == anchor and ours:
-            ratio = f"closedloop {r['seconds'] / ours['seconds']:.1f}x faster"
-        print(f"{r['system']:<14}{r['seconds']:>10.3f}{r['peak_mb']:>10.0f}"
-              f"{r['mismatches']:>12}{ratio:>28}")
+            ratio = f"closedloop {r[metric] / ours[0][metric]:.1f}x better ({metric})"
+        cells = "".join(f"{r[k]:>10.4g}" for k in extra)
+        print(f"{r['system']:<18}{r['seconds']:>9.3f}{cells}{r['peak_mb']:>9.0f}"
+              f"{r['mismatches']:>11}  {ratio}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             for r in results:
                 print(json.dumps(r), flush=True)
         else:
-            render(results, WORKLOADS[name].ANCHOR)
+            render(results, WORKLOADS[name].ANCHOR, getattr(WORKLOADS[name], "METRIC",
+                                                                  "seconds"))
     return 0
 
 

@@ -8,8 +8,10 @@ same semantics).
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -72,8 +74,8 @@ def floor(data: Path) -> pa.Table:
     return con.sql(sql).to_arrow_table()
 
 
-def feast_duckdb(data: Path) -> tuple[pa.Table, object]:
-    """Returns the timed job as a closure so that the repository set-up is not timed."""
+def feast_store(data: Path) -> Any:
+    """A Feast repository over the pit files: DuckDB offline store, SQLite online store."""
     from feast import Entity, FeatureStore, FeatureView, Field, FileSource, RepoConfig
     from feast.infra.offline_stores.duckdb import DuckDBOfflineStoreConfig
     from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
@@ -95,6 +97,12 @@ def feast_duckdb(data: Path) -> tuple[pa.Table, object]:
         views.append(FeatureView(name=name, entities=[user], ttl=ttl, source=source,
                                  schema=[Field(name=c, dtype=Float64) for c in cols]))
     store.apply([user, *views])
+    return store
+
+
+def feast_duckdb(data: Path) -> Callable[[], pa.Table]:
+    """Returns the timed job as a closure so that the repository set-up is not timed."""
+    store = feast_store(data)
 
     def job() -> pa.Table:
         labels = pq.read_table(data / "labels.parquet").to_pandas()
@@ -102,7 +110,7 @@ def feast_duckdb(data: Path) -> tuple[pa.Table, object]:
         out = store.get_historical_features(entity_df=labels, features=refs).to_arrow()
         return out.select(["label_id", *OUTPUTS]).sort_by("label_id")
 
-    return job  # type: ignore[return-value]
+    return job
 
 
 SYSTEMS = {"closedloop": closedloop, "feast-duckdb": feast_duckdb, "floor": floor}

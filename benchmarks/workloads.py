@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
-from benchmarks import pit, windows
+from benchmarks import online, pit, windows
 
-WORKLOADS: dict[str, ModuleType] = {"pit": pit, "windows": windows}
+WORKLOADS: dict[str, ModuleType | Any] = {
+    "pit": pit, "windows": windows, "online": online.online,
+    "online-batch": online.online_batch, "materialize": online.materialize,
+}

@@ -124,7 +124,7 @@ def _dump(root: Path) -> dict[tuple[str, str], bytes]:
     import sqlite3
 
     with sqlite3.connect(root / ".closedloop" / "online.db") as con:
-        return {(ns, k): v for ns, k, v in con.execute("SELECT ns, key, value FROM cl_online")}
+        return dict(con.execute("SELECT k, value FROM cl_online"))
 
 
 def test_a_killed_materialization_reruns_to_the_clean_state(tmp_path: Path) -> None:

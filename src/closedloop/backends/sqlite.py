@@ -10,9 +10,15 @@ from pathlib import Path
 from closedloop.backends.base import OnlineItem
 from closedloop.errors import BackendError, BackendUnavailable
 
+# One text primary key "namespace<US>key": an IN list over it is a handful of index probes.
 _SCHEMA = """CREATE TABLE IF NOT EXISTS cl_online (
-    ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (ns, key)
+    k TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL
 ) WITHOUT ROWID"""
+_SEP = "\x1f"
+
+
+def _k(namespace: str, key: str) -> str:
+    return f"{namespace}{_SEP}{key}"
 
 
 class SQLiteOnlineStore:
@@ -47,16 +53,16 @@ class SQLiteOnlineStore:
         return self._con
 
     def write(self, items: Sequence[OnlineItem]) -> None:
-        sets = [(ns, key, value) for ns, key, value in items if value is not None]
-        dels = [(ns, key) for ns, key, value in items if value is None]
+        sets = [(_k(ns, key), value) for ns, key, value in items if value is not None]
+        dels = [(_k(ns, key),) for ns, key, value in items if value is None]
         with self._lock:
             con = self._db()
             try:
                 con.execute("BEGIN IMMEDIATE")
                 if sets:
-                    con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?, ?)", sets)
+                    con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?)", sets)
                 if dels:
-                    con.executemany("DELETE FROM cl_online WHERE ns = ? AND key = ?", dels)
+                    con.executemany("DELETE FROM cl_online WHERE k = ?", dels)
                 con.execute("COMMIT")
             except sqlite3.Error as exc:
                 if con.in_transaction:
@@ -70,22 +76,22 @@ class SQLiteOnlineStore:
         n = len(keys)
         sql = self._reads.get(n)
         if sql is None:
-            values = ", ".join(["(?, ?)"] * n)
-            sql = self._reads[n] = (f"SELECT ns, key, value FROM cl_online "
-                                    f"WHERE (ns, key) IN (VALUES {values})")
-        flat = [part for pair in keys for part in pair]
+            sql = self._reads[n] = (f"SELECT k, value FROM cl_online "
+                                    f"WHERE k IN ({', '.join(['?'] * n)})")
+        wanted = [_k(ns, key) for ns, key in keys]
         with self._lock:
             try:
-                rows = self._db().execute(sql, flat).fetchall()
+                rows = self._db().execute(sql, wanted).fetchall()
             except sqlite3.Error as exc:
                 raise BackendError(f"online store {self.path!r} read failed: {exc}",
                                    fix="check the file") from exc
-        found = {(ns, key): value for ns, key, value in rows}
-        return [found.get(k) for k in keys]
+        found = dict(rows)
+        return [found.get(k) for k in wanted]
 
     def clear(self, namespace: str) -> None:
         with self._lock:
-            self._db().execute("DELETE FROM cl_online WHERE ns = ?", (namespace,))
+            self._db().execute("DELETE FROM cl_online WHERE k >= ? AND k < ?",
+                               (namespace + _SEP, namespace + chr(ord(_SEP) + 1)))
 
     def close(self) -> None:
         with self._lock:

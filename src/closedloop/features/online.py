@@ -1,6 +1,8 @@
 """Online features: the records the online store holds, how they are read, and how they merge.
 
-A record is one view version's state for one entity, JSON-encoded:
+A record is one view version's state for one entity, pickled (protocol 5) and read back by an
+unpickler that refuses every global, so a record can only ever be lists, numbers, strings,
+booleans and None — never code:
 
 * snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row;
 * windowed views: ``{"<hop>": [[bucket, [partials per column]], ...]}`` — one tile per hop
@@ -14,12 +16,14 @@ in the store has arrived; the store serves what has arrived by the time it is re
 
 from __future__ import annotations
 
-import json
+import io
 import math
-from collections.abc import Sequence
+import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from closedloop.errors import SchemaMismatch
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
 # Column partials: positions in the per-column list of a tile.
@@ -47,12 +51,19 @@ def hops(view: FeatureView) -> dict[int, int]:
     return out
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles plain data only: any class or function reference is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"an online record may not reference {module}.{name}")
+
+
 def encode(record: Any) -> bytes:
-    return json.dumps(record, separators=(",", ":"), allow_nan=True).encode()
+    return pickle.dumps(record, protocol=5)
 
 
 def decode(data: bytes) -> Any:
-    return json.loads(data)
+    return _PlainUnpickler(io.BytesIO(data)).load()
 
 
 def _order_key(order: list[Any] | None) -> tuple[Any, ...]:
@@ -143,3 +154,56 @@ class OnlineVector:
     values: dict[str, Any]
     missing: tuple[str, ...]
     at: int
+
+
+class ViewReader:
+    """Everything needed to read one view version's features from a record, computed once
+    per requested feature list (the serving hot path does no parsing or lookups)."""
+
+    def __init__(self, view: FeatureView, names: Sequence[str]) -> None:
+        self.view = view
+        self.namespace = namespace(view)
+        self.key_column = view.entity.key
+        self.key_dtype = view.entity.spec()["dtype"]
+        prefix = f"{view.name}@{view.version}."
+        self.outputs = [prefix + n for n in names]
+        self.names = list(names)
+        if view.aggregations:
+            by_name = {w.name: w for w in view.windowed}
+            self.windowed = [by_name[n] for n in names]
+        else:
+            self.ttl = view.ttl_micros
+            self.positions = [view.features.index(n) for n in names]
+            self.defaults = [view.default(n) for n in names]
+
+    def key(self, row: Mapping[str, Any]) -> str:
+        try:
+            value = row[self.key_column]
+        except KeyError:
+            raise SchemaMismatch(f"the request has no {self.key_column!r}, the key of entity "
+                                 f"{self.view.entity.name!r}",
+                                 fix=f"send {self.key_column!r}") from None
+        if self.key_dtype == "string":
+            if type(value) is str:
+                return value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        raise SchemaMismatch(f"entity key {self.key_column!r} is {value!r} "
+                             f"({type(value).__name__}); entity {self.view.entity.name!r} "
+                             f"declares {self.key_dtype}", fix=f"send it as {self.key_dtype}")
+
+    def read(self, data: bytes | None, t: int, into: dict[str, Any]) -> None:
+        """Put this view's features at time t into ``into``, by internal reference."""
+        record = None if data is None else decode(data)
+        if self.view.aggregations:
+            got = windowed_values(self.view, record, t, self.windowed)
+            for out, w in zip(self.outputs, self.windowed, strict=True):
+                into[out] = got[w.name]
+            return
+        ttl = self.ttl
+        values = None
+        if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):
+            values = record[3]
+        for out, pos, default in zip(self.outputs, self.positions, self.defaults, strict=True):
+            value = None if values is None else values[pos]
+            into[out] = default if value is None else value

@@ -23,13 +23,7 @@ from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.definitions import FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, materialize_view
-from closedloop.features.online import (
-    OnlineVector,
-    decode,
-    namespace,
-    snapshot_values,
-    windowed_values,
-)
+from closedloop.features.online import OnlineVector, ViewReader
 
 _ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
                 "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
@@ -98,7 +92,7 @@ class FeatureService:
         self.online_store = online_store
         self.log = log
         self.batch_size = batch_size
-        self._resolved: dict[tuple[str, ...], Resolution] = {}
+        self._plans: dict[tuple[str, ...], tuple[Resolution, list[ViewReader]]] = {}
 
     def _store(self) -> OnlineStore:
         if self.online_store is None:
@@ -135,37 +129,26 @@ class FeatureService:
         """
         single = isinstance(rows, Mapping)
         batch: Sequence[Mapping[str, Any]] = [rows] if isinstance(rows, Mapping) else rows
-        ref_key = tuple(features)
-        resolution = self._resolved.get(ref_key)
-        if resolution is None:
-            resolution = self._resolved[ref_key] = self.catalog.resolve(list(features))
+        plan = self._plans.get(tuple(features))
+        if plan is None:
+            resolution = self.catalog.resolve(list(features))
+            readers = [ViewReader(view, names) for view, names in resolution.by_view()]
+            plan = self._plans[tuple(features)] = (resolution, readers)
+        resolution, readers = plan
         t = now_micros() if at is None else _instant(at)
-        groups = resolution.by_view()
-        pairs: list[tuple[str, str]] = []
-        for row in batch:
-            for view, _ in groups:
-                pairs.append((namespace(view), _online_key(row, view)))
-        raw = self._store().read(pairs)
+        raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
         vectors: list[dict[str, Any]] = []
-        missing: list[list[str]] = []
+        missing: list[tuple[str, ...]] = []
         i = 0
         for _row in batch:
             values: dict[str, Any] = {}
-            gone: list[str] = []
-            for view, names in groups:
+            gone: tuple[str, ...] = ()
+            for reader in readers:
                 data = raw[i]
                 i += 1
-                record = None if data is None else decode(data)
-                if record is None:
-                    gone.append(namespace(view))
-                if view.aggregations:
-                    got = windowed_values(view, record, t,
-                                          [w for w in view.windowed if w.name in names])
-                else:
-                    got = snapshot_values(view, record, t, names)
-                prefix = f"{view.name}@{view.version}."
-                for name, value in got.items():
-                    values[prefix + name] = value
+                if data is None:
+                    gone = (*gone, reader.namespace)
+                reader.read(data, t, values)
             vectors.append(values)
             missing.append(gone)
         for tr in resolution.transforms:
@@ -184,8 +167,9 @@ class FeatureService:
             out = _call_transform(tr, inputs, len(batch))
             for v, value in zip(vectors, out.tolist(), strict=True):
                 v[tr.name] = tr.default if value is None and tr.default is not None else value
-        result = [OnlineVector({ref: v[resolution.columns[ref]] for ref in resolution.requested},
-                               tuple(m), t) for v, m in zip(vectors, missing, strict=True)]
+        columns = resolution.columns
+        result = [OnlineVector({ref: v[columns[ref]] for ref in resolution.requested}, m, t)
+                  for v, m in zip(vectors, missing, strict=True)]
         if self.log is not None:
             for row, vector in zip(batch, result, strict=True):
                 self.log.record(t, resolution.requested, dict(row), vector.values)
@@ -333,19 +317,3 @@ def _instant(at: datetime) -> int:
         raise PointInTimeError(f"time {at!r} is naive or not a datetime",
                                fix="pass a timezone-aware datetime, e.g. datetime.now(UTC)")
     return int(at.timestamp()) * 1_000_000 + at.microsecond
-
-
-def _online_key(row: Mapping[str, Any], view: FeatureView) -> str:
-    key = view.entity.key
-    if key not in row:
-        raise SchemaMismatch(f"the request has no {key!r}, the key of entity "
-                             f"{view.entity.name!r}", fix=f"send {key!r}")
-    value = row[key]
-    dtype = view.entity.spec()["dtype"]
-    ok = isinstance(value, str) if dtype == "string" else (
-        isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        raise SchemaMismatch(f"entity key {key!r} is {value!r} ({type(value).__name__}); entity "
-                             f"{view.entity.name!r} declares {dtype}",
-                             fix=f"send {key!r} as {dtype}")
-    return str(value)
