@@ -146,7 +146,7 @@ def snapshot_values(view: FeatureView, record: list[Any] | None, t: int,
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OnlineVector:
     """One entity row's features as served: values by requested reference, and which views
     had no record for this entity (their features are the declared defaults)."""
@@ -160,21 +160,21 @@ class ViewReader:
     """Everything needed to read one view version's features from a record, computed once
     per requested feature list (the serving hot path does no parsing or lookups)."""
 
-    def __init__(self, view: FeatureView, names: Sequence[str]) -> None:
+    def __init__(self, view: FeatureView, names: Sequence[str],
+                 outputs: Sequence[Sequence[str]]) -> None:
+        """``outputs[i]`` lists the keys under which feature ``names[i]`` is written."""
         self.view = view
         self.namespace = namespace(view)
         self.key_column = view.entity.key
         self.key_dtype = view.entity.spec()["dtype"]
-        prefix = f"{view.name}@{view.version}."
-        self.outputs = [prefix + n for n in names]
-        self.names = list(names)
         if view.aggregations:
             by_name = {w.name: w for w in view.windowed}
-            self.windowed = [by_name[n] for n in names]
+            self.windowed = [(out, by_name[n]) for n, outs in zip(names, outputs, strict=True)
+                             for out in outs]
         else:
             self.ttl = view.ttl_micros
-            self.positions = [view.features.index(n) for n in names]
-            self.defaults = [view.default(n) for n in names]
+            self.writes = [(out, view.features.index(n), view.default(n))
+                           for n, outs in zip(names, outputs, strict=True) for out in outs]
 
     def key(self, row: Mapping[str, Any]) -> str:
         try:
@@ -196,14 +196,16 @@ class ViewReader:
         """Put this view's features at time t into ``into``, by internal reference."""
         record = None if data is None else decode(data)
         if self.view.aggregations:
-            got = windowed_values(self.view, record, t, self.windowed)
-            for out, w in zip(self.outputs, self.windowed, strict=True):
+            got = windowed_values(self.view, record, t, [w for _, w in self.windowed])
+            for out, w in self.windowed:
                 into[out] = got[w.name]
             return
         ttl = self.ttl
-        values = None
         if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):
             values = record[3]
-        for out, pos, default in zip(self.outputs, self.positions, self.defaults, strict=True):
-            value = None if values is None else values[pos]
-            into[out] = default if value is None else value
+            for out, pos, default in self.writes:
+                value = values[pos]
+                into[out] = default if value is None else value
+        else:
+            for out, _, default in self.writes:
+                into[out] = default

@@ -131,9 +131,7 @@ class FeatureService:
         batch: Sequence[Mapping[str, Any]] = [rows] if isinstance(rows, Mapping) else rows
         plan = self._plans.get(tuple(features))
         if plan is None:
-            resolution = self.catalog.resolve(list(features))
-            readers = [ViewReader(view, names) for view, names in resolution.by_view()]
-            plan = self._plans[tuple(features)] = (resolution, readers)
+            plan = self._plans[tuple(features)] = self._online_plan(features)
         resolution, readers = plan
         t = now_micros() if at is None else _instant(at)
         raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
@@ -167,13 +165,31 @@ class FeatureService:
             out = _call_transform(tr, inputs, len(batch))
             for v, value in zip(vectors, out.tolist(), strict=True):
                 v[tr.name] = tr.default if value is None and tr.default is not None else value
-        columns = resolution.columns
-        result = [OnlineVector({ref: v[columns[ref]] for ref in resolution.requested}, m, t)
-                  for v, m in zip(vectors, missing, strict=True)]
+        if resolution.transforms:      # drop the transforms' inputs that were not asked for
+            vectors = [{ref: v[ref] for ref in resolution.requested} for v in vectors]
+        result = [OnlineVector(v, m, t) for v, m in zip(vectors, missing, strict=True)]
         if self.log is not None:
             for row, vector in zip(batch, result, strict=True):
                 self.log.record(t, resolution.requested, dict(row), vector.values)
         return result[0] if single else result
+
+    def _online_plan(self, features: Sequence[str]) -> tuple[Resolution, list[ViewReader]]:
+        """Resolve once per feature list: each view feature is written straight under the
+        reference it was asked by (and under its resolved key when a transform reads it)."""
+        resolution = self.catalog.resolve(list(features))
+        asked: dict[str, list[str]] = {}
+        for ref, key in resolution.columns.items():
+            asked.setdefault(key, []).append(ref)
+        read_by_transforms = {resolution.keys[i] for t in resolution.transforms
+                              for i in t.inputs if not i.startswith("request.")}
+        readers = []
+        for view, names in resolution.by_view():
+            outputs = []
+            for name in names:
+                key = f"{view.name}@{view.version}.{name}"
+                outputs.append(asked.get(key, []) + ([key] if key in read_by_transforms else []))
+            readers.append(ViewReader(view, names, outputs))
+        return resolution, readers
 
     def consistency(self) -> list[FeatureConsistency]:
         """Replay the logged served vectors offline; per feature, how often they agree."""
