@@ -97,7 +97,8 @@ class Project:
         temp = Path(offline.temp_directory)
         self.engine = DuckDBEngine(
             root=self.root, memory_limit=offline.memory_limit, threads=offline.threads,
-            temp_directory=str(temp if temp.is_absolute() else self.root / temp))
+            temp_directory=str(temp if temp.is_absolute() else self.root / temp),
+            log_root=str(self.root / ".closedloop" / "log"))
         self.metadata = SQLMetadataStore(self.settings.metadata.url, root=self.root)
         self.online_store = self._online_store()
         # Registered versions the code no longer defines stay usable.

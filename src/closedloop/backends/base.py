@@ -5,7 +5,7 @@ Rows cross these boundaries as Arrow tables. Times are int64 microseconds since 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,6 +47,11 @@ class OfflineEngine(Protocol):
         """Per entity and hop bucket ``b`` ≥ ``at // hop - span``, every aggregated column's
         partials over the rows visible at ``at``: ``n{i}, s{i}, m{i}, lo{i}, hi{i}, l{i},
         o{i}`` (count, sum, M2, min, max, last, last's order)."""
+        ...
+
+    def append(self, source: Source, rows: pa.Table) -> None:
+        """Append rows to the source's event log in the offline store, durably and whole (a
+        crash leaves all of them or none); later reads of the source include them."""
         ...
 
     def close(self) -> None:
@@ -98,6 +103,12 @@ class OnlineStore(Protocol):
 
     def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """The values of the keys, None where absent, in order, in one round trip."""
+        ...
+
+    def update(self, keys: Sequence[tuple[str, str]],
+               merge: Callable[[list[bytes | None]], list[bytes | None]]) -> None:
+        """Read ``keys``, write ``merge(values)`` back to them, as one atomic step: no other
+        write to those keys lands in between (a lost update is impossible)."""
         ...
 
     def clear(self, namespace: str) -> None:

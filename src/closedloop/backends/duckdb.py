@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.data.sources import LogicalType, Source
@@ -88,8 +91,9 @@ class DuckDBEngine:
 
     def __init__(self, root: str | os.PathLike[str] = ".", memory_limit: str | None = None,
                  threads: int | None = None, temp_directory: str | None = None,
-                 tile_min_compression: float = 2.0) -> None:
+                 tile_min_compression: float = 2.0, log_root: str | None = None) -> None:
         self.root = Path(root)
+        self.log_root = log_root
         self.tile_min_compression = tile_min_compression
         self.memory_limit = memory_limit
         self.threads = threads
@@ -118,6 +122,15 @@ class DuckDBEngine:
             self._con.close()
             self._con = None
 
+    def _log_dir(self, source: Source) -> Path | None:
+        if self.log_root is None:
+            return None
+        return Path(self.log_root) / source.name
+
+    def _logged(self, source: Source) -> bool:
+        folder = self._log_dir(source)
+        return folder is not None and any(folder.glob("part-*.parquet"))
+
     def _path(self, source: Source) -> str:
         path = Path(source.path)
         if not path.is_absolute():
@@ -135,13 +148,48 @@ class DuckDBEngine:
         return str(path)
 
     def _scan(self, source: Source) -> str:
-        path = _lit(self._path(source))
+        """The source's rows: its files, and the rows pushed to its event log."""
+        logged = self._logged(source)
+        log_dir = self._log_dir(source)
+        log = (f"read_parquet({_lit(str(log_dir / 'part-*.parquet'))}, union_by_name = true)"
+               if logged and log_dir is not None else None)
+        path = Path(source.path)
+        if log is not None and not (path if path.is_absolute() else self.root / path).exists():
+            return log                    # nothing but pushed rows so far
+        path_sql = _lit(self._path(source))
         if source.file_format == "csv":
             declared = {c: _SQL_TYPES[t] for c, t in source.logical_schema.items()}
             types = ", ".join(f"{_lit(c)}: {_lit(t)}" for c, t in declared.items())
             extra = f", types = {{{types}}}" if types else ""
-            return f"read_csv({path}, header = true, union_by_name = true{extra})"
-        return f"read_parquet({path}, union_by_name = true)"
+            base = f"read_csv({path_sql}, header = true, union_by_name = true{extra})"
+        else:
+            base = f"read_parquet({path_sql}, union_by_name = true)"
+        if log is None:
+            return base
+        return f"(SELECT * FROM {base} UNION ALL BY NAME SELECT * FROM {log})"
+
+    def append(self, source: Source, rows: pa.Table) -> None:
+        folder = self._log_dir(source)
+        if folder is None:
+            raise BackendError("this offline engine has no event log",
+                               fix="open the project with closedloop.Project, which sets one")
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        tmp = folder / f".{name}.tmp"
+        try:
+            pq.write_table(rows, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / name)          # all rows visible at once, or none
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(f"could not append to the event log of {source.name!r}: {exc}",
+                               fix=f"check {folder}") from exc
 
     # -- schema -----------------------------------------------------------------------------
     def columns(self, source: Source) -> dict[str, str]:

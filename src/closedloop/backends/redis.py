@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -56,6 +56,27 @@ class RedisOnlineStore:
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._down(exc) from exc
         return list(values)  # type: ignore[arg-type]  # redis-py types MGET loosely
+
+    def update(self, keys: Sequence[tuple[str, str]],
+               merge: Callable[[list[bytes | None]], list[bytes | None]]) -> None:
+        names = [self._key(ns, k) for ns, k in keys]
+        try:
+            with self._redis().pipeline(transaction=True) as pipe:
+                while True:                      # optimistic: retry if a key changed under us
+                    try:
+                        pipe.watch(*names)  # type: ignore[no-untyped-call]  # redis-py leaves watch untyped
+                        current = pipe.mget(names) if names else []
+                        new = merge(list(current))  # type: ignore[arg-type]
+                        pipe.multi()
+                        for name, value in zip(names, new, strict=True):
+                            if value is not None:
+                                pipe.set(name, value)
+                        pipe.execute()
+                        return
+                    except redis.WatchError:
+                        continue
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise self._down(exc) from exc
 
     def clear(self, namespace: str) -> None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from closedloop.backends.base import OnlineItem
@@ -91,6 +91,31 @@ class SQLiteOnlineStore:
                                    fix="check the file") from exc
         found = dict(rows)
         return [found.get(k) for k in wanted]
+
+    def update(self, keys: Sequence[tuple[str, str]],
+               merge: Callable[[list[bytes | None]], list[bytes | None]]) -> None:
+        wanted = [_k(ns, key) for ns, key in keys]
+        with self._lock:
+            con = self._db()
+            try:
+                con.execute("BEGIN IMMEDIATE")     # holds the write lock from read to write
+                found: dict[str, bytes] = {}
+                for start in range(0, len(wanted), 500):
+                    part = wanted[start:start + 500]
+                    found.update(con.execute(
+                        f"SELECT k, value FROM cl_online WHERE k IN ({', '.join('?' * len(part))})",
+                        part).fetchall())
+                new = merge([found.get(k) for k in wanted])
+                con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?)",
+                                [(k, v) for k, v in zip(wanted, new, strict=True) if v is not None])
+                con.execute("COMMIT")
+            except BaseException as exc:
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise BackendError(f"online store {self.path!r} update failed: {exc}",
+                                       fix="check the disk; nothing was applied") from exc
+                raise
 
     def clear(self, namespace: str) -> None:
         with self._lock:

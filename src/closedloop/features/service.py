@@ -24,6 +24,8 @@ from closedloop.features.consistency import FeatureConsistency, FeatureLog, cons
 from closedloop.features.definitions import FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
+from closedloop.features.push import PushReport
+from closedloop.features.push import push as push_rows
 
 _ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
                 "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
@@ -190,6 +192,18 @@ class FeatureService:
                 outputs.append(asked.get(key, []) + ([key] if key in read_by_transforms else []))
             readers.append(ViewReader(view, names, outputs))
         return resolution, readers
+
+    def push(self, source: str, rows: Any, *, at: datetime | None = None) -> PushReport:
+        """Append events to a source's event log durably, then fold them into the online
+        records of every view over it, atomically; a read right after sees them. Rows without
+        the source's arrival column are stamped with ``at`` (default: now)."""
+        if source not in self.catalog.sources:
+            raise UnknownFeatureError(f"no source is named {source!r}",
+                                      fix=f"sources: {sorted(self.catalog.sources)}")
+        src = self.catalog.sources[source]
+        views = [v for v in self.catalog.views.values() if v.source.name == source]
+        t = now_micros() if at is None else _instant(at)
+        return push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
 
     def consistency(self) -> list[FeatureConsistency]:
         """Replay the logged served vectors offline; per feature, how often they agree."""

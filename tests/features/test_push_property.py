@@ -1,0 +1,70 @@
+"""Property: push events (in arrival order, in batches) after a materialization; after every
+batch, the online vector at that instant equals the offline training set at that instant —
+which now reads the pushed rows from the event log too. On SQLite and on Redis."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from closedloop.backends.duckdb import DuckDBEngine
+from closedloop.features.catalog import Catalog
+from closedloop.features.service import FeatureService
+from closedloop.testing import same_value
+from tests.features.test_pointintime_property import KEYS, T0, _ts, events, write_history
+
+
+def _dt(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(base=events, pushed=events, batches=st.integers(1, 4), use_arrival=st.booleans())
+def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushed, batches,
+                                                        use_arrival):  # type: ignore[no-untyped-def]
+    with tempfile.TemporaryDirectory() as folder:
+        h = write_history(folder, base, [], use_arrival, "1d")
+        views = [h.views["w"], h.views["e"]]
+        for view in views:
+            online_store.clear(f"{view.name}@{view.version}")
+        online_store.clear("__closedloop")
+        engine = DuckDBEngine(log_root=str(Path(folder) / "log"))
+        try:
+            service = FeatureService(Catalog(views), engine, online_store)
+            start = max([r["arrival"] for r in h.ev_rows] + [T0])
+            service.materialize(at=_dt(start))
+            # Events to push arrive after `start`, in arrival order.
+            rows = sorted(({"user_id": e["user_id"], "ts": e["ts"],
+                            "arrival": max(start + 1, e["ts"] + e["lag"]),
+                            "amount": e["amount"]} for e in pushed),
+                          key=lambda r: r["arrival"])
+            size = max(1, len(rows) // batches)
+            refs = [f"{n}.{f}" for n, v in (("w", views[0]), ("e", views[1]))
+                    for f in v.feature_names]
+            for i in range(0, len(rows), size):
+                chunk = rows[i:i + size]
+                now = chunk[-1]["arrival"]
+                table = pa.table({"user_id": [r["user_id"] for r in chunk],
+                                  "ts": _ts([r["ts"] for r in chunk]),
+                                  "arrival": _ts([r["arrival"] for r in chunk]),
+                                  "amount": pa.array([r["amount"] for r in chunk], pa.float64())})
+                if not use_arrival:
+                    table = table.drop_columns(["arrival"])
+                service.push("ev", table, at=_dt(now))
+                keys = [*KEYS, "zz"]
+                offline = service.training_set(
+                    pa.table({"user_id": keys, "t": _ts([now] * len(keys))}), refs)
+                served = service.online([{"user_id": k} for k in keys], refs, at=_dt(now))
+                for j, vector in enumerate(served):
+                    for ref in refs:
+                        want = offline[ref][j].as_py()
+                        assert same_value(vector.values[ref], want), (
+                            keys[j], now, ref, vector.values[ref], want)
+        finally:
+            engine.close()
