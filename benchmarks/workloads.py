@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from benchmarks import online, pit, windows
+from benchmarks import online, pit, push, windows
 
 WORKLOADS: dict[str, ModuleType | Any] = {
     "pit": pit, "windows": windows, "online": online.online,
     "online-batch": online.online_batch, "materialize": online.materialize,
+    "push": push.push,
 }

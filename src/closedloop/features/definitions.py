@@ -14,6 +14,7 @@ Definitions are plain frozen data with a content hash. A changed definition is a
 
 from __future__ import annotations
 
+import functools
 import inspect
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -158,15 +159,16 @@ class FeatureView:
                         f"{agg.fn} of column {agg.column!r} needs a number, but it is declared "
                         f"{schema[agg.column]}", fix="aggregate a numeric column or use count/last")
 
-    @property
+    # Derived from the frozen fields, so computed once (the serving path reads them often).
+    @functools.cached_property
     def ttl_micros(self) -> int | None:
         return None if self.ttl is None else parse_duration(self.ttl)
 
-    @property
+    @functools.cached_property
     def windowed(self) -> tuple[WindowedFeature, ...]:
         return tuple(out for agg in self.aggregations for out in agg.outputs())
 
-    @property
+    @functools.cached_property
     def feature_names(self) -> tuple[str, ...]:
         if self.aggregations:
             return tuple(f.name for f in self.windowed)
