@@ -82,7 +82,8 @@ class SQLiteOnlineStore:
         if sql is None:
             sql = self._reads[n] = (f"SELECT k, value FROM cl_online "
                                     f"WHERE k IN ({', '.join(['?'] * n)})")
-        wanted = [_k(ns, key) for ns, key in keys]
+        sep = _SEP
+        wanted = [ns + sep + key for ns, key in keys]
         with self._lock:
             try:
                 rows = self._db().execute(sql, wanted).fetchall()

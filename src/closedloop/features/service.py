@@ -129,8 +129,8 @@ class FeatureService:
         Unknown entity keys get the declared defaults, and the vector's ``missing`` names the
         views that had no record; a malformed key or an unknown feature is an error.
         """
-        single = isinstance(rows, Mapping)
-        batch: Sequence[Mapping[str, Any]] = [rows] if isinstance(rows, Mapping) else rows
+        single = type(rows) is dict or isinstance(rows, Mapping)   # dict first: the hot path
+        batch: Sequence[Mapping[str, Any]] = [rows] if single else rows  # type: ignore[list-item,assignment]  # narrowed by `single`
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
