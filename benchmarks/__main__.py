@@ -90,7 +90,8 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
     floor = by.get("floor")
     ours = [r for r in results if r["system"].startswith("closedloop")]
     extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s") if k in results[0]]
-    head = "".join(f"{k:>10}" for k in extra)
+    width = {k: max(10, len(k) + 2) for k in extra}
+    head = "".join(f"{k:>{width[k]}}" for k in extra)
     print(f"{'system':<18}{'seconds':>9}{head}{'peak MB':>9}{'mismatches':>11}  ratio")
     for r in results:
         ratio = ""
@@ -98,7 +99,7 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
             ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
         elif r["system"] == anchor and ours:
             ratio = f"closedloop {r[metric] / ours[0][metric]:.1f}x better ({metric})"
-        cells = "".join(f"{r[k]:>10.4g}" for k in extra)
+        cells = "".join(f"{r[k]:>{width[k]}.4g}" for k in extra)
         print(f"{r['system']:<18}{r['seconds']:>9.3f}{cells}{r['peak_mb']:>9.0f}"
               f"{r['mismatches']:>11}  {ratio}")
 

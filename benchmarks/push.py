@@ -122,8 +122,11 @@ def _floor(data: Path) -> Any:
             delays.append(time.perf_counter() - before)
         seconds = time.perf_counter() - start
         delays.sort()
-        # What the served 30-day counts must be at the end: a hand-written DuckDB count.
+        # What the served 30-day counts must be at the end: a hand-written DuckDB count over
+        # what reached the online store — the base rows visible when it was materialized at
+        # START (rows arriving later were neither materialized nor pushed), and the stream.
         end = int(_end(stream).timestamp() * 1_000_000)
+        start_us = int(START.timestamp()) * 1_000_000
         start_30d = (end // 86_400_000_000) * 86_400_000_000 - 30 * 86_400_000_000
         con = duckdb.connect()
         con.register("pushed", stream)
@@ -131,6 +134,7 @@ def _floor(data: Path) -> Any:
             SELECT user_id, count(amount) FROM (
                 SELECT user_id, amount, event_time, ingested_at
                 FROM read_parquet('{data / "events.parquet"}')
+                WHERE greatest(epoch_us(event_time), epoch_us(ingested_at)) <= {start_us}
                 UNION ALL SELECT user_id, amount, event_time, ingested_at FROM pushed)
             WHERE epoch_us(event_time) >= {start_30d}
               AND greatest(epoch_us(event_time), epoch_us(ingested_at)) <= {end}
