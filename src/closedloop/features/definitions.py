@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 
 from closedloop.data.sources import (
     Entity,
@@ -35,6 +36,11 @@ from closedloop.data.sources import (
 )
 from closedloop.errors import DefinitionError
 from closedloop.features.windows import format_duration, hop_for, parse_duration, parse_window
+
+#: The Arrow type of each logical type, for values crossing into Arrow.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC")}
 
 AggFn = Literal["sum", "count", "mean", "min", "max", "last", "stddev"]
 AGG_FNS: tuple[str, ...] = ("sum", "count", "mean", "min", "max", "last", "stddev")

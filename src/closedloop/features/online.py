@@ -132,20 +132,6 @@ def windowed_values(view: FeatureView, record: dict[str, Any] | None, t: int,
     return out
 
 
-def snapshot_values(view: FeatureView, record: list[Any] | None, t: int,
-                    wanted: Sequence[str]) -> dict[str, Any]:
-    """The wanted snapshot features at time t: absent once older than the TTL."""
-    ttl = view.ttl_micros
-    row = None
-    if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):
-        row = dict(zip(view.features, record[3], strict=True))
-    out = {}
-    for f in wanted:
-        value = None if row is None else row[f]
-        out[f] = view.default(f) if value is None else value
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class OnlineVector:
     """One entity row's features as served: values by requested reference, and which views

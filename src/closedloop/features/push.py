@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.data.sources import Source
 from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
-from closedloop.features.definitions import FeatureView
+from closedloop.features.definitions import ARROW_TYPES, FeatureView
 from closedloop.features.online import (
     decode,
     encode,
@@ -28,9 +28,6 @@ from closedloop.features.online import (
     namespace,
     view_columns,
 )
-
-_ARROW = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
-          "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
 
 
 @dataclass(frozen=True)
@@ -65,17 +62,17 @@ def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: i
                                    fix="every event needs its time")
     out = rows
     for col, logical in source.logical_schema.items():
-        if col in out.column_names and out[col].type != _ARROW[logical]:
+        if col in out.column_names and out[col].type != ARROW_TYPES[logical]:
             try:
                 out = out.set_column(out.column_names.index(col), col,
-                                     pc.cast(out[col], _ARROW[logical]))
+                                     pc.cast(out[col], ARROW_TYPES[logical]))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                 raise SchemaMismatch(f"column {col!r} pushed to {source.name!r} is "
                                      f"{out[col].type}, declared {logical}",
                                      fix=f"send {logical} values") from exc
     arrival = source.visibility_column
     if arrival is not None and arrival not in out.column_names:
-        stamp = pa.array([now] * out.num_rows, pa.int64()).cast(_ARROW["timestamp"])
+        stamp = pa.array([now] * out.num_rows, pa.int64()).cast(ARROW_TYPES["timestamp"])
         out = out.append_column(arrival, stamp)
     return out
 

@@ -21,14 +21,11 @@ from closedloop.errors import (
 )
 from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
-from closedloop.features.definitions import FeatureView, Transform
+from closedloop.features.definitions import ARROW_TYPES, FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
 from closedloop.features.push import PushReport
 from closedloop.features.push import push as push_rows
-
-_ARROW_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(),
-                "bool": pa.bool_(), "timestamp": pa.timestamp("us", tz="UTC")}
 
 #: Called before each step: (steps done, steps in all, what the next step is).
 Progress = Callable[[int, int, str], None]
@@ -274,7 +271,7 @@ class FeatureService:
             raise SchemaMismatch(
                 f"entity rows have no column {key!r}, the key of entity {view.entity.name!r} "
                 f"(needed by view {view.name!r})", fix=f"their columns are {table.column_names}")
-        want = _ARROW_TYPES[view.entity.spec()["dtype"]]
+        want = ARROW_TYPES[view.entity.spec()["dtype"]]
         col = table[key]
         ok = (pa.types.is_string(want) and (pa.types.is_string(col.type)
                                             or pa.types.is_large_string(col.type))) or (
@@ -287,7 +284,7 @@ class FeatureService:
 
     @staticmethod
     def _finish(column: pa.ChunkedArray, view: FeatureView, name: str) -> pa.ChunkedArray:
-        want = _ARROW_TYPES[view.output_type(name)]
+        want = ARROW_TYPES[view.output_type(name)]
         column = pc.cast(column, want) if column.type != want else column
         default = view.default(name)
         if default is not None and column.null_count:
@@ -338,7 +335,7 @@ def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
 def _key_type(resolution: Resolution, key: str) -> pa.DataType | None:
     for ref in resolution.features:
         if str(ref) == key:
-            return _ARROW_TYPES[ref.view.output_type(ref.feature)]
+            return ARROW_TYPES[ref.view.output_type(ref.feature)]
     return None   # a transform's output: let Arrow infer
 
 
