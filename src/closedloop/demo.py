@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from closedloop.features.consistency import FeatureConsistency
+from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
-from closedloop.features.service import Progress
 from closedloop.project import Project
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import FEATURES, write_fraud_project

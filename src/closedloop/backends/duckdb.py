@@ -283,13 +283,13 @@ class DuckDBEngine:
 
     def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:
         source = view.source
-        key_sql = _SQL_TYPES[view.entity.spec()["dtype"]]
         ts = f"epoch_us({_q(source.timestamp)})"
         tie = f"epoch_us({_q(source.tie_column)})" if source.tie_column else "NULL::BIGINT"
         vis = source.visibility_column
         v = f"greatest({ts}, epoch_us({_q(vis)}))" if vis else ts
         cols = "".join(f", {_q(c)}" for c in dict.fromkeys(columns))
-        return (f"SELECT CAST({_q(view.entity.key)} AS {key_sql}) AS __k, {ts} AS __et, "
+        return (f"SELECT CAST({_q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
+                f"{ts} AS __et, "
                 f"{v} AS __v, {tie} AS __tie{cols} FROM {self._scan(source)} "
                 f"WHERE {_q(view.entity.key)} IS NOT NULL AND {_q(source.timestamp)} IS NOT NULL")
 

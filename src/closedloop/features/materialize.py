@@ -21,6 +21,7 @@ from closedloop.features.online import encode, hops, namespace, view_columns
 
 META = "__closedloop"
 
+#: Called as work advances: (steps done, steps in all, what is happening).
 Progress = Callable[[int, int, str], None]
 
 

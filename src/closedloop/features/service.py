@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -22,13 +22,10 @@ from closedloop.errors import (
 from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.definitions import ARROW_TYPES, FeatureView, Transform
-from closedloop.features.materialize import MaterializeReport, materialize_view
+from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
 from closedloop.features.push import PushReport
 from closedloop.features.push import push as push_rows
-
-#: Called before each step: (steps done, steps in all, what the next step is).
-Progress = Callable[[int, int, str], None]
 
 
 def _as_table(rows: Any) -> pa.Table:
@@ -76,6 +73,10 @@ def to_micros(column: pa.ChunkedArray, what: str) -> pa.ChunkedArray:
     return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
 
 
+#: A resolved feature list, its view readers, and the Arrow types of its view features.
+_OnlinePlan = tuple[Resolution, list[ViewReader], dict[str, pa.DataType]]
+
+
 def now_micros() -> int:
     return time.time_ns() // 1000
 
@@ -91,7 +92,7 @@ class FeatureService:
         self.online_store = online_store
         self.log = log
         self.batch_size = batch_size
-        self._plans: dict[tuple[str, ...], tuple[Resolution, list[ViewReader]]] = {}
+        self._plans: dict[tuple[str, ...], _OnlinePlan] = {}
 
     def _store(self) -> OnlineStore:
         if self.online_store is None:
@@ -131,7 +132,7 @@ class FeatureService:
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
-        resolution, readers = plan
+        resolution, readers, types = plan
         t = now_micros() if at is None else _instant(at)
         raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
         vectors: list[dict[str, Any]] = []
@@ -160,7 +161,7 @@ class FeatureService:
                     inputs[inp] = _column(data_in, None)
                 else:
                     key = resolution.keys[inp]
-                    inputs[inp] = _column([v[key] for v in vectors], _key_type(resolution, key))
+                    inputs[inp] = _column([v[key] for v in vectors], types.get(key))
             out = _call_transform(tr, inputs, len(batch))
             for v, value in zip(vectors, out.tolist(), strict=True):
                 v[tr.name] = tr.default if value is None and tr.default is not None else value
@@ -172,7 +173,7 @@ class FeatureService:
                 self.log.record(t, resolution.requested, dict(row), vector.values)
         return result[0] if single else result
 
-    def _online_plan(self, features: Sequence[str]) -> tuple[Resolution, list[ViewReader]]:
+    def _online_plan(self, features: Sequence[str]) -> _OnlinePlan:
         """Resolve once per feature list: each view feature is written straight under the
         reference it was asked by (and under its resolved key when a transform reads it)."""
         resolution = self.catalog.resolve(list(features))
@@ -188,7 +189,11 @@ class FeatureService:
                 key = f"{view.name}@{view.version}.{name}"
                 outputs.append(asked.get(key, []) + ([key] if key in read_by_transforms else []))
             readers.append(ViewReader(view, names, outputs))
-        return resolution, readers
+        # Arrow types of view features, so a transform sees NaN for a missing float online
+        # as it does in training (a transform's own output is left to Arrow to infer).
+        types = {str(ref): ARROW_TYPES[ref.view.output_type(ref.feature)]
+                 for ref in resolution.features}
+        return resolution, readers, types
 
     def push(self, source: str, rows: Any, *, at: datetime | None = None) -> PushReport:
         """Append events to a source's event log durably, then fold them into the online
@@ -330,13 +335,6 @@ def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
     """Served values as the numpy array training would have given the transform (typed, so
     that a missing float is NaN there as here)."""
     return pa.array(values, type=arrow_type, from_pandas=True).to_numpy(zero_copy_only=False)
-
-
-def _key_type(resolution: Resolution, key: str) -> pa.DataType | None:
-    for ref in resolution.features:
-        if str(ref) == key:
-            return ARROW_TYPES[ref.view.output_type(ref.feature)]
-    return None   # a transform's output: let Arrow infer
 
 
 def _instant(at: datetime) -> int:
