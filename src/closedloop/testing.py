@@ -222,6 +222,9 @@ def check_online_store(store: OnlineStore) -> None:
         blob, b"other", b"1", None], "read must keep order and namespaces apart"
     store.write([(ns, "a", b"2"), (ns, "b", None)])
     assert store.read([(ns, "a"), (ns, "b")]) == [b"2", None], "overwrite and delete"
+    store.write([(ns, "x", b"1"), (ns, "x", None), (ns, "y", None), (ns, "y", b"2")])
+    assert store.read([(ns, "x"), (ns, "y")]) == [None, b"2"], "the last item for a key wins"
+    store.write([(ns, "y", None)])
     keys = [f"k{i}" for i in range(300)]
     many = [(ns, k) for k in keys]
     store.write([(ns, k, k.encode()) for k in keys])
@@ -246,6 +249,46 @@ def check_online_store(store: OnlineStore) -> None:
         stop.set()
         thread.join()
     assert not torn, f"a read saw a write in part: {sorted(set(map(repr, torn[0])))[:3]}"
+    _check_update(store, ns)
     store.clear(ns)
     assert store.read([(ns, "k1"), (other, "a")]) == [None, b"other"], "clear is per namespace"
     store.clear(other)
+
+
+def _check_update(store: OnlineStore, ns: str) -> None:
+    """``update`` hands ``merge`` the current values in order, writes back what it returns
+    (None leaves a key as it is), and never loses an update made beside it."""
+    import threading
+
+    store.write([(ns, "u1", b"1")])
+    seen: list[list[bytes | None]] = []
+
+    def merge(values: list[bytes | None]) -> list[bytes | None]:
+        seen.append(list(values))
+        return [b"one", None, b"three"]
+
+    store.update([(ns, "u1"), (ns, "u2"), (ns, "u3")], merge)
+    assert seen[-1] == [b"1", None, None], "merge gets the current values, in order"
+    assert store.read([(ns, "u1"), (ns, "u2"), (ns, "u3")]) == [b"one", None, b"three"]
+
+    def bump(values: list[bytes | None]) -> list[bytes | None]:
+        return [str(int(v or b"0") + 1).encode() for v in values]
+
+    store.write([(ns, "n1", b"0"), (ns, "n2", b"0")])
+    rounds, errors = 60, []
+
+    def worker() -> None:
+        try:
+            for _ in range(rounds):
+                store.update([(ns, "n1"), (ns, "n2")], bump)
+        except Exception as exc:  # surfaced below, with the store's own message
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, f"update raised beside another update: {errors[0]!r}"
+    got = store.read([(ns, "n1"), (ns, "n2")])
+    assert got == [str(3 * rounds).encode()] * 2, f"an update was lost: {got}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from closedloop.backends.redis import RedisOnlineStore
@@ -26,6 +28,9 @@ class _TornStore:
     def read(self, keys):  # type: ignore[no-untyped-def]
         return self.inner.read(keys)
 
+    def update(self, keys, merge):  # type: ignore[no-untyped-def]
+        self.inner.update(keys, merge)
+
     def clear(self, namespace):  # type: ignore[no-untyped-def]
         self.inner.clear(namespace)
 
@@ -39,6 +44,31 @@ def test_check_catches_a_store_that_tears_writes(tmp_path) -> None:  # type: ign
     store = _TornStore(SQLiteOnlineStore(tmp_path / "o.db"))
     try:
         with pytest.raises(AssertionError, match="in part"):
+            check_online_store(store)
+    finally:
+        store.close()
+
+
+class _LossyStore(_TornStore):
+    """Reads, then writes, with nothing holding the keys in between: loses updates."""
+
+    def write(self, items):  # type: ignore[no-untyped-def]
+        self.inner.write(items)
+
+    def update(self, keys, merge):  # type: ignore[no-untyped-def]
+        values = self.inner.read(keys)
+        time.sleep(0.001)                   # another update lands here
+        new = merge(values)
+        self.inner.write([(ns, k, v) for (ns, k), v in zip(keys, new, strict=True)
+                          if v is not None])
+
+
+def test_check_catches_a_store_that_loses_updates(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from closedloop.backends.sqlite import SQLiteOnlineStore
+
+    store = _LossyStore(SQLiteOnlineStore(tmp_path / "o.db"))
+    try:
+        with pytest.raises(AssertionError, match="lost"):
             check_online_store(store)
     finally:
         store.close()

@@ -34,13 +34,15 @@ class RedisOnlineStore:
     def write(self, items: Sequence[OnlineItem]) -> None:
         if not items:
             return
+        final = {self._key(ns, key): value for ns, key, value in items}   # the last item wins
+        sets = {k: v for k, v in final.items() if v is not None}
+        dels = [k for k, v in final.items() if v is None]
         try:
-            pipe = self._redis().pipeline(transaction=True)
-            for ns, key, value in items:
-                if value is None:
-                    pipe.delete(self._key(ns, key))
-                else:
-                    pipe.set(self._key(ns, key), value)
+            pipe = self._redis().pipeline(transaction=True)    # MULTI … EXEC: all or none
+            if dels:
+                pipe.delete(*dels)
+            if sets:
+                pipe.mset(sets)                  # one command, one reply, however many keys
             pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise self._down(exc) from exc
@@ -68,9 +70,10 @@ class RedisOnlineStore:
                         current = pipe.mget(names) if names else []
                         new = merge(list(current))  # type: ignore[arg-type]
                         pipe.multi()
-                        for name, value in zip(names, new, strict=True):
-                            if value is not None:
-                                pipe.set(name, value)
+                        sets = {name: value for name, value in zip(names, new, strict=True)
+                                if value is not None}
+                        if sets:
+                            pipe.mset(sets)
                         pipe.execute()
                         return
                     except redis.WatchError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -15,6 +16,11 @@ _SCHEMA = """CREATE TABLE IF NOT EXISTS cl_online (
     k TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL
 ) WITHOUT ROWID"""
 _SEP = "\x1f"
+# Update in place (REPLACE would delete and reinsert the row: more B-tree work per write).
+_UPSERT = "INSERT INTO cl_online VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET value = excluded.value"
+# The writer checkpoints the WAL itself only past this many pages (~80 MB): normally the
+# checkpointer thread has done it off the write path.
+_BACKSTOP_PAGES = 20_000
 
 
 def _k(namespace: str, key: str) -> str:
@@ -37,6 +43,7 @@ class SQLiteOnlineStore:
         self._con: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._reads: dict[int, str] = {}
+        self._checkpointer: _Checkpointer | None = None
 
     def _db(self) -> sqlite3.Connection:
         if self._con is None:
@@ -49,6 +56,7 @@ class SQLiteOnlineStore:
                 # Serve reads from memory: a large page cache and the file mapped.
                 con.execute(f"PRAGMA cache_size=-{self.cache_mb * 1024}")
                 con.execute(f"PRAGMA mmap_size={self.cache_mb * 1024 * 1024}")
+                con.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_PAGES}")
                 con.execute(_SCHEMA)
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"online store {self.path!r} cannot be opened: {exc}",
@@ -56,15 +64,24 @@ class SQLiteOnlineStore:
             self._con = con
         return self._con
 
+    def _written(self) -> None:
+        """After a commit: have the WAL moved into the database file, off the write path."""
+        if self.path == ":memory:":
+            return
+        if self._checkpointer is None:
+            self._checkpointer = _Checkpointer(self.path)
+        self._checkpointer.poke()
+
     def write(self, items: Sequence[OnlineItem]) -> None:
-        sets = [(_k(ns, key), value) for ns, key, value in items if value is not None]
-        dels = [(_k(ns, key),) for ns, key, value in items if value is None]
+        final = {_k(ns, key): value for ns, key, value in items}          # the last item wins
+        sets = [(k, v) for k, v in final.items() if v is not None]
+        dels = [(k,) for k, v in final.items() if v is None]
         with self._lock:
             con = self._db()
             try:
                 con.execute("BEGIN IMMEDIATE")
                 if sets:
-                    con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?)", sets)
+                    con.executemany(_UPSERT, sets)
                 if dels:
                     con.executemany("DELETE FROM cl_online WHERE k = ?", dels)
                 con.execute("COMMIT")
@@ -73,6 +90,7 @@ class SQLiteOnlineStore:
                     con.execute("ROLLBACK")
                 raise BackendError(f"online store {self.path!r} write failed: {exc}",
                                    fix="check the disk; nothing of this write was applied") from exc
+        self._written()
 
     def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
@@ -107,8 +125,8 @@ class SQLiteOnlineStore:
                         f"SELECT k, value FROM cl_online WHERE k IN ({', '.join('?' * len(part))})",
                         part).fetchall())
                 new = merge([found.get(k) for k in wanted])
-                con.executemany("INSERT OR REPLACE INTO cl_online VALUES (?, ?)",
-                                [(k, v) for k, v in zip(wanted, new, strict=True) if v is not None])
+                con.executemany(_UPSERT, [(k, v) for k, v in zip(wanted, new, strict=True)
+                                          if v is not None])
                 con.execute("COMMIT")
             except BaseException as exc:
                 if con.in_transaction:
@@ -117,6 +135,7 @@ class SQLiteOnlineStore:
                     raise BackendError(f"online store {self.path!r} update failed: {exc}",
                                        fix="check the disk; nothing was applied") from exc
                 raise
+        self._written()
 
     def clear(self, namespace: str) -> None:
         with self._lock:
@@ -124,7 +143,48 @@ class SQLiteOnlineStore:
                                (namespace + _SEP, namespace + chr(ord(_SEP) + 1)))
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
+            self._checkpointer = None
         with self._lock:
             if self._con is not None:
                 self._con.close()
                 self._con = None
+
+
+class _Checkpointer:
+    """Moves committed WAL frames into the database file from a thread of its own, with its
+    own connection, so a write never waits for a checkpoint (SQLite releases the GIL while it
+    copies and syncs). Pokes during a checkpoint coalesce into one more run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="closedloop-sqlite-checkpoint",
+                                        daemon=True)
+        self._thread.start()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            con = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            return                    # the writer's backstop checkpoints instead
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                with contextlib.suppress(sqlite3.Error):   # busy: the next write pokes again
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if self._stopping:
+                    return
+        finally:
+            con.close()

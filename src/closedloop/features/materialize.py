@@ -10,14 +10,14 @@ the same records with the same values.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from closedloop.backends.base import OfflineEngine, OnlineItem, OnlineStore
 from closedloop.features.definitions import FeatureView
-from closedloop.features.online import encode, hops, namespace, view_columns
+from closedloop.features.online import encode, namespace
+from closedloop.features.tiles import TileLayout, WindowRecord
 
 META = "__closedloop"
 
@@ -49,26 +49,36 @@ def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
 
 def window_records(view: FeatureView, engine: OfflineEngine, at: int,
                    since: int | None) -> Iterator[tuple[str, Any]]:
-    records: dict[str, dict[str, list[Any]]] = defaultdict(dict)
-    n_cols = len(view_columns(view))
-    for hop, span in hops(view).items():
+    layout = TileLayout.of(view)
+    records: dict[str, list[list[list[Any]]]] = {}      # key -> per hop -> tiles
+    for h, (hop, span) in enumerate(layout.hops):
         table = engine.tiles(view, hop, span, at, since)
         keys, buckets = table["key"].to_pylist(), table["b"].to_pylist()
-        cols = [[table[f"{p}{i}"].to_pylist() for p in ("n", "s", "m", "lo", "hi", "l", "o")]
-                for i in range(n_cols)]
+        # Each kept field as a column of the engine's output, in tile order.
+        fields: list[list[Any]] = []
+        for i, c in enumerate(layout.columns):    # the engine numbers columns in this order
+            for slot, name in ((c.n, "n"), (c.s, "s"), (c.m2, "m"), (c.lo, "lo"), (c.hi, "hi"),
+                               (c.last, "l")):
+                if slot < 0:
+                    continue
+                values = table[f"{name}{i}"].to_pylist()
+                fields.append([0.0 if v is None else v for v in values]
+                              if name in ("s", "m") else values)
+            if c.last >= 0:
+                orders = table[f"o{i}"].to_pylist()
+                fields.append([None if o is None else o["et"] for o in orders])
+                fields.append([None if o is None or not o["tp"] else o["tie"] for o in orders])
         for r, key in enumerate(keys):
-            partials = []
-            for c in cols:
-                order = c[6][r]
-                partials.append([c[0][r], c[1][r] or 0.0, c[2][r] or 0.0, c[3][r], c[4][r],
-                                 c[5][r], None if order is None else
-                                 [order["et"], order["tp"], order["tie"]]])
-            records[key].setdefault(str(hop), []).append([buckets[r], partials])
+            record = records.get(key)
+            if record is None:
+                record = records[key] = [[] for _ in layout.hops]
+            record[h].append([buckets[r], *(f[r] for f in fields)])
     for key in sorted(records):          # byte-for-byte the same record on every run
-        record = records[key]
-        for tiles in record.values():
+        flat: WindowRecord = []
+        for tiles in records[key]:
             tiles.sort(key=lambda tile: tile[0])
-        yield key, record
+            flat.append([x for tile in tiles for x in tile])
+        yield key, flat
 
 
 def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStore, at: int, *,

@@ -1,13 +1,12 @@
-"""Online features: the records the online store holds, how they are read, and how they merge.
+"""Online features: the records the online store holds and how they are read.
 
 A record is one view version's state for one entity, pickled (protocol 5) and read back by an
 unpickler that refuses every global, so a record can only ever be lists, numbers, strings,
 booleans and None — never code:
 
 * snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row;
-* windowed views: ``{"<hop>": [[bucket, [partials per column]], ...]}`` — one tile per hop
-  bucket, each column's partials ``[n, sum, m2, min, max, last, last_order]`` where
-  ``last_order`` is ``[event_us, tie_present, tie]``.
+* windowed views: one list of tiles per hop, ``[[bucket, fields...], ...]`` sorted by bucket,
+  holding only the partials the view's functions need (``closedloop.features.tiles``).
 
 Reading at t applies exactly the written semantics: a tile counts when its bucket is within
 ``[T - n, T]`` for ``T = t // hop``; a snapshot counts while ``t - event ≤ ttl``. Everything
@@ -17,38 +16,19 @@ in the store has arrived; the store serves what has arrived by the time it is re
 from __future__ import annotations
 
 import io
-import math
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from closedloop.errors import SchemaMismatch
-from closedloop.features.definitions import FeatureView, WindowedFeature
-
-# Column partials: positions in the per-column list of a tile.
-N, S, M2, MIN, MAX, LAST, ORDER = range(7)
-
-Partials = list[Any]
-Tile = list[Any]          # [bucket, [Partials per column]]
+from closedloop.features.definitions import FeatureView
+from closedloop.features.tiles import WindowReader
 
 
 def namespace(view: FeatureView) -> str:
     """The online store namespace of a view version."""
     return f"{view.name}@{view.version}"
-
-
-def view_columns(view: FeatureView) -> list[str]:
-    """The source columns a windowed view aggregates, in a fixed order."""
-    return list(dict.fromkeys(a.column for a in view.aggregations))
-
-
-def hops(view: FeatureView) -> dict[int, int]:
-    """Each hop of a windowed view and the longest window (in hops) that uses it."""
-    out: dict[int, int] = {}
-    for w in view.windowed:
-        out[w.hop] = max(out.get(w.hop, 0), w.window // w.hop)
-    return out
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -64,72 +44,6 @@ def encode(record: Any) -> bytes:
 
 def decode(data: bytes) -> Any:
     return _PlainUnpickler(io.BytesIO(data)).load()
-
-
-def _order_key(order: list[Any] | None) -> tuple[Any, ...]:
-    if order is None:
-        return (-math.inf,)
-    return (order[0], order[1], order[2] if order[1] else 0)
-
-
-def merge_partials(a: Partials, b: Partials) -> Partials:
-    """Merge two columns' partials (Chan et al. for the second moment)."""
-    if not b[N]:
-        return a
-    if not a[N]:
-        return b
-    n = a[N] + b[N]
-    delta = b[S] / b[N] - a[S] / a[N]
-    m2 = a[M2] + b[M2] + delta * delta * a[N] * b[N] / n
-    if _order_key(b[ORDER]) > _order_key(a[ORDER]) or (
-            _order_key(b[ORDER]) == _order_key(a[ORDER]) and b[LAST] > a[LAST]):
-        last, order = b[LAST], b[ORDER]
-    else:
-        last, order = a[LAST], a[ORDER]
-    return [n, a[S] + b[S], m2, min(a[MIN], b[MIN]), max(a[MAX], b[MAX]), last, order]
-
-
-def empty_partials() -> Partials:
-    return [0, 0.0, 0.0, None, None, None, None]
-
-
-def finish(fn: str, p: Partials) -> Any:
-    """A windowed feature's value from merged partials (None where the window is empty)."""
-    n = p[N]
-    if fn == "count":
-        return int(n)
-    if fn == "sum":
-        return float(p[S]) if n else 0.0
-    if not n:
-        return None
-    if fn == "mean":
-        return p[S] / n
-    if fn == "stddev":
-        return math.sqrt(max(p[M2] / n, 0.0))
-    if fn == "min":
-        return p[MIN]
-    if fn == "max":
-        return p[MAX]
-    return p[LAST]
-
-
-def windowed_values(view: FeatureView, record: dict[str, Any] | None, t: int,
-                    wanted: Sequence[WindowedFeature]) -> dict[str, Any]:
-    """The wanted windowed features at time t from an entity's tiles."""
-    columns = view_columns(view)
-    out: dict[str, Any] = {}
-    for w in wanted:
-        tiles = record.get(str(w.hop), ()) if record else ()
-        top = t // w.hop
-        low = top - w.window // w.hop
-        merged = empty_partials()
-        col = columns.index(w.column)
-        for tile in tiles:
-            if low <= tile[0] <= top:
-                merged = merge_partials(merged, tile[1][col])
-        value = finish(w.fn, merged)
-        out[w.name] = w.default if value is None and w.default is not None else value
-    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +69,8 @@ class ViewReader:
         self.key_dtype = view.entity.spec()["dtype"]
         if view.aggregations:
             by_name = {w.name: w for w in view.windowed}
-            self.windowed = [(out, by_name[n]) for n, outs in zip(names, outputs, strict=True)
-                             for out in outs]
+            self.windows = WindowReader(view, [(out, by_name[n]) for n, outs in
+                                               zip(names, outputs, strict=True) for out in outs])
         else:
             self.ttl = view.ttl_micros
             self.writes = [(out, view.features.index(n), view.default(n))
@@ -182,9 +96,7 @@ class ViewReader:
         """Put this view's features at time t into ``into``, by internal reference."""
         record = None if data is None else decode(data)
         if self.view.aggregations:
-            got = windowed_values(self.view, record, t, [w for _, w in self.windowed])
-            for out, w in self.windowed:
-                into[out] = got[w.name]
+            self.windows.read(record, t, into)
             return
         ttl = self.ttl
         if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):

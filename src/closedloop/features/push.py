@@ -8,8 +8,8 @@ by the tie order), so a pushed record equals the record a materialization would 
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,14 +20,8 @@ from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.data.sources import Source
 from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import ARROW_TYPES, FeatureView
-from closedloop.features.online import (
-    decode,
-    encode,
-    hops,
-    merge_partials,
-    namespace,
-    view_columns,
-)
+from closedloop.features.online import decode, encode, namespace
+from closedloop.features.tiles import TileLayout
 
 
 @dataclass(frozen=True)
@@ -77,46 +71,22 @@ def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: i
     return out
 
 
-def _us(column: pa.ChunkedArray) -> list[int | None]:
-    values: list[int | None] = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")),
+def _us(column: pa.ChunkedArray) -> list[int]:
+    """Checked free of nulls by ``prepare``."""
+    values: list[int] = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")),
                                        pa.int64()).to_pylist()
     return values
 
 
-def fold(view: FeatureView, record: Any, events: list[dict[str, Any]], now: int) -> Any:
-    """The record after ``events`` (dicts with ``__et``, ``__tie`` and the columns)."""
-    if not view.aggregations:
-        best = record
-        for e in events:
-            cand = [e["__et"], e["__tie"] is not None, e["__tie"] or 0,
-                    [e[f] for f in view.features]]
-            if best is None or _snap_order(cand) > _snap_order(best):
-                best = cand
-        return best
-    tiles: dict[str, list[Any]] = record or {}
-    columns = view_columns(view)
-    for hop, span in hops(view).items():
-        by_bucket = {tile[0]: tile for tile in tiles.get(str(hop), [])}
-        for e in events:
-            b = e["__et"] // hop
-            order = [e["__et"], e["__tie"] is not None, e["__tie"] or 0]
-            parts: list[list[Any]] = []
-            for c in columns:
-                x = e[c]
-                if x is None:
-                    parts.append([0, 0.0, 0.0, None, None, None, None])
-                else:
-                    s = float(x) if isinstance(x, int | float) else 0.0
-                    parts.append([1, s, 0.0, x, x, x, order])
-            if b in by_bucket:
-                old = by_bucket[b][1]
-                by_bucket[b] = [b, [merge_partials(o, p) for o, p in zip(old, parts,
-                                                                          strict=True)]]
-            else:
-                by_bucket[b] = [b, parts]
-        oldest = now // hop - span
-        tiles[str(hop)] = [by_bucket[b] for b in sorted(by_bucket) if b >= oldest]
-    return tiles
+def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
+    """A snapshot record after ``events`` — (event time, tie, values): the greatest row by the
+    tie order ``(event, tie, values)``, nulls lowest."""
+    best = record
+    for et, tie, values in events:
+        cand = [et, tie is not None, tie or 0, list(values)]
+        if best is None or _snap_order(cand) > _snap_order(best):
+            best = cand
+    return best
 
 
 def _snap_order(rec: list[Any]) -> tuple[Any, ...]:
@@ -129,27 +99,43 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
     engine.append(source, table)                # durable first: the log is the truth
     et = _us(table[source.timestamp])
     tie_col = source.tie_column
-    tie = _us(table[tie_col]) if tie_col and tie_col in table.column_names else [None] * len(et)
-    columns = {c: table[c].to_pylist() for c in table.column_names}
+    tie: list[int | None] = (list(_us(table[tie_col])) if tie_col and tie_col in table.column_names
+                             else [None] * len(et))
+    lists: dict[str, list[Any]] = {}
+
+    def column(name: str) -> list[Any]:
+        if name not in lists:
+            lists[name] = table[name].to_pylist()
+        return lists[name]
+
     keys: list[tuple[str, str]] = []
-    plan: list[tuple[FeatureView, list[dict[str, Any]]]] = []
+    plan: list[tuple[Callable[[Any, Any], Any], list[tuple[int, Any, list[Any]]]]] = []
     for view in views:
-        per_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        key_values = columns[view.entity.key]
-        for i, k in enumerate(key_values):
-            if k is None:
-                continue
-            event = {c: columns[c][i] for c in columns}
-            event["__et"], event["__tie"] = et[i], tie[i]
-            per_key[str(k)].append(event)
+        if view.aggregations:
+            layout = TileLayout.of(view)
+            cols = [column(c.column) for c in layout.columns]
+            fold: Callable[[Any, Any], Any] = functools.partial(_fold_window, layout, now)
+        else:
+            cols = [column(f) for f in view.features]
+            fold = latest
+        per_key: dict[str, list[tuple[int, Any, list[Any]]]] = {}
+        for i, k in enumerate(column(view.entity.key)):
+            if k is not None:
+                per_key.setdefault(str(k), []).append((et[i], tie[i], [c[i] for c in cols]))
+        ns = namespace(view)
         for k, events in per_key.items():
-            keys.append((namespace(view), k))
-            plan.append((view, events))
+            keys.append((ns, k))
+            plan.append((fold, events))
 
     def merge(current: list[bytes | None]) -> list[bytes | None]:
-        return [encode(fold(view, None if raw is None else decode(raw), events, now))
-                for raw, (view, events) in zip(current, plan, strict=True)]
+        return [encode(fold(None if raw is None else decode(raw), events))
+                for raw, (fold, events) in zip(current, plan, strict=True)]
 
     store.update(keys, merge)
     return PushReport(source.name, table.num_rows, len({k for _, k in keys}),
                       tuple(namespace(v) for v in views))
+
+
+def _fold_window(layout: TileLayout, now: int, record: Any,
+                 events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
+    return layout.fold(record, events, now)

@@ -1,0 +1,259 @@
+"""Tiles: the partial aggregates a windowed view keeps online, one per entity, hop and bucket.
+
+A tile is ``bucket, fields...`` holding, for each aggregated column, only the partials that
+the view's functions need (``TileLayout``): ``n`` (non-null count) for count,
+mean and stddev; ``s`` (sum) for sum, mean and stddev; ``m2`` (second moment about the mean,
+merged by Chan's formula) for stddev; ``lo``/``hi`` for min/max; ``last`` with its order
+(event time, tie) for last. A view over sum/count/mean/max of one column keeps three numbers
+per tile instead of ten, so its record stays small (SQLite keeps it inline in its B-tree page)
+and a push touches little.
+
+A windowed record is one flat list of tiles per hop, in the layout's hop order, sorted by
+bucket: ``[b0, fields..., b1, fields..., ...]``, ``TileLayout.width`` items per tile (few
+objects, so decoding is cheap and a push allocates little). Merging, folding events in and
+reading a window all go through this one layout, so materialization, push and serving cannot
+disagree on the arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from closedloop.features.definitions import FeatureView, WindowedFeature
+
+#: One flat list per hop: ``[bucket, fields..., bucket, fields..., ...]`` by bucket.
+WindowRecord = list[list[Any]]
+
+
+def _order(tie: Any) -> tuple[bool, Any]:
+    return (tie is not None, 0 if tie is None else tie)
+
+
+class ColumnSlots:
+    """Where one aggregated column's partials sit in a tile (-1: not kept)."""
+
+    __slots__ = ("column", "hi", "last", "lo", "m2", "n", "oet", "otie", "s", "width")
+
+    def __init__(self, column: str, fns: set[str], start: int) -> None:
+        self.column = column
+        pos = start
+        slots = {}
+        for name, wanted in (("n", fns & {"count", "mean", "stddev"}),
+                             ("s", fns & {"sum", "mean", "stddev"}),
+                             ("m2", fns & {"stddev"}), ("lo", fns & {"min"}),
+                             ("hi", fns & {"max"}), ("last", fns & {"last"}),
+                             ("oet", fns & {"last"}), ("otie", fns & {"last"})):
+            slots[name] = pos if wanted else -1
+            pos += bool(wanted)
+        self.n, self.s, self.m2 = slots["n"], slots["s"], slots["m2"]
+        self.lo, self.hi = slots["lo"], slots["hi"]
+        self.last, self.oet, self.otie = slots["last"], slots["oet"], slots["otie"]
+        self.width = pos - start
+
+    def empty(self) -> list[Any]:
+        """This column's fields of a tile with no value."""
+        out: list[Any] = []
+        for slot, zero in ((self.n, 0), (self.s, 0.0), (self.m2, 0.0), (self.lo, None),
+                           (self.hi, None), (self.last, None), (self.oet, None),
+                           (self.otie, None)):
+            if slot >= 0:
+                out.append(zero)
+        return out
+
+    def one(self, x: Any, et: int, tie: Any) -> list[Any]:
+        """This column's fields of a tile holding the single value ``x`` (None: no value)."""
+        if x is None:
+            return self.empty()
+        out: list[Any] = []
+        if self.n >= 0:
+            out.append(1)
+        if self.s >= 0:
+            out.append(float(x))
+        if self.m2 >= 0:
+            out.append(0.0)
+        if self.lo >= 0:
+            out.append(x)
+        if self.hi >= 0:
+            out.append(x)
+        if self.last >= 0:
+            out += (x, et, tie)
+        return out
+
+    def merge(self, a: list[Any], i: int, b: Sequence[Any], j: int) -> None:
+        """Fold this column's fields of the tile at ``b[j:]`` into the tile at ``a[i:]``."""
+        if self.m2 >= 0:
+            na, nb = a[i + self.n], b[j + self.n]
+            if nb:
+                if na:
+                    delta = b[j + self.s] / nb - a[i + self.s] / na
+                    a[i + self.m2] += b[j + self.m2] + delta * delta * na * nb / (na + nb)
+                else:
+                    a[i + self.m2] = b[j + self.m2]
+        if self.n >= 0:
+            a[i + self.n] += b[j + self.n]
+        if self.s >= 0:
+            a[i + self.s] += b[j + self.s]
+        if self.lo >= 0:
+            x = b[j + self.lo]
+            if x is not None and (a[i + self.lo] is None or x < a[i + self.lo]):
+                a[i + self.lo] = x
+        if self.hi >= 0:
+            x = b[j + self.hi]
+            if x is not None and (a[i + self.hi] is None or x > a[i + self.hi]):
+                a[i + self.hi] = x
+        if self.last >= 0 and b[j + self.oet] is not None:
+            if a[i + self.oet] is None:
+                later = True
+            else:
+                ka = (a[i + self.oet], *_order(a[i + self.otie]))
+                kb = (b[j + self.oet], *_order(b[j + self.otie]))
+                later = kb > ka or (kb == ka and b[j + self.last] > a[i + self.last])
+            if later:
+                for slot in (self.last, self.oet, self.otie):
+                    a[i + slot] = b[j + slot]
+
+    def value(self, fn: str, tile: Sequence[Any] | None) -> Any:
+        """A windowed function's value from merged fields (None where the window is empty)."""
+        if fn == "count":
+            return 0 if tile is None else int(tile[self.n])
+        if fn == "sum":
+            return 0.0 if tile is None else float(tile[self.s])
+        if tile is None:
+            return None
+        if fn == "mean":
+            n = tile[self.n]
+            return tile[self.s] / n if n else None
+        if fn == "stddev":
+            n = tile[self.n]
+            return math.sqrt(max(tile[self.m2] / n, 0.0)) if n else None
+        if fn == "min":
+            return tile[self.lo]
+        if fn == "max":
+            return tile[self.hi]
+        return tile[self.last]
+
+
+class TileLayout:
+    """A windowed view's tiles: its hops (with the longest window of each, in hops) and where
+    each column's partials sit. Computed once per view (``TileLayout.of``)."""
+
+    _cache: dict[int, tuple[FeatureView, TileLayout]] = {}  # noqa: RUF012  # a per-process memo
+
+    def __init__(self, view: FeatureView) -> None:
+        self.view = view
+        spans: dict[int, int] = {}
+        for w in view.windowed:
+            spans[w.hop] = max(spans.get(w.hop, 0), w.window // w.hop)
+        self.hops: tuple[tuple[int, int], ...] = tuple(sorted(spans.items()))
+        fns: dict[str, set[str]] = {}
+        for a in view.aggregations:
+            fns.setdefault(a.column, set()).add(a.fn)
+        # Columns in order of first use: the order the offline engine numbers them in.
+        self.columns: tuple[ColumnSlots, ...] = ()
+        pos = 1
+        for column, used in fns.items():
+            slots = ColumnSlots(column, used, pos)
+            self.columns += (slots,)
+            pos += slots.width
+        self.width = pos
+
+    @classmethod
+    def of(cls, view: FeatureView) -> TileLayout:
+        hit = cls._cache.get(id(view))
+        if hit is not None and hit[0] is view:
+            return hit[1]
+        layout = cls(view)
+        cls._cache[id(view)] = (view, layout)
+        return layout
+
+    def column(self, name: str) -> ColumnSlots:
+        return next(c for c in self.columns if c.column == name)
+
+    def hop_index(self, hop: int) -> int:
+        return next(i for i, (h, _) in enumerate(self.hops) if h == hop)
+
+    def merge(self, a: list[Any], i: int, b: Sequence[Any], j: int) -> None:
+        """Fold the tile at ``b[j:]`` into the tile at ``a[i:]`` (``a`` keeps its bucket)."""
+        for c in self.columns:
+            c.merge(a, i, b, j)
+
+    def fields(self, values: Sequence[Any], et: int, tie: Any) -> list[Any]:
+        """The fields of a tile holding one event (``values`` by column, in layout order)."""
+        out: list[Any] = []
+        for c, x in zip(self.columns, values, strict=True):
+            out += c.one(x, et, tie)
+        return out
+
+    def find(self, tiles: Sequence[Any], b: int) -> int:
+        """The position in ``tiles`` of the first tile whose bucket is ≥ ``b``."""
+        w = self.width
+        i = len(tiles) - w
+        while i >= 0 and tiles[i] >= b:     # from the newest: reads and pushes are recent
+            i -= w
+        return i + w
+
+    def fold(self, record: WindowRecord | None,
+             events: Sequence[tuple[int, Any, Sequence[Any]]], now: int) -> WindowRecord:
+        """The record after ``events`` — (event time, tie, values by column) — with tiles
+        older than any window can read at ``now`` dropped."""
+        if record is None:
+            record = [[] for _ in self.hops]
+        fields = [(et, self.fields(values, et, tie)) for et, tie, values in events]
+        w = self.width
+        for h, (hop, span) in enumerate(self.hops):
+            tiles = record[h]
+            for et, f in fields:
+                b = et // hop
+                last = len(tiles) - w
+                if last >= 0 and tiles[last] == b:      # the usual case: the newest bucket
+                    self.merge(tiles, last, f, -1)
+                elif last < 0 or tiles[last] < b:
+                    tiles.append(b)
+                    tiles += f
+                else:
+                    i = self.find(tiles, b)
+                    if tiles[i] == b:
+                        self.merge(tiles, i, f, -1)
+                    else:
+                        tiles[i:i] = [b, *f]
+            oldest = now // hop - span
+            if tiles and tiles[0] < oldest:
+                del tiles[:self.find(tiles, oldest)]
+        return record
+
+    def window(self, tiles: Sequence[Any], hop: int, span: int, t: int) -> list[Any] | None:
+        """The merged tile of a window of ``span`` hops at ``t`` (None: no tile in range)."""
+        top = t // hop
+        w = self.width
+        hi = self.find(tiles, top + 1)
+        lo = self.find(tiles, top - span)
+        if lo >= hi:
+            return None
+        acc = list(tiles[lo:lo + w])
+        for i in range(lo + w, hi, w):
+            self.merge(acc, 0, tiles, i)
+        return acc
+
+
+class WindowReader:
+    """Reads the wanted windowed features of one view from its records: one merge per
+    distinct window, then each function from the merged tile."""
+
+    def __init__(self, view: FeatureView, wanted: Sequence[tuple[str, WindowedFeature]]) -> None:
+        """``wanted`` pairs an output key with the windowed feature written under it."""
+        self.layout = TileLayout.of(view)
+        groups: dict[tuple[int, int], list[tuple[str, ColumnSlots, str, Any]]] = {}
+        for out, w in wanted:
+            groups.setdefault((w.hop, w.window // w.hop), []).append(
+                (out, self.layout.column(w.column), w.fn, w.default))
+        self.groups = [(self.layout.hop_index(hop), hop, span, outs)
+                       for (hop, span), outs in groups.items()]
+
+    def read(self, record: WindowRecord | None, t: int, into: dict[str, Any]) -> None:
+        for h, hop, span, outs in self.groups:
+            tile = None if record is None else self.layout.window(record[h], hop, span, t)
+            for out, column, fn, default in outs:
+                value = column.value(fn, tile)
+                into[out] = default if value is None and default is not None else value

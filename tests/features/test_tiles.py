@@ -1,0 +1,107 @@
+"""Tiles keep only the partials a view's functions need. Property: for any choice of functions
+over a numeric and a string column, materializing part of a history and pushing the rest
+serves, at the push's instant, what the plain-Python reference computes from all of it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import closedloop as cl
+from closedloop.backends.duckdb import DuckDBEngine
+from closedloop.backends.sqlite import SQLiteOnlineStore
+from closedloop.features.catalog import Catalog
+from closedloop.features.service import FeatureService
+from closedloop.features.tiles import TileLayout
+from closedloop.testing import same_value
+from tests.features.test_pointintime_property import KEYS, MIN, T0, _ts
+from tests.reference import reference_features
+
+NOW = T0 + 3 * 24 * 60 * MIN
+NUMERIC_FNS = ("sum", "count", "mean", "min", "max", "last", "stddev")
+STRING_FNS = ("count", "min", "max", "last")
+
+rows = st.lists(st.fixed_dictionaries({
+    "user_id": st.sampled_from(KEYS),
+    "ts": st.integers(0, 3 * 24 * 60).map(lambda m: NOW - m * MIN),
+    "lag": st.sampled_from([0, 0, MIN, 10 * MIN]),
+    "amount": st.none() | st.integers(-5, 20).map(float),
+    "tag": st.none() | st.sampled_from(["p", "q", "r"]),
+}), min_size=1, max_size=30)
+
+
+def _dt(micros: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
+def _view(path: Path, numeric: list[str], string: list[str]) -> cl.FeatureView:
+    src = cl.EventSource("ev", path=str(path), timestamp="ts", arrival="arrival",
+                         schema={"user_id": str, "amount": float, "tag": str})
+    aggs = [cl.Agg("amount", fn, windows=["10m", "1h", "1d"]) for fn in numeric]
+    aggs += [cl.Agg("tag", fn, windows=["1h", "2d"]) for fn in string]
+    return cl.FeatureView("w", entity=cl.Entity("user", key="user_id"), source=src,
+                          aggregations=aggs)
+
+
+def _table(events: list[dict[str, Any]]) -> pa.Table:
+    return pa.table({"user_id": pa.array([e["user_id"] for e in events], pa.string()),
+                     "ts": _ts([e["ts"] for e in events]),
+                     "arrival": _ts([e["arrival"] for e in events]),
+                     "amount": pa.array([e["amount"] for e in events], pa.float64()),
+                     "tag": pa.array([e["tag"] for e in events], pa.string())})
+
+
+def test_a_layout_keeps_only_the_partials_its_functions_need(tmp_path: Path) -> None:
+    layout = TileLayout(_view(tmp_path / "x.parquet", ["sum", "max"], ["last"]))
+    amount, tag = layout.columns
+    assert (amount.n, amount.s, amount.hi, amount.m2, amount.lo) == (-1, 1, 2, -1, -1)
+    assert (tag.last, tag.oet, tag.otie) == (3, 4, 5)
+    assert layout.width == 6
+    assert [hop for hop, _ in layout.hops] == sorted(hop for hop, _ in layout.hops)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(events=rows, split=st.floats(0, 1),
+       numeric=st.lists(st.sampled_from(NUMERIC_FNS), unique=True, max_size=4),
+       string=st.lists(st.sampled_from(STRING_FNS), unique=True, max_size=2))
+def test_any_function_subset_serves_the_reference(tmp_path: Path, events: list[dict[str, Any]],
+                                                  split: float, numeric: list[str],
+                                                  string: list[str]) -> None:
+    if not numeric and not string:
+        numeric = ["count"]
+    for e in events:
+        e["arrival"] = min(e["ts"] + e["lag"], NOW)
+    events.sort(key=lambda e: e["arrival"])
+    cut = int(len(events) * split)
+    base, pushed = events[:cut], events[cut:]
+    folder = tmp_path / f"case-{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    path = folder / "ev.parquet"
+    pq.write_table(_table(base) if base else _table([]), path)
+    view = _view(path, numeric, string)
+    engine = DuckDBEngine(log_root=str(folder / "log"))
+    store = SQLiteOnlineStore(folder / "online.db")
+    try:
+        service = FeatureService(Catalog([view]), engine, store)
+        start = max([e["arrival"] for e in base] + [T0])
+        service.materialize(at=_dt(start))
+        if pushed:
+            service.push("ev", _table(pushed), at=_dt(NOW))
+        refs = [f"w.{f}" for f in view.feature_names]
+        served = service.online([{"user_id": k} for k in [*KEYS, "zz"]], refs, at=_dt(NOW))
+        assert isinstance(served, list)
+        for key, vector in zip([*KEYS, "zz"], served, strict=True):
+            want = reference_features(view, events, key, NOW)
+            for f in view.feature_names:
+                assert same_value(vector.values[f"w.{f}"], want[f]), (key, f, vector.values,
+                                                                      want)
+    finally:
+        store.close()
+        engine.close()
