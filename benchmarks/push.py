@@ -29,7 +29,7 @@ from benchmarks import windows
 from benchmarks.data import windows_data
 
 START = datetime(2026, 4, 1, tzinfo=UTC)          # the fraud world ends 2026-04-01
-EVENTS, BATCH, KEPT = 50_000, 500, 2_000
+EVENTS, BATCH, KEPT = 100_000, 500, 2_000
 OUTPUTS = ["amount_count_30d"]
 
 

@@ -229,6 +229,10 @@ def check_online_store(store: OnlineStore) -> None:
     many = [(ns, k) for k in keys]
     store.write([(ns, k, k.encode()) for k in keys])
     assert store.read(many) == [k.encode() for k in keys], "300 keys in one read"
+    lots = [(ns, f"big{i}") for i in range(1_234)]
+    store.write([(ns, k, k.encode()) for _, k in lots[::2]])
+    assert store.read(lots) == [k.encode() if i % 2 == 0 else None
+                                for i, (_, k) in enumerate(lots)], "1,234 keys in one read"
     # Atomicity: a reader running beside a writer never sees two versions in one read.
     torn: list[list[bytes | None]] = []
     stop = threading.Event()

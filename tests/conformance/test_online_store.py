@@ -78,3 +78,26 @@ def test_redis_down_names_the_url() -> None:
     store = RedisOnlineStore("redis://127.0.0.1:1/0")
     with pytest.raises(BackendUnavailable, match=r"127\.0\.0\.1:1"):
         store.read([("v@1", "a")])
+
+
+@pytest.mark.redis
+def test_redis_reads_reconnect_after_the_server_drops_the_connection() -> None:
+    import uuid
+
+    import redis
+
+    from tests.conftest import _redis_or_skip
+
+    _redis_or_skip()
+    store = RedisOnlineStore(prefix=f"cltest:{uuid.uuid4().hex}:")
+    try:
+        store.write([("v@1", "a", b"1")])
+        assert store.read([("v@1", "a")]) == [b"1"]
+        conn = store._reader()                  # this thread's read connection
+        conn.send_command("CLIENT", "ID")
+        client_id = conn.read_response()
+        redis.Redis.from_url(store.url).client_kill_filter(_id=client_id)
+        assert store.read([("v@1", "a")]) == [b"1"]   # one reconnect, no error
+    finally:
+        store.clear("v@1")
+        store.close()

@@ -160,3 +160,41 @@ def test_a_killed_materialization_reruns_to_the_clean_state(tmp_path: Path) -> N
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     assert not diff, (len(diff), diff[:3], [(a.get(k), b.get(k)) for k in diff[:2]])
     assert len(b) > len(partial)
+
+
+def test_instants_are_served_as_training_sees_them(make_project) -> None:  # type: ignore[no-untyped-def]
+    defs = '''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+prof = cl.TableSource("prof", path="data/p.parquet", timestamp="ts",
+                      schema={"user_id": str, "signup": "timestamp"})
+p = cl.FeatureView("p", entity=user, source=prof, features=["signup"])
+seen = cl.EventSource("seen", path="data/s.parquet", timestamp="ts",
+                      schema={"user_id": str, "at": "timestamp"})
+s = cl.FeatureView("s", entity=user, source=seen,
+                   aggregations=[cl.Agg("at", fn, windows=["1d"]) for fn in ("max", "last")])
+'''
+    p = make_project(defs)
+    stamp = pa.timestamp("us", tz="UTC")
+    pq.write_table(pa.table({"user_id": ["a", "b"], "ts": pa.array([T0, T0], stamp),
+                             "signup": pa.array([T0 - timedelta(days=3), None], stamp)}),
+                   p.root / "data" / "p.parquet")
+    pq.write_table(pa.table({"user_id": ["a", "a"],
+                             "ts": pa.array([T0, T0 + timedelta(hours=1)], stamp),
+                             "at": pa.array([T0 + timedelta(minutes=5), T0], stamp)}),
+                   p.root / "data" / "s.parquet")
+    (p.root / "closedloop.toml").write_text("[online]\nlog_sample = 1.0\n")
+    p.close()
+    refs = ["p.signup", "s.at_max_1d", "s.at_last_1d"]
+    at = T0 + timedelta(hours=2)
+    with cl.Project(p.root) as q:
+        q.features.materialize(at=at)
+        got = q.features.online([{"user_id": "a"}, {"user_id": "b"}], refs, at=at)
+        assert got[0].values == {"p.signup": T0 - timedelta(days=3),
+                                 "s.at_max_1d": T0 + timedelta(minutes=5), "s.at_last_1d": T0}
+        assert got[1].values == {"p.signup": None, "s.at_max_1d": None, "s.at_last_1d": None}
+        rows = pa.table({"user_id": ["a", "b"], "t": pa.array([at, at], stamp)})
+        train = q.features.training_set(rows, refs)
+        for i, vector in enumerate(got):
+            assert vector.values == {r: train[r][i].as_py() for r in refs}
+        assert all(r.match_rate == 1.0 for r in q.features.consistency())

@@ -21,10 +21,24 @@ _UPSERT = "INSERT INTO cl_online VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET val
 # The writer checkpoints the WAL itself only past this many pages (~80 MB): normally the
 # checkpointer thread has done it off the write path.
 _BACKSTOP_PAGES = 20_000
+# Keys per read statement (SQLite binds at most 32,766 parameters).
+_CHUNK = 500
 
 
 def _k(namespace: str, key: str) -> str:
     return f"{namespace}{_SEP}{key}"
+
+
+def _read_sql(n: int) -> str:
+    """One statement that fetches n keys by primary key, each row tagged with its position:
+    a few point lookups chained with UNION ALL (cheapest for one request), or the keys as a
+    VALUES list joined to the table (no temporary IN-list index; as fast for hundreds)."""
+    if n <= 8:
+        return " UNION ALL ".join(f"SELECT {i}, value FROM cl_online WHERE k = ?"
+                                  for i in range(n))
+    keys = ", ".join(f"({i}, ?)" for i in range(n))
+    return (f"WITH q(i, k) AS (VALUES {keys}) "
+            "SELECT q.i, o.value FROM q JOIN cl_online AS o ON o.k = q.k")
 
 
 class SQLiteOnlineStore:
@@ -44,6 +58,7 @@ class SQLiteOnlineStore:
         self._lock = threading.Lock()
         self._reads: dict[int, str] = {}
         self._checkpointer: _Checkpointer | None = None
+        self._cursor: sqlite3.Cursor | None = None
 
     def _db(self) -> sqlite3.Connection:
         if self._con is None:
@@ -95,21 +110,29 @@ class SQLiteOnlineStore:
     def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         if not keys:
             return []
-        n = len(keys)
-        sql = self._reads.get(n)
-        if sql is None:
-            sql = self._reads[n] = (f"SELECT k, value FROM cl_online "
-                                    f"WHERE k IN ({', '.join(['?'] * n)})")
         sep = _SEP
         wanted = [ns + sep + key for ns, key in keys]
         with self._lock:
             try:
-                rows = self._db().execute(sql, wanted).fetchall()
+                if self._cursor is None:
+                    self._cursor = self._db().cursor()
+                return self._fetch(self._cursor, wanted)
             except sqlite3.Error as exc:
                 raise BackendError(f"online store {self.path!r} read failed: {exc}",
                                    fix="check the file") from exc
-        found = dict(rows)
-        return [found.get(k) for k in wanted]
+
+    def _fetch(self, cursor: sqlite3.Cursor, wanted: list[str]) -> list[bytes | None]:
+        """The values of the full keys ``wanted``, in order (statements of at most
+        ``_CHUNK`` keys, each prepared once)."""
+        out: list[bytes | None] = [None] * len(wanted)
+        for start in range(0, len(wanted), _CHUNK):
+            part = wanted[start:start + _CHUNK] if len(wanted) > _CHUNK else wanted
+            sql = self._reads.get(len(part))
+            if sql is None:
+                sql = self._reads[len(part)] = _read_sql(len(part))
+            for i, value in cursor.execute(sql, part).fetchall():
+                out[start + i] = value
+        return out
 
     def update(self, keys: Sequence[tuple[str, str]],
                merge: Callable[[list[bytes | None]], list[bytes | None]]) -> None:
@@ -118,13 +141,7 @@ class SQLiteOnlineStore:
             con = self._db()
             try:
                 con.execute("BEGIN IMMEDIATE")     # holds the write lock from read to write
-                found: dict[str, bytes] = {}
-                for start in range(0, len(wanted), 500):
-                    part = wanted[start:start + 500]
-                    found.update(con.execute(
-                        f"SELECT k, value FROM cl_online WHERE k IN ({', '.join('?' * len(part))})",
-                        part).fetchall())
-                new = merge([found.get(k) for k in wanted])
+                new = merge(self._fetch(con.cursor(), wanted))
                 con.executemany(_UPSERT, [(k, v) for k, v in zip(wanted, new, strict=True)
                                           if v is not None])
                 con.execute("COMMIT")
@@ -147,6 +164,7 @@ class SQLiteOnlineStore:
             self._checkpointer.stop()
             self._checkpointer = None
         with self._lock:
+            self._cursor = None
             if self._con is not None:
                 self._con.close()
                 self._con = None
@@ -155,12 +173,14 @@ class SQLiteOnlineStore:
 class _Checkpointer:
     """Moves committed WAL frames into the database file from a thread of its own, with its
     own connection, so a write never waits for a checkpoint (SQLite releases the GIL while it
-    copies and syncs). Pokes during a checkpoint coalesce into one more run."""
+    copies and syncs). Commits within ``interval`` seconds share one checkpoint, so a page
+    written by several of them is copied, and the files synced, once."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, interval: float = 0.25) -> None:
         self.path = path
+        self.interval = interval
         self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="closedloop-sqlite-checkpoint",
                                         daemon=True)
         self._thread.start()
@@ -169,7 +189,7 @@ class _Checkpointer:
         self._wake.set()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._wake.set()
         self._thread.join()
 
@@ -179,12 +199,11 @@ class _Checkpointer:
         except sqlite3.Error:
             return                    # the writer's backstop checkpoints instead
         try:
-            while True:
+            while not self._stop.is_set():
                 self._wake.wait()
+                self._stop.wait(self.interval)          # let more commits gather
                 self._wake.clear()
                 with contextlib.suppress(sqlite3.Error):   # busy: the next write pokes again
                     con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                if self._stopping:
-                    return
         finally:
             con.close()

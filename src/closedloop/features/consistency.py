@@ -119,7 +119,8 @@ def consistency_report(service: FeatureService, log: pa.Table) -> list[FeatureCo
                               if k == "__at" else pa.array(v)) for k, v in columns.items()})
         offline = service.training_set(table, features, timestamp="__at")
         for f in features:
-            want = offline[f].to_pylist()
+            # Offline values as the log keeps served ones (JSON; instants as their text).
+            want = [json.loads(json.dumps(v, default=str)) for v in offline[f].to_pylist()]
             s = stats.setdefault(f, [0, 0, 0, 0, 0.0, 0.0, 0])
             for j, i in enumerate(idx):
                 have = json.loads(served[i]).get(f)

@@ -16,7 +16,7 @@ from typing import Any
 
 from closedloop.backends.base import OfflineEngine, OnlineItem, OnlineStore
 from closedloop.features.definitions import FeatureView
-from closedloop.features.online import encode, namespace
+from closedloop.features.online import encode, namespace, record_values
 from closedloop.features.tiles import TileLayout, WindowRecord
 
 META = "__closedloop"
@@ -41,7 +41,7 @@ def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
                      since: int | None) -> Iterator[tuple[str, Any]]:
     table = engine.latest(view, at, since).sort_by("key")
     keys, ets, ties = (table[c].to_pylist() for c in ("key", "et", "tie"))
-    values = [table[c].to_pylist() for c in view.features]
+    values = [record_values(table[c]) for c in view.features]
     for i, key in enumerate(keys):
         tie = ties[i]
         yield key, [ets[i], tie is not None, tie or 0, [v[i] for v in values]]
@@ -61,7 +61,7 @@ def window_records(view: FeatureView, engine: OfflineEngine, at: int,
                                (c.last, "l")):
                 if slot < 0:
                     continue
-                values = table[f"{name}{i}"].to_pylist()
+                values = record_values(table[f"{name}{i}"])
                 fields.append([0.0 if v is None else v for v in values]
                               if name in ("s", "m") else values)
             if c.last >= 0:

@@ -5,6 +5,7 @@ unpickler that refuses every global, so a record can only ever be lists, numbers
 booleans and None — never code:
 
 * snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row;
+  timestamp values are kept as int µs and served as aware datetimes, as training gives them;
 * windowed views: one list of tiles per hop, ``[[bucket, fields...], ...]`` sorted by bucket,
   holding only the partials the view's functions need (``closedloop.features.tiles``).
 
@@ -19,11 +20,30 @@ import io
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from closedloop.errors import SchemaMismatch
 from closedloop.features.definitions import FeatureView
 from closedloop.features.tiles import WindowReader
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def record_values(column: pa.ChunkedArray | pa.Array) -> list[Any]:
+    """A column's values as records keep them: plain Python, timestamps as int µs (UTC)."""
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+    values: list[Any] = column.to_pylist()
+    return values
+
+
+def served_instant(value: Any) -> Any:
+    """A timestamp feature as served: int µs from a record back to an aware datetime."""
+    return EPOCH + timedelta(microseconds=value) if type(value) is int else value
 
 
 def namespace(view: FeatureView) -> str:
@@ -67,6 +87,9 @@ class ViewReader:
         self.namespace = namespace(view)
         self.key_column = view.entity.key
         self.key_dtype = view.entity.spec()["dtype"]
+        # Outputs whose values are instants: kept as µs, served as datetimes.
+        self.instants = [out for n, outs in zip(names, outputs, strict=True) for out in outs
+                         if view.output_type(n) == "timestamp"]
         if view.aggregations:
             by_name = {w.name: w for w in view.windowed}
             self.windows = WindowReader(view, [(out, by_name[n]) for n, outs in
@@ -97,7 +120,12 @@ class ViewReader:
         record = None if data is None else decode(data)
         if self.view.aggregations:
             self.windows.read(record, t, into)
-            return
+        else:
+            self._snapshot(record, t, into)
+        for out in self.instants:
+            into[out] = served_instant(into[out])
+
+    def _snapshot(self, record: Any, t: int, into: dict[str, Any]) -> None:
         ttl = self.ttl
         if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):
             values = record[3]

@@ -20,7 +20,7 @@ from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.data.sources import Source
 from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import ARROW_TYPES, FeatureView
-from closedloop.features.online import decode, encode, namespace
+from closedloop.features.online import decode, encode, namespace, record_values
 from closedloop.features.tiles import TileLayout
 
 
@@ -105,7 +105,7 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
 
     def column(name: str) -> list[Any]:
         if name not in lists:
-            lists[name] = table[name].to_pylist()
+            lists[name] = record_values(table[name])
         return lists[name]
 
     keys: list[tuple[str, str]] = []
