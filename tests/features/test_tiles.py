@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -105,3 +106,16 @@ def test_any_function_subset_serves_the_reference(tmp_path: Path, events: list[d
     finally:
         store.close()
         engine.close()
+
+
+def test_a_record_in_another_format_is_a_clear_error(tmp_path: Path) -> None:
+    from closedloop.errors import DataError
+    from closedloop.features.tiles import WindowReader
+
+    view = _view(tmp_path / "x.parquet", ["sum"], [])
+    reader = WindowReader(view, [("w.amount_sum_1h", view.windowed[0])])
+    old = {"300000000": [[1, [[1, 2.0, 0.0, 2.0, 2.0, 2.0, None]]]]}   # the earlier layout
+    with pytest.raises(DataError, match="materialize --full"):
+        reader.read(old, NOW, {})  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="materialize --full"):
+        TileLayout.of(view).fold(old, [], NOW)  # type: ignore[arg-type]

@@ -124,12 +124,12 @@ class SQLiteOnlineStore:
     def _fetch(self, cursor: sqlite3.Cursor, wanted: list[str]) -> list[bytes | None]:
         """The values of the full keys ``wanted``, in order (statements of at most
         ``_CHUNK`` keys, each prepared once)."""
-        out: list[bytes | None] = [None] * len(wanted)
-        for start in range(0, len(wanted), _CHUNK):
-            part = wanted[start:start + _CHUNK] if len(wanted) > _CHUNK else wanted
-            sql = self._reads.get(len(part))
-            if sql is None:
-                sql = self._reads[len(part)] = _read_sql(len(part))
+        n = len(wanted)
+        out: list[bytes | None] = [None] * n
+        for start in range(0, n, _CHUNK):
+            part = wanted if n <= _CHUNK else wanted[start:start + _CHUNK]
+            size = len(part)
+            sql = self._reads.get(size) or self._reads.setdefault(size, _read_sql(size))
             for i, value in cursor.execute(sql, part).fetchall():
                 out[start + i] = value
         return out

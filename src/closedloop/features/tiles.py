@@ -21,6 +21,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from closedloop.errors import DataError
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
 #: One flat list per hop: ``[bucket, fields..., bucket, fields..., ...]`` by bucket.
@@ -168,6 +169,13 @@ class TileLayout:
         cls._cache[id(view)] = (view, layout)
         return layout
 
+    def check(self, record: Any) -> None:
+        """Refuse a record that is not in this layout (written by an older closedloop)."""
+        if type(record) is not list or len(record) != len(self.hops):
+            raise DataError(f"the online record of view {self.view.name!r} v{self.view.version} "
+                            "is in a format this closedloop does not read",
+                            fix="rewrite the online store: closedloop materialize --full")
+
     def column(self, name: str) -> ColumnSlots:
         return next(c for c in self.columns if c.column == name)
 
@@ -200,6 +208,7 @@ class TileLayout:
         older than any window can read at ``now`` dropped."""
         if record is None:
             record = [[] for _ in self.hops]
+        self.check(record)
         fields = [(et, self.fields(values, et, tie)) for et, tie, values in events]
         w = self.width
         for h, (hop, span) in enumerate(self.hops):
@@ -252,6 +261,8 @@ class WindowReader:
                        for (hop, span), outs in groups.items()]
 
     def read(self, record: WindowRecord | None, t: int, into: dict[str, Any]) -> None:
+        if record is not None:
+            self.layout.check(record)
         for h, hop, span, outs in self.groups:
             tile = None if record is None else self.layout.window(record[h], hop, span, t)
             for out, column, fn, default in outs:
