@@ -49,21 +49,10 @@ def _write(root: Path, n_users: int = 50, per_user: int = 20) -> None:
                    root / "data" / "txns.parquet")
 
 
-@pytest.fixture
-def project(make_project):  # type: ignore[no-untyped-def]
-    p = make_project(DEFS + "\n")
-    _write(p.root)
-    (p.root / "closedloop.toml").write_text("[online]\nlog_sample = 1.0\n")
-    p.close()
-    opened = cl.Project(p.root)
-    yield opened
-    opened.close()
-
-
-def test_unknown_keys_get_defaults_and_say_so(project) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_keys_get_defaults_and_say_so(online_project) -> None:  # type: ignore[no-untyped-def]
     at = T0 + timedelta(hours=3)
-    project.features.materialize(at=at)
-    known, unknown = project.features.online(
+    online_project.features.materialize(at=at)
+    known, unknown = online_project.features.online(
         [{"user_id": "u1", "amount": 5.0}, {"user_id": "nobody", "amount": 5.0}], FEATURES,
         at=at)
     assert known.missing == ()
@@ -73,35 +62,35 @@ def test_unknown_keys_get_defaults_and_say_so(project) -> None:  # type: ignore[
                               "last_txn.amount": None, "share": 1.0}
 
 
-def test_bad_requests_are_clear_errors(project) -> None:  # type: ignore[no-untyped-def]
-    project.features.materialize(at=T0)
+def test_bad_requests_are_clear_errors(online_project) -> None:  # type: ignore[no-untyped-def]
+    online_project.features.materialize(at=T0)
     with pytest.raises(SchemaMismatch, match="user_id"):
-        project.features.online({"user_id": 7, "amount": 1.0}, FEATURES)
+        online_project.features.online({"user_id": 7, "amount": 1.0}, FEATURES)
     with pytest.raises(SchemaMismatch, match="user_id"):
-        project.features.online({"uid": "u1"}, FEATURES)
+        online_project.features.online({"uid": "u1"}, FEATURES)
     with pytest.raises(UnknownFeatureError, match="amount_sum_5h"):
-        project.features.online({"user_id": "u1"}, ["user_txn.amount_sum_5h"])
+        online_project.features.online({"user_id": "u1"}, ["user_txn.amount_sum_5h"])
     with pytest.raises(SchemaMismatch, match=r"request\.amount"):
-        project.features.online({"user_id": "u1"}, ["share"])
+        online_project.features.online({"user_id": "u1"}, ["share"])
 
 
-def test_consistency_report_is_all_matches(project) -> None:  # type: ignore[no-untyped-def]
+def test_consistency_report_is_all_matches(online_project) -> None:  # type: ignore[no-untyped-def]
     at = T0 + timedelta(hours=5, minutes=3)
-    project.features.materialize(at=at)
+    online_project.features.materialize(at=at)
     for u in range(50):
-        project.features.online({"user_id": f"u{u}", "amount": 10.0}, FEATURES, at=at)
-    report = project.features.consistency()
+        online_project.features.online({"user_id": f"u{u}", "amount": 10.0}, FEATURES, at=at)
+    report = online_project.features.consistency()
     assert {r.feature for r in report} == set(FEATURES)
     for r in report:
         assert (r.rows, r.match_rate, r.missing, r.extra) == (50, 1.0, 0, 0), r
 
 
-def test_consistency_catches_a_stale_store(project) -> None:  # type: ignore[no-untyped-def]
-    project.features.materialize(at=T0 + timedelta(hours=1))
+def test_consistency_catches_a_stale_store(online_project) -> None:  # type: ignore[no-untyped-def]
+    online_project.features.materialize(at=T0 + timedelta(hours=1))
     late = T0 + timedelta(hours=5)          # served long after the store was last refreshed
     for u in range(10):
-        project.features.online({"user_id": f"u{u}", "amount": 1.0}, FEATURES, at=late)
-    report = {r.feature: r for r in project.features.consistency()}
+        online_project.features.online({"user_id": f"u{u}", "amount": 1.0}, FEATURES, at=late)
+    report = {r.feature: r for r in online_project.features.consistency()}
     assert report["user_txn.amount_max_1d"].match_rate < 1.0
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import closedloop as cl
 from closedloop.errors import PointInTimeError, SchemaMismatch, UnknownFeatureError
-from tests.features.test_online import DEFS, FEATURES, T0, _write
+from tests.features.test_online import FEATURES, T0
 
 STAMP = pa.timestamp("us", tz="UTC")
 
@@ -26,30 +26,20 @@ def _rows(user: str, amount: float, ts: object, arr: object | None = None) -> pa
     return pa.table(cols)
 
 
-@pytest.fixture
-def project(make_project):  # type: ignore[no-untyped-def]
-    p = make_project(DEFS + "\n")
-    _write(p.root)
-    p.close()
-    opened = cl.Project(p.root)
-    yield opened
-    opened.close()
-
-
-def test_pushed_events_are_served_at_once_and_trained_on_after_a_restart(project) -> None:  # type: ignore[no-untyped-def]
+def test_pushed_events_are_served_at_once_and_trained_on_after_a_restart(online_project) -> None:  # type: ignore[no-untyped-def]
     at = T0 + timedelta(days=1)
-    project.features.materialize(at=at)
-    before = project.features.online({"user_id": "u3", "amount": 1.0}, FEATURES, at=at)
+    online_project.features.materialize(at=at)
+    before = online_project.features.online({"user_id": "u3", "amount": 1.0}, FEATURES, at=at)
     now = at + timedelta(minutes=1)
-    report = project.features.push("txns", _rows("u3", 1000.0, now), at=now)
+    report = online_project.features.push("txns", _rows("u3", 1000.0, now), at=now)
     assert (report.rows, report.entities) == (1, 1)
-    after = project.features.online({"user_id": "u3", "amount": 1.0}, FEATURES, at=now)
+    after = online_project.features.online({"user_id": "u3", "amount": 1.0}, FEATURES, at=now)
     assert after.values["user_txn.amount_max_1d"] == 1000.0
     assert after.values["last_txn.amount"] == 1000.0
     assert after.values["user_txn.amount_sum_1h"] == before.values["user_txn.amount_sum_1h"] \
         + 1000.0
-    root = project.root
-    project.close()
+    root = online_project.root
+    online_project.close()
     with cl.Project(root) as fresh:          # the event log is on disk, not in memory
         rows = pa.table({"user_id": ["u3"], "t": pa.array([now], STAMP)})
         train = fresh.features.training_set(rows, ["user_txn.amount_max_1d", "last_txn.amount"])
@@ -57,36 +47,36 @@ def test_pushed_events_are_served_at_once_and_trained_on_after_a_restart(project
         assert train["last_txn.amount"].to_pylist() == [1000.0]
 
 
-def test_a_late_row_lands_on_the_next_incremental_materialization(project) -> None:  # type: ignore[no-untyped-def]
+def test_a_late_row_lands_on_the_next_incremental_materialization(online_project) -> None:  # type: ignore[no-untyped-def]
     t1 = T0 + timedelta(hours=6)
-    project.features.materialize(at=t1)
-    old = project.features.online({"user_id": "u5"}, ["user_txn.amount_max_1d"], at=t1)
+    online_project.features.materialize(at=t1)
+    old = online_project.features.online({"user_id": "u5"}, ["user_txn.amount_max_1d"], at=t1)
     # A row whose event time (t1 - 2h) is long before the run at t1, arriving after it.
     late = pa.table({"user_id": ["u5"], "ts": pa.array([t1 - timedelta(hours=2)], STAMP),
                      "arr": pa.array([t1 + timedelta(minutes=30)], STAMP), "amount": [777.0]})
-    path = Path(project.root) / "data" / "txns.parquet"
+    path = Path(online_project.root) / "data" / "txns.parquet"
     pq.write_table(pa.concat_tables([pq.read_table(path), late]), path)
     t2 = t1 + timedelta(hours=1)
-    reports = project.features.materialize(at=t2)
+    reports = online_project.features.materialize(at=t2)
     redone = {r.view: r.entities for r in reports}["user_txn@1"]
     assert 0 < redone < 50, redone          # incremental: not every entity is redone
-    new = project.features.online({"user_id": "u5"}, ["user_txn.amount_max_1d"], at=t2)
+    new = online_project.features.online({"user_id": "u5"}, ["user_txn.amount_max_1d"], at=t2)
     assert old.values["user_txn.amount_max_1d"] < 777.0
     assert new.values["user_txn.amount_max_1d"] == 777.0
 
 
-def test_bad_pushes_are_refused_whole(project) -> None:  # type: ignore[no-untyped-def]
-    log = Path(project.root) / ".closedloop" / "log"
+def test_bad_pushes_are_refused_whole(online_project) -> None:  # type: ignore[no-untyped-def]
+    log = Path(online_project.root) / ".closedloop" / "log"
     now = T0 + timedelta(days=1)
     with pytest.raises(UnknownFeatureError, match="nope"):
-        project.features.push("nope", _rows("u1", 1.0, now))
+        online_project.features.push("nope", _rows("u1", 1.0, now))
     with pytest.raises(SchemaMismatch, match="amount"):
-        project.features.push("txns", _rows("u1", 1.0, now).drop_columns(["amount"]))
+        online_project.features.push("txns", _rows("u1", 1.0, now).drop_columns(["amount"]))
     naive = pa.table({"user_id": ["u1"], "ts": pa.array([now.replace(tzinfo=None)],
                                                         pa.timestamp("us")), "amount": [1.0]})
     with pytest.raises(PointInTimeError, match="ts"):
-        project.features.push("txns", naive)
+        online_project.features.push("txns", naive)
     wrong = pa.table({"user_id": ["u1"], "ts": pa.array([now], STAMP), "amount": ["lots"]})
     with pytest.raises(SchemaMismatch, match="amount"):
-        project.features.push("txns", wrong)
+        online_project.features.push("txns", wrong)
     assert not list(log.rglob("*.parquet")), "a refused push must append nothing"
