@@ -238,14 +238,17 @@ def consistency(project: ProjectOpt = Path(".")) -> None:
 
 
 def render_consistency(report: list[FeatureConsistency]) -> None:
-    table = Table(title="online vs offline, at the served instants", show_edge=False)
-    table.add_column("feature", overflow="fold", min_width=24)
-    for col in ("rows", "match", "missing", "extra", "mean |diff|", "mean rel diff"):
-        table.add_column(col, justify="right")
+    # No rules between columns, so the table fits 80 columns with the longest feature names.
+    table = Table(title="online vs offline, at the served instants", box=None, pad_edge=False,
+                  header_style="bold", caption="missing: offline had a value, online none; "
+                  "extra: the reverse; diffs: means over the rows with both")
+    table.add_column("feature", no_wrap=True)
+    for col in ("rows", "match", "missing", "extra", "abs diff", "rel diff"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in report:
         colour = "green" if r.match_rate == 1.0 else "red"
         table.add_row(r.feature, str(r.rows), f"[{colour}]{r.match_rate:.1%}[/]", str(r.missing),
-                      str(r.extra), f"{r.mean_abs_diff:.3g}", f"{r.mean_rel_diff:.3g}")
+                      str(r.extra), f"{r.mean_abs_diff:.2g}", f"{r.mean_rel_diff:.2g}")
     out.print(table)
 
 
