@@ -19,7 +19,8 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("init", "apply", "features", "training-set", "backfill", "demo"):
+    for command in ("init", "apply", "features", "training-set", "backfill", "materialize",
+                    "online", "push", "consistency", "demo"):
         assert command in result.stdout
 
 
@@ -75,3 +76,33 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     transactions = pq.read_table(tmp_path / "demo" / "data" / "transactions.parquet")
     assert table.num_rows == transactions.num_rows
     assert "user_txn.amount_sum_1h" in table.column_names
+
+
+def test_push_then_serve(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    assert run("init", str(root)).returncode == 0
+    (root / "definitions.py").write_text('''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+src = cl.EventSource("ev", path="data/ev.parquet", timestamp="ts", arrival="arr",
+                     schema={"user_id": str, "x": float})
+v = cl.FeatureView("v", entity=user, source=src, aggregations=[cl.Agg("x", "sum", windows=["30d"])])
+''')
+    now = datetime.now(UTC)
+    stamp = pa.timestamp("us", tz="UTC")
+    pq.write_table(pa.table({"user_id": ["a"], "ts": pa.array([now], stamp),
+                             "arr": pa.array([now], stamp), "x": [1.0]}),
+                   root / "data" / "ev.parquet")
+    assert run("materialize", "-p", str(root)).returncode == 0
+    events = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"user_id": ["a", "a", "b"], "ts": pa.array([now] * 3, stamp),
+                             "x": [2.0, 3.0, 5.0]}), events)
+    pushed = run("push", "ev", str(events), "--batch", "2", "-p", str(root))
+    assert pushed.returncode == 0, pushed.stderr
+    assert "pushed 3 events into v@1" in pushed.stdout
+    served = run("online", "user_id=a", "-f", "v.x_sum_30d", "-p", str(root))
+    assert served.returncode == 0, served.stderr
+    assert '"v.x_sum_30d": 6.0' in served.stdout
+    bad = run("push", "nope", str(events), "-p", str(root))
+    assert bad.returncode == 2
+    assert "nope" in bad.stderr

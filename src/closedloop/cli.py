@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
@@ -125,15 +126,16 @@ def list_features(project: ProjectOpt = Path(".")) -> None:
     out.print(table)
 
 
-def _read_rows(path: Path) -> object:
+def _read_rows(path: Path, what: str = "entity rows",
+               holding: str = "the entity keys and a timestamp column") -> pa.Table:
     if not path.exists():
-        raise DataError(f"entity rows file {str(path)!r} does not exist",
-                        fix="give a Parquet file with the entity keys and a timestamp column")
+        raise DataError(f"{what} file {str(path)!r} does not exist",
+                        fix=f"give a Parquet file with {holding}")
     try:
         return pq.read_table(path)
     except Exception as exc:
         raise DataError(f"{str(path)!r} is not a readable Parquet file: {exc}",
-                        fix="write the entity rows as Parquet") from exc
+                        fix=f"write the {what} as Parquet") from exc
 
 
 @app.command("training-set")
@@ -205,6 +207,30 @@ def materialize(
     for r in reports:
         since = "everything" if r.since is None else f"since {r.since}"
         out.print(f"{r.view}: {r.entities} entities ({since})")
+
+
+@app.command()
+def push(
+    source: Annotated[str, typer.Argument(help="The event source the rows belong to.")],
+    rows: Annotated[Path, typer.Argument(help="Parquet file of events with the source's "
+                                              "columns (arrival is stamped now if absent).")],
+    batch: Annotated[int, typer.Option(min=1, help="Events per push; each is durable and "
+                                                   "applied whole.")] = 10_000,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Append events to a source's event log durably and fold them into the online features,
+    so a read right after sees them. A large file goes in batches, each whole or not at all:
+    after a failure, the batches reported done are in."""
+    with _errors(), _open(project) as p, _progress() as bar:
+        table = _read_rows(rows, "events", "the source's key, timestamp and value columns")
+        task = bar.add_task("pushing", total=table.num_rows)
+        done, views = 0, ()
+        for start in range(0, max(table.num_rows, 1), batch):
+            report = p.features.push(source, table.slice(start, batch))
+            done += report.rows
+            views = report.views
+            bar.update(task, completed=done, description=f"{source}: {done:,} events")
+    out.print(f"{source}: pushed {done:,} events into {', '.join(views) or 'no view'}")
 
 
 @app.command()
