@@ -80,3 +80,25 @@ def test_bad_pushes_are_refused_whole(online_project) -> None:  # type: ignore[n
     with pytest.raises(SchemaMismatch, match="amount"):
         online_project.features.push("txns", wrong)
     assert not list(log.rglob("*.parquet")), "a refused push must append nothing"
+
+
+def test_rows_not_yet_visible_wait_for_their_time(online_project) -> None:  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(days=1)
+    online_project.features.materialize(at=at)
+    now = at + timedelta(minutes=1)
+    refs = ["user_txn.amount_max_1d", "last_txn.amount"]
+    early = pa.table({"user_id": ["u4", "u4"],
+                      "ts": pa.array([now, now + timedelta(minutes=10)], STAMP),   # clock skew
+                      "arr": pa.array([now + timedelta(minutes=5), now], STAMP),  # not arrived
+                      "amount": [900.0, 950.0]})
+    report = online_project.features.push("txns", early, at=now)
+    assert (report.rows, report.deferred) == (2, 2)
+    rows = pa.table({"user_id": ["u4"], "t": pa.array([now], STAMP)})
+    offline = online_project.features.training_set(rows, refs)
+    served = online_project.features.online({"user_id": "u4"}, refs, at=now)
+    assert served.values == {r: offline[r][0].as_py() for r in refs}
+    assert served.values["user_txn.amount_max_1d"] < 900.0
+    later = now + timedelta(minutes=11)
+    online_project.features.materialize(at=later)
+    served = online_project.features.online({"user_id": "u4"}, refs, at=later)
+    assert served.values == {"user_txn.amount_max_1d": 950.0, "last_txn.amount": 950.0}

@@ -26,10 +26,15 @@ from closedloop.features.tiles import TileLayout
 
 @dataclass(frozen=True)
 class PushReport:
+    """What a push did: ``rows`` appended to the event log; ``entities`` whose online records
+    changed; ``deferred`` rows not yet visible at the push's instant (event or arrival time
+    after it), which are in the log and land online with the next materialization."""
+
     source: str
     rows: int
     entities: int
     views: tuple[str, ...]
+    deferred: int = 0
 
 
 def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: int) -> pa.Table:
@@ -101,6 +106,9 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
     tie_col = source.tie_column
     tie: list[int | None] = (list(_us(table[tie_col])) if tie_col and tie_col in table.column_names
                              else [None] * len(et))
+    # A row counts online once visible, as offline: event time and arrival both ≤ now.
+    arrival = [None] * len(et) if source.visibility_column is None else tie
+    visible = [e <= now and (a is None or a <= now) for e, a in zip(et, arrival, strict=True)]
     lists: dict[str, list[Any]] = {}
 
     def column(name: str) -> list[Any]:
@@ -120,7 +128,7 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
             fold = latest
         per_key: dict[str, list[tuple[int, Any, list[Any]]]] = {}
         for i, k in enumerate(column(view.entity.key)):
-            if k is not None:
+            if k is not None and visible[i]:
                 per_key.setdefault(str(k), []).append((et[i], tie[i], [c[i] for c in cols]))
         ns = namespace(view)
         for k, events in per_key.items():
@@ -133,7 +141,7 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
 
     store.update(keys, merge)
     return PushReport(source.name, table.num_rows, len({k for _, k in keys}),
-                      tuple(namespace(v) for v in views))
+                      tuple(namespace(v) for v in views), deferred=visible.count(False))
 
 
 def _fold_window(layout: TileLayout, now: int, record: Any,
