@@ -76,13 +76,6 @@ def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: i
     return out
 
 
-def _us(column: pa.ChunkedArray) -> list[int]:
-    """Checked free of nulls by ``prepare``."""
-    values: list[int] = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")),
-                                       pa.int64()).to_pylist()
-    return values
-
-
 def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
     """A snapshot record after ``events`` — (event time, tie, values): the greatest row by the
     tie order ``(event, tie, values)``, nulls lowest."""
@@ -102,19 +95,21 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
          store: OnlineStore, now: int) -> PushReport:
     table = prepare(source, views, rows, now)
     engine.append(source, table)                # durable first: the log is the truth
-    et = _us(table[source.timestamp])
+    lists: dict[str, list[Any]] = {}
+
+    def column(name: str) -> list[Any]:
+        """A column as plain values (instants as int µs), converted once."""
+        if name not in lists:
+            lists[name] = record_values(table[name])
+        return lists[name]
+
+    et: list[int] = column(source.timestamp)       # no nulls: ``prepare`` checked
     tie_col = source.tie_column
-    tie: list[int | None] = (list(_us(table[tie_col])) if tie_col and tie_col in table.column_names
+    tie: list[int | None] = (column(tie_col) if tie_col and tie_col in table.column_names
                              else [None] * len(et))
     # A row counts online once visible, as offline: event time and arrival both ≤ now.
     arrival = [None] * len(et) if source.visibility_column is None else tie
     visible = [e <= now and (a is None or a <= now) for e, a in zip(et, arrival, strict=True)]
-    lists: dict[str, list[Any]] = {}
-
-    def column(name: str) -> list[Any]:
-        if name not in lists:
-            lists[name] = record_values(table[name])
-        return lists[name]
 
     keys: list[tuple[str, str]] = []
     plan: list[tuple[Callable[[Any, Any], Any], list[tuple[int, Any, list[Any]]]]] = []
