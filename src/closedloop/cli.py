@@ -259,6 +259,20 @@ def online(
 
 
 @app.command()
+def compact(
+    source: Annotated[list[str] | None, typer.Argument(help="Sources (default: all).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Merge the small Parquet parts that pushes leave in each source's event log (a crash
+    half-way leaves the log as it was; materialize does this first)."""
+    with _errors(), _open(project) as p, _progress() as bar:
+        bar.add_task("compacting", total=None)
+        merged = p.features.compact(source or None)
+    for name, parts in merged.items():
+        out.print(f"{name}: {parts} parts merged into one" if parts else f"{name}: nothing to do")
+
+
+@app.command()
 def consistency(project: ProjectOpt = Path(".")) -> None:
     """Replay the logged online vectors through the offline path and report, per feature, the
     match rate, missing and extra values, and the mean absolute and relative difference."""

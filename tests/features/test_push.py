@@ -102,3 +102,22 @@ def test_rows_not_yet_visible_wait_for_their_time(online_project) -> None:  # ty
     online_project.features.materialize(at=later)
     served = online_project.features.online({"user_id": "u4"}, refs, at=later)
     assert served.values == {"user_txn.amount_max_1d": 950.0, "last_txn.amount": 950.0}
+
+
+def test_materialization_compacts_what_pushes_left(online_project) -> None:  # type: ignore[no-untyped-def]
+    log = Path(online_project.root) / ".closedloop" / "log" / "txns"
+    now = T0 + timedelta(days=1)
+    for i in range(5):
+        online_project.features.push("txns", _rows("u7", 100.0 + i, now), at=now)
+    assert len(list(log.glob("part-*.parquet"))) == 5
+    reports = online_project.features.materialize(at=now)
+    assert {r.view for r in reports} == {"user_txn@1", "last_txn@1"}
+    assert online_project.features.compact() == {"txns": 0}      # already merged
+    served = online_project.features.online({"user_id": "u7"}, ["user_txn.amount_max_1d"],
+                                            at=now)
+    assert served.values["user_txn.amount_max_1d"] == 104.0
+    rows = pa.table({"user_id": ["u7"], "t": pa.array([now], STAMP)})
+    train = online_project.features.training_set(rows, ["user_txn.amount_max_1d"])
+    assert train["user_txn.amount_max_1d"].to_pylist() == [104.0]
+    with pytest.raises(UnknownFeatureError, match="nope"):
+        online_project.features.compact(["nope"])

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import os
 import threading
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
+from closedloop.backends.eventlog import EventLog
 from closedloop.data.sources import LogicalType, Source
 from closedloop.errors import BackendError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import FeatureView, WindowedFeature
@@ -122,14 +120,10 @@ class DuckDBEngine:
             self._con.close()
             self._con = None
 
-    def _log_dir(self, source: Source) -> Path | None:
+    def _log(self, source: Source) -> EventLog | None:
         if self.log_root is None:
             return None
-        return Path(self.log_root) / source.name
-
-    def _logged(self, source: Source) -> bool:
-        folder = self._log_dir(source)
-        return folder is not None and any(folder.glob("part-*.parquet"))
+        return EventLog(Path(self.log_root) / source.name)
 
     def _path(self, source: Source) -> str:
         path = Path(source.path)
@@ -149,10 +143,10 @@ class DuckDBEngine:
 
     def _scan(self, source: Source) -> str:
         """The source's rows: its files, and the rows pushed to its event log."""
-        logged = self._logged(source)
-        log_dir = self._log_dir(source)
-        log = (f"read_parquet({_lit(str(log_dir / 'part-*.parquet'))}, union_by_name = true)"
-               if logged and log_dir is not None else None)
+        events = self._log(source)
+        parts = events.parts() if events is not None else []
+        log = (f"read_parquet([{', '.join(_lit(str(p)) for p in parts)}], union_by_name = true)"
+               if parts else None)
         path = Path(source.path)
         if log is not None and not (path if path.is_absolute() else self.root / path).exists():
             return log                    # nothing but pushed rows so far
@@ -169,27 +163,18 @@ class DuckDBEngine:
         return f"(SELECT * FROM {base} UNION ALL BY NAME SELECT * FROM {log})"
 
     def append(self, source: Source, rows: pa.Table) -> None:
-        folder = self._log_dir(source)
-        if folder is None:
+        self._required_log(source).append(rows)
+
+    def compact(self, source: Source) -> int:
+        events = self._log(source)
+        return 0 if events is None else events.compact()     # no log: nothing to merge
+
+    def _required_log(self, source: Source) -> EventLog:
+        events = self._log(source)
+        if events is None:
             raise BackendError("this offline engine has no event log",
                                fix="open the project with closedloop.Project, which sets one")
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        tmp = folder / f".{name}.tmp"
-        try:
-            pq.write_table(rows, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / name)          # all rows visible at once, or none
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise BackendError(f"could not append to the event log of {source.name!r}: {exc}",
-                               fix=f"check {folder}") from exc
+        return events
 
     # -- schema -----------------------------------------------------------------------------
     def columns(self, source: Source) -> dict[str, str]:

@@ -115,6 +115,7 @@ class FeatureService:
             names = sorted({v.name for v in self.catalog.views.values()})
             raise UnknownFeatureError(f"no feature view matches {list(views)}",
                                       fix=f"the views are {names}")
+        self.compact(sorted({v.source.name for v in chosen}))   # fewer files to read
         return [materialize_view(v, self.engine, self._store(), t, incremental=incremental,
                                  batch_size=self.batch_size, progress=progress) for v in chosen]
 
@@ -206,6 +207,17 @@ class FeatureService:
         views = [v for v in self.catalog.views.values() if v.source.name == source]
         t = now_micros() if at is None else _instant(at)
         return push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
+
+    def compact(self, sources: Sequence[str] | None = None) -> dict[str, int]:
+        """Merge the small parts that pushes left in each source's event log (all sources by
+        default); return how many parts were merged per source. Materialization does this
+        first; a stream that never materializes can call it on its own schedule."""
+        unknown = sorted(set(sources or ()) - set(self.catalog.sources))
+        if unknown:
+            raise UnknownFeatureError(f"no source is named {unknown[0]!r}",
+                                      fix=f"sources: {sorted(self.catalog.sources)}")
+        names = sorted(self.catalog.sources) if sources is None else list(sources)
+        return {name: self.engine.compact(self.catalog.sources[name]) for name in names}
 
     def consistency(self) -> list[FeatureConsistency]:
         """Replay the logged served vectors offline; per feature, how often they agree."""
