@@ -127,6 +127,7 @@ class Project:
         return registration.apply(self.catalog, self.metadata)
 
     def close(self) -> None:
+        self.features.close()
         self.feature_log.flush()
         self.engine.close()
         self.metadata.close()

@@ -121,3 +121,17 @@ def test_materialization_compacts_what_pushes_left(online_project) -> None:  # t
     assert train["user_txn.amount_max_1d"].to_pylist() == [104.0]
     with pytest.raises(UnknownFeatureError, match="nope"):
         online_project.features.compact(["nope"])
+
+
+def test_a_long_stream_compacts_its_log_in_the_background(online_project) -> None:  # type: ignore[no-untyped-def]
+    log = Path(online_project.root) / ".closedloop" / "log" / "txns"
+    now = T0 + timedelta(days=1)
+    for i in range(70):
+        online_project.features.push("txns", _rows("u8", float(i), now), at=now)
+    online_project.features.close()                  # waits for the compaction it started
+    from closedloop.backends.eventlog import EventLog
+
+    assert len(EventLog(log).parts()) < 10
+    rows = pa.table({"user_id": ["u8"], "t": pa.array([now], STAMP)})
+    train = online_project.features.training_set(rows, ["user_txn.amount_sum_1h"])
+    assert train["user_txn.amount_sum_1h"].to_pylist() == [float(sum(range(70)))]  # each once

@@ -54,9 +54,10 @@ class OfflineEngine(Protocol):
         crash leaves all of them or none); later reads of the source include them."""
         ...
 
-    def compact(self, source: Source) -> int:
-        """Merge the small parts of the source's event log into one, never showing a row
-        twice or losing one, even after a crash; return how many parts were merged."""
+    def compact(self, source: Source, small_rows: int = 1_000_000) -> int:
+        """Merge the parts of the source's event log under ``small_rows`` rows into one,
+        never showing a row twice or losing one, even after a crash; return how many parts
+        were merged."""
         ...
 
     def close(self) -> None:

@@ -165,9 +165,9 @@ class DuckDBEngine:
     def append(self, source: Source, rows: pa.Table) -> None:
         self._required_log(source).append(rows)
 
-    def compact(self, source: Source) -> int:
+    def compact(self, source: Source, small_rows: int = 1_000_000) -> int:
         events = self._log(source)
-        return 0 if events is None else events.compact()     # no log: nothing to merge
+        return 0 if events is None else events.compact(small_rows)   # no log: nothing to do
 
     def _required_log(self, source: Source) -> EventLog:
         events = self._log(source)

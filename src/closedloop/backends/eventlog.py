@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -154,9 +154,11 @@ class EventLog:
                 tmp.unlink(missing_ok=True)
         _fsync_dir(self.folder)
 
-    def compact(self) -> int:
-        """Merge the live parts smaller than ``small_rows`` into one; return how many parts
-        were merged (0 when there were fewer than two, or another compaction is running)."""
+    def compact(self, small_rows: int | None = None) -> int:
+        """Merge the live parts smaller than ``small_rows`` (default: the log's) into one;
+        return how many parts were merged (0 when there were fewer than two, or another
+        compaction is running)."""
+        limit = self.small_rows if small_rows is None else small_rows
         if not self.folder.exists():
             return 0
         try:
@@ -164,21 +166,22 @@ class EventLog:
                 if not mine:
                     return 0
                 self._tidy()
-                small = [p for p in self.parts()
-                         if pq.read_metadata(p).num_rows < self.small_rows]
-                if len(small) < 2:
-                    return 0
-                merged = pa.concat_tables([pq.read_table(p) for p in small],
-                                          promote_options="default")
+                with ExitStack() as files:          # each part opened once, then closed
+                    opened = [(p, files.enter_context(pq.ParquetFile(p))) for p in self.parts()]
+                    small = [(p, f) for p, f in opened if f.metadata.num_rows < limit]
+                    if len(small) < 2:
+                        return 0
+                    merged = pa.concat_tables([f.read() for _, f in small],
+                                              promote_options="default")
                 # Named after the newest part it holds, so the order of parts stays the order
                 # of writing.
-                stem = small[-1].name.removesuffix(".parquet")
+                stem = small[-1][0].name.removesuffix(".parquet")
                 output = self.folder / f"{stem}-c{uuid.uuid4().hex[:6]}.parquet"
                 staged = self.folder / f".staged-{output.name}"
                 _write_durably(staged, merged)
                 journal = self.folder / f".compact-{uuid.uuid4().hex}.json"
                 _write_durably(journal, json.dumps(
-                    {"output": output.name, "replaces": [p.name for p in small]}).encode())
+                    {"output": output.name, "replaces": [p.name for p, _ in small]}).encode())
                 os.replace(staged, output)      # the commit point
                 _fsync_dir(self.folder)
                 return len(small)

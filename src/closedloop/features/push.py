@@ -9,6 +9,8 @@ by the tie order), so a pushed record equals the record a materialization would 
 from __future__ import annotations
 
 import functools
+import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.data.sources import Source
-from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
+from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import ARROW_TYPES, FeatureView
 from closedloop.features.online import decode, encode, namespace, record_values
 from closedloop.features.tiles import TileLayout
@@ -142,3 +144,49 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
 def _fold_window(layout: TileLayout, now: int, record: Any,
                  events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
     return layout.fold(record, events, now)
+
+
+class BackgroundCompactor:
+    """Compacts a source's event log from a thread of its own once ``every`` pushes have added
+    parts to it, so a stream that never materializes still keeps its log to a few files; one
+    run per source at a time, never in the push's path. It merges only parts under
+    ``small_rows`` (pushes' own), so no run rewrites what an earlier one merged;
+    materialization merges those in turn."""
+
+    def __init__(self, engine: OfflineEngine, every: int = 64, small_rows: int = 10_000) -> None:
+        self.engine = engine
+        self.every = every
+        self.small_rows = small_rows
+        self._counts: dict[str, int] = {}
+        self._running: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def pushed(self, source: Source) -> None:
+        with self._lock:
+            count = self._counts.get(source.name, 0) + 1
+            if count < self.every or source.name in self._running:
+                self._counts[source.name] = count
+                return
+            self._counts[source.name] = 0
+            thread = threading.Thread(target=self._run, args=(source,), daemon=True,
+                                      name=f"closedloop-compact-{source.name}")
+            self._running[source.name] = thread
+        thread.start()
+
+    def _run(self, source: Source) -> None:
+        try:
+            self.engine.compact(source, self.small_rows)
+        except ClosedLoopError as exc:         # the log is unchanged; the next run retries
+            logging.getLogger("closedloop").warning("compacting %s's event log: %s",
+                                                    source.name, exc)
+        finally:
+            with self._lock:
+                self._running.pop(source.name, None)
+
+    def close(self) -> None:
+        """Wait for running compactions (a compaction cut short is harmless, but wasted)."""
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join()
+

@@ -24,7 +24,7 @@ from closedloop.features.consistency import FeatureConsistency, FeatureLog, cons
 from closedloop.features.definitions import ARROW_TYPES, FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
-from closedloop.features.push import PushReport
+from closedloop.features.push import BackgroundCompactor, PushReport
 from closedloop.features.push import push as push_rows
 
 
@@ -93,6 +93,11 @@ class FeatureService:
         self.log = log
         self.batch_size = batch_size
         self._plans: dict[tuple[str, ...], _OnlinePlan] = {}
+        self._compactor = BackgroundCompactor(engine)
+
+    def close(self) -> None:
+        """Let background compactions finish."""
+        self._compactor.close()
 
     def _store(self) -> OnlineStore:
         if self.online_store is None:
@@ -206,7 +211,9 @@ class FeatureService:
         src = self.catalog.sources[source]
         views = [v for v in self.catalog.views.values() if v.source.name == source]
         t = now_micros() if at is None else _instant(at)
-        return push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
+        report = push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
+        self._compactor.pushed(src)           # every so many pushes, merge their parts
+        return report
 
     def compact(self, sources: Sequence[str] | None = None) -> dict[str, int]:
         """Merge the small parts that pushes left in each source's event log (all sources by
