@@ -1,5 +1,15 @@
-"""Stage 1 — data and labels: entities and the sources that feed every later stage."""
+"""Stage 1 — data and labels: entities and the sources that feed every later stage, and the
+labeling strategies that turn raw signal into labels."""
 
+from closedloop.data.labeling import (
+    ABSTAIN,
+    DawidSkeneModel,
+    FunctionSummary,
+    MajorityVote,
+    apply_functions,
+    summarize,
+)
 from closedloop.data.sources import Entity, EventSource, Source, TableSource
 
-__all__ = ["Entity", "EventSource", "Source", "TableSource"]
+__all__ = ["ABSTAIN", "DawidSkeneModel", "Entity", "EventSource", "FunctionSummary",
+           "MajorityVote", "Source", "TableSource", "apply_functions", "summarize"]

@@ -1,0 +1,200 @@
+"""Weak supervision: labeling functions combined by a label model that learns how good each
+function is without ground truth.
+
+A labeling function is a plain Python function of one row returning a class index or
+``ABSTAIN`` (-1). ``apply_functions`` runs them into a label matrix (rows × functions);
+``summarize`` reports each function's coverage, overlap and conflict; a label model then turns
+the matrix into one label per row:
+
+* ``MajorityVote`` — the most common vote (ties to the lower class; no vote: ``ABSTAIN``);
+* ``DawidSkeneModel`` — Dawid & Skene (1979): each function has a confusion matrix
+  P(vote | true class), learned with the class balance by expectation-maximisation from the
+  votes alone, so a few accurate functions outweigh many noisy ones.
+
+>>> import numpy as np
+>>> votes = np.array([[1, 1, -1], [0, 1, 0], [0, -1, 0], [1, 1, 1]])
+>>> MajorityVote(n_classes=2).predict(votes).tolist()
+[1, 0, 0, 1]
+>>> model = DawidSkeneModel(n_classes=2)
+>>> model.fit(votes)
+>>> model.predict(votes).tolist()
+[1, 0, 0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from closedloop.errors import DataError
+
+ABSTAIN = -1
+
+LabelingFunction = Callable[[Mapping[str, Any]], int | None]
+
+
+def apply_functions(functions: Sequence[LabelingFunction],
+                    rows: Sequence[Mapping[str, Any]], n_classes: int) -> np.ndarray[Any, Any]:
+    """The label matrix: ``out[i, j]`` is function j's vote on row i (``ABSTAIN``: none; a
+    function returning None abstains). A vote outside ``0..n_classes-1`` is an error."""
+    out = np.full((len(rows), len(functions)), ABSTAIN, dtype=np.int64)
+    for j, fn in enumerate(functions):
+        name = getattr(fn, "__name__", repr(fn))
+        for i, row in enumerate(rows):
+            try:
+                vote = fn(row)
+            except Exception as exc:
+                raise DataError(f"labeling function {name!r} raised {type(exc).__name__} on "
+                                f"row {i}: {exc}", fix="make it return a class or None") from exc
+            if vote is None or vote == ABSTAIN:
+                continue
+            if not isinstance(vote, int | np.integer) or not 0 <= vote < n_classes:
+                raise DataError(f"labeling function {name!r} voted {vote!r} on row {i}",
+                                fix=f"return a class in 0..{n_classes - 1}, or None to abstain")
+            out[i, j] = vote
+    return out
+
+
+def _check(votes: Any, n_classes: int) -> np.ndarray[Any, Any]:
+    matrix = np.asarray(votes)
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.integer):
+        raise DataError(f"a label matrix must be 2-D integers, not {matrix.dtype} of shape "
+                        f"{matrix.shape}", fix="build it with apply_functions")
+    bad = (matrix != ABSTAIN) & ((matrix < 0) | (matrix >= n_classes))
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        raise DataError(f"the label matrix holds vote {matrix[i, j]} (row {i}, function {j}) "
+                        f"for {n_classes} classes", fix=f"votes are 0..{n_classes - 1} or -1")
+    return matrix
+
+
+def _counts(votes: np.ndarray[Any, Any], n_classes: int) -> np.ndarray[Any, Any]:
+    """Per row, how many functions voted for each class."""
+    return np.stack([(votes == k).sum(axis=1) for k in range(n_classes)], axis=1)
+
+
+@dataclass(frozen=True)
+class FunctionSummary:
+    """How one labeling function behaves on a label matrix (shares of all rows):
+    ``coverage`` it votes; ``overlap`` it votes and another function does too; ``conflict``
+    another function votes for a different class."""
+
+    function: str
+    coverage: float
+    overlap: float
+    conflict: float
+
+
+def summarize(votes: Any, names: Sequence[str] | None = None) -> list[FunctionSummary]:
+    """Coverage, overlap and conflict of each function (column) of a label matrix."""
+    matrix = np.asarray(votes)
+    n, m = matrix.shape
+    names = list(names) if names is not None else [f"lf{j}" for j in range(m)]
+    voted = matrix != ABSTAIN
+    out = []
+    for j in range(m):
+        others = np.delete(matrix, j, axis=1)
+        other_voted = others != ABSTAIN
+        overlap = voted[:, j] & other_voted.any(axis=1)
+        conflict = voted[:, j] & (other_voted & (others != matrix[:, [j]])).any(axis=1)
+        out.append(FunctionSummary(names[j], float(voted[:, j].mean()) if n else 0.0,
+                                   float(overlap.mean()) if n else 0.0,
+                                   float(conflict.mean()) if n else 0.0))
+    return out
+
+
+class MajorityVote:
+    """The most common vote per row; ties go to the lower class; rows with no vote abstain."""
+
+    def __init__(self, n_classes: int = 2) -> None:
+        self.n_classes = n_classes
+
+    def predict(self, votes: Any) -> np.ndarray[Any, Any]:
+        matrix = _check(votes, self.n_classes)
+        counts = _counts(matrix, self.n_classes)
+        out: np.ndarray[Any, Any] = counts.argmax(axis=1)
+        out[counts.sum(axis=1) == 0] = ABSTAIN
+        return out
+
+
+class DawidSkeneModel:
+    """Dawid–Skene label model: per function a confusion matrix ``confusion_[j, true, vote]``,
+    and the class balance ``class_balance_``, fitted by EM on the votes alone (started from the
+    majority vote, until the mean log-likelihood gains less than ``tol``; ``smoothing`` is a
+    Dirichlet pseudo-count that keeps every probability positive). ``predict_proba`` gives
+    P(true class | votes); rows with no vote get the class balance, and ``predict`` abstains
+    on them."""
+
+    def __init__(self, n_classes: int = 2, max_iter: int = 500, tol: float = 1e-8,
+                 smoothing: float = 0.01) -> None:
+        self.n_classes = n_classes
+        self.max_iter = max_iter
+        self.tol = tol
+        self.smoothing = smoothing
+
+    def fit(self, votes: Any) -> None:
+        matrix = _check(votes, self.n_classes)
+        if matrix.shape[0] == 0:
+            raise DataError("the label matrix has no rows", fix="label at least one row")
+        k = self.n_classes
+        onehot = np.stack([matrix == c for c in range(k)], axis=2).astype(float)  # n, m, k
+        counts = onehot.sum(axis=1)
+        voted = counts.sum(axis=1) > 0
+        # Start from the (soft) majority vote; rows without votes carry no information.
+        posterior = np.where(voted[:, None], counts + 1e-3, 1.0)
+        posterior /= posterior.sum(axis=1, keepdims=True)
+        self.n_iter_, previous = 0, -np.inf
+        while self.n_iter_ < self.max_iter:      # until the mean log-likelihood settles
+            self.n_iter_ += 1
+            self._m_step(posterior, onehot)
+            posterior, self.log_likelihood_ = self._posterior(onehot)
+            if self.log_likelihood_ - previous < self.tol:
+                break
+            previous = self.log_likelihood_
+
+    def _m_step(self, posterior: np.ndarray[Any, Any], onehot: np.ndarray[Any, Any]) -> None:
+        a = self.smoothing
+        self.class_balance_ = ((posterior.sum(axis=0) + a)
+                               / (posterior.shape[0] + a * self.n_classes))
+        # confusion[j, t, v] ∝ Σ_i P(t | i) · [vote_ij = v]
+        weighted = np.einsum("it,ijv->jtv", posterior, onehot) + a
+        self.confusion_ = weighted / weighted.sum(axis=2, keepdims=True)
+
+    def _posterior(self, onehot: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], float]:
+        """P(true class | votes) per row, and the mean log-likelihood of the votes."""
+        log_conf = np.log(self.confusion_)                               # m, t, v
+        log_like = np.einsum("ijv,jtv->it", onehot, log_conf)            # abstains add 0
+        log_joint = log_like + np.log(self.class_balance_)[None, :]
+        top = log_joint.max(axis=1, keepdims=True)
+        joint = np.exp(log_joint - top)
+        total = joint.sum(axis=1, keepdims=True)
+        mean_ll = float((np.log(total) + top).mean())
+        out: np.ndarray[Any, Any] = joint / total
+        return out, mean_ll
+
+    def predict_proba(self, votes: Any) -> np.ndarray[Any, Any]:
+        matrix = _check(votes, self.n_classes)
+        if not hasattr(self, "confusion_"):
+            raise DataError("this label model is not fitted", fix="call fit(votes) first")
+        if matrix.shape[1] != self.confusion_.shape[0]:
+            raise DataError(f"the label matrix has {matrix.shape[1]} functions, the model was "
+                            f"fitted on {self.confusion_.shape[0]}",
+                            fix="apply the same labeling functions")
+        onehot = np.stack([matrix == c for c in range(self.n_classes)], axis=2).astype(float)
+        return self._posterior(onehot)[0]
+
+    def predict(self, votes: Any) -> np.ndarray[Any, Any]:
+        matrix = _check(votes, self.n_classes)
+        out: np.ndarray[Any, Any] = self.predict_proba(matrix).argmax(axis=1)
+        out[(matrix == ABSTAIN).all(axis=1)] = ABSTAIN
+        return out
+
+    @property
+    def accuracies_(self) -> np.ndarray[Any, Any]:
+        """Each function's estimated accuracy when it votes: Σ_t P(t) · P(vote = t | t)."""
+        diag = np.einsum("jtt->jt", self.confusion_)
+        out: np.ndarray[Any, Any] = diag @ self.class_balance_
+        return out

@@ -1,0 +1,108 @@
+"""Weak supervision on generated data with known truth: the Dawid–Skene label model recovers
+each labeling function's accuracy and beats majority vote; summaries and bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from closedloop.data.labeling import (
+    ABSTAIN,
+    DawidSkeneModel,
+    MajorityVote,
+    apply_functions,
+    summarize,
+)
+from closedloop.errors import DataError
+
+
+def _world(seed: int, n: int = 4000, accuracies: tuple[float, ...] = (
+        0.92, 0.88, 0.6, 0.58, 0.56, 0.55, 0.55), coverage: float = 0.7,
+           balance: float = 0.3) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Binary truth, and functions that vote with the given accuracies on a random share of
+    rows (independently given the truth: the Dawid–Skene assumption)."""
+    rng = np.random.default_rng(seed)
+    truth = (rng.random(n) < balance).astype(np.int64)
+    votes = np.full((n, len(accuracies)), ABSTAIN, dtype=np.int64)
+    for j, acc in enumerate(accuracies):
+        on = rng.random(n) < coverage
+        right = rng.random(n) < acc
+        votes[on, j] = np.where(right[on], truth[on], 1 - truth[on])
+    return votes, truth
+
+
+def _accuracy(pred: np.ndarray[Any, Any], truth: np.ndarray[Any, Any]) -> float:
+    labelled = pred != ABSTAIN
+    return float((pred[labelled] == truth[labelled]).mean())
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_the_label_model_beats_majority_vote_where_accuracies_differ(seed: int) -> None:
+    votes, truth = _world(seed)
+    model = DawidSkeneModel(n_classes=2)
+    model.fit(votes)
+    ours = _accuracy(model.predict(votes), truth)
+    vote = _accuracy(MajorityVote(n_classes=2).predict(votes), truth)
+    assert ours > vote + 0.02, (ours, vote)
+
+
+def test_it_recovers_each_functions_accuracy_and_the_class_balance() -> None:
+    accuracies = (0.92, 0.88, 0.6, 0.58, 0.56, 0.55, 0.55)
+    votes, _ = _world(3, n=20_000, accuracies=accuracies)
+    model = DawidSkeneModel(n_classes=2)
+    model.fit(votes)
+    assert np.allclose(model.accuracies_, accuracies, atol=0.03), model.accuracies_
+    assert model.class_balance_[1] == pytest.approx(0.3, abs=0.02)
+    assert model.n_iter_ < model.max_iter
+
+
+def test_three_classes_and_rows_without_votes() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, size=3000)
+    votes = np.full((3000, 5), ABSTAIN)
+    for j, acc in enumerate((0.9, 0.8, 0.5, 0.45, 0.45)):
+        on = rng.random(3000) < 0.8
+        wrong = (truth + rng.integers(1, 3, size=3000)) % 3
+        votes[on, j] = np.where(rng.random(3000) < acc, truth, wrong)[on]
+    votes[:50] = ABSTAIN
+    model = DawidSkeneModel(n_classes=3)
+    model.fit(votes)
+    pred = model.predict(votes)
+    assert (pred[:50] == ABSTAIN).all()
+    assert np.allclose(model.predict_proba(votes)[:50], model.class_balance_)
+    assert _accuracy(pred, truth) > _accuracy(MajorityVote(3).predict(votes), truth)
+
+
+def test_functions_summaries_count_coverage_overlap_and_conflict() -> None:
+    rows = [{"amount": a} for a in (5, 50, 500, 5000)]
+    big = lambda r: 1 if r["amount"] > 100 else None  # noqa: E731
+    small = lambda r: 0 if r["amount"] < 1000 else None  # noqa: E731
+    never = lambda r: None  # noqa: E731
+    votes = apply_functions([big, small, never], rows, n_classes=2)
+    assert votes.tolist() == [[-1, 0, -1], [-1, 0, -1], [1, 0, -1], [1, -1, -1]]
+    got = {s.function: s for s in summarize(votes, ["big", "small", "never"])}
+    assert (got["big"].coverage, got["big"].overlap, got["big"].conflict) == (0.5, 0.25, 0.25)
+    assert (got["small"].coverage, got["small"].overlap) == (0.75, 0.25)
+    assert got["never"].coverage == 0.0
+
+
+def test_bad_votes_and_bad_matrices_are_clear_errors() -> None:
+    with pytest.raises(DataError, match="voted 2"):
+        apply_functions([lambda r: 2], [{}], n_classes=2)
+    with pytest.raises(DataError, match="raised KeyError"):
+        apply_functions([lambda r: r["missing"]], [{}], n_classes=2)
+    with pytest.raises(DataError, match="vote 5"):
+        MajorityVote(2).predict(np.array([[5]]))
+    with pytest.raises(DataError, match="2-D integers"):
+        DawidSkeneModel().fit(np.array([0.5, 1.0]))
+    with pytest.raises(DataError, match="not fitted"):
+        DawidSkeneModel().predict(np.array([[1]]))
+    model = DawidSkeneModel()
+    model.fit(np.array([[1, 0], [0, 0]]))
+    with pytest.raises(DataError, match="3 functions"):
+        model.predict(np.array([[1, 0, 1]]))
