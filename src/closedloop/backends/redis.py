@@ -70,9 +70,12 @@ class RedisOnlineStore:
                 if attempt:
                     raise self._down(exc) from exc
                 continue
-            except redis.ResponseError as exc:
+            except redis.ResponseError as exc:          # the reply was read: conn is fine
                 raise BackendError(f"Redis at {self.url} refused a read: {exc}",
                                    fix=f"keys under {prefix!r} must be closedloop's") from exc
+            except BaseException:
+                conn.disconnect()          # a reply may be left unread: never reuse the conn
+                raise
             return list(values)
         raise AssertionError("unreachable")
 

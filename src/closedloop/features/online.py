@@ -6,8 +6,8 @@ booleans and None — never code:
 
 * snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row;
   timestamp values are kept as int µs and served as aware datetimes, as training gives them;
-* windowed views: one list of tiles per hop, ``[[bucket, fields...], ...]`` sorted by bucket,
-  holding only the partials the view's functions need (``closedloop.features.tiles``).
+* windowed views: one flat list of tiles per hop, ``[bucket, fields..., bucket, ...]`` sorted
+  by bucket, holding only the partials the view's functions need (``closedloop.features.tiles``).
 
 Reading at t applies exactly the written semantics: a tile counts when its bucket is within
 ``[T - n, T]`` for ``T = t // hop``; a snapshot counts while ``t - event ≤ ttl``. Everything
