@@ -224,17 +224,17 @@ def push(
     with _errors(), _open(project) as p, _progress() as bar:
         table = _read_rows(rows, "events", "the source's key, timestamp and value columns")
         task = bar.add_task("pushing", total=table.num_rows)
-        done, deferred, views = 0, 0, ()
+        done, pending, views = 0, 0, ()
         for start in range(0, max(table.num_rows, 1), batch):
             report = p.features.push(source, table.slice(start, batch))
             done += report.rows
-            deferred += report.deferred
+            pending += report.pending
             views = report.views
             bar.update(task, completed=done, description=f"{source}: {done:,} events")
     out.print(f"{source}: pushed {done:,} events into {', '.join(views) or 'no view'}")
-    if deferred:
-        out.print(f"{deferred:,} of them are not visible yet (event or arrival time ahead of "
-                  "now): they are logged and land online with the next materialization")
+    if pending:
+        out.print(f"{pending:,} of them are not visible yet (event or arrival time ahead of "
+                  "now): they are served from the moment they become visible")
 
 
 @app.command()

@@ -82,26 +82,45 @@ def test_bad_pushes_are_refused_whole(online_project) -> None:  # type: ignore[n
     assert not list(log.rglob("*.parquet")), "a refused push must append nothing"
 
 
-def test_rows_not_yet_visible_wait_for_their_time(online_project) -> None:  # type: ignore[no-untyped-def]
+def test_rows_not_yet_visible_are_served_from_their_time_on(online_project) -> None:  # type: ignore[no-untyped-def]
     at = T0 + timedelta(days=1)
     online_project.features.materialize(at=at)
     now = at + timedelta(minutes=1)
-    refs = ["user_txn.amount_max_1d", "last_txn.amount"]
-    early = pa.table({"user_id": ["u4", "u4"],
-                      "ts": pa.array([now, now + timedelta(minutes=10)], STAMP),   # clock skew
-                      "arr": pa.array([now + timedelta(minutes=5), now], STAMP),  # not arrived
-                      "amount": [900.0, 950.0]})
+    refs = ["user_txn.amount_max_1d", "user_txn.amount_sum_1h", "last_txn.amount"]
+    early = pa.table({"user_id": ["u4", "u4", "u9"],
+                      "ts": pa.array([now, now + timedelta(minutes=10),        # clock skew
+                                      now + timedelta(minutes=3)], STAMP),
+                      "arr": pa.array([now + timedelta(minutes=5), now, now], STAMP),
+                      "amount": [900.0, 950.0, 5.0]})
     report = online_project.features.push("txns", early, at=now)
-    assert (report.rows, report.deferred) == (2, 2)
-    rows = pa.table({"user_id": ["u4"], "t": pa.array([now], STAMP)})
-    offline = online_project.features.training_set(rows, refs)
-    served = online_project.features.online({"user_id": "u4"}, refs, at=now)
-    assert served.values == {r: offline[r][0].as_py() for r in refs}
-    assert served.values["user_txn.amount_max_1d"] < 900.0
-    later = now + timedelta(minutes=11)
-    online_project.features.materialize(at=later)
-    served = online_project.features.online({"user_id": "u4"}, refs, at=later)
-    assert served.values == {"user_txn.amount_max_1d": 950.0, "last_txn.amount": 950.0}
+    assert (report.rows, report.pending) == (3, 3)
+    for minutes in (1, 4, 6, 12, 90):            # before, between and after their times
+        t = at + timedelta(minutes=minutes)
+        rows = pa.table({"user_id": ["u4", "u9"], "t": pa.array([t, t], STAMP)})
+        offline = online_project.features.training_set(rows, refs)
+        served = online_project.features.online([{"user_id": "u4"}, {"user_id": "u9"}], refs,
+                                                at=t)
+        for i, vector in enumerate(served):
+            assert vector.values == {r: offline[r][i].as_py() for r in refs}, (minutes, i)
+    late = at + timedelta(minutes=12)
+    served = online_project.features.online({"user_id": "u4"}, refs, at=late)
+    assert served.values["user_txn.amount_max_1d"] == 950.0
+    # A later push folds the rows that have become visible; the rest keep waiting.
+    online_project.features.push("txns", _rows("u4", 1.0, late), at=late)
+    served = online_project.features.online({"user_id": "u4"}, refs, at=late)
+    assert served.values["last_txn.amount"] == 1.0
+    assert served.values["user_txn.amount_sum_1h"] == 900.0 + 950.0 + 1.0
+
+
+def test_a_materialization_keeps_rows_still_pending(online_project) -> None:  # type: ignore[no-untyped-def]
+    at = T0 + timedelta(days=1)
+    online_project.features.materialize(at=at)
+    ahead = at + timedelta(minutes=30)
+    online_project.features.push("txns", _rows("u6", 4242.0, ahead, arr=at), at=at)
+    online_project.features.materialize(at=at + timedelta(minutes=10), incremental=False)
+    served = online_project.features.online({"user_id": "u6"}, ["user_txn.amount_max_1d"],
+                                            at=ahead)
+    assert served.values["user_txn.amount_max_1d"] == 4242.0
 
 
 def test_materialization_compacts_what_pushes_left(online_project) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
 """Property: push events (in arrival order, in batches) after a materialization; after every
 batch, the online vector at that instant equals the offline training set at that instant —
-which now reads the pushed rows from the event log too. On SQLite and on Redis."""
+which now reads the pushed rows from the event log too — including rows pushed before their
+event time (clock skew), which count from their time on. On SQLite and on Redis."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ def _dt(micros: int) -> datetime:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
-@given(base=events, pushed=events, batches=st.integers(1, 4), use_arrival=st.booleans())
+@given(base=events, pushed=events, batches=st.integers(1, 4), use_arrival=st.booleans(),
+       skew=st.booleans())
 def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushed, batches,
-                                                        use_arrival):  # type: ignore[no-untyped-def]
+                                                        use_arrival, skew):  # type: ignore[no-untyped-def]
     with tempfile.TemporaryDirectory() as folder:
         h = write_history(folder, base, [], use_arrival, "1d")
         views = [h.views["w"], h.views["e"]]
@@ -39,9 +41,11 @@ def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushe
             service = FeatureService(Catalog(views), engine, online_store)
             start = max([r["arrival"] for r in h.ev_rows] + [T0])
             service.materialize(at=_dt(start))
-            # Events to push arrive after `start`, in arrival order.
+            # Events to push arrive after `start`, in arrival order; with skew, some arrive
+            # before their event time (a clock ahead): not visible until then.
             rows = sorted(({"user_id": e["user_id"], "ts": e["ts"],
-                            "arrival": max(start + 1, e["ts"] + e["lag"]),
+                            "arrival": max(start + 1, e["ts"] + (-e["lag"] if skew else
+                                                                  e["lag"])),
                             "amount": e["amount"]} for e in pushed),
                           key=lambda r: r["arrival"])
             size = max(1, len(rows) // batches)
@@ -58,13 +62,16 @@ def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushe
                     table = table.drop_columns(["arrival"])
                 service.push("ev", table, at=_dt(now))
                 keys = [*KEYS, "zz"]
-                offline = service.training_set(
-                    pa.table({"user_id": keys, "t": _ts([now] * len(keys))}), refs)
-                served = service.online([{"user_id": k} for k in keys], refs, at=_dt(now))
-                for j, vector in enumerate(served):
-                    for ref in refs:
-                        want = offline[ref][j].as_py()
-                        assert same_value(vector.values[ref], want), (
-                            keys[j], now, ref, vector.values[ref], want)
+                # At the push, and later — when rows pushed ahead of their time come due.
+                due = sorted({r["ts"] for r in chunk if r["ts"] > now})[:3]
+                for t in [now, *due]:
+                    offline = service.training_set(
+                        pa.table({"user_id": keys, "t": _ts([t] * len(keys))}), refs)
+                    served = service.online([{"user_id": k} for k in keys], refs, at=_dt(t))
+                    for j, vector in enumerate(served):
+                        for ref in refs:
+                            want = offline[ref][j].as_py()
+                            assert same_value(vector.values[ref], want), (
+                                keys[j], t, ref, vector.values[ref], want)
         finally:
             engine.close()

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from closedloop.backends.base import OfflineEngine, OnlineItem, OnlineStore
+from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.features.definitions import FeatureView
-from closedloop.features.online import encode, namespace, record_values
+from closedloop.features.online import decode, encode, namespace, record_values
 from closedloop.features.tiles import TileLayout, WindowRecord
 
 META = "__closedloop"
@@ -98,16 +98,35 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
     total = len(records)
     done = 0
     for batch in _batches(records, batch_size):
-        items: list[OnlineItem] = [(ns, key, encode(rec)) for key, rec in batch]
         done += len(batch)
-        if done == total:
-            items.append((*mark, str(at).encode()))
-        store.write(items)
+        last = done == total
+        keys = [(ns, key) for key, _ in batch] + ([mark] if last else [])
+
+        def merge(old: list[bytes | None], batch: Sequence[tuple[str, Any]] = batch,
+                  last: bool = last) -> list[bytes | None]:
+            out: list[bytes | None] = [encode(_keep_pending(view, rec, raw, at))
+                                       for (_, rec), raw in zip(batch, old, strict=False)]
+            return [*out, str(at).encode()] if last else out
+
+        store.update(keys, merge)      # atomic per batch, the watermark with the last one
         if progress:
             progress(done, total, f"{ns}: {done}/{total} entities")
     if total == 0:
         store.write([(*mark, str(at).encode())])
     return MaterializeReport(ns, since, at, total)
+
+
+def _keep_pending(view: FeatureView, record: Any, raw: bytes | None, at: int) -> Any:
+    """``record`` (as of ``at``) with the rows a push left pending that are still not visible
+    at ``at`` — the offline store counts the others already."""
+    if raw is None:
+        return record
+    old = decode(raw)
+    base = len(TileLayout.of(view).hops) if view.aggregations else 4
+    if type(old) is not list or len(old) <= base:     # nothing pending (or an old layout)
+        return record
+    keep = [p for p in old[base] if p[0] > at]
+    return [*record, keep] if keep else record
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -46,6 +46,12 @@ def served_instant(value: Any) -> Any:
     return EPOCH + timedelta(microseconds=value) if type(value) is int else value
 
 
+def snapshot_order(rec: Sequence[Any]) -> tuple[Any, ...]:
+    """The tie order of snapshot rows ``[event, tie?, tie, values]``: nulls lowest."""
+    return (rec[0], rec[1], rec[2], *((v is not None, v if v is not None else 0)
+                                      for v in rec[3]))
+
+
 def namespace(view: FeatureView) -> str:
     """The online store namespace of a view version."""
     return f"{view.name}@{view.version}"
@@ -127,7 +133,10 @@ class ViewReader:
 
     def _snapshot(self, record: Any, t: int, into: dict[str, Any]) -> None:
         ttl = self.ttl
-        if record is not None and record[0] <= t and (ttl is None or t - record[0] <= ttl):
+        if record is not None and len(record) > 4:     # pushed rows waiting for their time
+            record = _visible_latest(record, t)
+        if record is not None and record[0] is not None and record[0] <= t and (
+                ttl is None or t - record[0] <= ttl):
             values = record[3]
             for out, pos, default in self.writes:
                 value = values[pos]
@@ -135,3 +144,14 @@ class ViewReader:
         else:
             for out, _, default in self.writes:
                 into[out] = default
+
+
+def _visible_latest(record: list[Any], t: int) -> list[Any] | None:
+    """The latest row of a snapshot record visible at t, its pending rows included."""
+    best = record[:4] if record[0] is not None and record[0] <= t else None
+    for vis, et, tie, values in record[4]:
+        if vis <= t:
+            cand = [et, tie is not None, tie or 0, values]
+            if best is None or snapshot_order(cand) > snapshot_order(best):
+                best = cand
+    return best

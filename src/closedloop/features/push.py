@@ -22,21 +22,31 @@ from closedloop.backends.base import OfflineEngine, OnlineStore
 from closedloop.data.sources import Source
 from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import ARROW_TYPES, FeatureView
-from closedloop.features.online import decode, encode, namespace, record_values
+from closedloop.features.online import (
+    decode,
+    encode,
+    namespace,
+    record_values,
+    snapshot_order,
+)
 from closedloop.features.tiles import TileLayout
+
+#: A pushed row as folded: (event time, tie, values, visible from).
+Event = tuple[int, Any, list[Any], int]
 
 
 @dataclass(frozen=True)
 class PushReport:
     """What a push did: ``rows`` appended to the event log; ``entities`` whose online records
-    changed; ``deferred`` rows not yet visible at the push's instant (event or arrival time
-    after it), which are in the log and land online with the next materialization."""
+    changed; ``pending`` rows not yet visible at the push's instant (event or arrival time
+    after it, e.g. clock skew): logged and held in the online records, served from the moment
+    they become visible."""
 
     source: str
     rows: int
     entities: int
     views: tuple[str, ...]
-    deferred: int = 0
+    pending: int = 0
 
 
 def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: int) -> pa.Table:
@@ -78,19 +88,24 @@ def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: i
     return out
 
 
-def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
-    """A snapshot record after ``events`` — (event time, tie, values): the greatest row by the
-    tie order ``(event, tie, values)``, nulls lowest."""
-    best = record
-    for et, tie, values in events:
+def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any], int]],
+           now: int) -> Any:
+    """A snapshot record after pushed ``events`` — (event time, tie, values, visible from) —
+    at ``now``: the greatest visible row by the tie order ``(event, tie, values)``, nulls
+    lowest; rows not visible yet wait in a fifth element, taken by reads once visible."""
+    best = None if record is None or record[0] is None else record[:4]
+    waiting = record[4] if record is not None and len(record) > 4 else []
+    later = []
+    for vis, et, tie, values in [*map(tuple, waiting), *((v, e, t, x) for e, t, x, v in events)]:
+        if vis > now:
+            later.append([vis, et, tie, list(values)])
+            continue
         cand = [et, tie is not None, tie or 0, list(values)]
-        if best is None or _snap_order(cand) > _snap_order(best):
+        if best is None or snapshot_order(cand) > snapshot_order(best):
             best = cand
-    return best
-
-
-def _snap_order(rec: list[Any]) -> tuple[Any, ...]:
-    return (rec[0], rec[1], rec[2], *((v is not None, v if v is not None else 0) for v in rec[3]))
+    if not later:
+        return best
+    return [*(best or [None, False, 0, None]), sorted(later, key=lambda p: (p[0], p[1]))]
 
 
 def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: OfflineEngine,
@@ -111,22 +126,24 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
                              else [None] * len(et))
     # A row counts online once visible, as offline: event time and arrival both ≤ now.
     arrival = [None] * len(et) if source.visibility_column is None else tie
-    visible = [e <= now and (a is None or a <= now) for e, a in zip(et, arrival, strict=True)]
+    visible_from = [e if a is None else max(e, a) for e, a in zip(et, arrival, strict=True)]
 
     keys: list[tuple[str, str]] = []
-    plan: list[tuple[Callable[[Any, Any], Any], list[tuple[int, Any, list[Any]]]]] = []
+    plan: list[tuple[Callable[[Any, list[Event]], Any], list[Event]]] = []
     for view in views:
+        fold: Callable[[Any, list[Event]], Any]
         if view.aggregations:
             layout = TileLayout.of(view)
             cols = [column(c.column) for c in layout.columns]
-            fold: Callable[[Any, Any], Any] = functools.partial(_fold_window, layout, now)
+            fold = functools.partial(_fold_window, layout, now)
         else:
             cols = [column(f) for f in view.features]
-            fold = latest
-        per_key: dict[str, list[tuple[int, Any, list[Any]]]] = {}
+            fold = functools.partial(_fold_latest, now)
+        per_key: dict[str, list[Event]] = {}
         for i, k in enumerate(column(view.entity.key)):
-            if k is not None and visible[i]:
-                per_key.setdefault(str(k), []).append((et[i], tie[i], [c[i] for c in cols]))
+            if k is not None:
+                per_key.setdefault(str(k), []).append(
+                    (et[i], tie[i], [c[i] for c in cols], visible_from[i]))
         ns = namespace(view)
         for k, events in per_key.items():
             keys.append((ns, k))
@@ -138,12 +155,16 @@ def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: O
 
     store.update(keys, merge)
     return PushReport(source.name, table.num_rows, len({k for _, k in keys}),
-                      tuple(namespace(v) for v in views), deferred=visible.count(False))
+                      tuple(namespace(v) for v in views),
+                      pending=sum(v > now for v in visible_from))
 
 
-def _fold_window(layout: TileLayout, now: int, record: Any,
-                 events: Sequence[tuple[int, Any, Sequence[Any]]]) -> Any:
-    return layout.fold(record, events, now)
+def _fold_window(layout: TileLayout, now: int, record: Any, events: Sequence[Event]) -> Any:
+    return layout.push(record, events, now)
+
+
+def _fold_latest(now: int, record: Any, events: Sequence[Event]) -> Any:
+    return latest(record, events, now)
 
 
 class BackgroundCompactor:

@@ -170,8 +170,9 @@ class TileLayout:
         return layout
 
     def check(self, record: Any) -> None:
-        """Refuse a record that is not in this layout (written by an older closedloop)."""
-        if type(record) is not list or len(record) != len(self.hops):
+        """Refuse a record that is not in this layout (written by an older closedloop): one
+        tile list per hop, then, when some pushed rows are not visible yet, their list."""
+        if type(record) is not list or len(record) not in (len(self.hops), len(self.hops) + 1):
             raise DataError(f"the online record of view {self.view.name!r} v{self.view.version} "
                             "is in a format this closedloop does not read",
                             fix="rewrite the online store: closedloop materialize --full")
@@ -232,6 +233,28 @@ class TileLayout:
                 del tiles[:self.find(tiles, oldest)]
         return record
 
+    def push(self, record: WindowRecord | None,
+             events: Sequence[tuple[int, Any, Sequence[Any], int]], now: int) -> WindowRecord:
+        """The record after pushed ``events`` — (event time, tie, values, visible from) — at
+        ``now``: rows visible by now (and pending ones that have become so) are folded into
+        the tiles; the others wait in a pending list, counted by reads once visible."""
+        n = len(self.hops)
+        if record is not None:
+            self.check(record)
+        waiting = record[n] if record is not None and len(record) > n else []
+        ready: list[tuple[int, Any, Sequence[Any]]] = []
+        later: list[Any] = []
+        for vis, et, tie, values in [*map(tuple, waiting),
+                                     *((v, e, t, x) for e, t, x, v in events)]:
+            if vis <= now:
+                ready.append((et, tie, values))
+            else:
+                later.append([vis, et, tie, list(values)])
+        out = self.fold(None if record is None else record[:n], ready, now)
+        if later:
+            out.append(sorted(later, key=lambda p: (p[0], p[1])))
+        return out
+
     def window(self, tiles: Sequence[Any], hop: int, span: int, t: int) -> list[Any] | None:
         """The merged tile of a window of ``span`` hops at ``t`` (None: no tile in range)."""
         top = t // hop
@@ -261,10 +284,29 @@ class WindowReader:
                        for (hop, span), outs in groups.items()]
 
     def read(self, record: WindowRecord | None, t: int, into: dict[str, Any]) -> None:
+        layout = self.layout
+        pending = None
         if record is not None:
-            self.layout.check(record)
+            layout.check(record)
+            if len(record) > len(layout.hops):
+                pending = record[-1]
         for h, hop, span, outs in self.groups:
-            tile = None if record is None else self.layout.window(record[h], hop, span, t)
+            tile = None if record is None else layout.window(record[h], hop, span, t)
+            if pending:                     # pushed rows that have become visible since
+                tile = self._with_pending(tile, pending, hop, span, t)
             for out, column, fn, default in outs:
                 value = column.value(fn, tile)
                 into[out] = default if value is None and default is not None else value
+
+    def _with_pending(self, tile: list[Any] | None, pending: Sequence[Any], hop: int,
+                      span: int, t: int) -> list[Any] | None:
+        top = t // hop
+        for vis, et, tie, values in pending:
+            b = et // hop
+            if vis <= t and top - span <= b <= top:
+                fields = self.layout.fields(values, et, tie)
+                if tile is None:
+                    tile = [b, *fields]
+                else:
+                    self.layout.merge(tile, 0, fields, -1)
+        return tile
