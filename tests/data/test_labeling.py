@@ -106,3 +106,47 @@ def test_bad_votes_and_bad_matrices_are_clear_errors() -> None:
     model.fit(np.array([[1, 0], [0, 0]]))
     with pytest.raises(DataError, match="3 functions"):
         model.predict(np.array([[1, 0, 1]]))
+
+
+def test_human_labels_majority_with_trust_breaking_ties() -> None:
+    import pyarrow as pa
+
+    from closedloop.data.labeling import resolve_human_labels
+
+    rows = pa.table({"item": ["x", "x", "x", "y", "y", "z", "w", "w"],
+                     "label": [1, 1, 0, 0, 1, 1, 0, 0],
+                     "annotator": ["ann", "bo", "cy", "ann", "bo", "cy", "ann", "cy"]})
+    plain = resolve_human_labels(rows)
+    assert plain.labels["label"].to_pylist() == [1, 0, 1, 0]         # y's tie: the lower label
+    assert plain.labels["agreement"].to_pylist() == [2 / 3, 0.5, 1.0, 1.0]
+    assert plain.labels["annotators"].to_pylist() == [3, 2, 1, 2]
+    # Items with 2+ annotators: x (split), y (split), w (unanimous).
+    assert plain.agreement_rate == pytest.approx(1 / 3)
+    assert plain.pairwise_agreement == pytest.approx((1 + 0 + 1) / (3 + 1 + 1))
+    assert plain.conflicts == 2
+    trusted = resolve_human_labels(rows, trust={"bo": 0.9, "ann": 0.5})
+    assert trusted.labels["label"].to_pylist() == [1, 1, 1, 0]       # y's tie goes to bo
+
+
+def test_human_labels_most_trusted_and_bad_input() -> None:
+    import pyarrow as pa
+
+    from closedloop.data.labeling import resolve_human_labels
+
+    rows = pa.table({"doc": [1, 1, 1], "y": ["spam", "spam", "ham"], "who": ["a", "b", "c"]})
+    got = resolve_human_labels(rows, item="doc", label="y", annotator="who",
+                               rule="most_trusted", trust={"c": 1.0, "a": 0.2})
+    assert got.labels["label"].to_pylist() == ["ham"]
+    assert got.labels["rule"].to_pylist() == ["most_trusted"]
+    with pytest.raises(DataError, match="needs the annotators' trust"):
+        resolve_human_labels(rows, item="doc", label="y", annotator="who", rule="most_trusted")
+    with pytest.raises(DataError, match=r"no column\(s\) \['item'"):
+        resolve_human_labels(rows)
+    with pytest.raises(DataError, match="unknown"):
+        resolve_human_labels(rows, item="doc", label="y", annotator="who", rule="vote")
+    twice = pa.table({"item": [1, 1], "label": [0, 1], "annotator": ["a", "a"]})
+    with pytest.raises(DataError, match="more than once"):
+        resolve_human_labels(twice)
+    nulls = pa.table({"item": [1, None], "label": [0, 1], "annotator": ["a", "b"]})
+    with pytest.raises(DataError, match="nulls"):
+        resolve_human_labels(nulls)

@@ -5,11 +5,14 @@ from closedloop.data.labeling import (
     ABSTAIN,
     DawidSkeneModel,
     FunctionSummary,
+    HumanLabels,
     MajorityVote,
     apply_functions,
+    resolve_human_labels,
     summarize,
 )
 from closedloop.data.sources import Entity, EventSource, Source, TableSource
 
 __all__ = ["ABSTAIN", "DawidSkeneModel", "Entity", "EventSource", "FunctionSummary",
-           "MajorityVote", "Source", "TableSource", "apply_functions", "summarize"]
+           "HumanLabels", "MajorityVote", "Source", "TableSource", "apply_functions",
+           "resolve_human_labels", "summarize"]

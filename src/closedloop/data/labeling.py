@@ -1,5 +1,6 @@
-"""Weak supervision: labeling functions combined by a label model that learns how good each
-function is without ground truth.
+"""Labeling strategies: human labels resolved by a declared rule, and weak supervision —
+labeling functions combined by a label model that learns how good each function is without
+ground truth.
 
 A labeling function is a plain Python function of one row returning a class index or
 ``ABSTAIN`` (-1). ``apply_functions`` runs them into a label matrix (rows × functions);
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from closedloop.errors import DataError
 
@@ -198,3 +200,105 @@ class DawidSkeneModel:
         diag = np.einsum("jtt->jt", self.confusion_)
         out: np.ndarray[Any, Any] = diag @ self.class_balance_
         return out
+
+
+# -- human labels ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HumanLabels:
+    """Human annotations resolved to one label per item.
+
+    ``labels`` has ``item``, ``label``, ``annotators`` (how many labelled the item),
+    ``agreement`` (the share of them who gave the resolved label) and ``rule``;
+    ``agreement_rate`` is the share of items labelled by two or more annotators on which all
+    agreed, and ``pairwise_agreement`` the share of annotator pairs, over those items, that
+    agree."""
+
+    labels: pa.Table
+    agreement_rate: float
+    pairwise_agreement: float
+    conflicts: int
+
+
+def resolve_human_labels(annotations: Any, *, item: str = "item", label: str = "label",
+                         annotator: str = "annotator", rule: str = "majority",
+                         trust: Mapping[str, float] | None = None) -> HumanLabels:
+    """Resolve annotations (a table of item, label, annotator) by a declared rule:
+    ``majority`` (ties go to the most trusted annotator among the tied labels when ``trust``
+    is given, else to the lowest label) or ``most_trusted`` (the label of the item's most
+    trusted annotator; unknown annotators have trust 0; ties in trust go to the majority).
+
+    >>> import pyarrow as pa
+    >>> rows = pa.table({"item": [1, 1, 1, 2], "label": [1, 1, 0, 0],
+    ...                  "annotator": ["a", "b", "c", "a"]})
+    >>> got = resolve_human_labels(rows)
+    >>> got.labels.column("label").to_pylist(), got.agreement_rate
+    ([1, 0], 0.0)
+    """
+    table = annotations if isinstance(annotations, pa.Table) else pa.table(annotations)
+    missing = [c for c in (item, label, annotator) if c not in table.column_names]
+    if missing:
+        raise DataError(f"the annotations have no column(s) {missing}",
+                        fix=f"pass item=, label=, annotator= (columns: {table.column_names})")
+    if rule not in ("majority", "most_trusted"):
+        raise DataError(f"label resolution rule {rule!r} is unknown",
+                        fix="use 'majority' or 'most_trusted'")
+    if rule == "most_trusted" and not trust:
+        raise DataError("rule 'most_trusted' needs the annotators' trust",
+                        fix="pass trust={'annotator': weight, ...}")
+    for column in (item, label, annotator):
+        if table[column].null_count:
+            raise DataError(f"column {column!r} of the annotations has "
+                            f"{table[column].null_count} nulls",
+                            fix="every annotation needs an item, a label and an annotator")
+    weight = dict(trust or {})
+    by_item: dict[Any, dict[Any, Any]] = {}
+    for it, lab, who in zip(table[item].to_pylist(), table[label].to_pylist(),
+                            table[annotator].to_pylist(), strict=True):
+        given = by_item.setdefault(it, {})
+        if who in given:
+            raise DataError(f"annotator {who!r} labelled item {it!r} more than once",
+                            fix="keep one label per annotator and item")
+        given[who] = lab
+    items, labels, counts, agreement = [], [], [], []
+    unanimous = multi = pairs = agreeing = conflicts = 0
+    for it, given in by_item.items():
+        votes: dict[Any, int] = {}
+        for lab in given.values():
+            votes[lab] = votes.get(lab, 0) + 1
+        top = max(votes.values())
+        tied = sorted(lab for lab, n in votes.items() if n == top)
+        if rule == "most_trusted":
+            best = max(weight.get(who, 0.0) for who in given)
+            trusted = {given[who] for who in given if weight.get(who, 0.0) == best}
+            chosen = _majority(trusted, votes, given, weight)
+        else:
+            chosen = _majority(set(tied), votes, given, weight)
+        items.append(it)
+        labels.append(chosen)
+        counts.append(len(given))
+        agreement.append(votes[chosen] / len(given))
+        if len(given) > 1:
+            multi += 1
+            unanimous += len(votes) == 1
+            conflicts += len(votes) > 1
+            n = len(given)
+            pairs += n * (n - 1) // 2
+            agreeing += sum(k * (k - 1) // 2 for k in votes.values())
+    out = pa.table({"item": pa.array(items, table[item].type),
+                    "label": pa.array(labels, table[label].type),
+                    "annotators": pa.array(counts, pa.int64()),
+                    "agreement": pa.array(agreement, pa.float64()),
+                    "rule": pa.array([rule] * len(items), pa.string())})
+    return HumanLabels(out, unanimous / multi if multi else 1.0,
+                       agreeing / pairs if pairs else 1.0, conflicts)
+
+
+def _majority(candidates: set[Any], votes: Mapping[Any, int], given: Mapping[Any, Any],
+              weight: Mapping[str, float]) -> Any:
+    """Among candidate labels: the most voted, then the one with the most trusted annotator,
+    then the lowest."""
+    def key(lab: Any) -> tuple[int, float, Any]:
+        trusted = max((weight.get(who, 0.0) for who, v in given.items() if v == lab),
+                      default=0.0)
+        return (-votes[lab], -trusted, lab)
+    return min(candidates, key=key)
