@@ -150,3 +150,58 @@ def test_human_labels_most_trusted_and_bad_input() -> None:
     nulls = pa.table({"item": [1, None], "label": [0, 1], "annotator": ["a", "b"]})
     with pytest.raises(DataError, match="nulls"):
         resolve_human_labels(nulls)
+
+
+def test_implicit_labels_from_later_events_in_the_attribution_window() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+
+    from closedloop.data.labeling import implicit_labels
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    stamp = pa.timestamp("us", tz="UTC")
+
+    def at(minutes: float) -> datetime:
+        return t0 + timedelta(minutes=minutes)
+
+    shown = pa.table({"user": ["a", "a", "b", "c", "a"],
+                      "ts": pa.array([at(0), at(10), at(0), at(0), at(100)], stamp)})
+    clicks = pa.table({"user": ["a", "a", "b", "b", "c"],
+                       "ts": pa.array([at(5), at(12), at(0), at(31), at(1)], stamp),
+                       "dwell": [40.0, 3.0, 60.0, 50.0, 45.0]})
+    got = implicit_labels(shown, clicks, key="user", window=timedelta(minutes=30),
+                          qualifies=lambda c: c["dwell"] >= 30)
+    # a@0: the click at 5 (dwell 40); a@10: only a short dwell at 12; b@0: the click at the
+    # same instant is not after it, the one at 31 is past the window; c@0: the click at 1;
+    # a@100: nothing later.
+    assert got["label"].to_pylist() == [1, 0, 0, 1, 0]
+    assert got["event_at"].to_pylist() == [at(5), None, None, at(1), None]
+    assert got["settled_at"].to_pylist() == [at(30), at(40), at(30), at(30), at(130)]
+    assert got.column_names[:2] == ["user", "ts"]
+    everything = implicit_labels(shown, clicks, key="user", window=timedelta(minutes=30))
+    assert everything["label"].to_pylist() == [1, 1, 0, 1, 0]
+
+
+def test_implicit_labels_bad_input() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+
+    from closedloop.data.labeling import implicit_labels
+
+    t = pa.array([datetime(2026, 3, 1, tzinfo=UTC)], pa.timestamp("us", tz="UTC"))
+    shown = pa.table({"user": ["a"], "ts": t})
+    with pytest.raises(DataError, match="positive timedelta"):
+        implicit_labels(shown, shown, key="user", window=timedelta(0))
+    with pytest.raises(DataError, match=r"no column\(s\) \['uid'\]"):
+        implicit_labels(shown, shown, key="uid", window=timedelta(minutes=1))
+    naive = pa.table({"user": ["a"], "ts": pa.array([datetime(2026, 3, 1)], pa.timestamp("us"))})
+    with pytest.raises(DataError, match="not a UTC instant"):
+        implicit_labels(shown, naive, key="user", window=timedelta(minutes=1))
+    ints = pa.table({"user": [1], "ts": t})
+    with pytest.raises(DataError, match="cast one"):
+        implicit_labels(shown, ints, key="user", window=timedelta(minutes=1))
+    with pytest.raises(DataError, match="one bool per event"):
+        implicit_labels(shown, shown, key="user", window=timedelta(minutes=1),
+                        qualifies=lambda c: [True, False])

@@ -8,6 +8,7 @@ from closedloop.data.labeling import (
     HumanLabels,
     MajorityVote,
     apply_functions,
+    implicit_labels,
     resolve_human_labels,
     summarize,
 )
@@ -15,4 +16,4 @@ from closedloop.data.sources import Entity, EventSource, Source, TableSource
 
 __all__ = ["ABSTAIN", "DawidSkeneModel", "Entity", "EventSource", "FunctionSummary",
            "HumanLabels", "MajorityVote", "Source", "TableSource", "apply_functions",
-           "resolve_human_labels", "summarize"]
+           "implicit_labels", "resolve_human_labels", "summarize"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -302,3 +303,88 @@ def _majority(candidates: set[Any], votes: Mapping[Any, int], given: Mapping[Any
                       default=0.0)
         return (-votes[lab], -trusted, lab)
     return min(candidates, key=key)
+
+
+# -- implicit feedback ----------------------------------------------------------------------
+def implicit_labels(exposures: Any, events: Any, *, key: str, window: timedelta,
+                    time: str = "ts", event_time: str | None = None,
+                    qualifies: Callable[[Mapping[str, np.ndarray[Any, Any]]], Any] | None = None,
+                    ) -> pa.Table:
+    """Labels from later behaviour: an exposure (a row of ``exposures`` at ``time``) is
+    positive when a qualifying event (``qualifies``: a vectorised predicate over the events'
+    columns, e.g. dwell above a threshold; default every event) of the same ``key`` happens
+    within the attribution window — after the exposure, at most ``window`` later — and
+    negative otherwise. ``settled_at`` is the window's close: only then is a negative known,
+    so training takes the label from that instant on.
+
+    Returns the exposures' columns plus ``label`` (int64, 1/0), ``settled_at`` and
+    ``event_at`` (the first qualifying event's time, null for negatives).
+    """
+    left = exposures if isinstance(exposures, pa.Table) else pa.table(exposures)
+    right = events if isinstance(events, pa.Table) else pa.table(events)
+    event_time = event_time or time
+    for table, what, cols in ((left, "exposures", (key, time)),
+                              (right, "events", (key, event_time))):
+        missing = [c for c in cols if c not in table.column_names]
+        if missing:
+            raise DataError(f"the {what} have no column(s) {missing}",
+                            fix=f"their columns are {table.column_names}")
+    if left[key].type != right[key].type:
+        raise DataError(f"key {key!r} is {left[key].type} in the exposures but "
+                        f"{right[key].type} in the events", fix="cast one to the other's type")
+    if not isinstance(window, timedelta) or window <= timedelta(0):
+        raise DataError(f"attribution window {window!r} must be a positive timedelta",
+                        fix="pass e.g. window=timedelta(minutes=30)")
+    t_exp = _instants(left[time], f"column {time!r} of the exposures")
+    t_ev = _instants(right[event_time], f"column {event_time!r} of the events")
+    keep = np.ones(right.num_rows, dtype=bool)
+    if qualifies is not None:
+        columns = {c: right[c].to_numpy(zero_copy_only=False) for c in right.column_names}
+        keep = np.asarray(qualifies(columns), dtype=bool)
+        if keep.shape != (right.num_rows,):
+            raise DataError(f"the events predicate returned shape {keep.shape} for "
+                            f"{right.num_rows} events", fix="return one bool per event")
+    w = window // timedelta(microseconds=1)
+    ev_keys = right[key].to_pylist()
+    by_key: dict[Any, list[int]] = {}
+    for i in np.flatnonzero(keep):
+        k = ev_keys[i]
+        if k is not None:
+            by_key.setdefault(k, []).append(int(t_ev[i]))
+    sorted_times = {k: np.sort(np.array(v, dtype=np.int64)) for k, v in by_key.items()}
+    first = np.full(left.num_rows, -1, dtype=np.int64)
+    for k, rows in _groups(left[key].to_pylist()).items():
+        times = sorted_times.get(k)
+        if times is None:
+            continue
+        at = t_exp[rows]
+        pos = np.searchsorted(times, at, side="right")        # first event strictly after
+        found = pos < times.size
+        hit = np.where(found, times[np.minimum(pos, times.size - 1)], -1)
+        ok = found & (hit <= at + w)
+        first[rows[ok]] = hit[ok]
+    stamp = pa.timestamp("us", tz="UTC")
+    label = (first >= 0).astype(np.int64)
+    return left.append_column("label", pa.array(label)).append_column(
+        "settled_at", pa.array(t_exp + w).cast(stamp)).append_column(
+        "event_at", pa.array(np.where(first >= 0, first, 0), mask=first < 0).cast(stamp))
+
+
+def _instants(column: pa.ChunkedArray, what: str) -> np.ndarray[Any, Any]:
+    if not pa.types.is_timestamp(column.type) or column.type.tz is None:
+        raise DataError(f"{what} is {column.type}, not a UTC instant",
+                        fix="use timezone-aware timestamps")
+    if column.null_count:
+        raise DataError(f"{what} has {column.null_count} null times",
+                        fix="every row needs its time")
+    as_us = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+    out: np.ndarray[Any, Any] = as_us.to_numpy()
+    return out
+
+
+def _groups(values: Sequence[Any]) -> dict[Any, np.ndarray[Any, Any]]:
+    out: dict[Any, list[int]] = {}
+    for i, v in enumerate(values):
+        if v is not None:
+            out.setdefault(v, []).append(i)
+    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
