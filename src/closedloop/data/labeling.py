@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from closedloop.data.instants import to_micros
 from closedloop.errors import DataError
 
 ABSTAIN = -1
@@ -335,8 +336,8 @@ def implicit_labels(exposures: Any, events: Any, *, key: str, window: timedelta,
     if not isinstance(window, timedelta) or window <= timedelta(0):
         raise DataError(f"attribution window {window!r} must be a positive timedelta",
                         fix="pass e.g. window=timedelta(minutes=30)")
-    t_exp = _instants(left[time], f"column {time!r} of the exposures")
-    t_ev = _instants(right[event_time], f"column {event_time!r} of the events")
+    t_exp = to_micros(left[time], f"column {time!r} of the exposures").to_numpy()
+    t_ev = to_micros(right[event_time], f"column {event_time!r} of the events").to_numpy()
     keep = np.ones(right.num_rows, dtype=bool)
     if qualifies is not None:
         columns = {c: right[c].to_numpy(zero_copy_only=False) for c in right.column_names}
@@ -368,18 +369,6 @@ def implicit_labels(exposures: Any, events: Any, *, key: str, window: timedelta,
     return left.append_column("label", pa.array(label)).append_column(
         "settled_at", pa.array(t_exp + w).cast(stamp)).append_column(
         "event_at", pa.array(np.where(first >= 0, first, 0), mask=first < 0).cast(stamp))
-
-
-def _instants(column: pa.ChunkedArray, what: str) -> np.ndarray[Any, Any]:
-    if not pa.types.is_timestamp(column.type) or column.type.tz is None:
-        raise DataError(f"{what} is {column.type}, not a UTC instant",
-                        fix="use timezone-aware timestamps")
-    if column.null_count:
-        raise DataError(f"{what} has {column.null_count} null times",
-                        fix="every row needs its time")
-    as_us = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    out: np.ndarray[Any, Any] = as_us.to_numpy()
-    return out
 
 
 def _groups(values: Sequence[Any]) -> dict[Any, np.ndarray[Any, Any]]:

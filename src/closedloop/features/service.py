@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
+from closedloop.data.instants import to_micros
 from closedloop.errors import (
     ConfigError,
     DataError,
@@ -55,22 +56,6 @@ def _timestamp_column(table: pa.Table, timestamp: str | None) -> str:
             f"entity rows have {len(found)} timestamp columns {found}; closedloop needs to "
             "know which one is the row's time", fix="pass timestamp='column'")
     return str(found[0])
-
-
-def to_micros(column: pa.ChunkedArray, what: str) -> pa.ChunkedArray:
-    """UTC instants as int64 µs; naive timestamps are refused, never guessed."""
-    if not pa.types.is_timestamp(column.type):
-        raise PointInTimeError(f"{what} is {column.type}, not a timestamp",
-                               fix="use timezone-aware UTC timestamps")
-    if column.type.tz is None:
-        raise PointInTimeError(
-            f"{what} holds naive timestamps (no time zone); closedloop does not guess the zone",
-            fix="make them UTC instants, e.g. pandas .dt.tz_localize('UTC') or "
-                "pyarrow timestamp('us', tz='UTC')")
-    if column.null_count:
-        raise PointInTimeError(f"{what} has {column.null_count} null timestamps",
-                               fix="every entity row needs the time it is asked about")
-    return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
 
 
 #: A resolved feature list, its view readers, and the Arrow types of its view features.
