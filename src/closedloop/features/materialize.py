@@ -4,8 +4,9 @@ Incremental and idempotent: each view version keeps a watermark (the ``at`` of i
 complete run) in the online store. A run recomputes, from the offline store, the whole record
 of every entity with a row that became *visible* (arrival ≤ t) after the watermark — so a late
 row lands however old its event time — and writes records in atomic batches, the watermark
-with the last one. A run killed half-way leaves the watermark where it was; the rerun rewrites
-the same records with the same values.
+with the last one, each batch by an atomic ``update`` that keeps the rows a push left pending
+(not visible yet at ``at``). A run killed half-way leaves the watermark where it was; the rerun
+rewrites the same records with the same values.
 """
 
 from __future__ import annotations
