@@ -89,7 +89,8 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
     by = {r["system"]: r for r in results}
     floor = by.get("floor")
     ours = [r for r in results if r["system"].startswith("closedloop")]
-    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s") if k in results[0]]
+    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s", "ingest_s")
+             if k in results[0]]
     width = {k: max(10, len(k) + 2) for k in extra}
     head = "".join(f"{k:>{width[k]}}" for k in extra)
     print(f"{'system':<18}{'seconds':>9}{head}{'peak MB':>9}{'mismatches':>11}  ratio")

@@ -94,3 +94,29 @@ def windows_data(scale: float = 1.0, seed: int = 11) -> Path:
     pq.write_table(labels, folder / "labels.parquet")
     (folder / "done.json").write_text(json.dumps({"scale": scale, "seed": seed}))
     return folder
+
+
+def ingest_data(scale: float = 1.0, seed: int = 13) -> Path:
+    """Two event files of 5M rows each (id, user, amount, country, event and arrival times):
+    ``held.parquet``, the store's contents before the run, and ``new.parquet``, the file
+    ingested, whose first 10% of ids repeat held ones (a replay) and whose rows are shuffled."""
+    folder = DATA / f"ingest-{scale:g}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    n = int(5_000_000 * scale)
+    rng = np.random.default_rng(seed)
+    countries = np.array(["US", "GB", "DE", "FR", "BR", "IN"])
+    for name, first in (("held", 0), ("new", int(n * 0.9))):
+        ids = np.arange(first, first + n)
+        rng.shuffle(ids)
+        event = T0 + rng.integers(0, 90 * DAY, size=n)
+        table = pa.table({
+            "txn_id": np.char.add("t", ids.astype(str)),
+            "user_id": np.char.add("u", rng.integers(0, 100_000, size=n).astype(str)),
+            "amount": np.round(rng.lognormal(3.3, 0.6, size=n), 2),
+            "country": countries[rng.integers(0, countries.size, size=n)],
+            "event_time": _ts(event), "ingested_at": _ts(event + rng.integers(0, 60, n) * SECOND)})
+        pq.write_table(table, folder / f"{name}.parquet")
+    (folder / "done.json").write_text(json.dumps({"rows": n}))
+    return folder

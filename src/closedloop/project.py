@@ -22,6 +22,8 @@ from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
 from closedloop.backends.sqlite import SQLiteOnlineStore
 from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
+from closedloop.data.ingest import QuarantineStore
+from closedloop.data.service import DataService
 from closedloop.errors import ClosedLoopError, ConfigError, DefinitionError
 from closedloop.features import registration
 from closedloop.features.catalog import Catalog
@@ -105,6 +107,13 @@ class Project:
         self.catalog.restore(self.metadata.definitions())
         sample = self.settings.online.log_sample
         self.feature_log = FeatureLog(self.root / ".closedloop" / "feature_log", sample=sample)
+        keys: dict[str, list[str]] = {}
+        for view in self.catalog.views.values():        # rows without a view's key are refused
+            keys.setdefault(view.source.name, [])
+            if view.entity.key not in keys[view.source.name]:
+                keys[view.source.name].append(view.entity.key)
+        self.data = DataService(self.catalog.sources, self.engine,
+                                QuarantineStore(self.root / ".closedloop" / "quarantine"), keys)
         self.features = FeatureService(self.catalog, self.engine, self.online_store,
                                        self.feature_log if sample > 0 else None,
                                        batch_size=self.settings.online.batch_size)

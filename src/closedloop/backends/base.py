@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from closedloop.data.sources import Source
+from closedloop.data.sources import AnySource
 from closedloop.features.definitions import FeatureView
 
 #: Column names of the query rows handed to an offline engine.
@@ -27,7 +27,7 @@ class OfflineEngine(Protocol):
     no value at that time is null (the caller applies declared defaults).
     """
 
-    def columns(self, source: Source) -> dict[str, str]:
+    def columns(self, source: AnySource) -> dict[str, str]:
         """The source's actual columns and their logical types (``timestamp_naive`` included)."""
         ...
 
@@ -49,12 +49,21 @@ class OfflineEngine(Protocol):
         o{i}`` (count, sum, M2, min, max, last, last's order)."""
         ...
 
-    def append(self, source: Source, rows: pa.Table) -> None:
+    def append(self, source: AnySource, rows: pa.Table,
+               unique: Sequence[str] | None = None) -> int:
         """Append rows to the source's event log in the offline store, durably and whole (a
-        crash leaves all of them or none); later reads of the source include them."""
+        crash leaves all of them or none); later reads of the source include them. With
+        ``unique``, the rows are a set on those columns: only the first of the rows sharing
+        a value, and only if the source does not hold that value yet, is appended (checked and
+        appended as one step, no other such append in between). Return how many rows were
+        appended."""
         ...
 
-    def compact(self, source: Source, small_rows: int = 1_000_000) -> int:
+    def read(self, source: AnySource, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every row the source holds (its files and its event log), or only ``columns``."""
+        ...
+
+    def compact(self, source: AnySource, small_rows: int = 1_000_000) -> int:
         """Merge the parts of the source's event log under ``small_rows`` rows into one,
         never showing a row twice or losing one, even after a crash; return how many parts
         were merged."""

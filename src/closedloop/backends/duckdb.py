@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
-from closedloop.data.sources import LogicalType, Source
+from closedloop.data.sources import AnySource, LogicalType
 from closedloop.errors import BackendError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
@@ -120,12 +121,12 @@ class DuckDBEngine:
             self._con.close()
             self._con = None
 
-    def _log(self, source: Source) -> EventLog | None:
+    def _log(self, source: AnySource) -> EventLog | None:
         if self.log_root is None:
             return None
         return EventLog(Path(self.log_root) / source.name)
 
-    def _path(self, source: Source) -> str:
+    def _path(self, source: AnySource) -> str:
         path = Path(source.path)
         if not path.is_absolute():
             path = self.root / path
@@ -141,7 +142,7 @@ class DuckDBEngine:
             return str(path / "**" / f"*.{ext}")
         return str(path)
 
-    def _scan(self, source: Source) -> str:
+    def _scan(self, source: AnySource) -> str:
         """The source's rows: its files, and the rows pushed to its event log."""
         events = self._log(source)
         parts = events.parts() if events is not None else []
@@ -162,14 +163,67 @@ class DuckDBEngine:
             return base
         return f"(SELECT * FROM {base} UNION ALL BY NAME SELECT * FROM {log})"
 
-    def append(self, source: Source, rows: pa.Table) -> None:
-        self._required_log(source).append(rows)
+    def append(self, source: AnySource, rows: pa.Table,
+               unique: Sequence[str] | None = None) -> int:
+        events = self._required_log(source)
+        if not unique:
+            events.append(rows)
+            return int(rows.num_rows)
+        with events.writing():                 # no other deduplicating writer in between
+            fresh = self._not_held(source, rows, list(unique))
+            if fresh.num_rows:
+                events.append(fresh)
+        return int(fresh.num_rows)
 
-    def compact(self, source: Source, small_rows: int = 1_000_000) -> int:
+    def _not_held(self, source: AnySource, rows: pa.Table, unique: list[str]) -> pa.Table:
+        """The first of the rows sharing each ``unique`` value the source does not hold yet,
+        in their order."""
+        cols = ", ".join(_q(c) for c in unique)
+        sql = "SELECT min(r.__i) AS __i FROM __rows r"
+        if self._has_data(source) and all(c in self.columns(source) for c in unique):
+            on = " AND ".join(f"r.{_q(c)} IS NOT DISTINCT FROM s.{_q(c)}" for c in unique)
+            sql += (f" ANTI JOIN (SELECT DISTINCT {cols} FROM {self._scan(source)}) s "
+                    f"ON {on}")
+        sql += " GROUP BY " + ", ".join(f"r.{_q(c)}" for c in unique)
+        narrow = rows.select(unique).append_column(
+            "__i", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+        with self._lock:
+            con = self._connection()
+            self._seq += 1
+            name = f"__rows_{self._seq}"
+            con.register(name, narrow)
+            try:
+                keep = con.sql(sql.replace("__rows", name)).fetchnumpy()["__i"]
+            except duckdb.Error as exc:
+                raise DataError(f"could not compare the rows with source {source.name!r}: "
+                                f"{exc}", fix="check that the new rows' types match the "
+                                "stored ones") from exc
+            finally:
+                con.unregister(name)
+        if len(keep) == rows.num_rows:
+            return rows
+        return rows.take(pa.array(np.sort(keep), pa.int64()))
+
+    def _has_data(self, source: AnySource) -> bool:
+        events = self._log(source)
+        if events is not None and events.parts():
+            return True
+        path = Path(source.path)
+        return (path if path.is_absolute() else self.root / path).exists()
+
+    def read(self, source: AnySource, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every row the source holds (its files and its event log), ``columns`` only when
+        given; an empty table when it holds none yet."""
+        if not self._has_data(source):
+            return pa.table({c: pa.array([], pa.null()) for c in columns or []})
+        cols = ", ".join(_q(c) for c in columns) if columns else "*"
+        return self._query(f"SELECT {cols} FROM {self._scan(source)}")
+
+    def compact(self, source: AnySource, small_rows: int = 1_000_000) -> int:
         events = self._log(source)
         return 0 if events is None else events.compact(small_rows)   # no log: nothing to do
 
-    def _required_log(self, source: Source) -> EventLog:
+    def _required_log(self, source: AnySource) -> EventLog:
         events = self._log(source)
         if events is None:
             raise BackendError("this offline engine has no event log",
@@ -177,7 +231,7 @@ class DuckDBEngine:
         return events
 
     # -- schema -----------------------------------------------------------------------------
-    def columns(self, source: Source) -> dict[str, str]:
+    def columns(self, source: AnySource) -> dict[str, str]:
         sql = f"DESCRIBE SELECT * FROM {self._scan(source)}"
         try:
             with self._lock:
@@ -187,7 +241,7 @@ class DuckDBEngine:
                             fix=f"check the files at {source.path!r}") from exc
         return {str(row[0]): _logical(str(row[1])) for row in described}
 
-    def check_source(self, source: Source, key: str, key_type: LogicalType,
+    def check_source(self, source: AnySource, key: str, key_type: LogicalType,
                      needed: Sequence[str]) -> dict[str, str]:
         """Check that a source has what a view reads; return its columns."""
         cols = self.columns(source)

@@ -27,33 +27,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from closedloop.data.durable import fsync_dir, write_durably
 from closedloop.errors import BackendError
 
 _JOURNAL = ".compact-*.json"
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, write: object) -> None:
-    """Write through a temporary file, fsync it, rename it to ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(write, pa.Table):
-            pq.write_table(write, tmp)
-        else:
-            tmp.write_bytes(write)  # type: ignore[arg-type]  # bytes, by the callers
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class EventLog:
@@ -77,7 +54,7 @@ class EventLog:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-            _write_durably(self.folder / name, rows)
+            write_durably(self.folder / name, rows)
         except OSError as exc:
             raise BackendError(f"could not append to the event log at {self.folder}: {exc}",
                                fix=f"check {self.folder}") from exc
@@ -109,6 +86,18 @@ class EventLog:
                     hidden.add(name)
                     todo.append(name)
         return [listed[n] for n in sorted(listed) if n not in hidden]
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the folder's writer lock (blocking): for a read-then-append, such as a
+        deduplicating ingest, that no other such writer may interleave with."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".write.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @contextmanager
     def _exclusive(self) -> Iterator[bool]:
@@ -152,7 +141,7 @@ class EventLog:
         for tmp in self.folder.glob(".part-*.tmp"):      # an append that died half-way
             if now - tmp.stat().st_mtime > self.grace:
                 tmp.unlink(missing_ok=True)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def compact(self, small_rows: int | None = None) -> int:
         """Merge the live parts smaller than ``small_rows`` (default: the log's) into one;
@@ -178,12 +167,12 @@ class EventLog:
                 stem = small[-1][0].name.removesuffix(".parquet")
                 output = self.folder / f"{stem}-c{uuid.uuid4().hex[:6]}.parquet"
                 staged = self.folder / f".staged-{output.name}"
-                _write_durably(staged, merged)
+                write_durably(staged, merged)
                 journal = self.folder / f".compact-{uuid.uuid4().hex}.json"
-                _write_durably(journal, json.dumps(
+                write_durably(journal, json.dumps(
                     {"output": output.name, "replaces": [p.name for p, _ in small]}).encode())
                 os.replace(staged, output)      # the commit point
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
                 return len(small)
         except (OSError, pa.ArrowInvalid) as exc:
             raise BackendError(f"could not compact the event log at {self.folder}: {exc}",

@@ -14,11 +14,20 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal
 
+import pyarrow as pa
+
+from closedloop.data.instants import format_duration, parse_duration
 from closedloop.errors import DefinitionError
 
 LogicalType = Literal["string", "int64", "float64", "bool", "timestamp"]
+
+#: The Arrow type of each logical type, for values crossing into Arrow.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC")}
 
 _PY_TYPES: dict[object, LogicalType] = {
     str: "string",
@@ -101,10 +110,13 @@ class _SourceBase:
     schema: dict[str, Any] = field(default_factory=dict)
     format: Literal["parquet", "csv", "auto"] = "auto"
     description: str = ""
+    id: str | None = None
 
     def __post_init__(self) -> None:
         check_name("source", self.name)
         check_name(f"timestamp column of source {self.name!r}", self.timestamp)
+        if self.id is not None:
+            check_name(f"id column of source {self.name!r}", self.id)
         if not isinstance(self.path, str) or not self.path:
             raise DefinitionError(f"source {self.name!r} has no path",
                                   fix="give path= a Parquet/CSV file or a folder of them")
@@ -114,6 +126,10 @@ class _SourceBase:
         for column, declared in self.schema.items():
             check_name(f"column of source {self.name!r}", column)
             logical_type(column, declared)
+        if self.logical_schema.get(self.timestamp, "timestamp") != "timestamp":
+            raise DefinitionError(f"source {self.name!r} declares its timestamp column "
+                                  f"{self.timestamp!r} as {self.schema[self.timestamp]!r}",
+                                  fix="declare it 'timestamp', or leave it out of schema=")
 
     @property
     def file_format(self) -> Literal["parquet", "csv"]:
@@ -135,8 +151,20 @@ class _SourceBase:
     def _common_spec(self, kind: str) -> dict[str, Any]:
         # The path is where rows live, not what they mean: it is not part of the hash,
         # so moving the data does not make a new version.
-        return {"kind": kind, "name": self.name, "timestamp": self.timestamp,
+        spec = {"kind": kind, "name": self.name, "timestamp": self.timestamp,
                 "schema": dict(sorted(self.logical_schema.items()))}
+        if self.id is not None:        # only when declared, so older hashes stay as they were
+            spec["id"] = self.id
+        return spec
+
+    @property
+    def time_columns(self) -> tuple[str, ...]:
+        """The columns holding instants: the timestamp and the tie column, if any."""
+        return (self.timestamp, *([self.tie_column] if self.tie_column else []))
+
+    @property
+    def tie_column(self) -> str | None:
+        raise NotImplementedError  # each source kind states its own
 
 
 @dataclass(frozen=True)
@@ -144,7 +172,8 @@ class EventSource(_SourceBase):
     """Append-only events: each row happened at ``timestamp`` and became known at ``arrival``.
 
     A row is visible at time t only if its event time ≤ t and (when ``arrival`` is declared)
-    its arrival time ≤ t. Same entity and event time: the later arrival wins.
+    its arrival time ≤ t. Same entity and event time: the later arrival wins. ``id`` names the
+    column that identifies an event: ingesting one again (a replay) changes nothing.
     """
 
     arrival: str | None = None
@@ -172,15 +201,25 @@ class EventSource(_SourceBase):
 class TableSource(_SourceBase):
     """Timestamped snapshot rows (a nightly "lifetime spend" table, a CDC feed).
 
-    ``created`` orders rows with the same entity and timestamp: the later created wins.
+    ``timestamp`` is the row's change time; ``created`` orders rows with the same entity and
+    timestamp: the later created wins. A row is an upsert of its entity's state; with
+    ``deleted`` declared, a row whose ``deleted`` column is true is a delete: from its change
+    time on, the entity has no state (its snapshot features are absent), until a later upsert.
     """
 
     created: str | None = None
+    deleted: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.created is not None:
             check_name(f"created column of source {self.name!r}", self.created)
+        if self.deleted is not None:
+            check_name(f"deleted column of source {self.name!r}", self.deleted)
+            if self.logical_schema.get(self.deleted, "bool") != "bool":
+                raise DefinitionError(f"source {self.name!r}: deleted column "
+                                      f"{self.deleted!r} must be bool",
+                                      fix="declare it bool, or leave it out of schema=")
 
     kind = "table"
 
@@ -193,19 +232,78 @@ class TableSource(_SourceBase):
         return None
 
     def spec(self) -> dict[str, Any]:
-        return {**self._common_spec("table"), "created": self.created}
+        spec = {**self._common_spec("table"), "created": self.created}
+        if self.deleted is not None:
+            spec["deleted"] = self.deleted
+        return spec
+
+
+@dataclass(frozen=True)
+class LabelSource(_SourceBase):
+    """Labels, and when each became known: the label store of one outcome.
+
+    Each row labels a *subject* — the row a model scored, named by ``subject`` (a transaction
+    id, or an entity key) at ``timestamp`` (the prediction or event time) — with the value in
+    ``label``, known from ``settled_at``. ``max_delay`` is the longest a label can take to
+    settle (``"60d"`` for chargebacks, ``"0s"`` for clicks): a subject's label window closes at
+    its timestamp + ``max_delay``. ``default`` is the label of a subject whose window closed
+    with no label (``False``: no chargeback means no fraud); ``None`` means such subjects are
+    unlabelled and left out.
+
+    >>> cb = LabelSource("chargebacks", path="data/cb.parquet", subject="txn_id",
+    ...                  timestamp="event_time", label="is_fraud", settled_at="settled_at",
+    ...                  max_delay="60d", default=False)
+    >>> cb.max_delay_micros // 86_400_000_000, cb.tie_column
+    (60, 'settled_at')
+    """
+
+    subject: str = ""
+    label: str = ""
+    settled_at: str = ""
+    max_delay: str | timedelta = "0s"
+    default: Any = None
+
+    kind = "label"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for role in ("subject", "label", "settled_at"):
+            check_name(f"{role} column of label source {self.name!r}", getattr(self, role))
+        self.max_delay_micros  # noqa: B018 - parse now, so a bad delay fails at definition
+        if self.default is not None and not isinstance(self.default, bool | int | float | str):
+            raise DefinitionError(f"label source {self.name!r}: default {self.default!r} is "
+                                  "not a plain value", fix="use a bool, number or string")
+
+    @property
+    def max_delay_micros(self) -> int:
+        return parse_duration(self.max_delay, what=f"max_delay of {self.name!r}", zero=True)
+
+    @property
+    def tie_column(self) -> str | None:
+        return self.settled_at
+
+    @property
+    def visibility_column(self) -> str | None:
+        return self.settled_at           # a label is known from when it settled
+
+    def spec(self) -> dict[str, Any]:
+        return {**self._common_spec("label"), "subject": self.subject, "label": self.label,
+                "settled_at": self.settled_at,
+                "max_delay": format_duration(self.max_delay_micros) if self.max_delay_micros
+                else "0s", "default": self.default}
 
 
 Source = EventSource | TableSource
+AnySource = EventSource | TableSource | LabelSource
 
 
 def source_from_spec(spec: dict[str, Any], path: str, file_format: str = "auto") -> Source:
     """Rebuild a source from its registered spec and the location it was registered with."""
     common = {"name": spec["name"], "path": path, "timestamp": spec["timestamp"],
-              "schema": dict(spec["schema"]), "format": file_format}
+              "schema": dict(spec["schema"]), "format": file_format, "id": spec.get("id")}
     if spec["kind"] == "event":
         return EventSource(**common, arrival=spec.get("arrival"))
     if spec["kind"] == "table":
-        return TableSource(**common, created=spec.get("created"))
+        return TableSource(**common, created=spec.get("created"), deleted=spec.get("deleted"))
     raise DefinitionError(f"registered source kind {spec['kind']!r} is unknown",
                           fix="upgrade closedloop to read this metadata store")

@@ -22,13 +22,13 @@ from types import ModuleType
 from typing import Any
 
 from closedloop.backends.base import RegisteredDefinition
-from closedloop.data.sources import Entity, EventSource, Source, TableSource
+from closedloop.data.sources import AnySource, Entity, EventSource, LabelSource, TableSource
 from closedloop.errors import DefinitionError, UnknownFeatureError
 from closedloop.features.definitions import FeatureView, Transform
 
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]+))?\.([A-Za-z_][A-Za-z0-9_]*)$")
 
-Definition = Entity | EventSource | TableSource | FeatureView | Transform
+Definition = Entity | EventSource | TableSource | LabelSource | FeatureView | Transform
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Catalog:
 
     def __init__(self, definitions: Iterable[Any]) -> None:
         self.entities: dict[str, Entity] = {}
-        self.sources: dict[str, Source] = {}
+        self.sources: dict[str, AnySource] = {}
         self.views: dict[tuple[str, int], FeatureView] = {}
         self.transforms: dict[str, Transform] = {}
         for item in definitions:
@@ -87,13 +87,14 @@ class Catalog:
     def from_module(cls, module: ModuleType) -> Catalog:
         """Collect every definition a module defines at its top level."""
         found = [v for v in vars(module).values()
-                 if isinstance(v, Entity | EventSource | TableSource | FeatureView | Transform)]
+                 if isinstance(v, Entity | EventSource | TableSource | LabelSource | FeatureView
+                                  | Transform)]
         return cls(found)
 
     def _add(self, item: Any) -> None:
         if isinstance(item, Entity):
             self._unique(self.entities, item.name, item, "entity")
-        elif isinstance(item, EventSource | TableSource):
+        elif isinstance(item, EventSource | TableSource | LabelSource):
             self._unique(self.sources, item.name, item, "source")
         elif isinstance(item, FeatureView):
             key = (item.name, item.version)
@@ -106,8 +107,8 @@ class Catalog:
             self._unique(self.transforms, item.name, item, "transform")
         else:
             raise DefinitionError(f"{item!r} is not a closedloop definition",
-                                  fix="pass Entity, EventSource, TableSource, FeatureView or "
-                                      "Transform objects")
+                                  fix="pass Entity, EventSource, TableSource, LabelSource, "
+                                      "FeatureView or Transform objects")
 
     @staticmethod
     def _unique(table: dict[str, Any], name: str, item: Any, kind: str) -> None:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 
+from closedloop.data.instants import format_duration, parse_duration
 from closedloop.data.sources import (
     Entity,
     EventSource,
@@ -35,12 +35,7 @@ from closedloop.data.sources import (
     source_from_spec,
 )
 from closedloop.errors import DefinitionError
-from closedloop.features.windows import format_duration, hop_for, parse_duration, parse_window
-
-#: The Arrow type of each logical type, for values crossing into Arrow.
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
-    "timestamp": pa.timestamp("us", tz="UTC")}
+from closedloop.features.windows import hop_for, parse_window
 
 AggFn = Literal["sum", "count", "mean", "min", "max", "last", "stddev"]
 AGG_FNS: tuple[str, ...] = ("sum", "count", "mean", "min", "max", "last", "stddev")

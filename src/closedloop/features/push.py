@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
-from closedloop.data.sources import Source
+from closedloop.data.sources import ARROW_TYPES, AnySource
 from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
-from closedloop.features.definitions import ARROW_TYPES, FeatureView
+from closedloop.features.definitions import FeatureView
 from closedloop.features.online import (
     decode,
     encode,
@@ -49,7 +49,8 @@ class PushReport:
     pending: int = 0
 
 
-def prepare(source: Source, views: Sequence[FeatureView], rows: pa.Table, now: int) -> pa.Table:
+def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
+            now: int) -> pa.Table:
     """Check pushed rows against the source and its views; stamp arrival when it is absent."""
     if rows.num_rows == 0:
         raise DataError(f"nothing to push to {source.name!r}", fix="push at least one row")
@@ -108,8 +109,8 @@ def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any], int]],
     return [*(best or [None, False, 0, None]), sorted(later, key=lambda p: (p[0], p[1]))]
 
 
-def push(source: Source, views: Sequence[FeatureView], rows: pa.Table, engine: OfflineEngine,
-         store: OnlineStore, now: int) -> PushReport:
+def push(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
+         engine: OfflineEngine, store: OnlineStore, now: int) -> PushReport:
     table = prepare(source, views, rows, now)
     engine.append(source, table)                # durable first: the log is the truth
     lists: dict[str, list[Any]] = {}
@@ -182,7 +183,7 @@ class BackgroundCompactor:
         self._running: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
-    def pushed(self, source: Source) -> None:
+    def pushed(self, source: AnySource) -> None:
         with self._lock:
             count = self._counts.get(source.name, 0) + 1
             if count < self.every or source.name in self._running:
@@ -194,7 +195,7 @@ class BackgroundCompactor:
             self._running[source.name] = thread
         thread.start()
 
-    def _run(self, source: Source) -> None:
+    def _run(self, source: AnySource) -> None:
         try:
             self.engine.compact(source, self.small_rows)
         except ClosedLoopError as exc:         # the log is unchanged; the next run retries

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,17 +11,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
-from closedloop.data.instants import to_micros
+from closedloop.data.instants import instant_micros, now_micros, to_micros
+from closedloop.data.sources import ARROW_TYPES
 from closedloop.errors import (
     ConfigError,
     DataError,
-    PointInTimeError,
     SchemaMismatch,
     UnknownFeatureError,
 )
 from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
-from closedloop.features.definitions import ARROW_TYPES, FeatureView, Transform
+from closedloop.features.definitions import FeatureView, Transform
 from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
 from closedloop.features.push import BackgroundCompactor, PushReport
@@ -62,10 +61,6 @@ def _timestamp_column(table: pa.Table, timestamp: str | None) -> str:
 _OnlinePlan = tuple[Resolution, list[ViewReader], dict[str, pa.DataType]]
 
 
-def now_micros() -> int:
-    return time.time_ns() // 1000
-
-
 class FeatureService:
     """Training sets, materialization and online vectors: ``project.features``."""
 
@@ -98,7 +93,7 @@ class FeatureService:
         Incremental (only entities with rows that became visible since the last run), late-data
         aware and idempotent; see ``closedloop.features.materialize``.
         """
-        t = now_micros() if at is None else _instant(at)
+        t = now_micros() if at is None else instant_micros(at)
         chosen = [v for v in self.catalog.views.values()
                   if views is None or v.name in views or f"{v.name}@{v.version}" in views]
         if views is not None and not chosen:
@@ -124,7 +119,7 @@ class FeatureService:
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
         resolution, readers, types = plan
-        t = now_micros() if at is None else _instant(at)
+        t = now_micros() if at is None else instant_micros(at)
         raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
         vectors: list[dict[str, Any]] = []
         missing: list[tuple[str, ...]] = []
@@ -195,7 +190,7 @@ class FeatureService:
                                       fix=f"sources: {sorted(self.catalog.sources)}")
         src = self.catalog.sources[source]
         views = [v for v in self.catalog.views.values() if v.source.name == source]
-        t = now_micros() if at is None else _instant(at)
+        t = now_micros() if at is None else instant_micros(at)
         report = push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
         self._compactor.pushed(src)           # every so many pushes, merge their parts
         return report
@@ -339,10 +334,3 @@ def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
     """Served values as the numpy array training would have given the transform (typed, so
     that a missing float is NaN there as here)."""
     return pa.array(values, type=arrow_type, from_pandas=True).to_numpy(zero_copy_only=False)
-
-
-def _instant(at: datetime) -> int:
-    if not isinstance(at, datetime) or at.tzinfo is None:
-        raise PointInTimeError(f"time {at!r} is naive or not a datetime",
-                               fix="pass a timezone-aware datetime, e.g. datetime.now(UTC)")
-    return int(at.timestamp()) * 1_000_000 + at.microsecond

@@ -16,18 +16,15 @@ True
 
 from __future__ import annotations
 
-import re
-
+from closedloop.data.instants import (  # noqa: F401 - the units, for this module's users
+    DAY,
+    HOUR,
+    MINUTE,
+    SECOND,
+    WEEK,
+    parse_duration,
+)
 from closedloop.errors import DefinitionError
-
-SECOND = 1_000_000
-MINUTE = 60 * SECOND
-HOUR = 60 * MINUTE
-DAY = 24 * HOUR
-WEEK = 7 * DAY
-
-_UNITS = {"s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 
 #: The hops a window may be tiled by, from finest to coarsest.
 HOPS = (SECOND, 10 * SECOND, MINUTE, 5 * MINUTE, HOUR, DAY)
@@ -36,28 +33,6 @@ HOPS = (SECOND, 10 * SECOND, MINUTE, 5 * MINUTE, HOUR, DAY)
 MIN_HOPS_PER_WINDOW = 12
 
 MAX_WINDOW = 366 * DAY
-
-
-def parse_duration(text: object, *, what: str = "duration") -> int:
-    """Parse ``"30s"``, ``"5m"``, ``"1h"``, ``"30d"``, ``"2w"`` into microseconds."""
-    if not isinstance(text, str):
-        raise DefinitionError(f"{what} {text!r} is not a string",
-                              fix="write durations like '30s', '5m', '1h', '30d', '2w'")
-    match = _DURATION.match(text)
-    if match is None or int(match.group(1)) == 0:
-        raise DefinitionError(f"{what} {text!r} does not parse",
-                              fix="write a positive whole number and a unit s, m, h, d or w, "
-                                  "e.g. '30s', '5m', '1h', '30d'")
-    return int(match.group(1)) * _UNITS[match.group(2)]
-
-
-def format_duration(micros: int) -> str:
-    """The shortest exact spelling of a duration: ``format_duration(HOUR) == '1h'``."""
-    for unit in ("w", "d", "h", "m", "s"):
-        size = _UNITS[unit]
-        if micros % size == 0:
-            return f"{micros // size}{unit}"
-    return f"{micros}us"
 
 
 def parse_window(text: object) -> int:
