@@ -20,7 +20,7 @@ def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
     for command in ("init", "apply", "features", "training-set", "backfill", "materialize",
-                    "online", "push", "consistency", "demo"):
+                    "online", "push", "consistency", "demo", "ingest", "quarantine"):
         assert command in result.stdout
 
 
@@ -106,3 +106,26 @@ v = cl.FeatureView("v", entity=user, source=src, aggregations=[cl.Agg("x", "sum"
     bad = run("push", "nope", str(events), "-p", str(root))
     assert bad.returncode == 2
     assert "nope" in bad.stderr
+
+
+def test_ingest_prints_the_summary_and_quarantine_shows_the_refused_rows(tmp_path: Path) -> None:
+    root = tmp_path / "proj"
+    assert run("init", str(root)).returncode == 0
+    (root / "definitions.py").write_text('''
+import closedloop as cl
+ev = cl.EventSource("ev", path="landing/ev", timestamp="ts", id="id", schema={"x": float})
+''')
+    (tmp_path / "ev.csv").write_text("id,x,ts\na,1.5,2026-01-01T00:00:00Z\nb,oops,"
+                                     "2026-01-01T00:00:00Z\n")
+    first = run("ingest", "ev", str(tmp_path / "ev.csv"), "-p", str(root))
+    assert first.returncode == 0, first.stderr
+    assert "1 accepted, 0 duplicates, 1 quarantined (1 x: not a float64)" in first.stdout
+    again = run("ingest", "ev", str(tmp_path / "ev.csv"), "-p", str(root))
+    assert "0 accepted, 1 duplicates, 1 quarantined" in again.stdout
+    shown = run("quarantine", "ev", "-p", str(root))
+    assert shown.returncode == 0
+    assert "x: not a float64" in shown.stdout
+    assert "oops" in shown.stdout
+    bad = run("ingest", "ev", str(tmp_path / "missing.parquet"), "-p", str(root))
+    assert bad.returncode == 2
+    assert "does not exist" in bad.stderr

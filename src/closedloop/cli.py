@@ -191,6 +191,60 @@ def _when(text: str | None) -> datetime | None:
 
 
 @app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="The source the rows belong to.")],
+    files: Annotated[list[Path], typer.Argument(help="Parquet, CSV or JSON-lines files "
+                                                     "(one batch: all of them or none).")],
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet, csv or jsonl (default: "
+                                                             "from each file's name).")] = None,
+    at: Annotated[str | None, typer.Option(help="The arrival instant to stamp (default: "
+                                                "now).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Ingest files into a source's store: each row checked against the declared schema,
+    stamped with its arrival, deduplicated by the source's id (or the whole row) against the
+    batch and everything held, so ingesting a file twice changes nothing. Rows that fail go to
+    the quarantine with their reason and payload (`closedloop quarantine SOURCE`); a file that
+    cannot be read, or lacks a required column, stops the batch with nothing written."""
+    if fmt is not None and fmt not in ("parquet", "csv", "jsonl"):
+        console.print(f"[bold red]error[/] --format {fmt!r}: use parquet, csv or jsonl")
+        raise typer.Exit(2)
+    with _errors(), _open(project) as p, _progress() as bar:
+        task = bar.add_task(f"ingesting into {source}", total=None)
+        report = p.data.ingest(source, files, at=_when(at), format=fmt,
+                               progress=_stepper(bar, task))
+    out.print(report.summary(), soft_wrap=True)
+    if report.ignored_columns:
+        out.print(f"not declared by {source}, so not kept: {', '.join(report.ignored_columns)}")
+    if report.quarantined:
+        out.print(f"see them with: closedloop quarantine {source}")
+
+
+@app.command()
+def quarantine(
+    source: Annotated[str | None, typer.Argument(help="The source (default: all).")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Rows to show.")] = 20,
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write every row to this Parquet file.")
+                      ] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Show the rows ingestion refused: source, file, row, reason and the original payload."""
+    with _errors(), _open(project) as p:
+        table = p.data.quarantine(source)
+    if output is not None:
+        pq.write_table(table, output)
+        out.print(f"{table.num_rows:,} quarantined rows written to {output}")
+        return
+    view = Table("source", "file", "row", "reason", "payload", title=f"{table.num_rows:,} "
+                 "quarantined rows")
+    for r in table.slice(0, limit).to_pylist():
+        view.add_row(r["source"], Path(r["file"]).name, str(r["row"]), r["reason"],
+                     r["payload"][:80])
+    out.print(view)
+
+
+@app.command()
 def materialize(
     view: Annotated[list[str] | None, typer.Argument(help="Views (default: all).")] = None,
     at: Annotated[str | None, typer.Option(help="As of this instant (default: now).")] = None,

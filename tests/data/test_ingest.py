@@ -149,6 +149,9 @@ def test_bad_csv_rows_go_to_the_quarantine_with_reason_and_payload(
     assert payload["txn_id"] == "t2"
     assert payload["amount"] == "abc"
     assert by_reason["row does not parse"]["payload"] == "t10,u1,2.0"
+    assert by_reason["row does not parse"]["row"] == 11                  # its line
+    assert by_reason["flag: not a bool"]["row"] == 10
+    assert by_reason["amount: not a float64"]["row"] == 3
     held = project.data.read("txns").sort_by("txn_id").to_pylist()
     assert [r["txn_id"] for r in held] == ["t1", "t11"]
     assert held[1]["event_time"] == datetime(2026, 3, 1, 9, tzinfo=UTC)
@@ -169,6 +172,8 @@ def test_json_lines_are_ingested_and_bad_lines_quarantined(project: cl.Project,
     (tmp_path / "x.jsonl").write_text("\n".join(text) + "\n")
     report = project.data.ingest("txns", tmp_path / "x.jsonl", at=AT)
     assert (report.accepted, report.quarantined) == (1, 3)
+    q = {r["reason"]: r["row"] for r in project.data.quarantine("txns").to_pylist()}
+    assert q["amount: not a float64"] == 2
     row = project.data.read("txns").to_pylist()[0]
     assert row["amount"] == 3.0
     assert row["flag"] is True

@@ -161,7 +161,22 @@ def _required(source: AnySource, not_null: Sequence[str]) -> list[str]:
 class _File:
     path: Path
     table: pa.Table                          # as read: CSV columns as strings
-    ragged: list[tuple[int, str]]            # CSV rows that did not parse: (line, text)
+    ragged: list[tuple[int, str]]            # rows that did not parse: (line, text)
+    lines: list[int] | None = None           # JSON lines: each row's line in the file
+    header: int = 0                          # CSV: lines before the first row
+
+    def row_number(self, index: int) -> int:
+        """Where the row at ``index`` is in the file, as people count: its line for CSV and
+        JSON lines, its 1-based position for Parquet."""
+        if self.lines is not None:
+            return self.lines[index]
+        if not self.header:
+            return index + 1
+        line = index + self.header + 1
+        for skipped, _ in sorted(self.ragged):      # every unparsed line before it shifts it
+            if skipped <= line:
+                line += 1
+        return line
 
 
 def _read(path: Path, fmt: FileFormat, declared: dict[str, LogicalType]) -> _File:
@@ -192,15 +207,18 @@ def _read_csv(path: Path, declared: dict[str, LogicalType]) -> _File:
         return "skip"
 
     # Every declared column as text: converting it is ours to do, row by row.
+    # One thread, so that a row that does not parse is reported with its line number.
     table = pacsv.read_csv(
-        path, parse_options=pacsv.ParseOptions(invalid_row_handler=bad_row),
+        path, read_options=pacsv.ReadOptions(use_threads=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=bad_row),
         convert_options=pacsv.ConvertOptions(
             column_types={c: pa.string() for c in declared}, strings_can_be_null=True))
-    return _File(path, table, ragged)
+    return _File(path, table, ragged, header=1)
 
 
 def _read_jsonl(path: Path, declared: dict[str, LogicalType]) -> _File:
     rows: list[dict[str, Any]] = []
+    lines: list[int] = []
     ragged: list[tuple[int, str]] = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
@@ -215,6 +233,7 @@ def _read_jsonl(path: Path, declared: dict[str, LogicalType]) -> _File:
                 ragged.append((number, line.rstrip("\n")))
                 continue
             rows.append(value)
+            lines.append(number)
     names = list(dict.fromkeys(k for r in rows for k in r))
     columns: dict[str, pa.Array] = {}
     for name in names:
@@ -226,7 +245,7 @@ def _read_jsonl(path: Path, declared: dict[str, LogicalType]) -> _File:
             columns[name] = pa.array(values, pa.string())
         else:
             columns[name] = _python_column(values)
-    return _File(path, pa.table(columns) if columns else pa.table({}), ragged)
+    return _File(path, pa.table(columns) if columns else pa.table({}), ragged, lines=lines)
 
 
 def _python_column(values: list[Any]) -> pa.Array:
@@ -384,7 +403,7 @@ def ingest(source: AnySource, files: Sequence[str | Path], writer: Writer,
         if rejects.mask.any():
             rows = np.flatnonzero(rejects.mask)
             for row, payload in zip(rows, _payloads(f.table, rows), strict=True):
-                bad.append({"file": str(path), "row": int(row) + 1,
+                bad.append({"file": str(path), "row": f.row_number(int(row)),
                             "reason": rejects.texts[rejects.reason[row]], "payload": payload})
             table = table.filter(pa.array(~rejects.mask))
         accepted.append(table)
@@ -419,7 +438,8 @@ _QUARANTINE_SCHEMA = pa.schema([
 
 class QuarantineStore:
     """Rows that failed validation, kept as Parquet under ``folder/<source>/``: the source, the
-    file and row they came from, the reason, and the original payload (JSON, or the raw text of
+    file and row they came from (the line for CSV and JSON lines, the 1-based position for
+    Parquet), the reason, and the original payload (JSON, or the raw text of
     a row that did not parse). Each batch's rejects are one file named by their content, so
     ingesting a file again does not quarantine its bad rows twice.
 
