@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_api_is_curated() -> None:
     assert sorted(cl.__all__) == sorted([
-        "Agg", "ClosedLoopError", "Entity", "EventSource", "FeatureView", "Project",
+        "Agg", "ClosedLoopError", "Entity", "EventSource", "FeatureView", "LabelSource", "Project",
         "TableSource", "Transform", "init_project", "transform"])
     for name in cl.__all__:
         assert getattr(cl, name) is not None

@@ -5,7 +5,7 @@
 ['Agg', 'ClosedLoopError', 'Entity']
 """
 
-from closedloop.data.sources import Entity, EventSource, TableSource
+from closedloop.data.sources import Entity, EventSource, LabelSource, TableSource
 from closedloop.errors import ClosedLoopError
 from closedloop.features.definitions import Agg, FeatureView, Transform, transform
 from closedloop.project import Project, init_project
@@ -18,6 +18,7 @@ __all__ = [
     "Entity",
     "EventSource",
     "FeatureView",
+    "LabelSource",
     "Project",
     "TableSource",
     "Transform",

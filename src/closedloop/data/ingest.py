@@ -43,6 +43,9 @@ from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
 
 #: The column every ingested row carries: the instant it was ingested (UTC).
 INGESTED_AT = "_ingested_at"
+#: Label rows may carry where they came from (``human:majority``, ``weak:dawid-skene``…) and
+#: how sure their strategy was.
+PROVENANCE, CONFIDENCE = "provenance", "confidence"
 
 FileFormat = Literal["parquet", "csv", "jsonl"]
 Progress = Callable[[int, int, str], None]
@@ -50,11 +53,15 @@ Progress = Callable[[int, int, str], None]
 _CHUNK = 65_536
 
 
-class Writer(Protocol):
-    """What ingestion writes through: the offline engine's two writes (``OfflineEngine``)."""
+class SourceStore(Protocol):
+    """What the data stage needs of the offline engine (``backends.base.OfflineEngine``,
+    which the data stage may not import: it speaks of feature views): append a source's
+    rows, read them back."""
 
     def append(self, source: AnySource, rows: pa.Table,
                unique: Sequence[str] | None = None) -> int: ...
+
+    def read(self, source: AnySource, columns: Sequence[str] | None = None) -> pa.Table: ...
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,9 @@ def _declared(source: AnySource) -> dict[str, LogicalType]:
         types.setdefault(source.subject, "string")
     if source.id is not None:
         types.setdefault(source.id, "string")
+    if isinstance(source, LabelSource):
+        types.setdefault(PROVENANCE, "string")
+        types.setdefault(CONFIDENCE, "float64")
     return types
 
 
@@ -197,6 +207,16 @@ def _read(path: Path, fmt: FileFormat, declared: dict[str, LogicalType]) -> _Fil
                 "csv": "readable CSV", "jsonl": "readable JSON lines"}[fmt]
         raise DataError(f"{str(path)!r} is not {what}: {exc}",
                         fix="check the file; nothing was ingested") from exc
+
+
+def read_table(path: Path, fmt: FileFormat | None = None) -> pa.Table:
+    """A Parquet, CSV or JSON-lines file as an Arrow table, types as the file gives them."""
+    f = _read(path, fmt or file_format(path), {})
+    if f.ragged:
+        line, text = f.ragged[0]
+        raise DataError(f"{str(path)!r} line {line} does not parse: {text[:80]!r}",
+                        fix="fix or drop the line")
+    return f.table
 
 
 def _read_csv(path: Path, declared: dict[str, LogicalType]) -> _File:
@@ -376,7 +396,7 @@ def _payloads(table: pa.Table, rows: np.ndarray[Any, Any]) -> list[str]:
 
 
 # -- the batch --------------------------------------------------------------------------------
-def ingest(source: AnySource, files: Sequence[str | Path], writer: Writer,
+def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: SourceStore,
            quarantine: QuarantineStore, *, now: int, not_null: Sequence[str] = (),
            file_format_: FileFormat | None = None, progress: Progress | None = None,
            ) -> IngestReport:
@@ -384,16 +404,22 @@ def ingest(source: AnySource, files: Sequence[str | Path], writer: Writer,
     started = time.perf_counter()
     if not files:
         raise DataError(f"nothing to ingest into {source.name!r}", fix="pass at least one file")
-    paths = [Path(f) for f in files]
     declared = _declared(source)
     accepted: list[pa.Table] = []
     bad: list[dict[str, Any]] = []
     ignored: list[str] = []
     read_rows = 0
-    for i, path in enumerate(paths):
-        if progress:
-            progress(i, len(paths) + 1, f"reading {path.name}")
-        f = _read(path, file_format_ or file_format(path), declared)
+    names = []
+    for i, item in enumerate(files):
+        if isinstance(item, pa.Table):               # rows already in memory: a table
+            f = _File(Path(f"<table {i}>"), item, [])
+        else:
+            path = Path(item)
+            if progress:
+                progress(i, len(files) + 1, f"reading {path.name}")
+            f = _read(path, file_format_ or file_format(path), declared)
+        path = f.path
+        names.append(str(path))
         read_rows += f.table.num_rows + len(f.ragged)
         for line, text in f.ragged:
             bad.append({"file": str(path), "row": line, "reason": "row does not parse",
@@ -411,7 +437,7 @@ def ingest(source: AnySource, files: Sequence[str | Path], writer: Writer,
     unique = [source.id] if source.id else [c for c in batch.column_names if c != INGESTED_AT
                                             and c not in _stamped(source)]
     if progress:
-        progress(len(paths), len(paths) + 1, f"writing {batch.num_rows:,} rows")
+        progress(len(files), len(files) + 1, f"writing {batch.num_rows:,} rows")
     # Quarantine first: a kill between the two writes leaves the batch to rerun, and the
     # rerun writes the same quarantine file (named by its content) again.
     if bad:
@@ -422,8 +448,8 @@ def ingest(source: AnySource, files: Sequence[str | Path], writer: Writer,
     for b in bad:
         counts[b["reason"]] = counts.get(b["reason"], 0) + 1
     if progress:
-        progress(len(paths) + 1, len(paths) + 1, "done")
-    return IngestReport(source.name, tuple(str(p) for p in paths), read_rows, appended,
+        progress(len(files) + 1, len(files) + 1, "done")
+    return IngestReport(source.name, tuple(names), read_rows, appended,
                         duplicates, len(bad),
                         tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
                         tuple(ignored), time.perf_counter() - started)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -12,10 +12,12 @@ import pyarrow.compute as pc
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
 from closedloop.data.instants import instant_micros, now_micros, to_micros
-from closedloop.data.sources import ARROW_TYPES
+from closedloop.data.labels import mature
+from closedloop.data.sources import ARROW_TYPES, LabelSource
 from closedloop.errors import (
     ConfigError,
     DataError,
+    DefinitionError,
     SchemaMismatch,
     UnknownFeatureError,
 )
@@ -214,15 +216,23 @@ class FeatureService:
         return consistency_report(self, self.log.read())
 
     def training_set(self, entity_rows: Any, features: Sequence[str], *,
-                     timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:
+                     timestamp: str | None = None, labels: str | None = None,
+                     cutoff: datetime | None = None, subject: str | None = None,
+                     progress: Progress | None = None) -> pa.Table:
         """Every requested feature as known at each row's timestamp, beside the row's columns.
 
         Row order and count are preserved; a missing value is the declared default or null.
+        With ``labels`` (a LabelSource's name), only the rows whose label window had closed by
+        ``cutoff`` (default: now) are kept, each with the label known at ``cutoff`` — never a
+        label settled later, never an open window counted as a negative.
         """
         table = _as_table(entity_rows)
         resolution = self.catalog.resolve(list(features))
         if table.num_rows == 0:
             raise DataError("the entity table is empty", fix="pass at least one row")
+        if labels is not None:
+            timestamp = _timestamp_column(table, timestamp)   # before the label's own times
+            table = self._matured(table, labels, cutoff, subject, timestamp)
         clash = [r for r in resolution.requested if r in table.column_names]
         if clash:
             raise SchemaMismatch(f"entity rows already have columns named {clash}",
@@ -232,6 +242,26 @@ class FeatureService:
         for ref in resolution.requested:
             out = out.append_column(ref, values[resolution.columns[ref]])
         return out
+
+    def _matured(self, table: pa.Table, labels: str, cutoff: datetime | None,
+                 subject: str | None, timestamp: str | None) -> pa.Table:
+        source = self.catalog.sources.get(labels)
+        if not isinstance(source, LabelSource):
+            known = sorted(n for n, s in self.catalog.sources.items()
+                           if isinstance(s, LabelSource))
+            raise DefinitionError(f"there is no label source {labels!r}",
+                                  fix=f"the label sources are {known}")
+        when = cutoff or datetime.now(UTC)
+        held = self.engine.read(source, [source.subject, source.timestamp, source.label,
+                                         source.settled_at])
+        rows, report = mature(table, held, source, when, subject=subject, timestamp=timestamp)
+        if rows.num_rows == 0:
+            raise DataError(
+                f"no row has a matured label from {labels!r} at {when:%Y-%m-%d %H:%M}: "
+                f"{report.maturing:,} of {report.rows:,} rows are still inside their "
+                f"{source.max_delay} label window, {report.unlabelled:,} have no label",
+                fix="train on older rows, or with a later cutoff")
+        return rows
 
     def backfill(self, training_set: Any, features: Sequence[str], *,
                  timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:
