@@ -41,11 +41,13 @@ def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
     if not view.aggregations:
         def order(r: dict[str, Any]) -> tuple[Any, ...]:
             return (r[src.timestamp], _low(r[tie] if tie else None),
-                    *(_low(r[c]) for c in view.features))
+                    *(_low(r[c]) for c in view.row_columns))
         best = max(rows, key=order) if rows else None
         ttl = view.ttl_micros
         if best is not None and ttl is not None and t - best[src.timestamp] > ttl:
             best = None
+        if best is not None and view.deleted_column and best[view.deleted_column]:
+            best = None                                  # the latest change was a delete
         for f in view.features:
             value = None if best is None else best[f]
             out[f] = view.default(f) if value is None else value

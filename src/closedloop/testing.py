@@ -64,8 +64,9 @@ def _aggs(path: str, fns: tuple[str, ...], windows: tuple[str, ...] = ("1h",),
 
 
 def _snapshot(path: str, ttl: str | None = None, created: bool = True,
-              defaults: dict[str, Any] | None = None) -> FeatureView:
+              defaults: dict[str, Any] | None = None, deleted: bool = False) -> FeatureView:
     src = TableSource("tab", path=path, timestamp="ts", created="created" if created else None,
+                      deleted="deleted" if deleted else None,
                       schema={"user_id": str, "spend": float, "tier": str})
     return FeatureView("s", entity=_user, source=src, features=["spend", "tier"], ttl=ttl,
                        defaults=defaults or {})
@@ -80,6 +81,11 @@ def semantic_cases() -> list[SemanticCase]:
     def snap(t: datetime, spend: float | None, tier: str | None, created: datetime,
              user: str = "a") -> dict[str, Any]:
         return {"user_id": user, "ts": t, "created": created, "spend": spend, "tier": tier}
+
+    def change(t: datetime, spend: float | None, deleted: bool | None, user: str = "a",
+               created: datetime | None = None) -> dict[str, Any]:
+        return {**snap(t, spend, None if spend is None else "t", created or t, user),
+                "deleted": deleted}
 
     # A 1h window has a 5m hop: at 10:07 it starts at 10:05 - 1h = 09:05, inclusive.
     boundary = [ev(at(9, 4, 59, 999_999), 1), ev(at(9, 5), 2), ev(at(10, 7), 4),
@@ -152,6 +158,19 @@ def semantic_cases() -> list[SemanticCase]:
             [("a", at(4, 59)), ("a", at(5)), ("a", at(-1))],
             [{"spend": 1.0, "tier": "a"}, {"spend": 2.0, "tier": "b"},
              {"spend": None, "tier": None}]),
+        SemanticCase(
+            "cdc_deletes", "a delete ends the entity's state from its change time until a "
+            "later upsert; at the same change time the delete wins; a null flag is an upsert",
+            [change(at(0), 1, False), change(at(2), None, True), change(at(4), 3, None),
+             change(at(1), 5, False, user="b"), change(at(1), 6, True, user="b"),
+             change(at(0), 7, False, user="c", created=at(0, 5)),
+             change(at(0), None, True, user="c", created=at(0, 1))],
+            lambda p: _snapshot(p, deleted=True, defaults={"tier": "gone"}),
+            [("a", at(1)), ("a", at(2)), ("a", at(3, 59)), ("a", at(4)), ("b", at(1)),
+             ("c", at(1))],
+            [{"spend": 1.0, "tier": "t"}, {"spend": None, "tier": "gone"},
+             {"spend": None, "tier": "gone"}, {"spend": 3.0, "tier": "t"},
+             {"spend": None, "tier": "gone"}, {"spend": 7.0, "tier": "t"}]),
         SemanticCase(
             "snapshot_arrival", "event-source snapshots respect arrival: an unarrived newer "
             "row leaves the older one showing",

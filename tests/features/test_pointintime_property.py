@@ -41,6 +41,7 @@ snapshots = st.lists(st.fixed_dictionaries({
     "user_id": st.sampled_from(KEYS), "ts": times,
     "created_lag": st.sampled_from([0, MIN, 5 * MIN]),
     "spend": values, "tier": st.none() | st.sampled_from(["x", "y"]),
+    "deleted": st.sampled_from([False, False, False, True, None]),   # CDC: some are deletes
 }), min_size=0, max_size=25)
 queries = st.lists(st.tuples(st.sampled_from([*KEYS, "zz"]), times), min_size=1, max_size=20)
 
@@ -79,8 +80,10 @@ def write_history(folder: str, evs: list[dict[str, Any]], snaps: list[dict[str, 
                 "amount": e["amount"]} for e in evs] or [
         {"user_id": "nobody", "ts": T0, "arrival": T0, "amount": None}]
     snap_rows = [{"user_id": s["user_id"], "ts": s["ts"], "created": s["ts"] + s["created_lag"],
-                  "spend": s["spend"], "tier": s["tier"]} for s in snaps] or [
-        {"user_id": "nobody", "ts": T0, "created": T0, "spend": None, "tier": None}]
+                  "spend": s["spend"], "tier": s["tier"], "deleted": s["deleted"]}
+                 for s in snaps] or [
+        {"user_id": "nobody", "ts": T0, "created": T0, "spend": None, "tier": None,
+         "deleted": False}]
     ev_path, snap_path = Path(folder) / "ev.parquet", Path(folder) / "snap.parquet"
     pq.write_table(pa.table({
         "user_id": [r["user_id"] for r in ev_rows], "ts": _ts([r["ts"] for r in ev_rows]),
@@ -91,12 +94,14 @@ def write_history(folder: str, evs: list[dict[str, Any]], snaps: list[dict[str, 
         "ts": _ts([r["ts"] for r in snap_rows]),
         "created": _ts([r["created"] for r in snap_rows]),
         "spend": pa.array([r["spend"] for r in snap_rows], pa.float64()),
-        "tier": pa.array([r["tier"] for r in snap_rows], pa.string())}), snap_path)
+        "tier": pa.array([r["tier"] for r in snap_rows], pa.string()),
+        "deleted": pa.array([r["deleted"] for r in snap_rows], pa.bool_())}), snap_path)
     user = cl.Entity("user", key="user_id")
     ev_src = cl.EventSource("ev", path=str(ev_path), timestamp="ts",
                             arrival="arrival" if use_arrival else None,
                             schema={"user_id": str, "amount": float})
     tab_src = cl.TableSource("tab", path=str(snap_path), timestamp="ts", created="created",
+                             deleted="deleted",
                              schema={"user_id": str, "spend": float, "tier": str})
     windowed = cl.FeatureView("w", entity=user, source=ev_src, aggregations=[
         cl.Agg("amount", fn, windows=["10m", "1h", "1d"])

@@ -38,7 +38,8 @@ class OfflineEngine(Protocol):
 
     def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
         """Per entity (``key`` as a string), the snapshot row visible at ``at``: ``et``,
-        ``tie``, then the view's features; only entities with a row that became visible in
+        ``tie``, then the view's ``row_columns`` (its source's delete flag, if it has one, then
+        its features); only entities with a row that became visible in
         (``since``, ``at``] when ``since`` is given."""
         ...
 

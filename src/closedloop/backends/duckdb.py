@@ -285,7 +285,8 @@ class DuckDBEngine:
                       features: Sequence[str]) -> pa.Table:
         source = view.source
         key_type = view.entity.spec()["dtype"]
-        needed = [w.column for w in view.windowed if w.name in features] or list(features)
+        needed = ([w.column for w in view.windowed if w.name in features] if view.aggregations
+                  else list(view.row_columns))
         self.check_source(source, view.entity.key, key_type, sorted(set(needed)))
         if view.aggregations:
             wanted = [w for w in view.windowed if w.name in features]
@@ -333,10 +334,12 @@ class DuckDBEngine:
                 f"WHERE {_q(view.entity.key)} IS NOT NULL AND {_q(source.timestamp)} IS NOT NULL")
 
     def _snapshot_sql(self, view: FeatureView, features: list[str]) -> str:
-        all_cols = list(view.features)  # the tie rule orders by every column of the view
+        all_cols = list(view.row_columns)  # the tie rule orders by every column of the row
         ttl = view.ttl_micros
+        flag = view.deleted_column
         keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in all_cols)]
-        payload = ", ".join(f"{_q('f_' + c)} := {_q(c)}" for c in features)
+        payload = ", ".join(f"{_q('f_' + c)} := {_q(c)}"
+                            for c in ([flag] if flag else []) + list(features))
         src = self._source_cte(view, all_cols)
         if view.source.visibility_column is None:
             # ASOF on the narrow (key, event time) pairs finds the latest event time at or
@@ -355,6 +358,8 @@ class DuckDBEngine:
                     f"struct_pack({order})) AS b FROM ({matched}) m LEFT JOIN ({src}) s "
                     f"ON s.__k = m.{ROW_KEY} AND s.__et = m.__et GROUP BY m.{ROW_ID}")
             keep = "TRUE" if ttl is None else f"{ROW_TS} - __et <= {ttl}"
+            if flag:                               # the latest row is a delete: no state
+                keep += f" AND b.{_q('f_' + flag)} IS NOT TRUE"
             outs = ", ".join(f"CASE WHEN {keep} THEN b.{_q('f_' + c)} END AS {_q(c)}"
                              for c in features)
             return f"SELECT {ROW_ID}, {outs} FROM ({best}) ORDER BY {ROW_ID}"
@@ -364,6 +369,8 @@ class DuckDBEngine:
                   f"{payload}), struct_pack({order})) OVER (PARTITION BY __k ORDER BY __v "
                   f"RANGE UNBOUNDED PRECEDING) AS b FROM ({src})")
         keep = "TRUE" if ttl is None else f"r.{ROW_TS} - l.b.et <= {ttl}"
+        if flag:
+            keep += f" AND l.b.{_q('f_' + flag)} IS NOT TRUE"
         outs = ", ".join(f"CASE WHEN {keep} THEN l.b.{_q('f_' + c)} END AS {_q(c)}"
                          for c in features)
         return (f"SELECT r.{ROW_ID}, {outs} FROM __rows r ASOF LEFT JOIN ({latest}) l "
@@ -522,7 +529,7 @@ class DuckDBEngine:
     def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
         """Per entity, the snapshot row visible at ``at`` (for entities with rows that became
         visible after ``since``, when given): key, event time, tie, then the features."""
-        cols = list(view.features)
+        cols = list(view.row_columns)
         self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"], cols)
         keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in cols)]
         order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))

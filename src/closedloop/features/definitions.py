@@ -170,6 +170,18 @@ class FeatureView:
         return tuple(out for agg in self.aggregations for out in agg.outputs())
 
     @functools.cached_property
+    def deleted_column(self) -> str | None:
+        """The source's delete flag, when its rows can be deletes (a CDC table source)."""
+        return self.source.deleted if isinstance(self.source, TableSource) else None
+
+    @functools.cached_property
+    def row_columns(self) -> tuple[str, ...]:
+        """The columns of a snapshot row as records keep it and the tie order compares them:
+        the delete flag first (so at equal times a delete wins), then the features."""
+        flag = self.deleted_column
+        return ((flag,) if flag else ()) + tuple(self.features)
+
+    @functools.cached_property
     def feature_names(self) -> tuple[str, ...]:
         if self.aggregations:
             return tuple(f.name for f in self.windowed)

@@ -42,7 +42,7 @@ def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
                      since: int | None) -> Iterator[tuple[str, Any]]:
     table = engine.latest(view, at, since).sort_by("key")
     keys, ets, ties = (table[c].to_pylist() for c in ("key", "et", "tie"))
-    values = [record_values(table[c]) for c in view.features]
+    values = [record_values(table[c]) for c in view.row_columns]
     for i, key in enumerate(keys):
         tie = ties[i]
         yield key, [ets[i], tie is not None, tie or 0, [v[i] for v in values]]

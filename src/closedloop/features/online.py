@@ -4,8 +4,10 @@ A record is one view version's state for one entity, pickled (protocol 5) and re
 unpickler that refuses every global, so a record can only ever be lists, numbers, strings,
 booleans and None — never code:
 
-* snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row;
-  timestamp values are kept as int µs and served as aware datetimes, as training gives them;
+* snapshot views: ``[event_us, tie_present, tie, [values...]]`` — the latest visible row,
+  its values those of the view's ``row_columns`` (a CDC source's delete flag first: a latest
+  row that is a delete serves nothing); timestamp values are kept as int µs and served as
+  aware datetimes, as training gives them;
 * windowed views: one flat list of tiles per hop, ``[bucket, fields..., bucket, ...]`` sorted
   by bucket, holding only the partials the view's functions need (``closedloop.features.tiles``).
 
@@ -102,7 +104,9 @@ class ViewReader:
                                                zip(names, outputs, strict=True) for out in outs])
         else:
             self.ttl = view.ttl_micros
-            self.writes = [(out, view.features.index(n), view.default(n))
+            self.deletes = view.deleted_column is not None   # values[0] is the delete flag
+            columns = view.row_columns
+            self.writes = [(out, columns.index(n), view.default(n))
                            for n, outs in zip(names, outputs, strict=True) for out in outs]
 
     def key(self, row: Mapping[str, Any]) -> str:
@@ -136,7 +140,7 @@ class ViewReader:
         if record is not None and len(record) > 4:     # pushed rows waiting for their time
             record = _visible_latest(record, t)
         if record is not None and record[0] is not None and record[0] <= t and (
-                ttl is None or t - record[0] <= ttl):
+                ttl is None or t - record[0] <= ttl) and not (self.deletes and record[3][0]):
             values = record[3]
             for out, pos, default in self.writes:
                 value = values[pos]

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
-from closedloop.data.sources import ARROW_TYPES, AnySource
+from closedloop.data.sources import ARROW_TYPES, AnySource, TableSource
 from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import FeatureView
 from closedloop.features.online import (
@@ -86,6 +86,13 @@ def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
     if arrival is not None and arrival not in out.column_names:
         stamp = pa.array([now] * out.num_rows, pa.int64()).cast(ARROW_TYPES["timestamp"])
         out = out.append_column(arrival, stamp)
+    flag = source.deleted if isinstance(source, TableSource) else None
+    if flag:                               # rows without the flag are upserts
+        present = flag in out.column_names
+        column = pc.fill_null(out[flag], False) if present else pa.array(
+            [False] * out.num_rows)
+        out = (out.set_column(out.column_names.index(flag), flag, column) if present
+               else out.append_column(flag, column))
     return out
 
 
@@ -138,7 +145,7 @@ def push(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
             cols = [column(c.column) for c in layout.columns]
             fold = functools.partial(_fold_window, layout, now)
         else:
-            cols = [column(f) for f in view.features]
+            cols = [column(f) for f in view.row_columns]
             fold = functools.partial(_fold_latest, now)
         per_key: dict[str, list[Event]] = {}
         for i, k in enumerate(column(view.entity.key)):
