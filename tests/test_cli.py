@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,8 +74,22 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert "training set" in result.stdout
     table = pq.read_table(tmp_path / "demo" / "training_set.parquet")
     transactions = pq.read_table(tmp_path / "demo" / "data" / "transactions.parquet")
-    assert table.num_rows == transactions.num_rows
+    # Every transaction ingested once; only those whose 60-day label window closed by the
+    # world's end (2026-04-01) are trained on, labelled by their chargebacks.
+    assert f"transactions: {transactions.num_rows:,} rows read from 1 file(s): " \
+        f"{transactions.num_rows:,} accepted" in result.stdout
+    assert "labels chargebacks:" in result.stdout
+    assert "still maturing at 2026-04-01 00:00" in result.stdout
+    closed = [t for t in transactions["event_time"].to_pylist()
+              if t + timedelta(days=60) <= datetime(2026, 4, 1, tzinfo=UTC)]
+    assert table.num_rows == len(closed)
     assert "user_txn.amount_sum_1h" in table.column_names
+    charged = pq.read_table(tmp_path / "demo" / "data" / "chargebacks.parquet")
+    settled = {r["txn_id"] for r in charged.to_pylist()
+               if r["settled_at"] <= datetime(2026, 4, 1, tzinfo=UTC) and r["is_fraud"]}
+    frauds = {r["txn_id"] for r in table.select(["txn_id", "is_fraud"]).to_pylist()
+              if r["is_fraud"]}
+    assert frauds == settled & set(table["txn_id"].to_pylist())
 
 
 def test_push_then_serve(tmp_path: Path) -> None:
@@ -108,11 +122,15 @@ v = cl.FeatureView("v", entity=user, source=src, aggregations=[cl.Agg("x", "sum"
     assert "nope" in bad.stderr
 
 
-def test_ingest_prints_the_summary_and_quarantine_shows_the_refused_rows(tmp_path: Path) -> None:
+def _project(tmp_path: Path, definitions: str) -> Path:
     root = tmp_path / "proj"
     assert run("init", str(root)).returncode == 0
-    (root / "definitions.py").write_text('''
-import closedloop as cl
+    (root / "definitions.py").write_text("import closedloop as cl\n" + definitions)
+    return root
+
+
+def test_ingest_prints_the_summary_and_quarantine_shows_the_refused_rows(tmp_path: Path) -> None:
+    root = _project(tmp_path, '''
 ev = cl.EventSource("ev", path="landing/ev", timestamp="ts", id="id", schema={"x": float})
 ''')
     (tmp_path / "ev.csv").write_text("id,x,ts\na,1.5,2026-01-01T00:00:00Z\nb,oops,"
@@ -129,3 +147,39 @@ ev = cl.EventSource("ev", path="landing/ev", timestamp="ts", id="id", schema={"x
     bad = run("ingest", "ev", str(tmp_path / "missing.parquet"), "-p", str(root))
     assert bad.returncode == 2
     assert "does not exist" in bad.stderr
+
+
+def test_labels_and_backfillable_commands(tmp_path: Path) -> None:
+    root = _project(tmp_path, '''
+user = cl.Entity("user", key="user_id")
+ev = cl.EventSource("ev", path="landing/ev", timestamp="ts", id="id",
+                    schema={"id": str, "user_id": str, "x": float})
+cb = cl.LabelSource("cb", path="landing/cb", subject="id", timestamp="ts", label="bad",
+                    settled_at="settled", max_delay="10d", default=False)
+v = cl.FeatureView("v", entity=user, source=ev, aggregations=[cl.Agg("x", "sum", windows=["1d"])])
+''')
+    (tmp_path / "ev.csv").write_text("id,user_id,x,ts\na,u1,1.5,2026-01-01T00:00:00Z\n"
+                                     "b,u1,2.5,2026-01-20T00:00:00Z\n")
+    assert run("ingest", "ev", str(tmp_path / "ev.csv"), "-p", str(root)).returncode == 0
+    (tmp_path / "ann.csv").write_text(
+        "id,ts,bad,annotator,annotated_at\n"
+        "a,2026-01-01T00:00:00Z,true,ann,2026-01-03T00:00:00Z\n"
+        "a,2026-01-01T00:00:00Z,false,bob,2026-01-04T00:00:00Z\n"
+        "a,2026-01-01T00:00:00Z,true,cy,2026-01-05T00:00:00Z\n")
+    imported = run("labels", "import", "cb", str(tmp_path / "ann.csv"), "--trust", "ann=0.9",
+                   "-p", str(root))
+    assert imported.returncode == 0, imported.stderr
+    assert "1 items resolved by majority" in imported.stdout
+    assert "1 accepted" in imported.stdout
+    delay = run("labels", "delay", "cb", "--population", "ev", "--at", "2026-01-25T00:00:00Z",
+                "-p", str(root))
+    assert delay.returncode == 0, delay.stderr
+    assert "p50 4.0d" in delay.stdout
+    assert "still maturing at 2026-01-25 00:00: 1 of 2 rows" in delay.stdout
+    assert "first trainable 2026-02-04" in delay.stdout
+    back = run("backfillable", "v.x_sum_1d", "-p", str(root))
+    assert back.returncode == 0, back.stderr
+    assert "backfillable from the raw sources from 2026-01-01 00:00" in back.stdout
+    bad = run("labels", "import", "cb", str(tmp_path / "ann.csv"), "--trust", "ann", "-p",
+              str(root))
+    assert bad.returncode == 2

@@ -245,6 +245,80 @@ def quarantine(
 
 
 @app.command()
+def backfillable(
+    feature: Annotated[list[str], typer.Argument(help="Feature references or transforms.")],
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Say, for each feature, whether its history can be computed from the raw sources (and
+    from when), or only forward from when rows carrying its columns arrive."""
+    with _errors(), _open(project) as p:
+        found = [p.features.backfillability(f) for f in feature]
+    for b in found:
+        out.print(b.summary(), soft_wrap=True)
+        for reason in b.reasons:
+            out.print(f"  {reason}", soft_wrap=True)
+
+
+labels_app = typer.Typer(no_args_is_help=True, help="The label store: import human labels, "
+                         "report label delay.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("delay")
+def label_delay(
+    source: Annotated[str, typer.Argument(help="The label source.")],
+    population: Annotated[str | None, typer.Option(help="The source whose rows the labels "
+                                                        "are for, to report how many are "
+                                                        "still maturing.")] = None,
+    at: Annotated[str | None, typer.Option(help="As of this instant (default: now).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """The label-delay report: how long labels take to settle, how many came later than the
+    declared maximum, the share of rows still maturing, and when a feature added now can
+    first be trained on."""
+    with _errors(), _open(project) as p:
+        report = p.data.label_delay(source, population=population, at=_when(at))
+    for line in report.lines():
+        out.print(line, soft_wrap=True)
+
+
+@labels_app.command("import")
+def label_import(
+    source: Annotated[str, typer.Argument(help="The label source.")],
+    annotations: Annotated[Path, typer.Argument(help="Parquet, CSV or JSON-lines file: "
+                                                     "subject, timestamp, label, annotator, "
+                                                     "annotated_at.")],
+    rule: Annotated[str, typer.Option(help="majority or most_trusted.")] = "majority",
+    trust: Annotated[list[str] | None, typer.Option(help="annotator=weight, repeatable.")
+                     ] = None,
+    annotator: Annotated[str, typer.Option(help="The annotator id column.")] = "annotator",
+    annotated_at: Annotated[str, typer.Option(help="The annotation time column.")
+                            ] = "annotated_at",
+    project: ProjectOpt = Path("."),
+) -> None:
+    """Import human labels: disagreements resolved by the declared rule, the agreement rate
+    reported, the labels written to the label store with provenance human:<rule>."""
+    weights: dict[str, float] = {}
+    for item in trust or []:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value) if sep else float("nan")
+        except ValueError:
+            weights[name] = float("nan")
+        if not sep or weights[name] != weights[name]:
+            console.print(f"[bold red]error[/] --trust {item!r} is not annotator=weight")
+            raise typer.Exit(2)
+    with _errors(), _open(project) as p:
+        resolved, report = p.data.label_by_humans(source, annotations, rule=rule,
+                                                  trust=weights or None, annotator=annotator,
+                                                  annotated_at=annotated_at)
+    out.print(f"{resolved.labels.num_rows:,} items resolved by {rule}: agreement rate "
+              f"{resolved.agreement_rate:.1%} (pairwise {resolved.pairwise_agreement:.1%}), "
+              f"{resolved.conflicts:,} with disagreement", soft_wrap=True)
+    out.print(report.summary(), soft_wrap=True)
+
+
+@app.command()
 def materialize(
     view: Annotated[list[str] | None, typer.Argument(help="Views (default: all).")] = None,
     at: Annotated[str | None, typer.Option(help="As of this instant (default: now).")] = None,
@@ -377,6 +451,19 @@ def demo(
     out.print(f"\n[bold]project[/] {report.folder}  (closedloop.toml, definitions.py, data/)")
     out.print(f"world generated in {report.seconds_world:.1f}s; "
               f"{len(report.plan.changes)} definitions registered")
+    out.print("\n[bold]ingested[/] (validated, stamped, deduplicated by id):")
+    for ingested in report.ingests:
+        out.print(f"  {ingested.summary()}", soft_wrap=True)
+    if report.delay is not None:
+        out.print()
+        for line in report.delay.lines():
+            out.print(line, soft_wrap=True)
+    if report.maturity is not None:
+        m = report.maturity
+        out.print(f"\n[bold]label maturity[/] at {m.cutoff:%Y-%m-%d}: {m.matured:,} of "
+                  f"{m.rows:,} transactions have a closed 60-day window ({m.labelled:,} "
+                  f"charged back, {m.defaulted:,} taken as not fraud); {m.maturing:,} still "
+                  "maturing are left out, not counted as negatives", soft_wrap=True)
     out.print(f"training set: {report.rows:,} rows x {len(report.feature_summary())} features "
               f"in {report.seconds_training_set:.2f}s, point in time "
               f"(event <= t and arrival <= t) -> {report.output}")

@@ -1,8 +1,10 @@
 """The demo: the main job on the embedded defaults, no server.
 
 It writes a fraud project (a simulated world of ``n_users`` users over 90 days), registers its
-definitions, and builds a point-in-time training set for every transaction: the features as
-they were known at the transaction's own time.
+definitions, ingests the world's exports (transactions, nightly profiles, chargebacks that
+settle up to 60 days late) into the offline store, reports the labels' delay, and builds a
+point-in-time training set for every transaction whose label window has closed: the features
+as they were known at the transaction's own time, the label as known at the cutoff.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from closedloop.data.ingest import IngestReport
+from closedloop.data.labels import DelayReport, MaturityReport
 from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
 from closedloop.project import Project
 from closedloop.sim.fraud import FraudWorld
-from closedloop.sim.fraud_project import FEATURES, write_fraud_project
+from closedloop.sim.fraud_project import EXPORTS, FEATURES, write_fraud_project
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,9 @@ class DemoReport:
     served: int = 0
     seconds_online_p50: float = 0.0
     consistency: tuple[FeatureConsistency, ...] = ()
+    ingests: tuple[IngestReport, ...] = ()
+    delay: DelayReport | None = None
+    maturity: MaturityReport | None = None
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:
         """Per feature: share missing, mean on fraud rows, mean on legitimate rows."""
@@ -67,22 +74,27 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
     say(f"generating the fraud world: {n_users} users, 90 days")
     write_fraud_project(root, n_users=n_users, seed=seed)
     t1 = time.perf_counter()
+    end = FraudWorld(n_users=n_users, seed=seed).end
     with Project(root) as project:
         say("registering definitions")
         plan = project.apply()
-        txns = pq.read_table(root / "data" / "transactions.parquet",
-                             columns=["txn_id", "user_id", "event_time", "amount", "country",
-                                      "is_fraud"])
-        say(f"building the training set: {txns.num_rows} rows x {len(FEATURES)} features")
+        ingests = []
+        for source, export in EXPORTS.items():
+            say(f"ingesting data/{export} into {source}")
+            ingests.append(project.data.ingest(source, root / "data" / export, at=end))
+        delay = project.data.label_delay("chargebacks", population="transactions", at=end)
+        txns = project.data.read("transactions", ["txn_id", "user_id", "event_time", "amount",
+                                                  "country"]).sort_by("txn_id")
+        rows, maturity = project.data.matured(txns, "chargebacks", cutoff=end)
+        say(f"building the training set: {rows.num_rows} rows x {len(FEATURES)} features")
         t2 = time.perf_counter()
-        table = project.features.training_set(txns, FEATURES, timestamp="event_time",
+        table = project.features.training_set(rows, FEATURES, timestamp="event_time",
                                                progress=progress)
         t3 = time.perf_counter()
         output = root / "training_set.parquet"
         pq.write_table(table, output)
         # Serve: materialize the world as of its last instant, then answer requests for a
         # sample of users (their last transaction's amount and country as the request).
-        end = FraudWorld(n_users=n_users, seed=seed).end
         say(f"materializing the online store as of {end:%Y-%m-%d %H:%M}")
         reports = project.features.materialize(at=end)
         last = _last_per_user(txns, limit=500)
@@ -96,7 +108,8 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
         report = project.features.consistency()
     return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output,
                       sum(r.entities for r in reports), len(last),
-                      statistics.median(timings) if timings else 0.0, tuple(report))
+                      statistics.median(timings) if timings else 0.0, tuple(report),
+                      tuple(ingests), delay, maturity)
 
 
 def _last_per_user(txns: pa.Table, limit: int) -> list[dict[str, Any]]:

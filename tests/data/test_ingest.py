@@ -281,3 +281,22 @@ def test_an_ingest_killed_mid_batch_reruns_to_the_clean_state(make_project: Any,
         victim.data.ingest("txns", files, at=AT)
         held_after = victim.data.read("txns").sort_by("txn_id")
         assert held_after.equals(want), f"trial {trial} (killed after {share * took:.2f}s)"
+
+
+def test_rows_that_differ_only_in_a_time_column_they_carry_are_different_rows(
+        make_project: Any) -> None:
+    p = make_project('''import closedloop as cl
+snap = cl.TableSource("snap", path="landing/snap", timestamp="ts", created="created",
+                      schema={"user_id": str, "spend": float})
+''')
+    rerun = pa.table({"user_id": ["u1", "u1"], "spend": [5.0, 5.0],
+                      "ts": pa.array([T0, T0], pa.timestamp("us", tz="UTC")),
+                      "created": pa.array([T0, T0 + timedelta(hours=1)],
+                                          pa.timestamp("us", tz="UTC"))})
+    assert p.data.ingest("snap", rerun, at=AT).accepted == 2          # a nightly job's rerun
+    assert p.data.ingest("snap", rerun, at=AT).duplicates == 2
+    # Without the created column, ingestion stamps it: re-ingesting still changes nothing.
+    plain = rerun.drop_columns(["created"]).slice(0, 1).set_column(1, "spend", pa.array([6.0]))
+    first = p.data.ingest("snap", plain, at=AT)
+    again = p.data.ingest("snap", plain, at=AT + timedelta(hours=2))
+    assert (first.accepted, again.accepted, again.duplicates) == (1, 0, 1)

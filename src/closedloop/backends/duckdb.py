@@ -187,19 +187,7 @@ class DuckDBEngine:
         sql += " GROUP BY " + ", ".join(f"r.{_q(c)}" for c in unique)
         narrow = rows.select(unique).append_column(
             "__i", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
-        with self._lock:
-            con = self._connection()
-            self._seq += 1
-            name = f"__rows_{self._seq}"
-            con.register(name, narrow)
-            try:
-                keep = con.sql(sql.replace("__rows", name)).fetchnumpy()["__i"]
-            except duckdb.Error as exc:
-                raise DataError(f"could not compare the rows with source {source.name!r}: "
-                                f"{exc}", fix="check that the new rows' types match the "
-                                "stored ones") from exc
-            finally:
-                con.unregister(name)
+        keep = self._over(sql, narrow)["__i"].to_numpy()
         if len(keep) == rows.num_rows:
             return rows
         return rows.take(pa.array(np.sort(keep), pa.int64()))
@@ -296,6 +284,14 @@ class DuckDBEngine:
         return self._run(sql, rows)
 
     def _run(self, sql: str, rows: pa.Table) -> pa.Table:
+        result = self._over(sql, rows)
+        if result.num_rows != rows.num_rows:  # pragma: no cover - an engine bug, not bad input
+            raise BackendError(f"point-in-time query returned {result.num_rows} rows for "
+                               f"{rows.num_rows}", fix="report this as a bug")
+        return result
+
+    def _over(self, sql: str, rows: pa.Table) -> pa.Table:
+        """Run ``sql`` with ``rows`` registered as ``__rows``; DuckDB's errors as ours."""
         with self._lock:
             con = self._connection()
             self._seq += 1
@@ -316,9 +312,6 @@ class DuckDBEngine:
                                 fix="check the source files against their definitions") from exc
             finally:
                 con.unregister(name)
-        if result.num_rows != rows.num_rows:  # pragma: no cover - an engine bug, not bad input
-            raise BackendError(f"point-in-time query returned {result.num_rows} rows for "
-                               f"{rows.num_rows}", fix="report this as a bug")
         return result
 
     def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:

@@ -410,6 +410,7 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
     ignored: list[str] = []
     read_rows = 0
     names = []
+    stamped: set[str] = set()          # time columns some file left out: ingestion's own
     for i, item in enumerate(files):
         if isinstance(item, pa.Table):               # rows already in memory: a table
             f = _File(Path(f"<table {i}>"), item, [])
@@ -420,6 +421,7 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
             f = _read(path, file_format_ or file_format(path), declared)
         path = f.path
         names.append(str(path))
+        stamped |= {c for c in _stamped(source) if c not in f.table.column_names}
         read_rows += f.table.num_rows + len(f.ragged)
         for line, text in f.ragged:
             bad.append({"file": str(path), "row": line, "reason": "row does not parse",
@@ -434,8 +436,9 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
             table = table.filter(pa.array(~rejects.mask))
         accepted.append(table)
     batch = pa.concat_tables(accepted, promote_options="permissive")
+    # Without an id, a row is its values — not the instants this ingest stamped on it.
     unique = [source.id] if source.id else [c for c in batch.column_names if c != INGESTED_AT
-                                            and c not in _stamped(source)]
+                                            and c not in stamped]
     if progress:
         progress(len(files), len(files) + 1, f"writing {batch.num_rows:,} rows")
     # Quarantine first: a kill between the two writes leaves the batch to rerun, and the

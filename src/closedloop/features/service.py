@@ -24,6 +24,7 @@ from closedloop.errors import (
 from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.definitions import FeatureView, Transform
+from closedloop.features.history import Backfillability, backfillability
 from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
 from closedloop.features.online import OnlineVector, ViewReader
 from closedloop.features.push import BackgroundCompactor, PushReport
@@ -262,6 +263,11 @@ class FeatureService:
                 f"{source.max_delay} label window, {report.unlabelled:,} have no label",
                 fix="train on older rows, or with a later cutoff")
         return rows
+
+    def backfillability(self, feature: str) -> Backfillability:
+        """Whether a feature's history can be computed from the raw sources, and from when;
+        or only forward, from when rows carrying its columns arrive."""
+        return backfillability(self.catalog, self.engine, feature)
 
     def backfill(self, training_set: Any, features: Sequence[str], *,
                  timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:

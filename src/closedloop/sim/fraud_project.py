@@ -14,16 +14,27 @@ import closedloop as cl
 
 user = cl.Entity("user", key="user_id")
 
+# The sources' rows live in the offline store, filled by `closedloop ingest` from the exports
+# in data/ (their landing folders hold nothing else).
 transactions = cl.EventSource(
-    "transactions", path="data/transactions.parquet", timestamp="event_time",
-    arrival="ingested_at",
-    schema={"user_id": str, "merchant_id": str, "amount": float, "country": str},
+    "transactions", path="landing/transactions", timestamp="event_time",
+    arrival="ingested_at", id="txn_id",
+    schema={"txn_id": str, "user_id": str, "merchant_id": str, "amount": float,
+            "country": str},
 )
 
 profiles = cl.TableSource(
-    "profiles", path="data/profiles.parquet", timestamp="snapshot_time", created="created_at",
+    "profiles", path="landing/profiles", timestamp="snapshot_time", created="created_at",
     schema={"user_id": str, "lifetime_spend": float, "lifetime_txns": int,
             "account_age_days": float},
+)
+
+# Chargebacks: a transaction's fraud label, known only when the chargeback settles, up to 60
+# days later; a transaction with no chargeback 60 days on was not fraud.
+chargebacks = cl.LabelSource(
+    "chargebacks", path="landing/chargebacks", subject="txn_id", timestamp="event_time",
+    label="is_fraud", settled_at="settled_at", max_delay="60d", default=False, id="txn_id",
+    schema={"txn_id": str, "is_fraud": bool},
 )
 
 user_txn = cl.FeatureView(
@@ -68,8 +79,14 @@ FEATURES = [
 ]
 
 
+#: The world's exports (in data/) and the sources they are ingested into.
+EXPORTS = {"transactions": "transactions.parquet", "profiles": "profiles.parquet",
+           "chargebacks": "chargebacks.parquet"}
+
+
 def write_fraud_project(folder: str | Path, *, n_users: int = 1000, seed: int = 0) -> Path:
-    """Write a fraud project: config, definitions and the generated world's Parquet files."""
+    """Write a fraud project: config, definitions and the generated world's Parquet exports
+    under data/, ready for ``closedloop ingest`` (see ``EXPORTS``)."""
     root = Path(folder)
     (root / "data").mkdir(parents=True, exist_ok=True)
     FraudWorld(n_users=n_users, seed=seed).write(root / "data")
