@@ -300,3 +300,31 @@ snap = cl.TableSource("snap", path="landing/snap", timestamp="ts", created="crea
     first = p.data.ingest("snap", plain, at=AT)
     again = p.data.ingest("snap", plain, at=AT + timedelta(hours=2))
     assert (first.accepted, again.accepted, again.duplicates) == (1, 0, 1)
+
+
+def test_a_file_with_a_header_and_no_rows_ingests_nothing(project: cl.Project,
+                                                          tmp_path: Path) -> None:
+    (tmp_path / "h.csv").write_text("txn_id,user_id,amount,n,flag,event_time\n")
+    report = project.data.ingest("txns", tmp_path / "h.csv", at=AT)
+    assert (report.rows, report.accepted, report.quarantined) == (0, 0, 0)
+    assert _parts(project) == []
+
+
+_RACER = '''
+import sys
+from datetime import datetime, UTC
+import closedloop as cl
+with cl.Project(sys.argv[1]) as p:
+    print(p.data.ingest("txns", sys.argv[2], at=datetime(2026, 3, 2, tzinfo=UTC)).accepted)
+'''
+
+
+def test_two_processes_ingesting_the_same_file_at_once_store_it_once(
+        project: cl.Project, tmp_path: Path) -> None:
+    pq.write_table(_txns(100_000), tmp_path / "a.parquet")
+    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(project.root),
+                               str(tmp_path / "a.parquet")], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    accepted = sorted(int(p.communicate(timeout=120)[0].strip()) for p in procs)
+    assert accepted == [0, 100_000]                   # one wrote it, the other found it held
+    assert project.data.read("txns", ["txn_id"]).num_rows == 100_000
