@@ -79,6 +79,18 @@ class BackendUnavailable(BackendError):
     code = "CL-401"
 
 
+class TrainingError(ClosedLoopError):
+    """A training run could not be done: no matured labels, a trainer that raised, …"""
+
+    code = "CL-600"
+
+
+class LeakageError(TrainingError):
+    """A feature uses values that were not available at the row's prediction time."""
+
+    code = "CL-601"
+
+
 class RegistryError(ClosedLoopError):
     """The model registry refused an operation."""
 
@@ -97,17 +109,26 @@ class PromotionBlocked(RegistryError):
     code = "CL-502"
 
 
+class ArtefactCorrupted(RegistryError):
+    """A stored artefact does not match its content hash."""
+
+    code = "CL-503"
+
+
 __all__ = [
+    "ArtefactCorrupted",
     "BackendError",
     "BackendUnavailable",
     "ClosedLoopError",
     "ConfigError",
     "DataError",
     "DefinitionError",
+    "LeakageError",
     "PointInTimeError",
     "PromotionBlocked",
     "RegistryError",
     "SchemaMismatch",
+    "TrainingError",
     "UnknownFeatureError",
     "VersionConflict",
     "VersionNotFound",

@@ -315,3 +315,118 @@ def _check_update(store: OnlineStore, ns: str) -> None:
     assert not errors, f"update raised beside another update: {errors[0]!r}"
     got = store.read([(ns, "n1"), (ns, "n2")])
     assert got == [str(3 * rounds).encode()] * 2, f"an update was lost: {got}"
+
+
+def check_trainer(trainer: Any) -> None:
+    """The shared checks every trainer must pass (``closedloop.training.trainers.Trainer``):
+    it learns a plain signal from rows with missing values; probabilities are one per row in
+    [0, 1]; two fits of fresh copies give the same bytes (a retrain is bit for bit); a model
+    loaded from its bytes predicts exactly as the one that wrote them; its parameters are plain
+    data; a single-class training set is a ``TrainingError``."""
+    import copy
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    from closedloop.errors import TrainingError
+    from closedloop.training.trainers import Trainer
+
+    if not isinstance(trainer, Trainer):
+        raise AssertionError(f"{trainer!r} does not implement the Trainer protocol")
+    rng = np.random.default_rng(42)
+    X = rng.normal(size=(2000, 5))
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.5, size=2000) > 0).astype(np.int64)
+    X[rng.random(X.shape) < 0.05] = np.nan                      # training sets have gaps
+    first, second = copy.deepcopy(trainer), copy.deepcopy(trainer)
+    first.fit(X[:1500], y[:1500], X_valid=X[1500:1750], y_valid=y[1500:1750],
+              feature_names=[f"v.f{i}" for i in range(5)])
+    second.fit(X[:1500], y[:1500], X_valid=X[1500:1750], y_valid=y[1500:1750],
+               feature_names=[f"v.f{i}" for i in range(5)])
+    p = first.predict_proba(X[1750:])
+    if p.shape != (250,) or not np.all((p >= 0) & (p <= 1)):
+        raise AssertionError(f"predict_proba gave shape {p.shape} or values outside [0, 1]")
+    auc = roc_auc_score(y[1750:], p)
+    if auc < 0.8:
+        raise AssertionError(f"the trainer did not learn a plain signal (AUC {auc:.3f})")
+    if first.to_bytes() != second.to_bytes():
+        raise AssertionError("two fits on the same data gave different bytes: not reproducible")
+    loaded = copy.deepcopy(trainer)
+    loaded.load(first.to_bytes())
+    if not np.array_equal(loaded.predict_proba(X[1750:]), p):
+        raise AssertionError("a model loaded from its bytes predicts differently")
+    json.dumps(first.params())
+    try:
+        copy.deepcopy(trainer).fit(X[:100], np.zeros(100, dtype=np.int64))
+    except TrainingError:
+        pass
+    else:
+        raise AssertionError("fitting a single class did not raise TrainingError")
+
+
+def check_metadata_store(store: Any) -> None:
+    """The shared checks every metadata store must pass, on an empty store: definitions,
+    runs, model versions numbered once each, aliases moved atomically with their history."""
+    from closedloop.backends.base import RegisteredDefinition
+    from closedloop.errors import VersionConflict, VersionNotFound
+
+    if store.definitions() != []:
+        raise AssertionError("the store is not empty")
+    d1 = RegisteredDefinition("entity", "user", 1, "h1", {"kind": "entity", "name": "user"})
+    d2 = RegisteredDefinition("feature_view", "v", 1, "h2", {"nested": {"a": [1, 2]}})
+    store.register([d1, d2])
+    if sorted(store.definitions(), key=lambda d: d.kind) != [d1, d2]:
+        raise AssertionError(f"definitions did not round-trip: {store.definitions()}")
+    try:
+        store.register([RegisteredDefinition("entity", "other", 1, "h3", {}), d1])
+    except VersionConflict:
+        pass
+    else:
+        raise AssertionError("registering a version twice did not raise VersionConflict")
+    if len(store.definitions()) != 2:
+        raise AssertionError("a refused register left part of itself behind")
+    # Runs: running, then finished or failed; records round-trip as JSON.
+    store.start_run("r1", "fraud", {"params": {"lr": 0.1}})
+    store.start_run("r2", "fraud", {})
+    store.start_run("r3", "churn", {})
+    store.end_run("r1", "finished", {"params": {"lr": 0.1}, "metrics": {"auc": 0.9}})
+    store.end_run("r2", "failed", {}, error="TrainingError: boom")
+    runs = {r.id: r for r in store.runs()}
+    if (runs["r1"].status, runs["r2"].status, runs["r3"].status) != (
+            "finished", "failed", "running"):
+        raise AssertionError(f"run statuses are wrong: {runs}")
+    if runs["r1"].record["metrics"] != {"auc": 0.9} or runs["r2"].error != "TrainingError: boom":
+        raise AssertionError("run records or errors did not round-trip")
+    if runs["r1"].started_at.tzinfo is None or runs["r1"].ended_at is None:
+        raise AssertionError("run times must be aware datetimes")
+    if [r.id for r in store.runs("churn")] != ["r3"]:
+        raise AssertionError("runs(model) did not filter")
+    try:
+        store.end_run("nope", "finished", {})
+    except VersionNotFound:
+        pass
+    else:
+        raise AssertionError("ending an unknown run did not raise VersionNotFound")
+    # Versions: 1, 2, … per model.
+    numbers = [store.add_version("fraud", f"b{i}", "r1") for i in range(3)]
+    if numbers != [1, 2, 3] or store.add_version("churn", "c", "r3") != 1:
+        raise AssertionError(f"versions were numbered {numbers}")
+    if [v.bundle for v in store.versions("fraud")] != ["b0", "b1", "b2"]:
+        raise AssertionError("versions did not round-trip")
+    # Aliases: atomic moves, a missing version refused with nothing moved, history kept.
+    store.move_aliases("fraud", {"production": 1})
+    store.move_aliases("fraud", {"production": 2, "previous": 1, "shadow": 3})
+    try:
+        store.move_aliases("fraud", {"canary": 3, "production": 9})
+    except VersionNotFound:
+        pass
+    else:
+        raise AssertionError("an alias to a missing version did not raise VersionNotFound")
+    if store.aliases("fraud") != {"previous": 1, "production": 2, "shadow": 3}:
+        raise AssertionError(f"aliases are {store.aliases('fraud')} after a refused move")
+    store.move_aliases("fraud", {"shadow": None})
+    if "shadow" in store.aliases("fraud"):
+        raise AssertionError("removing an alias left it in place")
+    history = [(m.alias, m.version, m.previous) for m in store.alias_history("fraud")]
+    if history != [("production", 1, None), ("production", 2, 1), ("previous", 1, None),
+                   ("shadow", 3, None), ("shadow", None, 3)]:
+        raise AssertionError(f"alias history is {history}")

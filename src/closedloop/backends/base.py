@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -87,7 +88,7 @@ class RegisteredDefinition:
 
 
 class MetadataStore(Protocol):
-    """Durable metadata: registered definitions (and, in later stages, runs and versions)."""
+    """Durable metadata: registered definitions."""
 
     def definitions(self) -> list[RegisteredDefinition]:
         """Every registered definition version."""
@@ -99,6 +100,86 @@ class MetadataStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One training run as the metadata store keeps it: ``record`` is its lineage (plain JSON
+    data), ``status`` ``running``, ``finished`` or ``failed`` (with ``error``)."""
+
+    id: str
+    model: str
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    record: dict[str, Any]
+    error: str | None = None
+
+
+class RunStore(Protocol):
+    """Training runs: started, then finished or failed, never lost."""
+
+    def start_run(self, run_id: str, model: str, record: dict[str, Any]) -> None:
+        """Record a run as running."""
+        ...
+
+    def end_run(self, run_id: str, status: str, record: dict[str, Any],
+                error: str | None = None) -> None:
+        """Record a run's end: ``finished`` or ``failed``, with its final record."""
+        ...
+
+    def runs(self, model: str | None = None) -> list[RunRecord]:
+        """Every run (of ``model``), oldest first."""
+        ...
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One registered model version: an immutable bundle, by its content hash."""
+
+    model: str
+    version: int
+    bundle: str
+    run_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """One move of an alias: to ``version`` from ``previous`` (None: newly set; a ``version``
+    of None: removed)."""
+
+    model: str
+    alias: str
+    version: int | None
+    previous: int | None
+    at: datetime
+
+
+class ModelStore(Protocol):
+    """Model versions and their aliases. Versions are numbered 1, 2, … per model, each number
+    given once even to concurrent writers; alias moves are atomic and kept as a history."""
+
+    def add_version(self, model: str, bundle: str, run_id: str) -> int:
+        """Register a bundle as the model's next version; return its number."""
+        ...
+
+    def versions(self, model: str | None = None) -> list[VersionRecord]:
+        """Every version (of ``model``), by model then number."""
+        ...
+
+    def move_aliases(self, model: str, moves: dict[str, int | None]) -> list[AliasMove]:
+        """Point each alias at its version (None removes it), all in one transaction; a
+        version that does not exist is refused and nothing moves."""
+        ...
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """The model's aliases and the versions they point at."""
+        ...
+
+    def alias_history(self, model: str) -> list[AliasMove]:
+        """Every alias move of the model, oldest first."""
         ...
 
 
