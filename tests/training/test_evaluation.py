@@ -1,0 +1,112 @@
+"""Evaluation: metrics against scikit-learn, and intervals that cover the truth at roughly
+their nominal rate on simulated data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+from sklearn.metrics import log_loss as sk_log_loss
+
+from closedloop.training.evaluation import (
+    comparison,
+    delong,
+    delong_difference,
+    fairness,
+    metrics,
+    slice_metrics,
+    univariate_aucs,
+)
+
+
+def _world(rng: np.random.Generator, n: int, beta: float = 1.2) -> tuple[np.ndarray, ...]:
+    """A score x and a label drawn from a logistic model of it; the slice a is a shift."""
+    a = rng.random(n) < 0.4
+    x = rng.normal(size=n) + 0.3 * a
+    y = (rng.random(n) < 1 / (1 + np.exp(-(beta * x - 1.5)))).astype(np.int64)
+    return x, y, a
+
+
+def test_metrics_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    x, y, _ = _world(rng, 5000)
+    p = 1 / (1 + np.exp(-(x - 1)))
+    m = metrics(y, p)
+    assert m.auc is not None
+    assert m.auc.value == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert m.log_loss.value == pytest.approx(sk_log_loss(y, p), abs=1e-12)
+    assert m.brier.value == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+    assert m.average_precision == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert 0 <= m.ece <= 1
+    assert sum(b["rows"] for b in m.reliability) == 5000
+
+
+def test_delong_intervals_cover_the_population_auc_at_their_nominal_rate() -> None:
+    rng = np.random.default_rng(7)
+    big_x, big_y, _ = _world(rng, 2_000_000)
+    truth = roc_auc_score(big_y, big_x)
+    trials = 400
+    covered = sum(delong(*reversed(_world(rng, 1500)[:2])).covers(truth)
+                  for _ in range(trials))
+    assert 0.92 <= covered / trials <= 0.98, covered / trials
+
+
+def test_slice_intervals_cover_each_slices_truth() -> None:
+    rng = np.random.default_rng(11)
+    big_x, big_y, big_a = _world(rng, 2_000_000)
+    truths = {"True": roc_auc_score(big_y[big_a], big_x[big_a]),
+              "False": roc_auc_score(big_y[~big_a], big_x[~big_a])}
+    hits = {"True": 0, "False": 0}
+    trials = 200
+    for _ in range(trials):
+        x, y, a = _world(rng, 3000)
+        for s in slice_metrics(y, x, a.tolist(), min_size=100):
+            lo, hi = s["auc"]["low"], s["auc"]["high"]
+            hits[s["slice"]] += lo <= truths[s["slice"]] <= hi
+    for name, hit in hits.items():
+        assert 0.91 <= hit / trials <= 0.99, (name, hit / trials)
+
+
+def test_paired_difference_is_zero_for_the_same_scores_and_detects_a_better_model() -> None:
+    rng = np.random.default_rng(3)
+    x, y, _ = _world(rng, 4000)
+    same = delong_difference(y, x, x)
+    assert same.value == 0.0
+    noisy = x + rng.normal(scale=2.0, size=x.size)
+    better = delong_difference(y, x, noisy)
+    assert better.low > 0
+    assert better.value == pytest.approx(roc_auc_score(y, x) - roc_auc_score(y, noisy))
+    cmp = comparison(y, 1 / (1 + np.exp(-x)), 1 / (1 + np.exp(-noisy)))
+    assert cmp["auc_difference"]["low"] > 0
+
+
+def test_small_slices_are_named_not_scored_and_floats_are_cut_at_quartiles() -> None:
+    rng = np.random.default_rng(5)
+    x, y, _ = _world(rng, 2000)
+    values = ["big"] * 1950 + ["tiny"] * 50
+    got = {s["slice"]: s for s in slice_metrics(y, x, values, min_size=100)}
+    assert got["big"]["scored"] is True
+    assert got["tiny"]["scored"] is False
+    assert "too small" in got["tiny"]["reason"]
+    quartiles = slice_metrics(y, x, x.tolist(), min_size=100)
+    assert len(quartiles) == 4
+    assert sum(s["rows"] for s in quartiles) == 2000
+
+
+def test_fairness_differences() -> None:
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.1, 0.9, 0.2, 0.1, 0.1])
+    group = ["a"] * 4 + ["b"] * 4
+    got = fairness(y, p, group, threshold=0.5)
+    assert got["demographic_parity_difference"] == pytest.approx(0.75 - 0.25)
+    assert got["equal_opportunity_difference"] == pytest.approx(1.0 - 0.5)
+
+
+def test_univariate_auc_finds_a_feature_that_is_the_label() -> None:
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 1000)
+    X = np.column_stack([rng.normal(size=1000), y + rng.normal(scale=0.01, size=1000)])
+    X[::10, 0] = np.nan
+    got = univariate_aucs(X, y, ["noise", "leak"])
+    assert got["leak"] > 0.99
+    assert got["noise"] < 0.6
