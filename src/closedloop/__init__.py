@@ -9,6 +9,8 @@ from closedloop.data.sources import Entity, EventSource, LabelSource, TableSourc
 from closedloop.errors import ClosedLoopError
 from closedloop.features.definitions import Agg, FeatureView, Transform, transform
 from closedloop.project import Project, init_project
+from closedloop.training.model import Model, TimeSplit
+from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, XGBoostTrainer
 
 __version__ = "0.1.0"
 
@@ -19,9 +21,14 @@ __all__ = [
     "EventSource",
     "FeatureView",
     "LabelSource",
+    "LightGBMTrainer",
+    "Model",
     "Project",
+    "SklearnTrainer",
     "TableSource",
+    "TimeSplit",
     "Transform",
+    "XGBoostTrainer",
     "init_project",
     "transform",
 ]

@@ -11,12 +11,14 @@ demo
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 import traceback
 from pathlib import Path
 from types import ModuleType, TracebackType
 
+from closedloop.backends.artefacts import LocalArtefactStore
 from closedloop.backends.base import OnlineStore
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
@@ -30,6 +32,9 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
+from closedloop.registry.service import RegistryService
+from closedloop.training.model import models_from_module
+from closedloop.training.service import TrainingService
 
 DEFAULT_DEFINITIONS = '''"""Definitions of this closedloop project: entities, sources, features."""
 
@@ -117,6 +122,15 @@ class Project:
         self.features = FeatureService(self.catalog, self.engine, self.online_store,
                                        self.feature_log if sample > 0 else None,
                                        batch_size=self.settings.online.batch_size)
+        self.models = models_from_module(module)
+        self.artefacts = LocalArtefactStore(self.root / ".closedloop" / "artefacts")
+        definitions = self.root / self.settings.project.definitions
+        self.training = TrainingService(
+            self.models, self.catalog, self.engine, self.features, self.metadata,
+            self.metadata, self.artefacts, self.root,
+            definitions_hash=lambda: hashlib.sha256(definitions.read_bytes()).hexdigest())
+        self.registry = RegistryService(self.metadata, self.artefacts, self.training,
+                                        self.features)
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online

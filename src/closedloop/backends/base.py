@@ -215,3 +215,16 @@ class OnlineStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+class ArtefactStore(Protocol):
+    """Immutable blobs by content hash: ``put`` stores once and returns the sha256; ``get``
+    returns the bytes after checking them against it (``ArtefactCorrupted`` if they differ)."""
+
+    def put(self, data: bytes) -> str:
+        """Store ``data``; return its sha256 (hex)."""
+        ...
+
+    def get(self, digest: str) -> bytes:
+        """The bytes stored under ``digest``, verified."""
+        ...

@@ -73,6 +73,11 @@ def _fdiv(expr: str, hop: int) -> str:
     return f"(({expr}) // {hop} - CASE WHEN ({expr}) % {hop} < 0 THEN 1 ELSE 0 END)"
 
 
+def _ordered_sum(column: str, where: str) -> str:
+    """A float sum in a fixed order (by value): the same bits on every run."""
+    return f"sum({_q(column)} ORDER BY {_q(column)}) FILTER (WHERE {where})"
+
+
 def _nulls_low(expr: str) -> str:
     """An ordering key where null sorts below every value."""
     return f"struct_pack(p := ({expr}) IS NOT NULL, v := {expr})"
@@ -437,12 +442,15 @@ class DuckDBEngine:
             p = f"{c}"
             tile_parts += [f"count({qc}) AS {_q('n_' + p)}"]
             raw_parts += [f"({qc} IS NOT NULL)::BIGINT AS {_q('n_' + p)}"]
+            # Float sums add their terms in value order, so a rerun gives the same bits
+            # whatever the threads did (a training set's content hash must be stable).
             if fns[c] & {"sum", "mean"}:
-                tile_parts.append(f"sum({qc})::DOUBLE AS {_q('s_' + p)}")
+                tile_parts.append(f"sum({qc}::DOUBLE ORDER BY {qc})::DOUBLE AS {_q('s_' + p)}")
                 raw_parts.append(f"{qc}::DOUBLE AS {_q('s_' + p)}")
             if "stddev" in fns[c]:
-                tile_parts += [f"sum({d})::DOUBLE AS {_q('d_' + p)}",
-                               f"sum({d} * {d})::DOUBLE AS {_q('q_' + p)}"]
+                tile_parts += [f"sum({d}::DOUBLE ORDER BY {d})::DOUBLE AS {_q('d_' + p)}",
+                               f"sum(({d} * {d})::DOUBLE ORDER BY {d} * {d})::DOUBLE "
+                               f"AS {_q('q_' + p)}"]
                 raw_parts += [f"{d}::DOUBLE AS {_q('d_' + p)}",
                               f"({d} * {d})::DOUBLE AS {_q('q_' + p)}"]
             if "min" in fns[c]:
@@ -494,12 +502,12 @@ class DuckDBEngine:
             if w.fn == "count":
                 expr = f"coalesce({cnt}, 0)::BIGINT"
             elif w.fn == "sum":
-                expr = f"coalesce(sum({_q('s_' + p)}) FILTER (WHERE {inside}), 0)::DOUBLE"
+                expr = f"coalesce({_ordered_sum('s_' + p, inside)}, 0)::DOUBLE"
             elif w.fn == "mean":
-                expr = f"(sum({_q('s_' + p)}) FILTER (WHERE {inside}) / nullif({cnt}, 0))"
+                expr = f"({_ordered_sum('s_' + p, inside)} / nullif({cnt}, 0))"
             elif w.fn == "stddev":
-                sd = f"sum({_q('d_' + p)}) FILTER (WHERE {inside})"
-                sq = f"sum({_q('q_' + p)}) FILTER (WHERE {inside})"
+                sd = _ordered_sum("d_" + p, inside)
+                sq = _ordered_sum("q_" + p, inside)
                 expr = (f"CASE WHEN {cnt} > 0 THEN sqrt(greatest(({sq} - {sd} * {sd} / {cnt}) "
                         f"/ {cnt}, 0)) END")
             elif w.fn == "min":

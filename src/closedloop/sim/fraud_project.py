@@ -23,8 +23,10 @@ transactions = cl.EventSource(
             "country": str},
 )
 
+# A nightly profile is usable from when the job wrote it (created_at), not from the midnight it
+# describes: its timestamp is the write time, so training never sees it earlier than serving.
 profiles = cl.TableSource(
-    "profiles", path="landing/profiles", timestamp="snapshot_time", created="created_at",
+    "profiles", path="landing/profiles", timestamp="created_at",
     schema={"user_id": str, "lifetime_spend": float, "lifetime_txns": int,
             "account_age_days": float},
 )
@@ -67,9 +69,17 @@ def new_country(c):
     """1.0 when the transaction's country differs from the last one seen in 30 days."""
     last = c["user_txn.country_last_30d"]
     return (last != None) & (c["request.country"] != last)  # noqa: E711 - elementwise on arrays
+
+
+fraud = cl.Model(
+    "fraud", features=__FEATURES__, label="chargebacks", rows="transactions",
+    trainer=cl.LightGBMTrainer(num_boost_round=150, learning_rate=0.05, num_leaves=15, seed=7),
+    slices=["country", "user_profile.account_age_days"], protected=["country"],
+    description="Card fraud, scored at the transaction; labels are chargebacks.",
+)
 '''
 
-FEATURES = [
+FEATURES = [  # the model's features, written into the definitions above
     "user_txn.amount_sum_1h", "user_txn.amount_sum_1d", "user_txn.amount_sum_30d",
     "user_txn.amount_count_10m", "user_txn.amount_count_1h", "user_txn.amount_count_1d",
     "user_txn.amount_count_30d", "user_txn.amount_mean_30d", "user_txn.amount_max_1d",
@@ -78,6 +88,9 @@ FEATURES = [
     "new_country",
 ]
 
+
+DEFINITIONS = DEFINITIONS.replace("__FEATURES__", "[\n        " + ",\n        ".join(
+    repr(f) for f in FEATURES) + ",\n    ]")
 
 #: The world's exports (in data/) and the sources they are ingested into.
 EXPORTS = {"transactions": "transactions.parquet", "profiles": "profiles.parquet",

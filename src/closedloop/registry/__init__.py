@@ -1,0 +1,2 @@
+"""The model registry: versions as immutable, content-addressed bundles; aliases that move
+atomically."""

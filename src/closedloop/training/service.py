@@ -1,0 +1,583 @@
+"""``project.training``: training runs with lineage, and their reproduction.
+
+A run (``train``):
+
+1. reads the model's rows from its ``rows`` source, in a fixed order (time, subject);
+2. keeps the rows whose label window had closed by the cutoff, each labelled as known then;
+3. builds the point-in-time training set and hashes its content;
+4. refuses a feature that leaks (values created after the row's time) and warns of a feature
+   whose univariate AUC is suspicious;
+5. splits by time into train, validation and held-out test; fits; evaluates;
+6. stores the model binary, the evaluation report and the bundle manifest in the artefact
+   store (content-addressed), and records the run — parameters, metrics, CPU seconds, peak
+   memory, packages, code version, definition hashes, seeds, data hash — in the metadata store.
+
+Any failure ends the run as ``failed`` with its error, and nothing is registered (registering
+a finished run's bundle is the registry's one transaction). ``reproduce`` rebuilds the training
+set from the sources, retrains, and compares the data hash and the model's bytes with the run's;
+if they differ it names the inputs that changed: data, code, environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import io
+import json
+import platform
+import resource
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from closedloop.backends.base import ArtefactStore, MetadataStore, OfflineEngine, RunStore
+from closedloop.data.labels import mature
+from closedloop.data.sources import LabelSource
+from closedloop.errors import (
+    ClosedLoopError,
+    DefinitionError,
+    LeakageError,
+    TrainingError,
+    VersionNotFound,
+)
+from closedloop.features.catalog import Catalog
+from closedloop.features.service import FeatureService
+from closedloop.training import evaluation
+from closedloop.training.leakage import created_after_row
+from closedloop.training.model import Model
+from closedloop.training.report import EvaluationReport
+
+Progress = Callable[[int, int, str], None]
+#: Scores of the current production version on given training-set rows, if there is one.
+Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any]] | None]
+
+_PACKAGES = ("closedloop", "numpy", "pyarrow", "duckdb", "scikit-learn", "lightgbm",
+             "xgboost", "scipy")
+_STEPS = ("rows", "labels", "training set", "checks", "fit", "evaluate", "store")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A finished run: its id, its record (the lineage), the bundle it stored (manifest
+    hash), the evaluation report, and the warnings raised along the way."""
+
+    id: str
+    model: str
+    record: dict[str, Any]
+    bundle: str
+    report: EvaluationReport
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What ``reproduce`` found: whether the training data and the model are identical to the
+    run's, and if not, which inputs changed."""
+
+    run_id: str
+    data_identical: bool
+    model_identical: bool
+    differences: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def identical(self) -> bool:
+        return self.data_identical and self.model_identical
+
+    def summary(self) -> str:
+        if self.identical:
+            return (f"run {self.run_id}: identical - the rebuilt training set and the "
+                    "retrained model match bit for bit")
+        what = []
+        if not self.data_identical:
+            what.append("training data differs")
+        if not self.model_identical:
+            what.append("model differs")
+        return f"run {self.run_id}: {', '.join(what)}: " + "; ".join(self.differences)
+
+
+@dataclass
+class _Built:
+    """A training set and everything derived from it, before the fit."""
+
+    table: pa.Table
+    data_hash: str
+    times: np.ndarray[Any, Any]
+    y: np.ndarray[Any, Any]
+    X: np.ndarray[Any, Any]
+    part: np.ndarray[Any, Any]
+    cuts: tuple[int, int]
+    maturity: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    univariate: dict[str, float] = field(default_factory=dict)
+
+
+def table_hash(table: pa.Table) -> str:
+    """The content hash of a table: SHA-256 of its Arrow IPC stream, schema metadata
+    stripped and chunks combined, so equal contents give equal hashes."""
+    clean = table.replace_schema_metadata(None).combine_chunks()
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, clean.schema) as writer:
+        writer.write_table(clean)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def environment() -> dict[str, Any]:
+    """Python, the platform and the versions of the packages a run depends on."""
+    packages = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "packages": packages}
+
+
+def code_version(root: Path) -> dict[str, Any]:
+    """The git commit of the project folder and whether its tree is dirty (when it is a git
+    checkout), and the hash of its definitions module."""
+    out: dict[str, Any] = {"git_commit": None, "git_dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=False)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
+                                    capture_output=True, text=True, timeout=10, check=False)
+            out["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _iso(micros: int) -> str:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC).isoformat()
+
+
+class TrainingService:
+    """Stage 3 of a project: train its declared models, reproduce runs, list and compare."""
+
+    def __init__(self, models: Mapping[str, Model], catalog: Catalog, engine: OfflineEngine,
+                 features: FeatureService, metadata: MetadataStore, runs: RunStore,
+                 artefacts: ArtefactStore, root: Path,
+                 definitions_hash: Callable[[], str] | None = None) -> None:
+        self.models = models
+        self.catalog = catalog
+        self.engine = engine
+        self.features = features
+        self.metadata = metadata
+        self.runs_store = runs
+        self.artefacts = artefacts
+        self.root = root
+        self.definitions_hash = definitions_hash
+
+    def model(self, name: str) -> Model:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise DefinitionError(f"there is no model {name!r}",
+                                  fix=f"the models are {sorted(self.models)}") from None
+
+    # -- lineage of the definitions -----------------------------------------------------------
+    def _pins(self, model: Model) -> dict[str, Any]:
+        """The definitions the model reads, each with its hash; all must be registered."""
+        resolution = self.catalog.resolve(list(model.features))
+        label = self._label_source(model)
+        registered = {(d.kind, d.name, d.version): d.hash for d in self.metadata.definitions()}
+        pins: dict[str, Any] = {"views": {}, "transforms": {}, "sources": {}}
+        missing = []
+        for view, _ in resolution.by_view():
+            key = f"{view.name}@{view.version}"
+            pins["views"][key] = view.hash
+            if registered.get(("feature_view", view.name, view.version)) != view.hash:
+                missing.append(f"feature view {key}")
+            pins["sources"][view.source.name] = view.source.hash
+        for t in resolution.transforms:
+            pins["transforms"][f"{t.name}@{t.version}"] = t.hash
+            if registered.get(("transform", t.name, t.version)) != t.hash:
+                missing.append(f"transform {t.name}@{t.version}")
+        pins["sources"][label.name] = label.hash
+        if missing:
+            raise TrainingError(
+                f"model {model.name!r} reads {', '.join(missing)}, not registered as defined: "
+                "serving could not fetch the same features",
+                fix="run `closedloop apply` to register the definitions first")
+        pins["features"] = [
+            {"ref": ref, "column": resolution.columns[ref]} for ref in resolution.requested]
+        pins["request_inputs"] = list(resolution.request_inputs)
+        return pins
+
+    def _label_source(self, model: Model) -> LabelSource:
+        source = self.catalog.sources.get(model.label)
+        if not isinstance(source, LabelSource):
+            raise DefinitionError(f"model {model.name!r}: label {model.label!r} is not a "
+                                  "LabelSource", fix="name a cl.LabelSource")
+        return source
+
+    # -- building the training set ------------------------------------------------------------
+    def _build(self, model: Model, cutoff: datetime, step: Callable[[str], None]) -> _Built:
+        label = self._label_source(model)
+        source = self.catalog.sources.get(model.rows)
+        if source is None:
+            raise DefinitionError(f"model {model.name!r}: there is no rows source "
+                                  f"{model.rows!r}", fix=f"the sources are "
+                                  f"{sorted(self.catalog.sources)}")
+        resolution = self.catalog.resolve(list(model.features))
+        view_keys = [v.entity.key for v, _ in resolution.by_view()]
+        row_columns = [label.subject, source.timestamp, *view_keys,
+                       *resolution.request_inputs,
+                       *(c for c in (*model.slices, *model.protected)
+                         if c not in resolution.requested)]
+        row_columns = list(dict.fromkeys(row_columns))
+        step("rows")
+        held = self.engine.columns(source)
+        absent = [c for c in row_columns if c not in held]
+        if absent:
+            raise DefinitionError(f"model {model.name!r}: source {model.rows!r} has no "
+                                  f"column(s) {absent}", fix=f"its columns are {sorted(held)}")
+        rows = self.engine.read(source, row_columns)
+        rows = rows.sort_by([(source.timestamp, "ascending"), (label.subject, "ascending")])
+        step("labels")
+        labels = self.engine.read(label, [label.subject, label.timestamp, label.label,
+                                          label.settled_at])
+        matured, report = mature(rows, labels, label, cutoff, timestamp=source.timestamp)
+        if matured.num_rows == 0:
+            raise TrainingError(
+                f"model {model.name!r} has no matured labels at {cutoff:%Y-%m-%d %H:%M}: "
+                f"{report.maturing:,} of {report.rows:,} rows are inside their "
+                f"{label.max_delay} label window, {report.unlabelled:,} have no label",
+                fix="train with a later cutoff, or ingest older rows and their labels")
+        step("training set")
+        table = self.features.training_set(matured, list(model.features),
+                                           timestamp=source.timestamp)
+        data_hash = table_hash(table)
+        times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
+                        pa.int64()).to_numpy()
+        y = _labels(table[label.label], label)
+        X = feature_matrix(table, model.features)
+        part, valid_cut, test_cut = model.split.assign(times)
+        for name, share in (("train", 0), ("test", 2)):
+            sub = y[part == share]
+            if sub.size == 0 or sub.min() == sub.max():
+                raise TrainingError(
+                    f"model {model.name!r}: the {name} split has {sub.size:,} rows of one "
+                    "class only", fix="train on a longer history or a later cutoff")
+        step("checks")
+        built = _Built(table, data_hash, times, y, X, part, (valid_cut, test_cut), {
+            "rows": report.rows, "matured": report.matured, "maturing": report.maturing,
+            "labelled": report.labelled, "defaulted": report.defaulted,
+            "unlabelled": report.unlabelled, "ignored_labels": report.ignored_labels})
+        self._check_leakage(model, table, source.timestamp, times)
+        train = part == 0
+        built.univariate = evaluation.univariate_aucs(X[train], y[train], list(model.features))
+        for name in evaluation.suspicious_features(built.univariate, model.suspicious_auc):
+            built.warnings.append(
+                f"feature {name} alone reaches AUC {built.univariate[name]:.3f} on the "
+                "training rows: check it is not the label in disguise")
+        return built
+
+    def _check_leakage(self, model: Model, table: pa.Table, ts: str,
+                       times: np.ndarray[Any, Any]) -> None:
+        resolution = self.catalog.resolve(list(model.features))
+        findings = []
+        for view, _ in resolution.by_view():
+            if view.aggregations or not getattr(view.source, "created", None):
+                continue
+            source = view.source
+            cols = [view.entity.key, source.timestamp, str(source.tie_column)]
+            found = created_after_row(view, self.engine.read(source, cols),
+                                      table[view.entity.key], times)
+            if found is not None:
+                findings.append(found.describe())
+        if findings:
+            raise LeakageError(
+                f"model {model.name!r} would train on values not available at prediction "
+                "time: " + "; ".join(findings),
+                fix="declare the table source's timestamp= as the time its rows were written "
+                    "(e.g. timestamp='created_at'), so the point-in-time join waits for it")
+
+    # -- a run ------------------------------------------------------------------------------
+    def train(self, name: str, *, cutoff: datetime | None = None, baseline: Baseline | None = None,
+              progress: Progress | None = None) -> TrainingRun:
+        """Train model ``name`` on the labels matured by ``cutoff`` (default: now); see the
+        module's docstring. Returns the finished run; a failed run raises after recording."""
+        model = self.model(name)
+        when = cutoff or datetime.now(UTC)
+        if when.tzinfo is None:
+            raise TrainingError(f"cutoff {when!r} is naive", fix="pass an aware datetime")
+        run_id = f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+        record: dict[str, Any] = {"model": model.spec(), "model_hash": model.hash,
+                                  "cutoff": when.isoformat(), "environment": environment(),
+                                  "code": code_version(self.root),
+                                  "seeds": _seeds(model)}
+        pins = self._pins(model)                 # refused before a run is even recorded
+        record["definitions"] = pins
+        if self.definitions_hash is not None:
+            record["code"]["definitions_module"] = self.definitions_hash()
+        self.runs_store.start_run(run_id, name, record)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        stages: dict[str, float] = {}
+        last = [time.perf_counter()]
+
+        def step(what: str) -> None:
+            now = time.perf_counter()
+            if stages or what != _STEPS[0]:
+                previous = list(stages)[-1] if stages else "setup"
+                stages[previous] = stages.get(previous, 0.0) + now - last[0]
+            stages.setdefault(what, 0.0)
+            last[0] = now
+            if progress:
+                progress(_STEPS.index(what) if what in _STEPS else 0, len(_STEPS), what)
+
+        try:
+            built = self._build(model, when, step)
+            step("fit")
+            trainer = model.trainer
+            fitted = _fresh(trainer)
+            train, valid, test = (built.part == 0), (built.part == 1), (built.part == 2)
+            try:
+                fitted.fit(built.X[train], built.y[train],
+                           X_valid=built.X[valid] if valid.any() else None,
+                           y_valid=built.y[valid] if valid.any() else None,
+                           feature_names=list(model.features))
+            except ClosedLoopError:
+                raise
+            except Exception as exc:
+                raise TrainingError(f"trainer {trainer.kind} raised {type(exc).__name__}: "
+                                    f"{exc}", fix="fix the trainer or its parameters") from exc
+            step("evaluate")
+            scores = fitted.predict_proba(built.X[test])
+            report = self._evaluate(model, built, scores, valid, fitted, baseline)
+            step("store")
+            blob = fitted.to_bytes()
+            record.update(self._lineage(model, built, blob, when))
+            record["metrics"] = report.headline()
+            record["warnings"] = built.warnings
+            manifest = {"kind": "closedloop.bundle", "model": name, "run_id": run_id,
+                        "artefact": self.artefacts.put(blob),
+                        "report": self.artefacts.put(report.to_json().encode()),
+                        "trainer": trainer.kind,
+                        **{k: record[k] for k in ("model", "model_hash", "definitions",
+                                                  "lineage", "environment", "code", "seeds",
+                                                  "params", "metrics")}}
+            bundle = self.artefacts.put(json.dumps(manifest, sort_keys=True, default=str)
+                                        .encode())
+            now = time.perf_counter()
+            stages["store"] = stages.get("store", 0.0) + now - last[0]
+            record["bundle"] = bundle
+            record["seconds"] = {k: round(v, 4) for k, v in stages.items()}
+            record["cpu_seconds"] = round(time.process_time() - cpu0, 3)
+            record["wall_seconds"] = round(time.perf_counter() - wall0, 3)
+            record["peak_memory_mb"] = round(_peak_mb(), 1)
+        except ClosedLoopError as exc:
+            self.runs_store.end_run(run_id, "failed", record, error=f"{exc.code} {exc}")
+            raise
+        except Exception as exc:
+            self.runs_store.end_run(run_id, "failed", record,
+                                    error=f"{type(exc).__name__}: {exc}")
+            raise TrainingError(f"run {run_id} failed: {type(exc).__name__}: {exc}",
+                                fix="see the run's error with `closedloop runs show`") from exc
+        self.runs_store.end_run(run_id, "finished", record)
+        return TrainingRun(run_id, name, record, bundle, report, tuple(built.warnings))
+
+    def _lineage(self, model: Model, built: _Built, blob: bytes,
+                 cutoff: datetime) -> dict[str, Any]:
+        label = self._label_source(model)
+        counts = {k: int((built.part == i).sum()) for i, k in enumerate(
+            ("train", "validation", "test"))}
+        return {
+            "params": model.trainer.params(),
+            "lineage": {
+                "rows_source": model.rows, "label_source": label.name,
+                "label_cutoff": cutoff.isoformat(),
+                "time_range": [_iso(int(built.times.min())), _iso(int(built.times.max()))],
+                "split": {"validation_from": _iso(built.cuts[0]),
+                          "test_from": _iso(built.cuts[1]), **counts},
+                "training_set_hash": built.data_hash,
+                "training_set_rows": built.table.num_rows,
+                "columns": built.table.column_names,
+                "maturity": built.maturity,
+            },
+            "model_artefact_hash": hashlib.sha256(blob).hexdigest(),
+        }
+
+    def _evaluate(self, model: Model, built: _Built, scores: np.ndarray[Any, Any],
+                  valid: np.ndarray[Any, Any], fitted: Any,
+                  baseline: Baseline | None) -> EvaluationReport:
+        test = built.part == 2
+        y_test = built.y[test]
+        table_test = built.table.filter(pa.array(test))
+        slices = {}
+        for column in model.slices:
+            values = table_test[column].to_pylist()
+            slices[column] = evaluation.slice_metrics(y_test, scores, values,
+                                                      min_size=model.min_slice_size)
+        fairness = {column: evaluation.fairness(y_test, scores, table_test[column].to_pylist(),
+                                                model.threshold)
+                    for column in model.protected}
+        validation = (evaluation.metrics(built.y[valid], fitted.predict_proba(built.X[valid]),
+                                         curves=False).to_dict()
+                      if valid.any() and 0 < built.y[valid].sum() < valid.sum() else None)
+        compared = None
+        if baseline is not None:
+            found = baseline(model.name, table_test)
+            if found is not None:
+                version, theirs = found
+                compared = {"against_version": version,
+                            **evaluation.comparison(y_test, scores, theirs)}
+        return EvaluationReport(
+            model=model.name, rows=int(test.sum()),
+            test=evaluation.metrics(y_test, scores).to_dict(), validation=validation,
+            slices=slices, fairness=fairness, comparison=compared,
+            univariate_auc=built.univariate, warnings=list(built.warnings),
+            threshold=model.threshold, min_slice_size=model.min_slice_size)
+
+    # -- reproduction ------------------------------------------------------------------------
+    def run(self, run_id: str) -> Any:
+        for r in self.runs_store.runs():
+            if r.id == run_id:
+                return r
+        raise VersionNotFound(f"there is no run {run_id!r}",
+                              fix="list them with `closedloop runs list`")
+
+    def reproduce(self, run_id: str, progress: Progress | None = None) -> Reproduction:
+        """Rebuild the run's training set from the sources, retrain, compare (see module)."""
+        started = time.perf_counter()
+        past = self.run(run_id)
+        if past.status != "finished":
+            raise TrainingError(f"run {run_id} is {past.status}: only a finished run can be "
+                                "reproduced", fix="reproduce a finished run")
+        was = past.record
+        model = self.model(past.model)
+        cutoff = datetime.fromisoformat(was["cutoff"])
+        differences = []
+        if model.hash != was["model_hash"]:
+            differences.append("code: the model's declaration changed since the run")
+        pins = self._pins(model)
+        if pins["views"] != was["definitions"]["views"] or \
+                pins["transforms"] != was["definitions"]["transforms"]:
+            differences.append("code: feature definitions changed since the run")
+        now_code = code_version(self.root)
+        if now_code.get("git_commit") != was["code"].get("git_commit"):
+            differences.append(f"code: git commit {was['code'].get('git_commit')} -> "
+                               f"{now_code.get('git_commit')}")
+        env = environment()
+        changed = {k: (was["environment"]["packages"].get(k), v)
+                   for k, v in env["packages"].items()
+                   if was["environment"]["packages"].get(k) != v}
+        if changed or env["python"] != was["environment"]["python"]:
+            differences.append("environment: " + ", ".join(
+                f"{k} {a} -> {b}" for k, (a, b) in sorted(changed.items())) or
+                f"python {was['environment']['python']} -> {env['python']}")
+
+        def step(what: str) -> None:
+            if progress:
+                progress(_STEPS.index(what) if what in _STEPS else 0, len(_STEPS), what)
+
+        built = self._build(model, cutoff, step)
+        data_same = built.data_hash == was["lineage"]["training_set_hash"]
+        if not data_same:
+            differences.append(
+                f"data: the training set rebuilt from the sources hashes to "
+                f"{built.data_hash[:12]}, the run's to {was['lineage']['training_set_hash'][:12]}"
+                f" ({built.table.num_rows:,} rows now, {was['lineage']['training_set_rows']:,} "
+                "then)")
+        step("fit")
+        fitted = _fresh(model.trainer)
+        train, valid = built.part == 0, built.part == 1
+        fitted.fit(built.X[train], built.y[train],
+                   X_valid=built.X[valid] if valid.any() else None,
+                   y_valid=built.y[valid] if valid.any() else None,
+                   feature_names=list(model.features))
+        model_same = hashlib.sha256(fitted.to_bytes()).hexdigest() == \
+            was["model_artefact_hash"]
+        if not model_same and data_same and not differences:
+            differences.append("the trainer is not deterministic with these parameters")
+        return Reproduction(run_id, data_same, model_same, tuple(differences),
+                            time.perf_counter() - started)
+
+    # -- experiment tracking ------------------------------------------------------------------
+    def compare(self, a: str, b: str) -> dict[str, Any]:
+        """Two runs side by side: parameters, metrics, data and code, and what differs."""
+        ra, rb = self.run(a), self.run(b)
+
+        def flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in d.items():
+                if isinstance(v, Mapping):
+                    out.update(flat(v, f"{prefix}{k}."))
+                else:
+                    out[f"{prefix}{k}"] = v
+            return out
+
+        sections: dict[str, dict[str, tuple[Any, Any]]] = {}
+        for section, pick in (("params", lambda r: r.record.get("params", {})),
+                              ("metrics", lambda r: r.record.get("metrics", {})),
+                              ("data", lambda r: {k: v for k, v in r.record.get(
+                                  "lineage", {}).items() if k != "columns"}),
+                              ("code", lambda r: {**r.record.get("code", {}),
+                                                  **{"model_hash": r.record.get("model_hash")},
+                                                  **r.record.get("definitions", {}).get(
+                                                      "views", {})}),
+                              ("environment", lambda r: r.record.get("environment", {}))):
+            fa, fb = flat(pick(ra)), flat(pick(rb))
+            sections[section] = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))}
+        return {"a": a, "b": b, "status": (ra.status, rb.status), "sections": sections}
+
+
+def _fresh(trainer: Any) -> Any:
+    """An unfitted copy of the declared trainer (the declaration itself is never fitted)."""
+    import copy
+
+    return copy.deepcopy(trainer)
+
+
+def _seeds(model: Model) -> dict[str, Any]:
+    params = model.trainer.params()
+    return {k: v for k, v in params.items() if "seed" in k or k == "random_state"}
+
+
+def _labels(column: pa.ChunkedArray, label: LabelSource) -> np.ndarray[Any, Any]:
+    values = column.to_pylist()
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or v in (0, 1):
+            out[i] = int(v)
+        else:
+            raise TrainingError(f"label {label.label!r} has the value {v!r}; a binary model "
+                                "needs 0/1 or False/True", fix="map the label to 0/1")
+    return out
+
+
+def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray[Any, Any]:
+    t = column.type
+    if pa.types.is_boolean(t):
+        column = pc.cast(column, pa.int64())
+    elif pa.types.is_timestamp(t):
+        column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+    elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+        raise TrainingError(f"feature {name} is {t}, not a number",
+                            fix="turn it into a number with a @cl.transform")
+    out: np.ndarray[Any, Any] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return out
+
+
+def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray[Any, Any]:
+    """The model's input matrix from a training set (or scoring rows): one float column per
+    feature, in the model's order, nulls as NaN."""
+    return np.column_stack([_numeric(table[ref], ref) for ref in features])
+
