@@ -89,8 +89,9 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
     by = {r["system"]: r for r in results}
     floor = by.get("floor")
     ours = [r for r in results if r["system"].startswith("closedloop")]
-    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s", "ingest_s")
-             if k in results[0]]
+    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s", "ingest_s", "train_s",
+                         "fit_s", "overhead_s", "overhead_share")
+             if any(k in r for r in results)]
     width = {k: max(10, len(k) + 2) for k in extra}
     head = "".join(f"{k:>{width[k]}}" for k in extra)
     print(f"{'system':<18}{'seconds':>9}{head}{'peak MB':>9}{'mismatches':>11}  ratio")
@@ -100,7 +101,7 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
             ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
         elif r["system"] == anchor and ours:
             ratio = f"closedloop {r[metric] / ours[0][metric]:.1f}x better ({metric})"
-        cells = "".join(f"{r[k]:>{width[k]}.4g}" for k in extra)
+        cells = "".join(f"{r[k]:>{width[k]}.4g}" if k in r else " " * width[k] for k in extra)
         print(f"{r['system']:<18}{r['seconds']:>9.3f}{cells}{r['peak_mb']:>9.0f}"
               f"{r['mismatches']:>11}  {ratio}")
 

@@ -120,3 +120,32 @@ def ingest_data(scale: float = 1.0, seed: int = 13) -> Path:
         pq.write_table(table, folder / f"{name}.parquet")
     (folder / "done.json").write_text(json.dumps({"rows": n}))
     return folder
+
+
+def train_data(scale: float = 1.0, seed: int = 17) -> Path:
+    """1M card events over 90 days for 20k users (the rows scored and the source of their 20
+    windowed features), and chargeback labels for ~2% of them settling 1–7 days later; fraud
+    is likelier for large amounts and during a user's bursts."""
+    folder = DATA / f"train-{scale:g}"
+    if _done(folder):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    n, users = int(1_000_000 * scale), max(100, int(20_000 * scale))
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, users, size=n)
+    event = np.sort(T0 + rng.integers(0, 90 * DAY, size=n))
+    amount = np.round(rng.lognormal(3.3, 0.8, size=n), 2)
+    risk = 1 / (1 + np.exp(-(np.log(amount) - 5.5) * 2)) * 0.2 + 0.004
+    fraud = rng.random(n) < risk
+    ids = np.char.add("e", np.arange(n).astype(str))
+    pq.write_table(pa.table({
+        "txn_id": ids, "user_id": np.char.add("u", user.astype(str)), "amount": amount,
+        "event_time": _ts(event), "ingested_at": _ts(event + rng.integers(1, 30, n) * SECOND)}),
+        folder / "events.parquet")
+    settled = event[fraud] + rng.integers(1, 8, size=int(fraud.sum())) * DAY
+    pq.write_table(pa.table({"txn_id": ids[fraud], "event_time": _ts(event[fraud]),
+                             "settled_at": _ts(settled), "is_fraud": np.ones(int(fraud.sum()),
+                                                                              dtype=bool)}),
+                   folder / "labels.parquet")
+    (folder / "done.json").write_text(json.dumps({"rows": n, "frauds": int(fraud.sum())}))
+    return folder

@@ -20,7 +20,8 @@ def test_help_explains_every_command() -> None:
     result = run("--help")
     assert result.returncode == 0
     for command in ("init", "apply", "features", "training-set", "backfill", "materialize",
-                    "online", "push", "consistency", "demo", "ingest", "quarantine"):
+                    "online", "push", "consistency", "demo", "ingest", "quarantine", "train",
+                    "reproduce", "runs", "models", "labels", "backfillable"):
         assert command in result.stdout
 
 
@@ -69,7 +70,7 @@ def test_errors_are_one_clear_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
-    result = run("demo", "--users", "150", "--dir", str(tmp_path / "demo"))
+    result = run("demo", "--users", "600", "--dir", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     assert "training set" in result.stdout
     table = pq.read_table(tmp_path / "demo" / "training_set.parquet")
@@ -90,6 +91,18 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     frauds = {r["txn_id"] for r in table.select(["txn_id", "is_fraud"]).to_pylist()
               if r["is_fraud"]}
     assert frauds == settled & set(table["txn_id"].to_pylist())
+    # The model was trained, registered as production, and its run reproduces bit for bit.
+    assert "registered as fraud version 1 (production)" in result.stdout
+    run_id = result.stdout.split("trained run ")[1].split(":")[0]
+    again = run("reproduce", run_id, "-p", str(tmp_path / "demo"))
+    assert again.returncode == 0, again.stderr
+    assert "identical" in again.stdout
+    listed = run("runs", "list", "-p", str(tmp_path / "demo"))
+    assert run_id in listed.stdout
+    shown = run("models", "show", "fraud", "production", "-p", str(tmp_path / "demo"))
+    assert '"version": 1' in shown.stdout
+    assert '"training_set_hash"' in shown.stdout
+    assert (tmp_path / "demo" / ".closedloop" / "reports" / run_id / "report.html").exists()
 
 
 def test_push_then_serve(tmp_path: Path) -> None:
