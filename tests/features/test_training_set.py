@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import closedloop as cl
 from closedloop.errors import DataError, PointInTimeError, SchemaMismatch, UnknownFeatureError
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -164,3 +165,38 @@ def test_folder_sources_read_every_file(make_project) -> None:  # type: ignore[n
     rows = pa.table({"user_id": ["a", "a"], "t": _ts([T0 + timedelta(days=1, hours=1),
                                                       T0 + timedelta(days=5)])})
     assert p.features.training_set(rows, ["v.x"])["v.x"].to_pylist() == [1.0, 2.0]
+
+
+def test_window_sums_are_the_same_bits_on_one_thread_or_two(tmp_path: Path) -> None:
+    """Float sums are exact (scaled 128-bit integers), so the threads' order of addition
+    cannot change a bit, and a rebuilt training set hashes the same."""
+    from closedloop.backends.duckdb import DuckDBEngine
+    from closedloop.features.catalog import Catalog
+    from closedloop.features.service import FeatureService
+    from closedloop.training.service import table_hash
+
+    rng = np.random.default_rng(0)
+    n = 200_000
+    stamp = pa.timestamp("us", tz="UTC")
+    t0 = 1_767_225_600_000_000
+    ts = t0 + rng.integers(0, 30 * 86_400_000_000, size=n)
+    pq.write_table(pa.table({
+        "user_id": np.char.add("u", rng.integers(0, 500, n).astype(str)),
+        "amount": rng.lognormal(3, 1.5, n) * rng.choice([-1.0, 1.0], n),
+        "ts": pa.array(ts).cast(stamp)}), tmp_path / "ev.parquet")
+    user = cl.Entity("user", key="user_id")
+    src = cl.EventSource("ev", path=str(tmp_path / "ev.parquet"), timestamp="ts",
+                         schema={"user_id": str, "amount": float})
+    view = cl.FeatureView("w", entity=user, source=src, aggregations=[
+        cl.Agg("amount", fn, windows=["1h", "1d", "30d"]) for fn in ("sum", "mean", "stddev")])
+    rows = pa.table({"user_id": np.char.add("u", rng.integers(0, 500, 50_000).astype(str)),
+                     "t": pa.array(t0 + rng.integers(0, 31 * 86_400_000_000, 50_000)).cast(
+                         stamp)})
+    refs = [f"w.{f}" for f in view.feature_names]
+    hashes = set()
+    for threads in (1, 2, 2):
+        engine = DuckDBEngine(threads=threads)
+        got = FeatureService(Catalog([view]), engine).training_set(rows, refs)
+        hashes.add(table_hash(got))
+        engine.close()
+    assert len(hashes) == 1

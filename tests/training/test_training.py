@@ -25,8 +25,9 @@ from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, write_fraud_project
 
 END = FraudWorld().end
-SMALL = '''trainer=cl.LightGBMTrainer(num_boost_round=150, learning_rate=0.05, num_leaves=15, seed=7)'''
-FAST = '''trainer=cl.LightGBMTrainer(num_boost_round=40, learning_rate=0.1, num_leaves=15, seed=7)'''
+SMALL = ("trainer=cl.LightGBMTrainer(num_boost_round=150, learning_rate=0.05, num_leaves=15, "
+         "seed=7)")
+FAST = "trainer=cl.LightGBMTrainer(num_boost_round=40, learning_rate=0.1, num_leaves=15, seed=7)"
 
 
 class Exploding:
@@ -129,7 +130,7 @@ def test_reproduce_names_the_data_when_the_sources_changed(project: cl.Project) 
 
 def test_a_leaky_feature_is_an_error_and_the_run_is_recorded_failed(project: cl.Project
                                                                      ) -> None:
-    with pytest.raises(LeakageError, match="leaky_view@1: .* training rows take a value"):
+    with pytest.raises(LeakageError, match=r"leaky_view@1: .* training rows take a value"):
         project.training.train("leaky", cutoff=END)
     runs = project.metadata.runs("leaky")
     assert [r.status for r in runs] == ["failed"]

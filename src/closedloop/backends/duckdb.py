@@ -14,6 +14,7 @@ non-quadratic plans:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -73,9 +74,28 @@ def _fdiv(expr: str, hop: int) -> str:
     return f"(({expr}) // {hop} - CASE WHEN ({expr}) % {hop} < 0 THEN 1 ELSE 0 END)"
 
 
-def _ordered_sum(column: str, where: str) -> str:
-    """A float sum in a fixed order (by value): the same bits on every run."""
-    return f"sum({_q(column)} ORDER BY {_q(column)}) FILTER (WHERE {where})"
+def _scale(largest: float, rows: int) -> float:
+    """2^k for the largest k with rows × largest × 2^k < 2^125: every sum of the scaled
+    column fits a 128-bit integer, and every value ≥ 2^(52-k) scales to an exact integer."""
+    if largest <= 0 or not math.isfinite(largest):
+        return 1.0
+    k = math.floor(125 - math.log2(rows) - math.log2(largest)) - 1
+    return math.ldexp(1.0, max(-1000, min(1000, k)))
+
+
+def _double(value: float) -> str:
+    """A float as an exact DuckDB DOUBLE literal."""
+    return f"CAST('{value!r}' AS DOUBLE)"
+
+
+def _total(column: str, where: str, scale: tuple[float, float, float] | None,
+           which: int) -> str:
+    """A window's sum of partial sums: exact integers back to a float, or floats in a fixed
+    order (value order: the same bits on every run)."""
+    if scale is None:
+        return f"sum({_q(column)} ORDER BY {_q(column)}) FILTER (WHERE {where})"
+    return (f"(CAST(sum({_q(column)}) FILTER (WHERE {where}) AS DOUBLE) / "
+            f"{_double(scale[which])})")
 
 
 def _nulls_low(expr: str) -> str:
@@ -394,39 +414,64 @@ class DuckDBEngine:
         else:
             ctes.append("ev AS (SELECT * FROM src)")
         hops = sorted({w.hop for w in wanted})
-        compression = self._tile_compression(view, hops)
+        summed = sorted({w.column for w in wanted if w.fn in ("sum", "mean", "stddev")})
+        compression, scales = self._profile(view, hops, summed)
         selects: list[str] = []
         joins: list[str] = []
         for i, hop in enumerate(hops):
             group = [w for w in wanted if w.hop == hop]
             tiled = compression[hop] >= self.tile_min_compression
-            ctes += self._hop_ctes(i, hop, group, shift, tiled=tiled)
+            ctes += self._hop_ctes(i, hop, group, shift, tiled=tiled, scales=scales)
             selects += [f"coalesce(h{i}.{_q(w.name)}, 0) AS {_q(w.name)}"
                         if w.fn in ("count", "sum") else f"h{i}.{_q(w.name)}" for w in group]
             joins.append(f"LEFT JOIN h{i} ON h{i}.{ROW_ID} = r.{ROW_ID}")
         return (f"WITH {', '.join(ctes)} SELECT r.{ROW_ID}, {', '.join(selects)} "
                 f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
 
-    def _tile_compression(self, view: FeatureView, hops: list[int]) -> dict[int, float]:
-        """Events per tile at each hop (estimated with HyperLogLog in one scan).
+    def _profile(self, view: FeatureView, hops: list[int], summed: list[str],
+                 ) -> tuple[dict[int, float], dict[str, tuple[float, float, float] | None]]:
+        """One scan of the source: events per tile at each hop (HyperLogLog), and for each
+        summed column the scales that make its float sums exact.
 
         Where tiles would hold fewer than two events on average, grouping costs more than it
         saves, and each event serves as its own tile: the same partial aggregates, so the
         same results, and each row still reads at most the rows of two blocks of hops.
+
+        Float sums (sum, mean, stddev) are added as 128-bit integers: each value times 2^k,
+        with k as large as lets every sum of the column fit (from its largest magnitude and
+        the row count). Integer addition is exact and has no order, so the result is the same
+        bits whatever the threads did — a rebuilt training set hashes the same — and is the
+        exact sum rounded once, not a float sum's accumulated error. A column holding NaN or
+        infinities falls back to float sums in a fixed order (``None``).
         """
         source = view.source
         ts = f"epoch_us({_q(source.timestamp)})"
         key = _q(view.entity.key)
-        parts = ", ".join(f"approx_count_distinct(hash({key}, {_fdiv(ts, h)}))" for h in hops)
-        sql = f"SELECT count(*), {parts} FROM {self._scan(source)}"
+        parts = [f"approx_count_distinct(hash({key}, {_fdiv(ts, h)}))" for h in hops]
+        for c in summed:
+            x = f"{_q(c)}::DOUBLE"
+            parts += [f"max(abs({x}))", f"bool_or(isnan({x}) OR isinf({x}))"]
+        sql = f"SELECT count(*), {', '.join(parts)} FROM {self._scan(source)}"
         with self._lock:
             row = self._connection().execute(sql).fetchall()[0]
         total = max(int(row[0]), 1)
-        return {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=True)}
+        compression = {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=False)}
+        scales: dict[str, tuple[float, float, float] | None] = {}
+        rest = row[1 + len(hops):]
+        for i, c in enumerate(summed):
+            largest, odd = rest[2 * i], rest[2 * i + 1]
+            if odd:
+                scales[c] = None
+                continue
+            m = float(largest or 0.0)
+            # |x - mean| <= 2m for stddev's shifted values, and their squares <= 4m².
+            scales[c] = (_scale(m, total), _scale(2 * m, total), _scale(4 * m * m, total))
+        return compression, scales
 
     @staticmethod
     def _hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, str],
-                  *, tiled: bool) -> list[str]:
+                  *, tiled: bool, scales: dict[str, tuple[float, float, float] | None],
+                  ) -> list[str]:
         span = max(w.window // hop for w in group)
         cols = sorted({w.column for w in group})
         fns = {c: {w.fn for w in group if w.column == c} for c in cols}
@@ -442,17 +487,21 @@ class DuckDBEngine:
             p = f"{c}"
             tile_parts += [f"count({qc}) AS {_q('n_' + p)}"]
             raw_parts += [f"({qc} IS NOT NULL)::BIGINT AS {_q('n_' + p)}"]
-            # Float sums add their terms in value order, so a rerun gives the same bits
-            # whatever the threads did (a training set's content hash must be stable).
-            if fns[c] & {"sum", "mean"}:
-                tile_parts.append(f"sum({qc}::DOUBLE ORDER BY {qc})::DOUBLE AS {_q('s_' + p)}")
-                raw_parts.append(f"{qc}::DOUBLE AS {_q('s_' + p)}")
+            # Sums are exact (see _profile): terms as scaled 128-bit integers, or, for a
+            # column with NaN or infinities, floats added in a fixed order.
+            scale = scales.get(c)
+            terms = [("s_", f"{qc}::DOUBLE", 0)] if fns[c] & {"sum", "mean"} else []
             if "stddev" in fns[c]:
-                tile_parts += [f"sum({d}::DOUBLE ORDER BY {d})::DOUBLE AS {_q('d_' + p)}",
-                               f"sum(({d} * {d})::DOUBLE ORDER BY {d} * {d})::DOUBLE "
-                               f"AS {_q('q_' + p)}"]
-                raw_parts += [f"{d}::DOUBLE AS {_q('d_' + p)}",
-                              f"({d} * {d})::DOUBLE AS {_q('q_' + p)}"]
+                terms += [("d_", f"({d})::DOUBLE", 1), ("q_", f"({d} * {d})::DOUBLE", 2)]
+            for prefix, term, which in terms:
+                name = _q(prefix + p)
+                if scale is None:
+                    tile_parts.append(f"sum({term} ORDER BY {term})::DOUBLE AS {name}")
+                    raw_parts.append(f"{term} AS {name}")
+                else:
+                    exact = f"CAST({term} * {_double(scale[which])} AS HUGEINT)"
+                    tile_parts.append(f"sum({exact}) AS {name}")
+                    raw_parts.append(f"{exact} AS {name}")
             if "min" in fns[c]:
                 tile_parts.append(f"min({qc}) AS {_q('lo_' + p)}")
                 raw_parts.append(f"{qc} AS {_q('lo_' + p)}")
@@ -502,12 +551,12 @@ class DuckDBEngine:
             if w.fn == "count":
                 expr = f"coalesce({cnt}, 0)::BIGINT"
             elif w.fn == "sum":
-                expr = f"coalesce({_ordered_sum('s_' + p, inside)}, 0)::DOUBLE"
+                expr = f"coalesce({_total('s_' + p, inside, scales.get(p), 0)}, 0)::DOUBLE"
             elif w.fn == "mean":
-                expr = f"({_ordered_sum('s_' + p, inside)} / nullif({cnt}, 0))"
+                expr = f"({_total('s_' + p, inside, scales.get(p), 0)} / nullif({cnt}, 0))"
             elif w.fn == "stddev":
-                sd = _ordered_sum("d_" + p, inside)
-                sq = _ordered_sum("q_" + p, inside)
+                sd = _total("d_" + p, inside, scales.get(p), 1)
+                sq = _total("q_" + p, inside, scales.get(p), 2)
                 expr = (f"CASE WHEN {cnt} > 0 THEN sqrt(greatest(({sq} - {sd} * {sd} / {cnt}) "
                         f"/ {cnt}, 0)) END")
             elif w.fn == "min":
