@@ -103,6 +103,17 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert '"version": 1' in shown.stdout
     assert '"training_set_hash"' in shown.stdout
     assert (tmp_path / "demo" / ".closedloop" / "reports" / run_id / "report.html").exists()
+    demo = str(tmp_path / "demo")
+    moved = run("models", "alias", "fraud", "canary", "1", "-p", demo)
+    assert moved.returncode == 0, moved.stderr
+    assert "canary=1" in moved.stdout
+    assert "canary" in run("models", "list", "-p", demo).stdout
+    missing = run("models", "alias", "fraud", "shadow", "7", "-p", demo)
+    assert missing.returncode == 2
+    assert "no version 7" in missing.stderr
+    same = run("runs", "compare", run_id, run_id, "--all", "-p", demo)
+    assert same.returncode == 0, same.stderr
+    assert "training_set_hash" in same.stdout
 
 
 def test_push_then_serve(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,7 +35,8 @@ app = typer.Typer(
     help="closedloop: features, training, serving and feedback for production ML. "
          "Start with `closedloop demo`, or `closedloop init` for a project of your own.")
 console = Console(stderr=True)
-out = Console()
+# A terminal gets its own width; a pipe or file gets a wide page, so tables keep their ids.
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="The project folder.")]
 

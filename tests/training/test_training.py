@@ -218,3 +218,15 @@ def test_the_report_writes_json_and_html(project: cl.Project, tmp_path: Path) ->
     assert "Slices by country" in page
     assert "Fairness by country" in page
     assert run.report.test["auc"]["low"] < run.report.test["auc"]["value"]
+
+
+def test_reproduce_names_the_code_when_the_model_changed(project: cl.Project) -> None:
+    run = project.training.train("fraud", cutoff=END)
+    text = (project.root / "definitions.py").read_text().replace("num_boost_round=40",
+                                                                 "num_boost_round=41")
+    (project.root / "definitions.py").write_text(text)
+    with cl.Project(project.root) as changed:
+        found = changed.training.reproduce(run.id)
+    assert found.data_identical
+    assert not found.model_identical
+    assert any("model's declaration changed" in d for d in found.differences)
