@@ -529,12 +529,16 @@ class DuckDBEngine:
             f"{t} AS ({tiles})",
             f"q{i} AS (SELECT {ROW_ID}, {ROW_KEY}, {ROW_TS}, {_fdiv(ROW_TS, hop)} AS __T "
             f"FROM __rows)",
+            # The two (key, block) pairs each row probes, computed before the join so that
+            # the block is part of the hash key (an equality on an expression of the probe
+            # side is otherwise pulled out of the join and applied after it).
+            f"b{i} AS (SELECT q.*, {_fdiv(f'q.__T - {span}', span)} + d.j AS __pb "
+            f"FROM q{i} q CROSS JOIN (VALUES (0), (1)) d(j))",
             # Tiles of hops T-span .. T-1 that were complete before hop T began. Tiles are
             # grouped in blocks of `span` hops, so those hops lie in two blocks: each row
             # probes two blocks by equality and reads at most 2 * span tiles.
             f"p{i} AS (SELECT q.{ROW_ID}, q.__T, x.* EXCLUDE (__k, __blk, __vb) "
-            f"FROM q{i} q CROSS JOIN (VALUES (0), (1)) d(j) JOIN {t} x "
-            f"ON x.__k = q.{ROW_KEY} AND x.__blk = {_fdiv(f'q.__T - {span}', span)} + d.j "
+            f"FROM b{i} q JOIN {t} x ON x.__k = q.{ROW_KEY} AND x.__blk = q.__pb "
             f"WHERE x.__b >= q.__T - {span} AND x.__b < q.__T AND x.__vb < q.__T "
             f"UNION ALL "
             # Raw events that became visible inside hop T, up to t.
