@@ -154,15 +154,23 @@ def reliability(y: Any, p: Any, bins: int = 10) -> tuple[float, list[dict[str, f
 
 
 def pr_curve(y: Any, p: Any, points: int = 100) -> tuple[float, list[dict[str, float]]]:
-    """Average precision and the precision–recall curve (at most ``points`` points)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
+    """Average precision (scikit-learn's definition: Σ (Rₙ − Rₙ₋₁) Pₙ over the distinct
+    thresholds) and the precision–recall curve, at most ``points`` points."""
     yy, pp = _checked(y, p)
-    precision, recall, _ = precision_recall_curve(yy, pp)
-    keep = np.unique(np.linspace(0, precision.size - 1, min(points, precision.size))
+    order = np.argsort(-pp, kind="mergesort")
+    scores, hits = pp[order], yy[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]   # each threshold's end
+    tp = np.cumsum(hits)[last].astype(np.float64)
+    fp = (last + 1) - tp
+    precision = tp / (tp + fp)
+    recall = tp / tp[-1] if tp[-1] else np.zeros_like(tp)
+    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    # From the lowest recall up, as scikit-learn lists it reversed, ending at (0, 1).
+    curve_p, curve_r = np.r_[precision, 1.0], np.r_[recall, 0.0]
+    keep = np.unique(np.linspace(0, curve_p.size - 1, min(points, curve_p.size))
                      .astype(np.int64))
-    curve = [{"recall": float(recall[i]), "precision": float(precision[i])} for i in keep]
-    return float(average_precision_score(yy, pp)), curve
+    curve = [{"recall": float(curve_r[i]), "precision": float(curve_p[i])} for i in keep]
+    return ap, curve
 
 
 @dataclass(frozen=True)
@@ -197,24 +205,23 @@ def metrics(y: Any, p: Any, *, curves: bool = True, level: float = 0.95) -> Metr
 def _groups(values: Sequence[Any]) -> tuple[list[str], np.ndarray[Any, Any]]:
     """Slice labels per row: a value's text, or for floats the quartile bin it falls in."""
     array = np.asarray(values, dtype=object)
-    floats = [v for v in array if isinstance(v, float) and not math.isnan(v)]
-    if floats and len(floats) == sum(v is not None for v in array) and len(set(floats)) > 8:
-        cuts = np.quantile(np.array(floats), [0.25, 0.5, 0.75])
+    present = np.array([v is not None and not (isinstance(v, float) and math.isnan(v))
+                        for v in array], dtype=bool)
+    floats = present.any() and all(isinstance(v, float) for v in array[present])
+    if floats and np.unique(array[present].astype(np.float64)).size > 8:
+        numbers = array[present].astype(np.float64)
+        cuts = np.quantile(numbers, [0.25, 0.5, 0.75])
         edges = [-math.inf, *cuts.tolist(), math.inf]
-        labels = []
-        for v in array:
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                labels.append("missing")
-                continue
-            for lo, hi in itertools.pairwise(edges):
-                if lo <= v < hi or (hi == math.inf and v >= lo):
-                    labels.append(f"[{lo:.4g}, {hi:.4g})")
-                    break
-        names = sorted(set(labels))
-        return names, np.array([names.index(x) for x in labels])
-    texts = ["missing" if v is None else str(v) for v in array]
-    names = sorted(set(texts))
-    return names, np.array([names.index(t) for t in texts])
+        names = [f"[{lo:.4g}, {hi:.4g})" for lo, hi in itertools.pairwise(edges)]
+        index = np.full(array.size, len(names), dtype=np.int64)        # "missing"
+        index[present] = np.searchsorted(cuts, numbers, side="right")
+        used = sorted(set(index.tolist()))
+        labels = [*names, "missing"]
+        remap = {old: new for new, old in enumerate(used)}
+        return [labels[i] for i in used], np.array([remap[i] for i in index.tolist()])
+    texts = np.array(["missing" if v is None else str(v) for v in array], dtype=object)
+    unique, index = np.unique(texts.astype(str), return_inverse=True)
+    return [str(n) for n in unique], index
 
 
 def slice_metrics(y: Any, p: Any, values: Sequence[Any], *, min_size: int = 100,
@@ -284,8 +291,10 @@ def univariate_aucs(X: np.ndarray[Any, Any], y: Any,
         ys = yy[seen]
         if not 0 < ys.sum() < ys.size:
             continue
-        auc, _, _ = _components(ys, col[seen])
-        out[name] = max(auc, 1 - auc)
+        ranks = _midrank(col[seen])
+        m, n = int(ys.sum()), int(ys.size - ys.sum())
+        auc = (ranks[ys == 1].sum() - m * (m + 1) / 2) / (m * n)
+        out[name] = float(max(auc, 1 - auc))
     return out
 
 

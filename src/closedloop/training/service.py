@@ -285,7 +285,7 @@ class TrainingService:
         # The univariate check is a screen: an evenly spaced sample of the training rows is
         # enough (and keeps it a fraction of the fit on a large training set).
         train = np.flatnonzero(part == 0)
-        train = train[np.linspace(0, train.size - 1, min(train.size, 200_000)).astype(np.int64)]
+        train = train[np.linspace(0, train.size - 1, min(train.size, 100_000)).astype(np.int64)]
         built.univariate = evaluation.univariate_aucs(X[train], y[train], list(model.features))
         for name in evaluation.suspicious_features(built.univariate, model.suspicious_auc):
             built.warnings.append(
@@ -581,6 +581,9 @@ def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray[Any, Any]:
 
 def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray[Any, Any]:
     """The model's input matrix from a training set (or scoring rows): one float column per
-    feature, in the model's order, nulls as NaN."""
-    return np.column_stack([_numeric(table[ref], ref) for ref in features])
+    feature, in the model's order, nulls as NaN (column-major: each column written once)."""
+    out = np.empty((table.num_rows, len(features)), dtype=np.float64, order="F")
+    for j, ref in enumerate(features):
+        out[:, j] = _numeric(table[ref], ref)
+    return out
 
