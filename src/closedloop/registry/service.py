@@ -193,8 +193,10 @@ class RegistryService:
                               if k != "columns"}),
         }
 
-    def baseline(self, model: str, rows: pa.Table) -> tuple[int, np.ndarray[Any, Any]] | None:
-        """The production version's scores on training-set rows, for a run's comparison."""
+    def baseline(self, model: str, rows: pa.Table,
+                 ) -> tuple[int, np.ndarray[Any, Any], str | None] | None:
+        """The production version's scores on training-set rows, for a run's comparison,
+        with the first instant it did not learn from (the start of its own test split)."""
         if "production" not in self.store.aliases(model):
             return None
         try:
@@ -208,7 +210,8 @@ class RegistryService:
                                                    ["rows_source"]]
             extra = self.features.training_set(rows, needed, timestamp=source.timestamp)
             table = extra
-        return loaded.version.version, loaded.predict(table)
+        unseen = loaded.version.manifest["lineage"].get("split", {}).get("test_from")
+        return loaded.version.version, loaded.predict(table), unseen
 
 
 def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

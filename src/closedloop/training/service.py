@@ -57,8 +57,9 @@ from closedloop.training.model import Model
 from closedloop.training.report import EvaluationReport
 
 Progress = Callable[[int, int, str], None]
-#: Scores of the current production version on given training-set rows, if there is one.
-Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any]] | None]
+#: Scores of the current production version on given training-set rows, if there is one:
+#: its version, the scores, and the first instant it did not learn from (its test split).
+Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any], str | None] | None]
 
 _PACKAGES = ("closedloop", "numpy", "pyarrow", "duckdb", "scikit-learn", "lightgbm",
              "xgboost", "scipy")
@@ -439,9 +440,19 @@ class TrainingService:
         if baseline is not None:
             found = baseline(model.name, table_test)
             if found is not None:
-                version, theirs = found
+                version, theirs, unseen_from = found
                 compared = {"against_version": version,
                             **evaluation.comparison(y_test, scores, theirs)}
+                first = int(built.times[test].min())
+                limit = (None if unseen_from is None else
+                         int(datetime.fromisoformat(unseen_from).timestamp() * 1_000_000))
+                if limit is not None and first < limit:
+                    seen = int((built.times[test] < limit).sum())
+                    compared["overlap_rows"] = seen
+                    built.warnings.append(
+                        f"production (version {version}) learned from rows up to "
+                        f"{_iso(limit)[:16]}, and {seen:,} of these {int(test.sum()):,} test "
+                        "rows are before that: the comparison favours production")
         return EvaluationReport(
             model=model.name, rows=int(test.sum()),
             test=evaluation.metrics(y_test, scores).to_dict(), validation=validation,
