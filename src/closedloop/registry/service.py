@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from closedloop.backends.base import ArtefactStore, ModelStore, VersionRecord
 from closedloop.data.sources import check_name
-from closedloop.errors import ClosedLoopError, RegistryError, VersionNotFound
+from closedloop.errors import RegistryError, VersionNotFound
 from closedloop.features.service import FeatureService
 from closedloop.training.report import EvaluationReport
 from closedloop.training.service import TrainingService, feature_matrix
@@ -199,17 +199,13 @@ class RegistryService:
         with the first instant it did not learn from (the start of its own test split)."""
         if "production" not in self.store.aliases(model):
             return None
-        try:
-            loaded = self.load(model, "production")
-        except ClosedLoopError:
-            raise
+        loaded = self.load(model, "production")
         needed = [f for f in loaded.version.features if f not in rows.column_names]
         table = rows
-        if needed:
+        if needed:                     # production reads features this run does not
             source = self.training.catalog.sources[loaded.version.manifest["lineage"]
                                                    ["rows_source"]]
-            extra = self.features.training_set(rows, needed, timestamp=source.timestamp)
-            table = extra
+            table = self.features.training_set(rows, needed, timestamp=source.timestamp)
         unseen = loaded.version.manifest["lineage"].get("split", {}).get("test_from")
         return loaded.version.version, loaded.predict(table), unseen
 
