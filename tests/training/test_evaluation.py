@@ -110,3 +110,17 @@ def test_univariate_auc_finds_a_feature_that_is_the_label() -> None:
     got = univariate_aucs(X, y, ["noise", "leak"])
     assert got["leak"] > 0.99
     assert got["noise"] < 0.6
+
+
+def test_table_hash_is_of_the_values_not_the_buffers() -> None:
+    import pyarrow as pa
+
+    from closedloop.training.service import table_hash
+
+    t = pa.table({"x": [1.0, None, 3.0], "s": ["a", None, "ccc"],
+                  "t": pa.array([1, 2, None], pa.timestamp("us", tz="UTC"))})
+    rechunked = pa.concat_tables([t.slice(0, 1), t.slice(1)])
+    assert table_hash(t) == table_hash(rechunked)
+    assert table_hash(t) != table_hash(t.set_column(0, "x", pa.array([1.0, None, 3.5])))
+    assert table_hash(t) != table_hash(t.set_column(1, "s", pa.array(["a", "", "ccc"])))
+    assert table_hash(t) != table_hash(t.rename_columns(["y", "s", "t"]))

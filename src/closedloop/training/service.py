@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import io
 import json
 import platform
 import resource
@@ -123,13 +122,32 @@ class _Built:
 
 
 def table_hash(table: pa.Table) -> str:
-    """The content hash of a table: SHA-256 of its Arrow IPC stream, schema metadata
-    stripped and chunks combined, so equal contents give equal hashes."""
-    clean = table.replace_schema_metadata(None).combine_chunks()
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, clean.schema) as writer:
-        writer.write_table(clean)
-    return hashlib.sha256(sink.getvalue()).hexdigest()
+    """The content hash of a table's values: per column its name, type, which rows are null
+    and the values (nulls as zero, strings as their UTF-8 bytes and lengths) — not the Arrow
+    buffers, whose chunking and bytes under nulls are not part of the content."""
+    digest = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        digest.update(f"{name}\x1f{column.type}\x1f{len(column)}\x1e".encode())
+        nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+        digest.update(np.packbits(nulls).tobytes())
+        kind = column.type
+        if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_duration(kind):
+            column = pc.cast(column, pa.int64())
+            kind = column.type
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+            values = pc.fill_null(column, pa.scalar(0, kind) if not pa.types.is_boolean(kind)
+                                  else False).to_numpy(zero_copy_only=False)
+            digest.update(np.ascontiguousarray(values).tobytes())
+        else:
+            text = pc.fill_null(pc.cast(column, pa.large_string()), "")
+            combined = text.combine_chunks()
+            offsets, data = combined.buffers()[1], combined.buffers()[2]
+            start = combined.offset
+            offs = np.frombuffer(offsets, dtype=np.int64)[start:start + len(combined) + 1]
+            digest.update((offs - offs[0]).tobytes())
+            if data is not None:
+                digest.update(memoryview(data)[offs[0]:offs[-1]])
+    return digest.hexdigest()
 
 
 def environment() -> dict[str, Any]:
