@@ -369,18 +369,8 @@ class TrainingService:
             built = self._build(model, when, step)
             step("fit")
             trainer = model.trainer
-            fitted = _fresh(trainer)
-            train, valid, test = (built.part == 0), (built.part == 1), (built.part == 2)
-            try:
-                fitted.fit(built.X[train], built.y[train],
-                           X_valid=built.X[valid] if valid.any() else None,
-                           y_valid=built.y[valid] if valid.any() else None,
-                           feature_names=list(model.features))
-            except ClosedLoopError:
-                raise
-            except Exception as exc:
-                raise TrainingError(f"trainer {trainer.kind} raised {type(exc).__name__}: "
-                                    f"{exc}", fix="fix the trainer or its parameters") from exc
+            fitted = _fit(model, built)
+            valid, test = built.part == 1, built.part == 2
             step("evaluate")
             scores = fitted.predict_proba(built.X[test])
             report = self._evaluate(model, built, scores, valid, fitted, baseline)
@@ -529,12 +519,7 @@ class TrainingService:
                 f" ({built.table.num_rows:,} rows now, {was['lineage']['training_set_rows']:,} "
                 "then)")
         step("fit")
-        fitted = _fresh(model.trainer)
-        train, valid = built.part == 0, built.part == 1
-        fitted.fit(built.X[train], built.y[train],
-                   X_valid=built.X[valid] if valid.any() else None,
-                   y_valid=built.y[valid] if valid.any() else None,
-                   feature_names=list(model.features))
+        fitted = _fit(model, built)
         model_same = hashlib.sha256(fitted.to_bytes()).hexdigest() == \
             was["model_artefact_hash"]
         if not model_same and data_same and not differences:
@@ -571,11 +556,25 @@ class TrainingService:
         return {"a": a, "b": b, "status": (ra.status, rb.status), "sections": sections}
 
 
-def _fresh(trainer: Any) -> Any:
-    """An unfitted copy of the declared trainer (the declaration itself is never fitted)."""
+def _fit(model: Model, built: _Built) -> Any:
+    """A fresh copy of the declared trainer (the declaration itself is never fitted), fitted
+    on the train split with the validation split beside it; a trainer's own exception
+    becomes a ``TrainingError``."""
     import copy
 
-    return copy.deepcopy(trainer)
+    fitted = copy.deepcopy(model.trainer)
+    train, valid = built.part == 0, built.part == 1
+    try:
+        fitted.fit(built.X[train], built.y[train],
+                   X_valid=built.X[valid] if valid.any() else None,
+                   y_valid=built.y[valid] if valid.any() else None,
+                   feature_names=list(model.features))
+    except ClosedLoopError:
+        raise
+    except Exception as exc:
+        raise TrainingError(f"trainer {model.trainer.kind} raised {type(exc).__name__}: {exc}",
+                            fix="fix the trainer or its parameters") from exc
+    return fitted
 
 
 def _seeds(model: Model) -> dict[str, Any]:
