@@ -13,9 +13,12 @@ from closedloop.testing import check_offline_engine, run_case, semantic_cases
 
 ENGINES: dict[str, Callable[[], OfflineEngine]] = {
     "duckdb": lambda: DuckDBEngine(),
-    # The same engine forced onto each of its two window plans (tiles, or raw events).
-    "duckdb-tiles": lambda: DuckDBEngine(tile_min_compression=0.0),
-    "duckdb-events": lambda: DuckDBEngine(tile_min_compression=float("inf")),
+    # The same engine forced onto each of its window plans: SQL over tiles, SQL over raw
+    # events, and ranges over sorted events.
+    "duckdb-tiles": lambda: DuckDBEngine(tile_min_compression=0.0, window_plan="sql"),
+    "duckdb-events": lambda: DuckDBEngine(tile_min_compression=float("inf"),
+                                          window_plan="sql"),
+    "duckdb-ranges": lambda: DuckDBEngine(window_plan="ranges"),
 }
 
 

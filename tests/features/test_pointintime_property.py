@@ -50,10 +50,19 @@ def _ts(values: list[int]) -> pa.Array:
     return pa.array(values, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
 
 
-@pytest.fixture(scope="module", params=["tiles", "events"])
+@pytest.fixture(scope="module", params=["tiles", "events", "ranges", "ranges-listed",
+                                        "ranges-refused"])
 def engine(request):  # type: ignore[no-untyped-def]
-    """Both window plans of the DuckDB engine: per-hop tiles, and events as their own tiles."""
-    made = DuckDBEngine(tile_min_compression=0.0 if request.param == "tiles" else float("inf"))
+    """Every window plan of the DuckDB engine: SQL over per-hop tiles, SQL over events as
+    their own tiles, and ranges over sorted events — scanning for late arrivals, listing
+    every row's events (no scan), and refusing to list (back to SQL)."""
+    plan = request.param
+    made = DuckDBEngine(tile_min_compression=0.0 if plan == "tiles" else float("inf"),
+                        window_plan="ranges" if plan.startswith("ranges") else "sql")
+    if plan == "ranges-listed":                 # rows scan one step, then list their events
+        made._range_depth = 1
+    if plan == "ranges-refused":
+        made._range_depth, made._range_limit = 0, 0
     yield made
     made.close()
 

@@ -3,12 +3,18 @@ their nominal rate on simulated data."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
 
 from closedloop.training.evaluation import (
+    _groups,
     comparison,
     delong,
     delong_difference,
@@ -124,3 +130,25 @@ def test_table_hash_is_of_the_values_not_the_buffers() -> None:
     assert table_hash(t) != table_hash(t.set_column(0, "x", pa.array([1.0, None, 3.5])))
     assert table_hash(t) != table_hash(t.set_column(1, "s", pa.array(["a", "", "ccc"])))
     assert table_hash(t) != table_hash(t.rename_columns(["y", "s", "t"]))
+
+
+_cells = st.one_of(
+    st.lists(st.none() | st.floats(-5, 5) | st.sampled_from([0.5, 1.5, math.nan]),
+             min_size=1, max_size=60).map(lambda v: pa.array(v, pa.float64())),
+    st.lists(st.none() | st.integers(-3, 12), min_size=1, max_size=60).map(
+        lambda v: pa.array(v, pa.int64())),
+    st.lists(st.none() | st.sampled_from(["x", "y", "missing", "é"]), min_size=1,
+             max_size=60).map(lambda v: pa.array(v, pa.string())),
+    st.lists(st.none() | st.booleans(), min_size=1, max_size=60).map(
+        lambda v: pa.array(v, pa.bool_())),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(column=_cells)
+def test_arrow_groups_equal_python_groups(column: pa.Array) -> None:
+    """Slices of an Arrow column are the slices of its Python values, row for row."""
+    names, index = _groups(pa.chunked_array([column[:3], column[3:]]))
+    want_names, want_index = _groups(column.to_pylist())
+    assert names == want_names
+    assert index.tolist() == np.asarray(want_index).tolist()

@@ -24,11 +24,19 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from closedloop.backends import ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
-from closedloop.data.sources import AnySource, LogicalType
-from closedloop.errors import BackendError, DataError, PointInTimeError, SchemaMismatch
+from closedloop.data.sources import ARROW_TYPES, AnySource, LogicalType
+from closedloop.errors import (
+    BackendError,
+    ConfigError,
+    DataError,
+    PointInTimeError,
+    SchemaMismatch,
+)
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
 _SQL_TYPES: dict[LogicalType, str] = {
@@ -54,6 +62,10 @@ def _logical(duck_type: str) -> str:
         return "timestamp_naive"
     return t.lower()
 
+
+_PLANS = ("auto", "sql", "ranges")
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10,
+          "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 _COMPATIBLE = {
     "string": {"string"}, "int64": {"int64"}, "float64": {"float64", "int64"},
@@ -103,11 +115,30 @@ def _nulls_low(expr: str) -> str:
     return f"struct_pack(p := ({expr}) IS NOT NULL, v := {expr})"
 
 
+def _bytes(setting: str) -> int:
+    """DuckDB's memory_limit setting ("18.6 GiB") in bytes."""
+    number, _, unit = setting.strip().partition(" ")
+    try:
+        return int(float(number) * _UNITS.get(unit.upper() or "B", 1))
+    except ValueError:
+        return 0
+
+
+def _ascending(ids: np.ndarray[Any, Any]) -> bool:
+    return bool(ids.size < 2 or (ids[1:] >= ids[:-1]).all())
+
+
 class DuckDBEngine:
     """Offline engine on DuckDB. ``root`` resolves relative source paths.
 
-    ``tile_min_compression``: windows are computed from per-hop tiles when tiles would hold at
-    least this many events on average, else from the events themselves (same results).
+    ``window_plan``: ``"auto"`` computes count, sum, mean, min and max windows as ranges over
+    the events sorted in memory (``backends/ranges.py``) when they fit in half the memory
+    limit, and everything else with the SQL plan (out of core); ``"sql"`` and ``"ranges"``
+    force one plan (``"ranges"`` still leaves to SQL what it cannot compute). All plans give
+    the same results.
+
+    ``tile_min_compression``: the SQL plan computes windows from per-hop tiles when tiles would
+    hold at least this many events on average, else from the events themselves (same results).
 
     >>> engine = DuckDBEngine(root=".")
     >>> engine.close()
@@ -115,8 +146,16 @@ class DuckDBEngine:
 
     def __init__(self, root: str | os.PathLike[str] = ".", memory_limit: str | None = None,
                  threads: int | None = None, temp_directory: str | None = None,
-                 tile_min_compression: float = 2.0, log_root: str | None = None) -> None:
+                 tile_min_compression: float = 2.0, log_root: str | None = None,
+                 window_plan: str = "auto") -> None:
+        if window_plan not in _PLANS:
+            raise ConfigError(f"window_plan {window_plan!r} is unknown",
+                              fix=f"use one of {', '.join(_PLANS)}")
         self.root = Path(root)
+        self.window_plan = window_plan
+        # The range plan's scan depth and listing limit (see backends/ranges.py); tests lower
+        # them to exercise the slow paths.
+        self._range_depth, self._range_limit = 32, 20_000_000
         self.log_root = log_root
         self.tile_min_compression = tile_min_compression
         self.memory_limit = memory_limit
@@ -300,13 +339,141 @@ class DuckDBEngine:
         key_type = view.entity.spec()["dtype"]
         needed = ([w.column for w in view.windowed if w.name in features] if view.aggregations
                   else list(view.row_columns))
-        self.check_source(source, view.entity.key, key_type, sorted(set(needed)))
-        if view.aggregations:
-            wanted = [w for w in view.windowed if w.name in features]
-            sql = self._windowed_sql(view, wanted)
-        else:
-            sql = self._snapshot_sql(view, list(features))
-        return self._run(sql, rows)
+        types = self.check_source(source, view.entity.key, key_type, sorted(set(needed)))
+        if not view.aggregations:
+            return self._run(self._snapshot_sql(view, list(features)), rows)
+        wanted = [w for w in view.windowed if w.name in features]
+        fast = [] if self.window_plan == "sql" else [
+            w for w in wanted if w.fn in ranges.FNS and (
+                w.fn == "count" or types.get(w.column) in ("int64", "float64"))]
+        if fast:
+            fast = self._ranges_fit(view, fast, rows.num_rows)
+        parts = []
+        if fast:
+            parts.append(self._ranges(view, fast, rows))
+            wanted = [w for w in wanted if w not in fast]
+        if wanted or not parts:
+            parts.append(self._run(self._windowed_sql(view, wanted), rows))
+        out = parts[0]
+        for part in parts[1:]:
+            for name in part.column_names[1:]:
+                out = out.append_column(name, part[name])
+        return out
+
+    # -- windows as ranges (backends/ranges.py) ------------------------------------------------
+    def _ranges_fit(self, view: FeatureView, fast: list[WindowedFeature],
+                    rows: int) -> list[WindowedFeature]:
+        """``fast`` if the range plan's arrays fit in half the memory limit (or the plan is
+        forced), else none."""
+        if self.window_plan == "ranges":
+            return fast
+        with self._lock:
+            con = self._connection()
+            events = int(con.execute(f"SELECT count(*) FROM {self._scan(view.source)}")
+                         .fetchone()[0])  # type: ignore[index]
+            limit = str(con.execute("SELECT current_setting('memory_limit')")
+                        .fetchone()[0])  # type: ignore[index]
+        columns = {w.column for w in fast}
+        extremes = sum(1 for w in fast if w.fn in ("min", "max"))
+        # code, time, visibility, running max; per column values, validity, counts and limbs;
+        # a sparse table of ~16 levels per min/max; per row ~12 arrays.
+        need = 8 * (events * (4 + 6 * len(columns) + 16 * extremes) + rows * 12)
+        return fast if need <= _bytes(limit) // 2 else []
+
+    def _ranges(self, view: FeatureView, fast: list[WindowedFeature],
+                rows: pa.Table) -> pa.Table:
+        """The ``fast`` windows by the range plan, but those over columns holding NaN or
+        infinities (and all of them if the slow path would list too many events), which go
+        to the SQL plan. Ordered by row id, like every point-in-time result."""
+        events, at, codes, t = self._range_inputs(view, fast, rows)
+        odd = {c for c, col in events.columns.items() if col.values.dtype.kind == "f"
+               and not np.isfinite(col.values).all()}
+        easy = [w for w in fast if w.fn == "count" or w.column not in odd]
+        try:
+            values = (ranges.aggregate(events, codes, t, easy, depth=self._range_depth,
+                                       limit=self._range_limit) if easy else {})
+        except ranges.TooDeep:
+            easy, values = [], {}
+        n = rows.num_rows
+        ids = rows[ROW_ID].to_numpy(zero_copy_only=False)
+        if not _ascending(ids):                   # row i of the result: the i-th smallest id
+            rank = np.empty(n, dtype=np.int64)
+            rank[np.argsort(ids, kind="stable")] = np.arange(n, dtype=np.int64)
+            at = rank[at]
+            ids = np.sort(ids, kind="stable")
+        columns: dict[str, pa.Array] = {ROW_ID: pa.array(ids)}
+        for w in easy:
+            got, null = values[w.name]
+            full = np.zeros(n, dtype=got.dtype)
+            full[at] = got
+            if w.fn in ("count", "sum"):        # an entity with no events: 0
+                columns[w.name] = pa.array(full)
+                continue
+            mask = np.ones(n, dtype=bool)
+            mask[at] = False if null is None else null
+            kind = pa.float64() if w.fn == "mean" else events.columns[w.column].arrow_type
+            columns[w.name] = pa.array(full, type=kind, mask=mask)
+        table = pa.table(columns)
+        rest = [w for w in fast if w not in easy]
+        if rest:
+            sql = self._run(self._windowed_sql(view, rest), rows)
+            for w in rest:
+                table = table.append_column(w.name, sql[w.name])
+        return table.select([ROW_ID, *(w.name for w in fast)])
+
+    def _range_inputs(self, view: FeatureView, fast: list[WindowedFeature], rows: pa.Table,
+                      ) -> tuple[ranges.Events, np.ndarray[Any, Any], np.ndarray[Any, Any],
+                                 np.ndarray[Any, Any]]:
+        """The view's events sorted by (entity code, event time) with the columns ``fast``
+        reads; and the rows whose entity has events, sorted by (code, time): their positions
+        in ``rows``, codes and times."""
+        types = self.columns(view.source)
+        values = {w.column for w in fast if w.fn != "count"}
+        columns = list(dict.fromkeys(w.column for w in fast))
+        cast = {c: ("BIGINT" if types.get(c) == "int64" else "DOUBLE") for c in values}
+        picks = "".join(
+            f", e.{_q(c)}::{cast[c]} AS {_q('x' + str(i))}" if c in cast else
+            f", (e.{_q(c)} IS NOT NULL) AS {_q('x' + str(i))}" for i, c in enumerate(columns))
+        with self._lock:
+            con = self._connection()
+            self._seq += 1
+            ev, ks, name = f"__ev_{self._seq}", f"__ks_{self._seq}", f"__rk_{self._seq}"
+            keys = pa.table({"__i": pa.array(np.arange(rows.num_rows, dtype=np.int64)),
+                             "__k": rows[ROW_KEY], "__t": rows[ROW_TS]})
+            con.register(name, keys)
+            try:
+                con.execute(f"CREATE TEMP TABLE {ev} AS "
+                            f"{self._source_cte(view, columns)}")
+                con.execute(f"CREATE TEMP TABLE {ks} AS SELECT __k, (row_number() OVER () "
+                            f"- 1)::BIGINT AS __c FROM (SELECT DISTINCT __k FROM {ev})")
+                sorted_events = con.sql(
+                    f"SELECT k.__c, e.__et, e.__v{picks} FROM {ev} e JOIN {ks} k "
+                    f"USING (__k) ORDER BY k.__c, e.__et").to_arrow_table()
+                found = con.sql(f"SELECT r.__i, k.__c, r.__t::BIGINT AS __t FROM {name} r "
+                                f"JOIN {ks} k ON r.__k = k.__k ORDER BY k.__c, r.__t"
+                                ).to_arrow_table()
+            except duckdb.Error as exc:
+                raise DataError(f"the offline query failed: {exc}",
+                                fix="check the source files against their definitions") from exc
+            finally:
+                con.unregister(name)
+                con.execute(f"DROP TABLE IF EXISTS {ev}")
+                con.execute(f"DROP TABLE IF EXISTS {ks}")
+        cols: dict[str, ranges.Column] = {}
+        for i, c in enumerate(columns):
+            arr = sorted_events[f"x{i}"]
+            if c in cast:
+                zero = pa.scalar(0, arr.type)
+                cols[c] = ranges.Column(
+                    pc.fill_null(arr, zero).to_numpy(), pc.is_valid(arr).to_numpy(),
+                    ARROW_TYPES[types[c]])
+            else:
+                valid = arr.to_numpy(zero_copy_only=False)
+                cols[c] = ranges.Column(np.zeros(valid.size, np.int64), valid, pa.int64())
+        events = ranges.Events(sorted_events["__c"].to_numpy(), sorted_events["__et"].to_numpy(),
+                               sorted_events["__v"].to_numpy(), cols)
+        return (events, found["__i"].to_numpy(), found["__c"].to_numpy(),
+                found["__t"].to_numpy())
 
     def _run(self, sql: str, rows: pa.Table) -> pa.Table:
         result = self._over(sql, rows)

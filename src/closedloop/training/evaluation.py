@@ -29,6 +29,8 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _EPS = 1e-15
 
@@ -53,7 +55,7 @@ def _z(level: float) -> float:
 
 def _midrank(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """1-based ranks with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
+    order = np.argsort(x)              # ties share one rank: the order among them is moot
     sorted_x = x[order]
     n = x.size
     ranks = np.empty(n, dtype=np.float64)
@@ -157,7 +159,7 @@ def pr_curve(y: Any, p: Any, points: int = 100) -> tuple[float, list[dict[str, f
     """Average precision (scikit-learn's definition: Σ (Rₙ − Rₙ₋₁) Pₙ over the distinct
     thresholds) and the precision–recall curve, at most ``points`` points."""
     yy, pp = _checked(y, p)
-    order = np.argsort(-pp, kind="mergesort")
+    order = np.argsort(-pp)            # each threshold's counts are taken at its run's end
     scores, hits = pp[order], yy[order]
     last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]   # each threshold's end
     tp = np.cumsum(hits)[last].astype(np.float64)
@@ -202,30 +204,57 @@ def metrics(y: Any, p: Any, *, curves: bool = True, level: float = 0.95) -> Metr
                    curve if curves else [], pr if curves else [])
 
 
-def _groups(values: Sequence[Any]) -> tuple[list[str], np.ndarray[Any, Any]]:
-    """Slice labels per row: a value's text, or for floats the quartile bin it falls in."""
-    array = np.asarray(values, dtype=object)
+def _groups(values: Sequence[Any] | pa.Array | pa.ChunkedArray,
+            ) -> tuple[list[str], np.ndarray[Any, Any]]:
+    """Slice labels per row: a value's text, or for floats the quartile bin it falls in.
+    An Arrow column is grouped without a Python object per row."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if pa.types.is_floating(values.type):
+            numbers = pc.fill_null(values, math.nan).to_numpy(zero_copy_only=False)
+            present = ~np.isnan(numbers)
+            distinct = np.sort(numbers[present])
+            if distinct.size and np.count_nonzero(np.diff(distinct)) + 1 > 8:
+                return _quartiles(numbers, present)
+        encoded = pc.dictionary_encode(values)
+        texts = ["missing" if v is None else str(v) for v in encoded.dictionary.to_pylist()]
+        names = sorted({*texts, *(["missing"] if encoded.null_count else [])})
+        where = {name: i for i, name in enumerate(names)}
+        remap = np.array([*(where[t] for t in texts), where.get("missing", 0)], np.int64)
+        codes = pc.fill_null(encoded.indices, len(texts)).to_numpy(zero_copy_only=False)
+        return names, remap[codes]
+    array: np.ndarray[Any, Any] = np.asarray(values, dtype=object)
     present = np.array([v is not None and not (isinstance(v, float) and math.isnan(v))
                         for v in array], dtype=bool)
     floats = present.any() and all(isinstance(v, float) for v in array[present])
     if floats and np.unique(array[present].astype(np.float64)).size > 8:
-        numbers = array[present].astype(np.float64)
-        cuts = np.quantile(numbers, [0.25, 0.5, 0.75])
-        edges = [-math.inf, *cuts.tolist(), math.inf]
-        names = [f"[{lo:.4g}, {hi:.4g})" for lo, hi in itertools.pairwise(edges)]
-        index = np.full(array.size, len(names), dtype=np.int64)        # "missing"
-        index[present] = np.searchsorted(cuts, numbers, side="right")
-        used = sorted(set(index.tolist()))
-        labels = [*names, "missing"]
-        remap = {old: new for new, old in enumerate(used)}
-        return [labels[i] for i in used], np.array([remap[i] for i in index.tolist()])
-    texts = np.array(["missing" if v is None else str(v) for v in array], dtype=object)
-    unique, index = np.unique(texts.astype(str), return_inverse=True)
+        numbers = np.full(array.size, math.nan)
+        numbers[present] = array[present].astype(np.float64)
+        return _quartiles(numbers, present)
+    words = np.array(["missing" if v is None else str(v) for v in array], dtype=str)
+    unique, index = np.unique(words, return_inverse=True)
     return [str(n) for n in unique], index
 
 
-def slice_metrics(y: Any, p: Any, values: Sequence[Any], *, min_size: int = 100,
-                  min_class: int = 10, level: float = 0.95) -> list[dict[str, Any]]:
+def _quartiles(numbers: np.ndarray[Any, Any], present: np.ndarray[Any, Any],
+               ) -> tuple[list[str], np.ndarray[Any, Any]]:
+    """Quartile bins of the present numbers, and "missing" for the rest."""
+    cuts = np.quantile(numbers[present], [0.25, 0.5, 0.75])
+    edges = [-math.inf, *cuts.tolist(), math.inf]
+    names = [f"[{lo:.4g}, {hi:.4g})" for lo, hi in itertools.pairwise(edges)]
+    index = np.full(numbers.size, len(names), dtype=np.int64)        # "missing"
+    index[present] = np.searchsorted(cuts, numbers[present], side="right")
+    used = np.flatnonzero(np.bincount(index, minlength=len(names) + 1))
+    labels = [*names, "missing"]
+    remap = np.zeros(len(names) + 1, dtype=np.int64)
+    remap[used] = np.arange(used.size)
+    return [labels[i] for i in used], remap[index]
+
+
+def slice_metrics(y: Any, p: Any, values: Sequence[Any] | pa.Array | pa.ChunkedArray, *,
+                  min_size: int = 100, min_class: int = 10,
+                  level: float = 0.95) -> list[dict[str, Any]]:
     """Per slice: rows, positives, and (when large enough) AUC, log loss and Brier with
     their intervals; a slice too small says so."""
     yy, pp = _checked(y, p)
@@ -248,7 +277,8 @@ def slice_metrics(y: Any, p: Any, values: Sequence[Any], *, min_size: int = 100,
     return out
 
 
-def fairness(y: Any, p: Any, values: Sequence[Any], threshold: float) -> dict[str, Any]:
+def fairness(y: Any, p: Any, values: Sequence[Any] | pa.Array | pa.ChunkedArray,
+             threshold: float) -> dict[str, Any]:
     """Selection and true-positive rates per group at ``threshold``, and their spreads."""
     yy, pp = _checked(y, p)
     names, index = _groups(values)

@@ -435,10 +435,9 @@ class TrainingService:
         table_test = built.table.filter(pa.array(test))
         slices = {}
         for column in model.slices:
-            values = table_test[column].to_pylist()
-            slices[column] = evaluation.slice_metrics(y_test, scores, values,
+            slices[column] = evaluation.slice_metrics(y_test, scores, table_test[column],
                                                       min_size=model.min_slice_size)
-        fairness = {column: evaluation.fairness(y_test, scores, table_test[column].to_pylist(),
+        fairness = {column: evaluation.fairness(y_test, scores, table_test[column],
                                                 model.threshold)
                     for column in model.protected}
         validation = (evaluation.metrics(built.y[valid], fitted.predict_proba(built.X[valid]),
