@@ -152,3 +152,50 @@ def test_arrow_groups_equal_python_groups(column: pa.Array) -> None:
     want_names, want_index = _groups(column.to_pylist())
     assert names == want_names
     assert index.tolist() == np.asarray(want_index).tolist()
+
+
+_feature_columns = st.lists(st.one_of(
+    st.lists(st.none() | st.floats(-1e6, 1e6), min_size=9, max_size=9).map(
+        lambda v: pa.array(v, pa.float64())),
+    st.lists(st.none() | st.integers(-(2**40), 2**40), min_size=9, max_size=9).map(
+        lambda v: pa.array(v, pa.int64())),
+    st.lists(st.none() | st.booleans(), min_size=9, max_size=9).map(
+        lambda v: pa.array(v, pa.bool_())),
+    st.lists(st.none() | st.integers(0, 2**50), min_size=9, max_size=9).map(
+        lambda v: pa.array(v, pa.int64()).cast(pa.timestamp("us", tz="UTC"))),
+), min_size=1, max_size=4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(columns=_feature_columns, cut=st.integers(0, 9), offset=st.integers(0, 3))
+def test_feature_matrix_is_each_value_as_a_float_nulls_nan(columns, cut, offset) -> None:  # type: ignore[no-untyped-def]
+    """Whatever the chunking and slicing of the columns (views of their buffers are read)."""
+    from closedloop.training import service
+
+    names = [f"f{i}" for i in range(len(columns))]
+    table = pa.table({n: pa.chunked_array([c[:cut], c[cut:]], c.type)
+                      for n, c in zip(names, columns, strict=True)}).slice(offset)
+    got = service.feature_matrix(table, names)
+    assert got.flags["C_CONTIGUOUS"]
+    for j, n in enumerate(names):
+        column = table[n]
+        if pa.types.is_timestamp(column.type):
+            column = column.cast(pa.int64())
+        for i, v in enumerate(column.to_pylist()):
+            want = math.nan if v is None else float(v)
+            assert got[i, j] == want or (math.isnan(got[i, j]) and math.isnan(want)), (n, i)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["a", "b", "c"])),
+                     max_size=12), presort=st.booleans())
+def test_rows_in_time_order_are_the_sorted_rows(rows, presort) -> None:  # type: ignore[no-untyped-def]
+    """Rows already in (time, subject) order are kept as they are; any others are sorted."""
+    from closedloop.training.service import _time_ordered
+
+    if presort:
+        rows = sorted(rows)
+    table = pa.table({"t": pa.array([t for t, _ in rows], pa.int64()).cast(
+        pa.timestamp("us", tz="UTC")), "s": pa.array([s for _, s in rows], pa.string())})
+    want = table.sort_by([("t", "ascending"), ("s", "ascending")])
+    assert _time_ordered(table, "t", "s").equals(want)

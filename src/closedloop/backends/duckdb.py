@@ -389,29 +389,26 @@ class DuckDBEngine:
         odd = {c for c, col in events.columns.items() if col.values.dtype.kind == "f"
                and not np.isfinite(col.values).all()}
         easy = [w for w in fast if w.fn == "count" or w.column not in odd]
+        n = rows.num_rows
         try:
-            values = (ranges.aggregate(events, codes, t, easy, depth=self._range_depth,
-                                       limit=self._range_limit) if easy else {})
+            values = (ranges.aggregate(events, codes, t, easy, at, n,
+                                       depth=self._range_depth, limit=self._range_limit,
+                                       threads=self.threads or os.cpu_count() or 1)
+                      if easy else {})
         except ranges.TooDeep:
             easy, values = [], {}
-        n = rows.num_rows
         ids = rows[ROW_ID].to_numpy(zero_copy_only=False)
+        order = None
         if not _ascending(ids):                   # row i of the result: the i-th smallest id
-            rank = np.empty(n, dtype=np.int64)
-            rank[np.argsort(ids, kind="stable")] = np.arange(n, dtype=np.int64)
-            at = rank[at]
-            ids = np.sort(ids, kind="stable")
+            order = np.argsort(ids, kind="stable")
+            ids = ids[order]
         columns: dict[str, pa.Array] = {ROW_ID: pa.array(ids)}
         for w in easy:
-            got, null = values[w.name]
-            full = np.zeros(n, dtype=got.dtype)
-            full[at] = got
-            if w.fn in ("count", "sum"):        # an entity with no events: 0
-                columns[w.name] = pa.array(full)
-                continue
-            mask = np.ones(n, dtype=bool)
-            mask[at] = False if null is None else null
-            kind = pa.float64() if w.fn == "mean" else events.columns[w.column].arrow_type
+            full, mask = values[w.name]
+            if order is not None:
+                full, mask = full[order], None if mask is None else mask[order]
+            kind = (pa.float64() if w.fn in ("sum", "mean") else pa.int64() if w.fn == "count"
+                    else events.columns[w.column].arrow_type)
             columns[w.name] = pa.array(full, type=kind, mask=mask)
         table = pa.table(columns)
         rest = [w for w in fast if w not in easy]

@@ -20,6 +20,9 @@ Events are sorted by (entity code, event time). For a row (entity, t):
    2^k, held in two int64 limbs, so a range's sum is exact whatever its length and the result
    is the same bits on every run); min and max from a sparse table (O(1) per range).
 
+Rows go through in chunks (every per-row temporary stays small and in cache) on the engine's
+threads; each chunk writes only its own rows' outputs.
+
 Only ``count``, ``sum``, ``mean``, ``min`` and ``max`` of numeric columns with finite values
 are computed here; the engine computes the rest with the SQL plan. Memory is O(events ×
 columns × log(longest range)), so the engine chooses this plan only when it fits.
@@ -27,8 +30,10 @@ columns × log(longest range)), so the engine chooses this plan only when it fit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,6 +43,7 @@ from closedloop.features.definitions import WindowedFeature
 
 FNS = frozenset({"count", "sum", "mean", "min", "max"})
 _LIMB = 32
+_BLOCK = 1 << 16          # values per block when building per-event arrays
 _BOUND = 1 << 62          # composite keys stay below this
 Array = np.ndarray[Any, Any]
 
@@ -55,12 +61,13 @@ class Column:
     arrow_type: pa.DataType
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def limbs(self) -> tuple[int, Array, Array, Array, Array]:
-        """k, and each value × 2^k as two int64 limbs with their prefix sums: value·2^k ≈
+    def limbs(self) -> tuple[int, Array, Array]:
+        """k, and the prefix sums of each value × 2^k as two int64 limbs: value·2^k ≈
         high·2^32 + low with 0 ≤ low ≤ 2^32, rounded to an integer once. k is as large as
-        keeps every prefix sum below 2^63 (from the largest magnitude and the count)."""
+        keeps every prefix sum below 2^63 (from the largest magnitude and the count).
+        Computed a block at a time, so the temporaries stay small."""
         if "limbs" not in self._cache:
-            x = self.values.astype(np.float64, copy=False)
+            x = self.values
             n = max(int(x.size), 1)
             largest = float(np.max(np.abs(x))) if x.size else 0.0
             if largest == 0.0:
@@ -68,12 +75,18 @@ class Column:
             else:
                 e = int(np.frexp(largest)[1])           # largest < 2^e
                 k = max(-1000, min(1000, 93 - e - n.bit_length()))
-            y = np.ldexp(x, k)
-            high = np.floor(np.ldexp(y, -_LIMB))
-            low = np.rint(y - np.ldexp(high, _LIMB))
-            h, lw = high.astype(np.int64), low.astype(np.int64)
-            self._cache["limbs"] = (k, h, lw, _prefix(h), _prefix(lw))
-        out: tuple[int, Array, Array, Array, Array] = self._cache["limbs"]
+            ph = np.empty(x.size + 1, dtype=np.int64)
+            pl = np.empty(x.size + 1, dtype=np.int64)
+            ph[0] = pl[0] = 0
+            for a in range(0, x.size, _BLOCK):
+                y = np.ldexp(x[a:a + _BLOCK].astype(np.float64, copy=False), k)
+                high = np.floor(np.ldexp(y, -_LIMB))
+                ph[a + 1:a + 1 + y.size] = high
+                pl[a + 1:a + 1 + y.size] = np.rint(y - np.ldexp(high, _LIMB))
+            np.cumsum(ph[1:], out=ph[1:])
+            np.cumsum(pl[1:], out=pl[1:])
+            self._cache["limbs"] = (k, ph, pl)
+        out: tuple[int, Array, Array] = self._cache["limbs"]
         return out
 
     def counts(self) -> Array:
@@ -214,11 +227,10 @@ class _Scan:
     pos: Array
 
 
-def scan(events: Events, start: Array, hi: Array, t: Array, lo_min: Array,
+def scan(events: Events, pm: Array, start: Array, hi: Array, t: Array, lo_min: Array,
          depth: int = 32, limit: int = 20_000_000) -> _Scan:
     """Step 2 of the module's plan: walk back from each row's last event while the running
-    maximum of visibility is after t."""
-    pm = running_max(events.code, events.v)
+    maximum of visibility ``pm`` is after t."""
     last = hi - 1
     rows_parts: list[Array] = []
     pos_parts: list[Array] = []
@@ -260,15 +272,15 @@ def scan(events: Events, start: Array, hi: Array, t: Array, lo_min: Array,
     return _Scan(last, rows_all, pos_all)
 
 
-def _sum(limbs: tuple[int, Array, Array, Array, Array], lo: Array, end: Array, rows: Array,
+def _sum(limbs: tuple[int, Array, Array], lo: Array, end: Array, rows: Array,
          pos: Array) -> Array:
     """Exact sums of [lo, end) plus the extras (rows, pos), back to floats."""
-    k, high, low, ph, pl = limbs
+    k, ph, pl = limbs
     dh = ph[end] - ph[lo]
     dl = pl[end] - pl[lo]
     if rows.size:
-        np.add.at(dh, rows, high[pos])
-        np.add.at(dl, rows, low[pos])
+        np.add.at(dh, rows, ph[pos + 1] - ph[pos])
+        np.add.at(dl, rows, pl[pos + 1] - pl[pos])
     carry = dl >> _LIMB                      # normalise: 0 ≤ low < 2^32
     dh += carry
     dl -= carry << _LIMB
@@ -315,45 +327,100 @@ def _extreme(column: Column, fn: str, at: _Lookup, rows: Array, pos: Array) -> A
 
 
 def aggregate(events: Events, code: Array, t: Array, features: Sequence[WindowedFeature],
-              depth: int = 32, limit: int = 20_000_000,
-              ) -> dict[str, tuple[Array, Array | None]]:
-    """The windowed ``features`` at each row: (values, which are null or ``None``). Rows are
-    sorted by (code, t), and each code is one the events hold. Raises ``TooDeep`` when the
-    slow path would list more than ``limit`` events."""
-    start = np.searchsorted(events.code, code, side="left")
-    hi = search(events.code, events.et, code, t, "right")
+              at: Array, n: int, depth: int = 32, limit: int = 20_000_000, threads: int = 1,
+              chunk: int = 1 << 16) -> dict[str, tuple[Array, Array | None]]:
+    """The windowed ``features`` of ``n`` rows: per feature (values, which are null or
+    ``None``). ``code`` and ``t`` are the rows whose entity has events, sorted by (code, t),
+    and ``at`` their positions among the n; the other rows get an empty window's values.
+    Raises ``TooDeep`` when the rows of one chunk would list more than ``limit`` events.
+
+    Rows go through in chunks of ``chunk``, so that every per-row temporary is small (reused
+    from the heap, in cache) and chunks run on ``threads`` threads (numpy releases the GIL);
+    each chunk writes only its own rows' outputs, so the result does not depend on either.
+    Two passes: the ranges of every row (which size the sparse tables), then the aggregates.
+    """
     groups: dict[tuple[int, int], list[WindowedFeature]] = {}
     for f in features:
         groups.setdefault((f.window, f.hop), []).append(f)
-    los = {(w, h): search(events.code, events.et, code, (t // h) * h - w, "left")
-           for w, h in groups}
-    lo_min = np.minimum.reduce(list(los.values())) if los else hi
-    found = scan(events, start, hi, t, lo_min, depth=depth, limit=limit)
-    out: dict[str, tuple[Array, Array | None]] = {}
-    for (w, h), group in sorted(groups.items(), reverse=True):   # widest first: one table
-        lo = los[(w, h)]
-        end = np.maximum(found.last + 1, lo)
-        inside = found.pos >= lo[found.rows]
-        rows, pos = found.rows[inside], found.pos[inside]
-        lookup = (_Lookup.of(events.code.size, lo, end)
-                  if any(f.fn in ("min", "max") for f in group) else None)
-        for name in dict.fromkeys(f.column for f in group):
-            column = events.columns[name]
-            counts = column.counts()
-            cnt = counts[end] - counts[lo]
-            if rows.size:
-                np.add.at(cnt, rows, column.valid[pos].astype(np.int64))
-            fns = {f.fn for f in group if f.column == name}
-            total = _sum(column.limbs(), lo, end, rows, pos) if fns & {"sum", "mean"} else cnt
-            for f in (f for f in group if f.column == name):
-                if f.fn == "count":
-                    out[f.name] = (cnt, None)
-                elif f.fn == "sum":
-                    out[f.name] = (total, None)
-                elif f.fn == "mean":
-                    with np.errstate(invalid="ignore", divide="ignore"):
-                        out[f.name] = (total / cnt, cnt == 0)
-                else:
-                    assert lookup is not None
-                    out[f.name] = (_extreme(column, f.fn, lookup, rows, pos), cnt == 0)
+    keys = sorted(groups, reverse=True)
+    m = code.size
+    spans = [(a, min(a + chunk, m)) for a in range(0, m, chunk)]
+    pm = running_max(events.code, events.v)
+    starts = np.searchsorted(events.code, np.arange(int(code.max(initial=-1)) + 1))
+    small = np.int32 if events.code.size < 2**31 - 1 else np.int64
+    los: dict[tuple[int, int], Array] = {key: np.empty(m, dtype=small) for key in keys}
+    ends: dict[tuple[int, int], Array] = {key: np.empty(m, dtype=small) for key in keys}
+    found: list[tuple[Array, Array]] = [(np.zeros(0, np.int64),) * 2] * len(spans)
+
+    def ranges_of(i: int) -> None:
+        a, b = spans[i]
+        qc, qt = code[a:b], t[a:b]
+        lo = {key: search(events.code, events.et, qc, (qt // key[1]) * key[1] - key[0], "left")
+              for key in keys}
+        hi = search(events.code, events.et, qc, qt, "right")
+        lo_min = np.minimum.reduce(list(lo.values()))
+        got = scan(events, pm, starts[qc], hi, qt, lo_min, depth=depth, limit=limit)
+        for key in keys:
+            los[key][a:b] = lo[key]
+            ends[key][a:b] = np.maximum(got.last + 1, lo[key])
+        found[i] = (got.rows, got.pos)
+
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        list(pool.map(ranges_of, range(len(spans))))
+        # Each column's shared arrays, built once before the chunks read them.
+        warm: list[Callable[[], Any]] = []
+        for name in dict.fromkeys(f.column for f in features):
+            column, fns = events.columns[name], {f.fn for f in features if f.column == name}
+            warm.append(column.counts)
+            if fns & {"sum", "mean"}:
+                warm.append(column.limbs)
+            extremes = [k for k in keys if any(f.column == name and f.fn in ("min", "max")
+                                               for f in groups[k])]
+            longest = max((int((ends[k] - los[k]).max(initial=0)) for k in extremes), default=0)
+            warm += [partial(column.table, fn, max(1, longest.bit_length()))
+                     for fn in fns & {"min", "max"}]
+        list(pool.map(lambda f: f(), warm))
+        every = at.size == n
+        out: dict[str, tuple[Array, Array | None]] = {}
+        for f in features:
+            dtype = (np.int64 if f.fn == "count" else np.float64 if f.fn in ("sum", "mean")
+                     else events.columns[f.column].values.dtype)
+            values = np.empty(n, dtype=dtype) if every else np.zeros(n, dtype=dtype)
+            out[f.name] = (values, None if f.fn in ("count", "sum") else np.ones(n, bool))
+
+        def aggregates_of(i: int) -> None:
+            a, b = spans[i]
+            where = at[a:b]
+            rows_all, pos_all = found[i]
+            for key in keys:
+                lo, end = los[key][a:b], ends[key][a:b]
+                inside = pos_all >= lo[rows_all]
+                rows, pos = rows_all[inside], pos_all[inside]
+                lookup = (_Lookup.of(events.code.size, lo, end)
+                          if any(f.fn in ("min", "max") for f in groups[key]) else None)
+                for name in dict.fromkeys(f.column for f in groups[key]):
+                    column = events.columns[name]
+                    mine = [f for f in groups[key] if f.column == name]
+                    counts = column.counts()
+                    cnt = counts[end] - counts[lo]
+                    if rows.size:
+                        np.add.at(cnt, rows, column.valid[pos].astype(np.int64))
+                    total = (_sum(column.limbs(), lo, end, rows, pos)
+                             if {f.fn for f in mine} & {"sum", "mean"} else cnt)
+                    for f in mine:
+                        values, null = out[f.name]
+                        if f.fn == "count":
+                            values[where] = cnt
+                        elif f.fn == "sum":
+                            values[where] = total
+                        elif f.fn == "mean":
+                            with np.errstate(invalid="ignore", divide="ignore"):
+                                values[where] = total / cnt
+                        else:
+                            assert lookup is not None
+                            values[where] = _extreme(column, f.fn, lookup, rows, pos)
+                        if null is not None:
+                            null[where] = cnt == 0
+
+        list(pool.map(aggregates_of, range(len(spans))))
     return out

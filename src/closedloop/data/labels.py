@@ -96,9 +96,9 @@ def mature(rows: pa.Table, labels: pa.Table, source: LabelSource, cutoff: dateti
     known = known_labels(labels, source, c)
     ignored = 0 if labels.num_rows == 0 else labels.num_rows - int(pc.sum(pc.less_equal(
         to_micros(labels[source.settled_at], "settled_at"), c)).as_py() or 0)
-    matured = rows.filter(pa.array(closed))
+    matured = rows if bool(closed.all()) else rows.filter(pa.array(closed))
     keyed = pa.table({"__s": matured[subject],
-                      "__t": pa.array(ts[closed], pa.int64()),
+                      "__t": pa.array(ts if matured is rows else ts[closed], pa.int64()),
                       "__row": pa.array(np.arange(matured.num_rows, dtype=np.int64))})
     if known is None:
         label_type = labels[source.label].type if labels.num_rows else (
@@ -111,8 +111,13 @@ def mature(rows: pa.Table, labels: pa.Table, source: LabelSource, cutoff: dateti
                             f"{known['__s'].type} in the labels",
                             fix="cast one to the other's type")
         joined = keyed.join(known, keys=["__s", "__t"], join_type="left outer",
-                            use_threads=False).sort_by("__row")
-        label, settled = joined["__label"], joined["__settled"]
+                            use_threads=False)
+        # Back to row order by the row numbers: a take of the two columns needed, rather
+        # than sorting the whole joined table.
+        where = np.empty(joined.num_rows, dtype=np.int64)
+        where[joined["__row"].to_numpy()] = np.arange(joined.num_rows, dtype=np.int64)
+        order = pa.array(where)
+        label, settled = joined["__label"].take(order), joined["__settled"].take(order)
     has = pc.is_valid(label)
     labelled = int(pc.sum(has).as_py() or 0)
     if source.default is None:

@@ -29,6 +29,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +63,7 @@ Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any], str | None
 
 _PACKAGES = ("closedloop", "numpy", "pyarrow", "duckdb", "scikit-learn", "lightgbm",
              "xgboost", "scipy")
+_BLOCK = 4096                        # rows per block when interleaving the feature matrix
 _STEPS = ("rows", "labels", "training set", "checks", "fit", "evaluate", "store")
 
 
@@ -120,6 +122,22 @@ class _Built:
     warnings: list[str] = field(default_factory=list)
     univariate: dict[str, float] = field(default_factory=dict)
 
+    def rows(self, share: int) -> slice | np.ndarray[Any, Any]:
+        """The rows of one split (0 train, 1 validation, 2 test). The rows are in time order,
+        so each split is a slice of them: views of ``X``, not copies."""
+        part = self.part
+        if part.size < 2 or bool((part[1:] >= part[:-1]).all()):
+            a, b = np.searchsorted(part, [share, share + 1])
+            return slice(int(a), int(b))
+        mask: np.ndarray[Any, Any] = part == share
+        return mask
+
+    def table_of(self, share: int) -> pa.Table:
+        where = self.rows(share)
+        if isinstance(where, slice):
+            return self.table.slice(where.start, where.stop - where.start)
+        return self.table.filter(pa.array(where))
+
 
 def table_hash(table: pa.Table) -> str:
     """The content hash of a table's values: per column its name, type, which rows are null
@@ -135,9 +153,12 @@ def table_hash(table: pa.Table) -> str:
             column = pc.cast(column, pa.int64())
             kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            values = pc.fill_null(column, pa.scalar(0, kind) if not pa.types.is_boolean(kind)
-                                  else False).to_numpy(zero_copy_only=False)
-            digest.update(np.ascontiguousarray(values).tobytes())
+            if column.null_count:
+                column = pc.fill_null(column, pa.scalar(0, kind) if not pa.types.is_boolean(kind)
+                                      else False)
+            for chunk in column.chunks:        # the values as one byte stream, chunks in order
+                values = chunk.to_numpy(zero_copy_only=False)
+                digest.update(np.ascontiguousarray(values).data.cast("B"))
         else:
             text = pc.fill_null(pc.cast(column, pa.large_string()), "")
             combined = text.combine_chunks()
@@ -268,8 +289,8 @@ class TrainingService:
         if absent:
             raise DefinitionError(f"model {model.name!r}: source {model.rows!r} has no "
                                   f"column(s) {absent}", fix=f"its columns are {sorted(held)}")
-        rows = self.engine.read(source, row_columns)
-        rows = rows.sort_by([(source.timestamp, "ascending"), (label.subject, "ascending")])
+        rows = _time_ordered(self.engine.read(source, row_columns), source.timestamp,
+                             label.subject)
         step("labels")
         labels = self.engine.read(label, [label.subject, label.timestamp, label.label,
                                           label.settled_at])
@@ -283,11 +304,15 @@ class TrainingService:
         step("training set")
         table = self.features.training_set(matured, list(model.features),
                                            timestamp=source.timestamp)
-        data_hash = table_hash(table)
-        times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
-                        pa.int64()).to_numpy()
-        y = _labels(table[label.label], label)
-        X = feature_matrix(table, model.features)
+        # The hash reads the table while the matrix is written from it (hashlib and numpy
+        # release the GIL): two cores, the same bytes.
+        with ThreadPoolExecutor(1) as pool:
+            hashed = pool.submit(table_hash, table)
+            times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
+                            pa.int64()).to_numpy()
+            y = _labels(table[label.label], label)
+            X = feature_matrix(table, model.features)
+            data_hash = hashed.result()
         part, valid_cut, test_cut = model.split.assign(times)
         for name, share in (("train", 0), ("test", 2)):
             sub = y[part == share]
@@ -370,7 +395,7 @@ class TrainingService:
             step("fit")
             trainer = model.trainer
             fitted = _fit(model, built)
-            valid, test = built.part == 1, built.part == 2
+            valid, test = built.rows(1), built.rows(2)
             step("evaluate")
             scores = fitted.predict_proba(built.X[test])
             report = self._evaluate(model, built, scores, valid, fitted, baseline)
@@ -428,11 +453,11 @@ class TrainingService:
         }
 
     def _evaluate(self, model: Model, built: _Built, scores: np.ndarray[Any, Any],
-                  valid: np.ndarray[Any, Any], fitted: Any,
+                  valid: slice | np.ndarray[Any, Any], fitted: Any,
                   baseline: Baseline | None) -> EvaluationReport:
-        test = built.part == 2
+        test = built.rows(2)
         y_test = built.y[test]
-        table_test = built.table.filter(pa.array(test))
+        table_test = built.table_of(2)
         slices = {}
         for column in model.slices:
             slices[column] = evaluation.slice_metrics(y_test, scores, table_test[column],
@@ -440,9 +465,10 @@ class TrainingService:
         fairness = {column: evaluation.fairness(y_test, scores, table_test[column],
                                                 model.threshold)
                     for column in model.protected}
-        validation = (evaluation.metrics(built.y[valid], fitted.predict_proba(built.X[valid]),
+        y_valid = built.y[valid]
+        validation = (evaluation.metrics(y_valid, fitted.predict_proba(built.X[valid]),
                                          curves=False).to_dict()
-                      if valid.any() and 0 < built.y[valid].sum() < valid.sum() else None)
+                      if 0 < y_valid.sum() < y_valid.size else None)
         compared = None
         if baseline is not None:
             found = baseline(model.name, table_test)
@@ -458,10 +484,10 @@ class TrainingService:
                     compared["overlap_rows"] = seen
                     built.warnings.append(
                         f"production (version {version}) learned from rows up to "
-                        f"{_iso(limit)[:16]}, and {seen:,} of these {int(test.sum()):,} test "
+                        f"{_iso(limit)[:16]}, and {seen:,} of these {y_test.size:,} test "
                         "rows are before that: the comparison favours production")
         return EvaluationReport(
-            model=model.name, rows=int(test.sum()),
+            model=model.name, rows=int(y_test.size),
             test=evaluation.metrics(y_test, scores).to_dict(), validation=validation,
             slices=slices, fairness=fairness, comparison=compared,
             univariate_auc=built.univariate, warnings=list(built.warnings),
@@ -562,11 +588,12 @@ def _fit(model: Model, built: _Built) -> Any:
     import copy
 
     fitted = copy.deepcopy(model.trainer)
-    train, valid = built.part == 0, built.part == 1
+    train, valid = built.rows(0), built.rows(1)
+    some = built.y[valid].size > 0
     try:
         fitted.fit(built.X[train], built.y[train],
-                   X_valid=built.X[valid] if valid.any() else None,
-                   y_valid=built.y[valid] if valid.any() else None,
+                   X_valid=built.X[valid] if some else None,
+                   y_valid=built.y[valid] if some else None,
                    feature_names=list(model.features))
     except ClosedLoopError:
         raise
@@ -574,6 +601,22 @@ def _fit(model: Model, built: _Built) -> Any:
         raise TrainingError(f"trainer {model.trainer.kind} raised {type(exc).__name__}: {exc}",
                             fix="fix the trainer or its parameters") from exc
     return fitted
+
+
+def _time_ordered(rows: pa.Table, timestamp: str, subject: str) -> pa.Table:
+    """The rows in (time, subject) order: as they are when they already are (a source read
+    in time order — checked, ties included), else sorted."""
+    ts = pc.cast(rows[timestamp], pa.int64()).to_numpy(zero_copy_only=False)
+    steps = np.diff(ts)
+    if rows.num_rows and rows[timestamp].null_count == 0 and (steps >= 0).all():
+        ties = np.flatnonzero(steps == 0)
+        if ties.size == 0:
+            return rows
+        names = rows[subject]
+        if names.null_count == 0 and pc.all(pc.less_equal(
+                names.take(pa.array(ties)), names.take(pa.array(ties + 1)))).as_py():
+            return rows
+    return rows.sort_by([(timestamp, "ascending"), (subject, "ascending")])
 
 
 def _seeds(model: Model) -> dict[str, Any]:
@@ -593,24 +636,42 @@ def _labels(column: pa.ChunkedArray, label: LabelSource) -> np.ndarray[Any, Any]
                         "0/1 or False/True", fix="map the label to 0/1")
 
 
-def _numeric(column: pa.ChunkedArray, name: str) -> np.ndarray[Any, Any]:
+def _numeric(column: pa.ChunkedArray, name: str,
+             ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
+    """A feature's values as numbers (a view of the Arrow buffer where it can be) and which
+    of them are null (``None`` if none is)."""
     t = column.type
     if pa.types.is_boolean(t):
-        column = pc.cast(column, pa.int64())
+        column = pc.cast(column, pa.int8())
     elif pa.types.is_timestamp(t):
         column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
-    elif not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)):
+    elif pa.types.is_null(t):
+        return np.full(len(column), np.nan), None
+    elif not (pa.types.is_integer(t) or pa.types.is_floating(t)):
         raise TrainingError(f"feature {name} is {t}, not a number",
                             fix="turn it into a number with a @cl.transform")
-    out: np.ndarray[Any, Any] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    return out
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not array.null_count:
+        values: np.ndarray[Any, Any] = array.to_numpy()
+        return values, None
+    data = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype(),
+                         count=array.offset + len(array))[array.offset:]
+    return data, pc.is_null(array).to_numpy(zero_copy_only=False)
 
 
 def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray[Any, Any]:
     """The model's input matrix from a training set (or scoring rows): one float column per
-    feature, in the model's order, nulls as NaN (column-major: each column written once)."""
-    out = np.empty((table.num_rows, len(features)), dtype=np.float64, order="F")
-    for j, ref in enumerate(features):
-        out[:, j] = _numeric(table[ref], ref)
+    feature, in the model's order, nulls as NaN. Row-major, as trainers take it without a
+    copy (a row slice — a time split — stays contiguous); written a block of rows at a time,
+    so each block stays in cache while its columns are interleaved."""
+    columns = [_numeric(table[ref], ref) for ref in features]
+    n = table.num_rows
+    out = np.empty((n, len(features)), dtype=np.float64)
+    for start in range(0, n, _BLOCK):
+        block = out[start:start + _BLOCK]
+        for j, (values, nulls) in enumerate(columns):
+            block[:, j] = values[start:start + _BLOCK]
+            if nulls is not None:
+                np.copyto(block[:, j], np.nan, where=nulls[start:start + _BLOCK])
     return out
 
