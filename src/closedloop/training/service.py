@@ -153,12 +153,23 @@ def table_hash(table: pa.Table) -> str:
             column = pc.cast(column, pa.int64())
             kind = column.type
         if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            if column.null_count:
-                column = pc.fill_null(column, pa.scalar(0, kind) if not pa.types.is_boolean(kind)
-                                      else False)
-            for chunk in column.chunks:        # the values as one byte stream, chunks in order
-                values = chunk.to_numpy(zero_copy_only=False)
-                digest.update(np.ascontiguousarray(values).data.cast("B"))
+            # The values as one byte stream, chunks in order, nulls as zero: zeroed a block
+            # at a time, so no copy of the whole column is made.
+            at = 0
+            for chunk in column.chunks:
+                if pa.types.is_boolean(kind):           # bits: as one byte each
+                    chunk = pc.fill_null(chunk, False)
+                values = (chunk.to_numpy(zero_copy_only=False) if not chunk.null_count
+                          else np.frombuffer(
+                              chunk.buffers()[1], dtype=kind.to_pandas_dtype(),
+                              count=chunk.offset + len(chunk))[chunk.offset:])
+                for a in range(0, values.size, _BLOCK):
+                    block = values[a:a + _BLOCK]
+                    hole = nulls[at + a:at + a + block.size]
+                    if hole.any():
+                        block = np.where(hole, np.zeros(1, block.dtype), block)
+                    digest.update(np.ascontiguousarray(block).data.cast("B"))
+                at += values.size
         else:
             text = pc.fill_null(pc.cast(column, pa.large_string()), "")
             combined = text.combine_chunks()
