@@ -14,7 +14,6 @@ non-quadratic plans:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import pyarrow.compute as pc
 from closedloop.backends import ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
+from closedloop.backends.windowsql import fdiv, hop_ctes, nulls_low, q, scale
 from closedloop.data.sources import ARROW_TYPES, AnySource, LogicalType
 from closedloop.errors import (
     BackendError,
@@ -73,46 +73,10 @@ _COMPATIBLE = {
 }
 
 
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _fdiv(expr: str, hop: int) -> str:
-    """Floor division of an int64 expression by a positive constant (correct before 1970)."""
-    return f"(({expr}) // {hop} - CASE WHEN ({expr}) % {hop} < 0 THEN 1 ELSE 0 END)"
-
-
-def _scale(largest: float, rows: int) -> float:
-    """2^k for the largest k with rows × largest × 2^k < 2^125: every sum of the scaled
-    column fits a 128-bit integer, and every value ≥ 2^(52-k) scales to an exact integer."""
-    if largest <= 0 or not math.isfinite(largest):
-        return 1.0
-    k = math.floor(125 - math.log2(rows) - math.log2(largest)) - 1
-    return math.ldexp(1.0, max(-1000, min(1000, k)))
-
-
-def _double(value: float) -> str:
-    """A float as an exact DuckDB DOUBLE literal."""
-    return f"CAST('{value!r}' AS DOUBLE)"
-
-
-def _total(column: str, where: str, scale: tuple[float, float, float] | None,
-           which: int) -> str:
-    """A window's sum of partial sums: exact integers back to a float, or floats in a fixed
-    order (value order: the same bits on every run)."""
-    if scale is None:
-        return f"sum({_q(column)} ORDER BY {_q(column)}) FILTER (WHERE {where})"
-    return (f"(CAST(sum({_q(column)}) FILTER (WHERE {where}) AS DOUBLE) / "
-            f"{_double(scale[which])})")
-
-
-def _nulls_low(expr: str) -> str:
-    """An ordering key where null sorts below every value."""
-    return f"struct_pack(p := ({expr}) IS NOT NULL, v := {expr})"
 
 
 def _bytes(setting: str) -> int:
@@ -242,13 +206,13 @@ class DuckDBEngine:
     def _not_held(self, source: AnySource, rows: pa.Table, unique: list[str]) -> pa.Table:
         """The first of the rows sharing each ``unique`` value the source does not hold yet,
         in their order."""
-        cols = ", ".join(_q(c) for c in unique)
+        cols = ", ".join(q(c) for c in unique)
         sql = "SELECT min(r.__i) AS __i FROM __rows r"
         if self._has_data(source) and all(c in self.columns(source) for c in unique):
-            on = " AND ".join(f"r.{_q(c)} IS NOT DISTINCT FROM s.{_q(c)}" for c in unique)
+            on = " AND ".join(f"r.{q(c)} IS NOT DISTINCT FROM s.{q(c)}" for c in unique)
             sql += (f" ANTI JOIN (SELECT DISTINCT {cols} FROM {self._scan(source)}) s "
                     f"ON {on}")
-        sql += " GROUP BY " + ", ".join(f"r.{_q(c)}" for c in unique)
+        sql += " GROUP BY " + ", ".join(f"r.{q(c)}" for c in unique)
         narrow = rows.select(unique).append_column(
             "__i", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
         keep = self._over(sql, narrow)["__i"].to_numpy()
@@ -268,7 +232,7 @@ class DuckDBEngine:
         given; an empty table when it holds none yet."""
         if not self._has_data(source):
             return pa.table({c: pa.array([], pa.null()) for c in columns or []})
-        cols = ", ".join(_q(c) for c in columns) if columns else "*"
+        cols = ", ".join(q(c) for c in columns) if columns else "*"
         return self._query(f"SELECT {cols} FROM {self._scan(source)}")
 
     def compact(self, source: AnySource, small_rows: int = 1_000_000) -> int:
@@ -429,8 +393,8 @@ class DuckDBEngine:
         columns = list(dict.fromkeys(w.column for w in fast))
         cast = {c: ("BIGINT" if types.get(c) == "int64" else "DOUBLE") for c in values}
         picks = "".join(
-            f", e.{_q(c)}::{cast[c]} AS {_q('x' + str(i))}" if c in cast else
-            f", (e.{_q(c)} IS NOT NULL) AS {_q('x' + str(i))}" for i, c in enumerate(columns))
+            f", e.{q(c)}::{cast[c]} AS {q('x' + str(i))}" if c in cast else
+            f", (e.{q(c)} IS NOT NULL) AS {q('x' + str(i))}" for i, c in enumerate(columns))
         with self._lock:
             con = self._connection()
             self._seq += 1
@@ -505,22 +469,22 @@ class DuckDBEngine:
 
     def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:
         source = view.source
-        ts = f"epoch_us({_q(source.timestamp)})"
-        tie = f"epoch_us({_q(source.tie_column)})" if source.tie_column else "NULL::BIGINT"
+        ts = f"epoch_us({q(source.timestamp)})"
+        tie = f"epoch_us({q(source.tie_column)})" if source.tie_column else "NULL::BIGINT"
         vis = source.visibility_column
-        v = f"greatest({ts}, epoch_us({_q(vis)}))" if vis else ts
-        cols = "".join(f", {_q(c)}" for c in dict.fromkeys(columns))
-        return (f"SELECT CAST({_q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
+        v = f"greatest({ts}, epoch_us({q(vis)}))" if vis else ts
+        cols = "".join(f", {q(c)}" for c in dict.fromkeys(columns))
+        return (f"SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
                 f"{ts} AS __et, "
                 f"{v} AS __v, {tie} AS __tie{cols} FROM {self._scan(source)} "
-                f"WHERE {_q(view.entity.key)} IS NOT NULL AND {_q(source.timestamp)} IS NOT NULL")
+                f"WHERE {q(view.entity.key)} IS NOT NULL AND {q(source.timestamp)} IS NOT NULL")
 
     def _snapshot_sql(self, view: FeatureView, features: list[str]) -> str:
         all_cols = list(view.row_columns)  # the tie rule orders by every column of the row
         ttl = view.ttl_micros
         flag = view.deleted_column
-        keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in all_cols)]
-        payload = ", ".join(f"{_q('f_' + c)} := {_q(c)}"
+        keys = [nulls_low("__tie"), *(nulls_low(q(c)) for c in all_cols)]
+        payload = ", ".join(f"{q('f_' + c)} := {q(c)}"
                             for c in ([flag] if flag else []) + list(features))
         src = self._source_cte(view, all_cols)
         if view.source.visibility_column is None:
@@ -528,10 +492,10 @@ class DuckDBEngine:
             # before t; an equi-join then gathers the rows sharing it and the tie order
             # picks one. Cheaper than deduplicating every row of the source first.
             order = ", ".join(f"o{j} := {k}" for j, k in enumerate(keys))
-            narrow = (f"SELECT CAST({_q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
-                      f"epoch_us({_q(view.source.timestamp)}) AS __et "
-                      f"FROM {self._scan(view.source)} WHERE {_q(view.entity.key)} IS NOT NULL "
-                      f"AND {_q(view.source.timestamp)} IS NOT NULL")
+            narrow = (f"SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
+                      f"epoch_us({q(view.source.timestamp)}) AS __et "
+                      f"FROM {self._scan(view.source)} WHERE {q(view.entity.key)} IS NOT NULL "
+                      f"AND {q(view.source.timestamp)} IS NOT NULL")
             matched = (f"SELECT r.{ROW_ID}, r.{ROW_KEY}, r.{ROW_TS}, n.__et FROM __rows r "
                        f"ASOF LEFT JOIN ({narrow}) n ON r.{ROW_KEY} = n.__k "
                        f"AND r.{ROW_TS} >= n.__et")
@@ -541,8 +505,8 @@ class DuckDBEngine:
                     f"ON s.__k = m.{ROW_KEY} AND s.__et = m.__et GROUP BY m.{ROW_ID}")
             keep = "TRUE" if ttl is None else f"{ROW_TS} - __et <= {ttl}"
             if flag:                               # the latest row is a delete: no state
-                keep += f" AND b.{_q('f_' + flag)} IS NOT TRUE"
-            outs = ", ".join(f"CASE WHEN {keep} THEN b.{_q('f_' + c)} END AS {_q(c)}"
+                keep += f" AND b.{q('f_' + flag)} IS NOT TRUE"
+            outs = ", ".join(f"CASE WHEN {keep} THEN b.{q('f_' + c)} END AS {q(c)}"
                              for c in features)
             return f"SELECT {ROW_ID}, {outs} FROM ({best}) ORDER BY {ROW_ID}"
         # With arrival times: a running arg-max of the tie order in visibility order.
@@ -552,8 +516,8 @@ class DuckDBEngine:
                   f"RANGE UNBOUNDED PRECEDING) AS b FROM ({src})")
         keep = "TRUE" if ttl is None else f"r.{ROW_TS} - l.b.et <= {ttl}"
         if flag:
-            keep += f" AND l.b.{_q('f_' + flag)} IS NOT TRUE"
-        outs = ", ".join(f"CASE WHEN {keep} THEN l.b.{_q('f_' + c)} END AS {_q(c)}"
+            keep += f" AND l.b.{q('f_' + flag)} IS NOT TRUE"
+        outs = ", ".join(f"CASE WHEN {keep} THEN l.b.{q('f_' + c)} END AS {q(c)}"
                          for c in features)
         return (f"SELECT r.{ROW_ID}, {outs} FROM __rows r ASOF LEFT JOIN ({latest}) l "
                 f"ON r.{ROW_KEY} = l.__k AND r.{ROW_TS} >= l.__v ORDER BY r.{ROW_ID}")
@@ -569,12 +533,12 @@ class DuckDBEngine:
         shift = {c: "0" for c in columns}
         if stddev_cols:
             # Shift by the entity's mean so that the sum of squares does not cancel.
-            means = ", ".join(f"avg({_q(c)}) AS {_q('m_' + c)}" for c in stddev_cols)
+            means = ", ".join(f"avg({q(c)}) AS {q('m_' + c)}" for c in stddev_cols)
             ctes.append(f"shift AS (SELECT __k, {means} FROM src GROUP BY __k)")
             ctes.append("ev AS (SELECT src.*" + "".join(
-                f", shift.{_q('m_' + c)}" for c in stddev_cols) +
+                f", shift.{q('m_' + c)}" for c in stddev_cols) +
                 " FROM src JOIN shift USING (__k))")
-            shift.update({c: f"{_q('m_' + c)}" for c in stddev_cols})
+            shift.update({c: f"{q('m_' + c)}" for c in stddev_cols})
         else:
             ctes.append("ev AS (SELECT * FROM src)")
         hops = sorted({w.hop for w in wanted})
@@ -585,9 +549,9 @@ class DuckDBEngine:
         for i, hop in enumerate(hops):
             group = [w for w in wanted if w.hop == hop]
             tiled = compression[hop] >= self.tile_min_compression
-            ctes += self._hop_ctes(i, hop, group, shift, tiled=tiled, scales=scales)
-            selects += [f"coalesce(h{i}.{_q(w.name)}, 0) AS {_q(w.name)}"
-                        if w.fn in ("count", "sum") else f"h{i}.{_q(w.name)}" for w in group]
+            ctes += hop_ctes(i, hop, group, shift, tiled=tiled, scales=scales)
+            selects += [f"coalesce(h{i}.{q(w.name)}, 0) AS {q(w.name)}"
+                        if w.fn in ("count", "sum") else f"h{i}.{q(w.name)}" for w in group]
             joins.append(f"LEFT JOIN h{i} ON h{i}.{ROW_ID} = r.{ROW_ID}")
         return (f"WITH {', '.join(ctes)} SELECT r.{ROW_ID}, {', '.join(selects)} "
                 f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
@@ -609,11 +573,11 @@ class DuckDBEngine:
         infinities falls back to float sums in a fixed order (``None``).
         """
         source = view.source
-        ts = f"epoch_us({_q(source.timestamp)})"
-        key = _q(view.entity.key)
-        parts = [f"approx_count_distinct(hash({key}, {_fdiv(ts, h)}))" for h in hops]
+        ts = f"epoch_us({q(source.timestamp)})"
+        key = q(view.entity.key)
+        parts = [f"approx_count_distinct(hash({key}, {fdiv(ts, h)}))" for h in hops]
         for c in summed:
-            x = f"{_q(c)}::DOUBLE"
+            x = f"{q(c)}::DOUBLE"
             parts += [f"max(abs({x}))", f"bool_or(isnan({x}) OR isinf({x}))"]
         sql = f"SELECT count(*), {', '.join(parts)} FROM {self._scan(source)}"
         with self._lock:
@@ -629,114 +593,8 @@ class DuckDBEngine:
                 continue
             m = float(largest or 0.0)
             # |x - mean| <= 2m for stddev's shifted values, and their squares <= 4m².
-            scales[c] = (_scale(m, total), _scale(2 * m, total), _scale(4 * m * m, total))
+            scales[c] = (scale(m, total), scale(2 * m, total), scale(4 * m * m, total))
         return compression, scales
-
-    @staticmethod
-    def _hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, str],
-                  *, tiled: bool, scales: dict[str, tuple[float, float, float] | None],
-                  ) -> list[str]:
-        span = max(w.window // hop for w in group)
-        cols = sorted({w.column for w in group})
-        fns = {c: {w.fn for w in group if w.column == c} for c in cols}
-
-        def last_order(c: str) -> str:
-            return f"struct_pack(et := __et, tie := {_nulls_low('__tie')}, v := {_q(c)})"
-
-        # Partial aggregates: from tiles (grouped) and from raw head events (one row each).
-        tile_parts: list[str] = []
-        raw_parts: list[str] = []
-        for c in cols:
-            qc, d = _q(c), f"({_q(c)} - {shift[c]})"
-            p = f"{c}"
-            tile_parts += [f"count({qc}) AS {_q('n_' + p)}"]
-            raw_parts += [f"({qc} IS NOT NULL)::BIGINT AS {_q('n_' + p)}"]
-            # Sums are exact (see _profile): terms as scaled 128-bit integers, or, for a
-            # column with NaN or infinities, floats added in a fixed order.
-            scale = scales.get(c)
-            terms = [("s_", f"{qc}::DOUBLE", 0)] if fns[c] & {"sum", "mean"} else []
-            if "stddev" in fns[c]:
-                terms += [("d_", f"({d})::DOUBLE", 1), ("q_", f"({d} * {d})::DOUBLE", 2)]
-            for prefix, term, which in terms:
-                name = _q(prefix + p)
-                if scale is None:
-                    tile_parts.append(f"sum({term} ORDER BY {term})::DOUBLE AS {name}")
-                    raw_parts.append(f"{term} AS {name}")
-                else:
-                    exact = f"CAST({term} * {_double(scale[which])} AS HUGEINT)"
-                    tile_parts.append(f"sum({exact}) AS {name}")
-                    raw_parts.append(f"{exact} AS {name}")
-            if "min" in fns[c]:
-                tile_parts.append(f"min({qc}) AS {_q('lo_' + p)}")
-                raw_parts.append(f"{qc} AS {_q('lo_' + p)}")
-            if "max" in fns[c]:
-                tile_parts.append(f"max({qc}) AS {_q('hi_' + p)}")
-                raw_parts.append(f"{qc} AS {_q('hi_' + p)}")
-            if "last" in fns[c]:
-                tile_parts += [
-                    f"arg_max({qc}, {last_order(c)}) FILTER (WHERE {qc} IS NOT NULL) "
-                    f"AS {_q('l_' + p)}",
-                    f"max({last_order(c)}) FILTER (WHERE {qc} IS NOT NULL) AS {_q('o_' + p)}"]
-                raw_parts += [f"{qc} AS {_q('l_' + p)}",
-                              f"CASE WHEN {qc} IS NOT NULL THEN {last_order(c)} END "
-                              f"AS {_q('o_' + p)}"]
-        b, vb = _fdiv("__et", hop), _fdiv("__v", hop)
-        t = f"t{i}"
-        located = f"(SELECT *, {b} AS __b, {vb} AS __vb FROM ev)"
-        if tiled:
-            tiles = (f"SELECT __k, __b, {_fdiv('__b', span)} AS __blk, __vb, "
-                     f"{', '.join(tile_parts)} FROM {located} GROUP BY __k, __b, __vb")
-        else:
-            tiles = (f"SELECT __k, __b, {_fdiv('__b', span)} AS __blk, __vb, "
-                     f"{', '.join(raw_parts)} FROM {located}")
-        ctes = [
-            f"{t} AS ({tiles})",
-            f"q{i} AS (SELECT {ROW_ID}, {ROW_KEY}, {ROW_TS}, {_fdiv(ROW_TS, hop)} AS __T "
-            f"FROM __rows)",
-            # The two (key, block) pairs each row probes, computed before the join so that
-            # the block is part of the hash key (an equality on an expression of the probe
-            # side is otherwise pulled out of the join and applied after it).
-            f"b{i} AS (SELECT q.*, {_fdiv(f'q.__T - {span}', span)} + d.j AS __pb "
-            f"FROM q{i} q CROSS JOIN (VALUES (0), (1)) d(j))",
-            # Tiles of hops T-span .. T-1 that were complete before hop T began. Tiles are
-            # grouped in blocks of `span` hops, so those hops lie in two blocks: each row
-            # probes two blocks by equality and reads at most 2 * span tiles.
-            f"p{i} AS (SELECT q.{ROW_ID}, q.__T, x.* EXCLUDE (__k, __blk, __vb) "
-            f"FROM b{i} q JOIN {t} x ON x.__k = q.{ROW_KEY} AND x.__blk = q.__pb "
-            f"WHERE x.__b >= q.__T - {span} AND x.__b < q.__T AND x.__vb < q.__T "
-            f"UNION ALL "
-            # Raw events that became visible inside hop T, up to t.
-            f"SELECT q.{ROW_ID}, q.__T, {b} AS __b, {', '.join(raw_parts)} FROM q{i} q "
-            f"JOIN ev e ON e.__k = q.{ROW_KEY} AND {_fdiv('e.__v', hop)} = q.__T "
-            f"WHERE e.__v <= q.{ROW_TS} AND {_fdiv('e.__et', hop)} >= q.__T - {span})",
-        ]
-        outs: list[str] = []
-        for w in group:
-            n = w.window // hop
-            inside = f"__b >= __T - {n}"
-            p = w.column
-            cnt = f"sum({_q('n_' + p)}) FILTER (WHERE {inside})"
-            if w.fn == "count":
-                expr = f"coalesce({cnt}, 0)::BIGINT"
-            elif w.fn == "sum":
-                expr = f"coalesce({_total('s_' + p, inside, scales.get(p), 0)}, 0)::DOUBLE"
-            elif w.fn == "mean":
-                expr = f"({_total('s_' + p, inside, scales.get(p), 0)} / nullif({cnt}, 0))"
-            elif w.fn == "stddev":
-                sd = _total("d_" + p, inside, scales.get(p), 1)
-                sq = _total("q_" + p, inside, scales.get(p), 2)
-                expr = (f"CASE WHEN {cnt} > 0 THEN sqrt(greatest(({sq} - {sd} * {sd} / {cnt}) "
-                        f"/ {cnt}, 0)) END")
-            elif w.fn == "min":
-                expr = f"min({_q('lo_' + p)}) FILTER (WHERE {inside})"
-            elif w.fn == "max":
-                expr = f"max({_q('hi_' + p)}) FILTER (WHERE {inside})"
-            else:  # last
-                expr = (f"arg_max({_q('l_' + p)}, {_q('o_' + p)}) "
-                        f"FILTER (WHERE {inside} AND {_q('o_' + p)} IS NOT NULL)")
-            outs.append(f"{expr} AS {_q(w.name)}")
-        ctes.append(f"h{i} AS (SELECT {ROW_ID}, {', '.join(outs)} FROM p{i} GROUP BY {ROW_ID})")
-        return ctes
 
     # -- materialization ---------------------------------------------------------------------
     def _changed(self, view: FeatureView, at: int, since: int | None) -> str:
@@ -749,12 +607,12 @@ class DuckDBEngine:
         visible after ``since``, when given): key, event time, tie, then the features."""
         cols = list(view.row_columns)
         self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"], cols)
-        keys = [_nulls_low("__tie"), *(_nulls_low(_q(c)) for c in cols)]
+        keys = [nulls_low("__tie"), *(nulls_low(q(c)) for c in cols)]
         order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
         payload = ", ".join(["et := __et", "tie := __tie",
-                             *(f"{_q('f_' + c)} := {_q(c)}" for c in cols)])
+                             *(f"{q('f_' + c)} := {q(c)}" for c in cols)])
         outs = ", ".join(["b.et AS et", "b.tie AS tie",
-                          *(f"b.{_q('f_' + c)} AS {_q(c)}" for c in cols)])
+                          *(f"b.{q('f_' + c)} AS {q(c)}" for c in cols)])
         sql = (f"WITH src AS ({self._source_cte(view, cols)}) "
                f"SELECT CAST(__k AS VARCHAR) AS key, {outs} "
                f"FROM (SELECT __k, arg_max(struct_pack({payload}), struct_pack({order})) AS b "
@@ -771,7 +629,7 @@ class DuckDBEngine:
                                   columns)
         parts = []
         for i, c in enumerate(columns):
-            qc = _q(c)
+            qc = q(c)
             numeric = types[c] in ("int64", "float64", "bool")
             order = "struct_pack(et := __et, tp := __tie IS NOT NULL, tie := coalesce(__tie, 0))"
             # Float sums in a fixed order, so that a rerun writes the same bits.
@@ -786,10 +644,10 @@ class DuckDBEngine:
                 f"FILTER (WHERE {qc} IS NOT NULL) AS l{i}",
                 f"max({order}) FILTER (WHERE {qc} IS NOT NULL) AS o{i}",
             ]
-        b = _fdiv("__et", hop)
+        b = fdiv("__et", hop)
         sql = (f"WITH src AS ({self._source_cte(view, columns)}) "
                f"SELECT CAST(__k AS VARCHAR) AS key, {b} AS b, {', '.join(parts)} FROM src "
-               f"WHERE __v <= {at} AND {b} >= {_fdiv(str(at), hop)} - {span}"
+               f"WHERE __v <= {at} AND {b} >= {fdiv(str(at), hop)} - {span}"
                f"{self._changed(view, at, since)} GROUP BY ALL")
         return self._query(sql)
 
