@@ -62,7 +62,7 @@ def _project(data: Path) -> cl.Project:
 
 def _scores(project: cl.Project, trainer: Any, table: pa.Table, part: np.ndarray) -> pa.Table:
     test = table.filter(pa.array(part == 2)).slice(0, 2000)
-    from closedloop.training.service import feature_matrix
+    from closedloop.training.matrix import feature_matrix
 
     scores = trainer.predict_proba(feature_matrix(test, project.models["bench"].features))
     return pa.table({"label_id": np.arange(len(scores)), "score": scores})
@@ -90,14 +90,14 @@ def _floor(data: Path) -> Any:
     project = _project(data)
     model = project.training.model("bench")
     built = project.training._build(model, CUTOFF, lambda _: None)
-    train, valid = built.part == 0, built.part == 1
-    X, y = built.X[train], built.y[train]
+    train, valid = built.rows(0), built.rows(1)
+    X, y = built.features_of(0), built.y[train]
     import copy
 
     def job() -> Any:
         trainer = copy.deepcopy(model.trainer)
         start = time.perf_counter()
-        trainer.fit(X, y, X_valid=built.X[valid], y_valid=built.y[valid],
+        trainer.fit(X, y, X_valid=built.features_of(1), y_valid=built.y[valid],
                     feature_names=list(model.features))
         seconds = time.perf_counter() - start
         return _scores(project, trainer, built.table, built.part), {"train_s": seconds,

@@ -321,8 +321,10 @@ def check_trainer(trainer: Any) -> None:
     """The shared checks every trainer must pass (``closedloop.training.trainers.Trainer``):
     it learns a plain signal from rows with missing values; probabilities are one per row in
     [0, 1]; two fits of fresh copies give the same bytes (a retrain is bit for bit); a model
-    loaded from its bytes predicts exactly as the one that wrote them; its parameters are plain
-    data; a single-class training set is a ``TrainingError``."""
+    loaded from its bytes predicts exactly as the one that wrote them; given the same values
+    as an Arrow table of float64 columns (nulls for the gaps) it learns the same bytes and
+    predicts the same; its parameters are plain data; a single-class training set is a
+    ``TrainingError``."""
     import copy
     import json
 
@@ -354,6 +356,16 @@ def check_trainer(trainer: Any) -> None:
     loaded.load(first.to_bytes())
     if not np.array_equal(loaded.predict_proba(X[1750:]), p):
         raise AssertionError("a model loaded from its bytes predicts differently")
+    def table(rows: np.ndarray[Any, Any]) -> pa.Table:
+        return pa.table({f"v.f{i}": pa.array(rows[:, i], from_pandas=True) for i in range(5)})
+
+    arrow = copy.deepcopy(trainer)
+    arrow.fit(table(X[:1500]), y[:1500], X_valid=table(X[1500:1750]), y_valid=y[1500:1750],
+              feature_names=[f"v.f{i}" for i in range(5)])
+    if arrow.to_bytes() != first.to_bytes():
+        raise AssertionError("the same values as an Arrow table gave a different model")
+    if not np.array_equal(arrow.predict_proba(table(X[1750:])), p):
+        raise AssertionError("the same rows as an Arrow table were scored differently")
     json.dumps(first.params())
     try:
         copy.deepcopy(trainer).fit(X[:100], np.zeros(100, dtype=np.int64))

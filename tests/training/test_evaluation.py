@@ -170,7 +170,7 @@ _feature_columns = st.lists(st.one_of(
 @given(columns=_feature_columns, cut=st.integers(0, 9), offset=st.integers(0, 3))
 def test_feature_matrix_is_each_value_as_a_float_nulls_nan(columns, cut, offset) -> None:  # type: ignore[no-untyped-def]
     """Whatever the chunking and slicing of the columns (views of their buffers are read)."""
-    from closedloop.training import service
+    from closedloop.training import matrix as service
 
     names = [f"f{i}" for i in range(len(columns))]
     table = pa.table({n: pa.chunked_array([c[:cut], c[cut:]], c.type)

@@ -24,8 +24,9 @@ from closedloop.backends.base import ArtefactStore, ModelStore, VersionRecord
 from closedloop.data.sources import check_name
 from closedloop.errors import RegistryError, VersionNotFound
 from closedloop.features.service import FeatureService
+from closedloop.training.matrix import feature_matrix
 from closedloop.training.report import EvaluationReport
-from closedloop.training.service import TrainingService, feature_matrix
+from closedloop.training.service import TrainingService
 from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, Trainer, XGBoostTrainer
 
 _TRAINERS: dict[str, type[Any]] = {"lightgbm": LightGBMTrainer, "sklearn": SklearnTrainer,

@@ -28,7 +28,7 @@ import resource
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
 from closedloop.training import evaluation
 from closedloop.training.leakage import created_after_row
+from closedloop.training.matrix import feature_matrix, feature_table
 from closedloop.training.model import Model
 from closedloop.training.report import EvaluationReport
 
@@ -63,7 +64,7 @@ Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any], str | None
 
 _PACKAGES = ("closedloop", "numpy", "pyarrow", "duckdb", "scikit-learn", "lightgbm",
              "xgboost", "scipy")
-_BLOCK = 4096                        # rows per block when interleaving the feature matrix
+_HASH_BLOCK = 1 << 16                # values per block when hashing a column
 _STEPS = ("rows", "labels", "training set", "checks", "fit", "evaluate", "store")
 
 
@@ -115,7 +116,7 @@ class _Built:
     data_hash: str
     times: np.ndarray[Any, Any]
     y: np.ndarray[Any, Any]
-    X: np.ndarray[Any, Any]
+    X: pa.Table                       # the model's features as float64 columns
     part: np.ndarray[Any, Any]
     cuts: tuple[int, int]
     maturity: dict[str, Any]
@@ -133,10 +134,17 @@ class _Built:
         return mask
 
     def table_of(self, share: int) -> pa.Table:
-        where = self.rows(share)
-        if isinstance(where, slice):
-            return self.table.slice(where.start, where.stop - where.start)
-        return self.table.filter(pa.array(where))
+        return _part(self.table, self.rows(share))
+
+    def features_of(self, share: int) -> pa.Table:
+        """The features of one split's rows (a zero-copy slice)."""
+        return _part(self.X, self.rows(share))
+
+
+def _part(table: pa.Table, where: slice | np.ndarray[Any, Any]) -> pa.Table:
+    if isinstance(where, slice):
+        return table.slice(where.start, where.stop - where.start)
+    return table.filter(pa.array(where))
 
 
 def table_hash(table: pa.Table) -> str:
@@ -163,8 +171,8 @@ def table_hash(table: pa.Table) -> str:
                           else np.frombuffer(
                               chunk.buffers()[1], dtype=kind.to_pandas_dtype(),
                               count=chunk.offset + len(chunk))[chunk.offset:])
-                for a in range(0, values.size, _BLOCK):
-                    block = values[a:a + _BLOCK]
+                for a in range(0, values.size, _HASH_BLOCK):
+                    block = values[a:a + _HASH_BLOCK]
                     hole = nulls[at + a:at + a + block.size]
                     if hole.any():
                         block = np.where(hole, np.zeros(1, block.dtype), block)
@@ -315,14 +323,14 @@ class TrainingService:
         step("training set")
         table = self.features.training_set(matured, list(model.features),
                                            timestamp=source.timestamp)
-        # The hash reads the table while the matrix is written from it (hashlib and numpy
-        # release the GIL): two cores, the same bytes.
+        # The hash reads the table while the features are readied from it (hashlib and
+        # numpy release the GIL): two cores, the same bytes.
         with ThreadPoolExecutor(1) as pool:
             hashed = pool.submit(table_hash, table)
             times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
                             pa.int64()).to_numpy()
             y = _labels(table[label.label], label)
-            X = feature_matrix(table, model.features)
+            X = feature_table(table, model.features)
             data_hash = hashed.result()
         part, valid_cut, test_cut = model.split.assign(times)
         for name, share in (("train", 0), ("test", 2)):
@@ -341,7 +349,9 @@ class TrainingService:
         # enough (and keeps it a fraction of the fit on a large training set).
         train = np.flatnonzero(part == 0)
         train = train[np.linspace(0, train.size - 1, min(train.size, 100_000)).astype(np.int64)]
-        built.univariate = evaluation.univariate_aucs(X[train], y[train], list(model.features))
+        built.univariate = evaluation.univariate_aucs(
+            feature_matrix(X.take(pa.array(train)), model.features), y[train],
+            list(model.features))
         for name in evaluation.suspicious_features(built.univariate, model.suspicious_auc):
             built.warnings.append(
                 f"feature {name} alone reaches AUC {built.univariate[name]:.3f} on the "
@@ -406,9 +416,9 @@ class TrainingService:
             step("fit")
             trainer = model.trainer
             fitted = _fit(model, built)
-            valid, test = built.rows(1), built.rows(2)
+            valid = built.rows(1)
             step("evaluate")
-            scores = fitted.predict_proba(built.X[test])
+            scores = fitted.predict_proba(built.features_of(2))
             report = self._evaluate(model, built, scores, valid, fitted, baseline)
             step("store")
             blob = fitted.to_bytes()
@@ -477,7 +487,7 @@ class TrainingService:
                                                 model.threshold)
                     for column in model.protected}
         y_valid = built.y[valid]
-        validation = (evaluation.metrics(y_valid, fitted.predict_proba(built.X[valid]),
+        validation = (evaluation.metrics(y_valid, fitted.predict_proba(built.features_of(1)),
                                          curves=False).to_dict()
                       if 0 < y_valid.sum() < y_valid.size else None)
         compared = None
@@ -602,8 +612,8 @@ def _fit(model: Model, built: _Built) -> Any:
     train, valid = built.rows(0), built.rows(1)
     some = built.y[valid].size > 0
     try:
-        fitted.fit(built.X[train], built.y[train],
-                   X_valid=built.X[valid] if some else None,
+        fitted.fit(built.features_of(0), built.y[train],
+                   X_valid=built.features_of(1) if some else None,
                    y_valid=built.y[valid] if some else None,
                    feature_names=list(model.features))
     except ClosedLoopError:
@@ -647,42 +657,4 @@ def _labels(column: pa.ChunkedArray, label: LabelSource) -> np.ndarray[Any, Any]
                         "0/1 or False/True", fix="map the label to 0/1")
 
 
-def _numeric(column: pa.ChunkedArray, name: str,
-             ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any] | None]:
-    """A feature's values as numbers (a view of the Arrow buffer where it can be) and which
-    of them are null (``None`` if none is)."""
-    t = column.type
-    if pa.types.is_boolean(t):
-        column = pc.cast(column, pa.int8())
-    elif pa.types.is_timestamp(t):
-        column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
-    elif pa.types.is_null(t):
-        return np.full(len(column), np.nan), None
-    elif not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-        raise TrainingError(f"feature {name} is {t}, not a number",
-                            fix="turn it into a number with a @cl.transform")
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not array.null_count:
-        values: np.ndarray[Any, Any] = array.to_numpy()
-        return values, None
-    data = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype(),
-                         count=array.offset + len(array))[array.offset:]
-    return data, pc.is_null(array).to_numpy(zero_copy_only=False)
-
-
-def feature_matrix(table: pa.Table, features: Sequence[str]) -> np.ndarray[Any, Any]:
-    """The model's input matrix from a training set (or scoring rows): one float column per
-    feature, in the model's order, nulls as NaN. Row-major, as trainers take it without a
-    copy (a row slice — a time split — stays contiguous); written a block of rows at a time,
-    so each block stays in cache while its columns are interleaved."""
-    columns = [_numeric(table[ref], ref) for ref in features]
-    n = table.num_rows
-    out = np.empty((n, len(features)), dtype=np.float64)
-    for start in range(0, n, _BLOCK):
-        block = out[start:start + _BLOCK]
-        for j, (values, nulls) in enumerate(columns):
-            block[:, j] = values[start:start + _BLOCK]
-            if nulls is not None:
-                np.copyto(block[:, j], np.nan, where=nulls[start:start + _BLOCK])
-    return out
 

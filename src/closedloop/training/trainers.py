@@ -1,6 +1,7 @@
 """Trainers: one small protocol over scikit-learn, LightGBM and XGBoost.
 
-A trainer is a binary classifier of rows of a float matrix (NaN for a missing value). The
+A trainer is a binary classifier of rows of a float matrix (``training/matrix.py``: a numpy
+array with NaN for a missing value, or an Arrow table of float64 columns with nulls). The
 constructor stores its arguments; ``fit`` learns (state in attributes ending in ``_``);
 ``predict_proba`` gives the positive class's probability; ``to_bytes`` serialises the fitted
 model deterministically (same data, same seed → the same bytes, so a retrain can be checked bit
@@ -23,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from closedloop.errors import DefinitionError, TrainingError
+from closedloop.training.matrix import Matrix, as_array, shape
 
 
 @runtime_checkable
@@ -31,12 +33,12 @@ class Trainer(Protocol):
 
     kind: str
 
-    def fit(self, X: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *,
-            X_valid: np.ndarray[Any, Any] | None = None,
+    def fit(self, X: Matrix, y: np.ndarray[Any, Any], *,
+            X_valid: Matrix | None = None,
             y_valid: np.ndarray[Any, Any] | None = None,
             feature_names: list[str] | None = None) -> None: ...
 
-    def predict_proba(self, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]: ...
+    def predict_proba(self, X: Matrix) -> np.ndarray[Any, Any]: ...
 
     def params(self) -> dict[str, Any]: ...
 
@@ -45,11 +47,12 @@ class Trainer(Protocol):
     def load(self, data: bytes) -> None: ...
 
 
-def _check_xy(X: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> None:
-    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+def _check_xy(X: Matrix, y: np.ndarray[Any, Any]) -> None:
+    dims = shape(X)
+    if len(dims) != 2 or y.ndim != 1 or dims[0] != y.shape[0]:
         raise TrainingError(f"fit needs a 2-d X and a 1-d y of the same length; got "
-                            f"{X.shape} and {y.shape}", fix="pass one label per row")
-    if X.shape[0] == 0:
+                            f"{dims} and {y.shape}", fix="pass one label per row")
+    if dims[0] == 0:
         raise TrainingError("fit got no rows", fix="train on a non-empty training set")
     classes = np.unique(y)
     if classes.size < 2:
@@ -102,14 +105,14 @@ class LightGBMTrainer:
         params.update(self.extra or {})
         return params
 
-    def fit(self, X: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *,
-            X_valid: np.ndarray[Any, Any] | None = None,
+    def fit(self, X: Matrix, y: np.ndarray[Any, Any], *,
+            X_valid: Matrix | None = None,
             y_valid: np.ndarray[Any, Any] | None = None,
             feature_names: list[str] | None = None) -> None:
         import lightgbm as lgb
 
         _check_xy(X, y)
-        names = feature_names or [f"f{i}" for i in range(X.shape[1])]
+        names = feature_names or [f"f{i}" for i in range(shape(X)[1])]
         names = [n.replace(".", "__").replace(" ", "_") for n in names]
         train = lgb.Dataset(X, label=y, feature_name=names, free_raw_data=False,
                             params={"verbosity": -1})
@@ -125,7 +128,7 @@ class LightGBMTrainer:
         except lgb.basic.LightGBMError as exc:
             raise TrainingError(f"LightGBM failed: {exc}", fix="check the parameters") from exc
 
-    def predict_proba(self, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    def predict_proba(self, X: Matrix) -> np.ndarray[Any, Any]:
         return np.asarray(self.booster_.predict(
             X, num_iteration=self.booster_.best_iteration or None, num_threads=self.num_threads))
 
@@ -158,22 +161,22 @@ class SklearnTrainer:
         return {"estimator": type(self.estimator).__name__,
                 **{k: _plain(v) for k, v in params.items()}}
 
-    def fit(self, X: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *,
-            X_valid: np.ndarray[Any, Any] | None = None,
+    def fit(self, X: Matrix, y: np.ndarray[Any, Any], *,
+            X_valid: Matrix | None = None,
             y_valid: np.ndarray[Any, Any] | None = None,
             feature_names: list[str] | None = None) -> None:
         from sklearn.base import clone
 
         _check_xy(X, y)
         model = clone(self.estimator)
-        model.fit(X, y)
+        model.fit(as_array(X), y)
         if not hasattr(model, "predict_proba"):
             raise DefinitionError(f"{type(model).__name__} has no predict_proba",
                                   fix="use a probabilistic classifier")
         self.model_ = model
 
-    def predict_proba(self, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        out: np.ndarray[Any, Any] = self.model_.predict_proba(X)[:, 1]
+    def predict_proba(self, X: Matrix) -> np.ndarray[Any, Any]:
+        out: np.ndarray[Any, Any] = self.model_.predict_proba(as_array(X))[:, 1]
         return out
 
     def to_bytes(self) -> bytes:
@@ -215,8 +218,8 @@ class XGBoostTrainer:
                                   fix='pip install "closedloop[xgboost]"') from exc
         return xgboost
 
-    def fit(self, X: np.ndarray[Any, Any], y: np.ndarray[Any, Any], *,
-            X_valid: np.ndarray[Any, Any] | None = None,
+    def fit(self, X: Matrix, y: np.ndarray[Any, Any], *,
+            X_valid: Matrix | None = None,
             y_valid: np.ndarray[Any, Any] | None = None,
             feature_names: list[str] | None = None) -> None:
         xgb = self._xgb()
@@ -224,12 +227,12 @@ class XGBoostTrainer:
         params = {"objective": "binary:logistic", "eta": self.learning_rate,
                   "max_depth": self.max_depth, "seed": self.seed, "nthread": self.nthread,
                   "tree_method": "hist", **(self.extra or {})}
-        self.booster_ = xgb.train(params, xgb.DMatrix(X, label=y),
+        self.booster_ = xgb.train(params, xgb.DMatrix(as_array(X), label=y),
                                   num_boost_round=self.num_boost_round)
 
-    def predict_proba(self, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    def predict_proba(self, X: Matrix) -> np.ndarray[Any, Any]:
         xgb = self._xgb()
-        out: np.ndarray[Any, Any] = self.booster_.predict(xgb.DMatrix(X))
+        out: np.ndarray[Any, Any] = self.booster_.predict(xgb.DMatrix(as_array(X)))
         return out
 
     def to_bytes(self) -> bytes:
