@@ -323,39 +323,40 @@ class TrainingService:
         step("training set")
         table = self.features.training_set(matured, list(model.features),
                                            timestamp=source.timestamp)
-        # The hash reads the table while the features are readied from it (hashlib and
-        # numpy release the GIL): two cores, the same bytes.
+        # The content hash runs on a second thread (hashlib releases the GIL) while the
+        # features are readied and checked: two cores, the same bytes.
         with ThreadPoolExecutor(1) as pool:
             hashed = pool.submit(table_hash, table)
             times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
                             pa.int64()).to_numpy()
             y = _labels(table[label.label], label)
             X = feature_table(table, model.features)
-            data_hash = hashed.result()
-        part, valid_cut, test_cut = model.split.assign(times)
-        for name, share in (("train", 0), ("test", 2)):
-            sub = y[part == share]
-            if sub.size == 0 or sub.min() == sub.max():
-                raise TrainingError(
-                    f"model {model.name!r}: the {name} split has {sub.size:,} rows of one "
-                    "class only", fix="train on a longer history or a later cutoff")
-        step("checks")
-        built = _Built(table, data_hash, times, y, X, part, (valid_cut, test_cut), {
-            "rows": report.rows, "matured": report.matured, "maturing": report.maturing,
-            "labelled": report.labelled, "defaulted": report.defaulted,
-            "unlabelled": report.unlabelled, "ignored_labels": report.ignored_labels})
-        self._check_leakage(model, table, source.timestamp, times)
-        # The univariate check is a screen: an evenly spaced sample of the training rows is
-        # enough (and keeps it a fraction of the fit on a large training set).
-        train = np.flatnonzero(part == 0)
-        train = train[np.linspace(0, train.size - 1, min(train.size, 100_000)).astype(np.int64)]
-        built.univariate = evaluation.univariate_aucs(
-            feature_matrix(X.take(pa.array(train)), model.features), y[train],
-            list(model.features))
-        for name in evaluation.suspicious_features(built.univariate, model.suspicious_auc):
-            built.warnings.append(
-                f"feature {name} alone reaches AUC {built.univariate[name]:.3f} on the "
-                "training rows: check it is not the label in disguise")
+            part, valid_cut, test_cut = model.split.assign(times)
+            for name, share in (("train", 0), ("test", 2)):
+                sub = y[part == share]
+                if sub.size == 0 or sub.min() == sub.max():
+                    raise TrainingError(
+                        f"model {model.name!r}: the {name} split has {sub.size:,} rows of one "
+                        "class only", fix="train on a longer history or a later cutoff")
+            step("checks")
+            built = _Built(table, "", times, y, X, part, (valid_cut, test_cut), {
+                "rows": report.rows, "matured": report.matured, "maturing": report.maturing,
+                "labelled": report.labelled, "defaulted": report.defaulted,
+                "unlabelled": report.unlabelled, "ignored_labels": report.ignored_labels})
+            self._check_leakage(model, table, source.timestamp, times)
+            # The univariate check is a screen: an evenly spaced sample of the training rows
+            # is enough (and keeps it a fraction of the fit on a large training set).
+            train = np.flatnonzero(part == 0)
+            train = train[np.linspace(0, train.size - 1, min(train.size, 100_000))
+                          .astype(np.int64)]
+            built.univariate = evaluation.univariate_aucs(
+                feature_matrix(X.take(pa.array(train)), model.features), y[train],
+                list(model.features))
+            for name in evaluation.suspicious_features(built.univariate, model.suspicious_auc):
+                built.warnings.append(
+                    f"feature {name} alone reaches AUC {built.univariate[name]:.3f} on the "
+                    "training rows: check it is not the label in disguise")
+            built.data_hash = hashed.result()
         return built
 
     def _check_leakage(self, model: Model, table: pa.Table, ts: str,
