@@ -314,8 +314,10 @@ class DuckDBEngine:
             fast = self._ranges_fit(view, fast, rows.num_rows)
         parts = []
         if fast:
-            parts.append(self._ranges(view, fast, rows))
-            wanted = [w for w in wanted if w not in fast]
+            part, done = self._ranges(view, fast, rows, types)
+            if done:                              # the rest go to the SQL plan, in one query
+                parts.append(part)
+                wanted = [w for w in wanted if w not in done]
         if wanted or not parts:
             parts.append(self._run(self._windowed_sql(view, wanted), rows))
         out = parts[0]
@@ -333,10 +335,10 @@ class DuckDBEngine:
             return fast
         with self._lock:
             con = self._connection()
+            # fetchall: a result left half-read blocks the connection's next statement.
             events = int(con.execute(f"SELECT count(*) FROM {self._scan(view.source)}")
-                         .fetchone()[0])  # type: ignore[index]
-            limit = str(con.execute("SELECT current_setting('memory_limit')")
-                        .fetchone()[0])  # type: ignore[index]
+                         .fetchall()[0][0])
+            limit = str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
         columns = {w.column for w in fast}
         extremes = sum(1 for w in fast if w.fn in ("min", "max"))
         # code, time, visibility, running max; per column values, validity, counts and limbs;
@@ -344,12 +346,12 @@ class DuckDBEngine:
         need = 8 * (events * (4 + 6 * len(columns) + 16 * extremes) + rows * 12)
         return fast if need <= _bytes(limit) // 2 else []
 
-    def _ranges(self, view: FeatureView, fast: list[WindowedFeature],
-                rows: pa.Table) -> pa.Table:
-        """The ``fast`` windows by the range plan, but those over columns holding NaN or
-        infinities (and all of them if the slow path would list too many events), which go
-        to the SQL plan. Ordered by row id, like every point-in-time result."""
-        events, at, codes, t = self._range_inputs(view, fast, rows)
+    def _ranges(self, view: FeatureView, fast: list[WindowedFeature], rows: pa.Table,
+                types: dict[str, str]) -> tuple[pa.Table, list[WindowedFeature]]:
+        """The ``fast`` windows the range plan computes, ordered by row id like every
+        point-in-time result, and which they are: not those over columns holding NaN or
+        infinities, nor any if the slow path would list too many events."""
+        events, at, codes, t = self._range_inputs(view, fast, rows, types)
         odd = {c for c, col in events.columns.items() if col.values.dtype.kind == "f"
                and not np.isfinite(col.values).all()}
         easy = [w for w in fast if w.fn == "count" or w.column not in odd]
@@ -374,21 +376,15 @@ class DuckDBEngine:
             kind = (pa.float64() if w.fn in ("sum", "mean") else pa.int64() if w.fn == "count"
                     else events.columns[w.column].arrow_type)
             columns[w.name] = pa.array(full, type=kind, mask=mask)
-        table = pa.table(columns)
-        rest = [w for w in fast if w not in easy]
-        if rest:
-            sql = self._run(self._windowed_sql(view, rest), rows)
-            for w in rest:
-                table = table.append_column(w.name, sql[w.name])
-        return table.select([ROW_ID, *(w.name for w in fast)])
+        return pa.table(columns), easy
 
     def _range_inputs(self, view: FeatureView, fast: list[WindowedFeature], rows: pa.Table,
+                      types: dict[str, str],
                       ) -> tuple[ranges.Events, np.ndarray[Any, Any], np.ndarray[Any, Any],
                                  np.ndarray[Any, Any]]:
         """The view's events sorted by (entity code, event time) with the columns ``fast``
         reads; and the rows whose entity has events, sorted by (code, time): their positions
-        in ``rows``, codes and times."""
-        types = self.columns(view.source)
+        in ``rows``, codes and times. ``types``: the source's logical column types."""
         values = {w.column for w in fast if w.fn != "count"}
         columns = list(dict.fromkeys(w.column for w in fast))
         cast = {c: ("BIGINT" if types.get(c) == "int64" else "DOUBLE") for c in values}
