@@ -54,11 +54,13 @@ def _ts(values: list[int]) -> pa.Array:
                                         "ranges-refused"])
 def engine(request):  # type: ignore[no-untyped-def]
     """Every window plan of the DuckDB engine: SQL over per-hop tiles, SQL over events as
-    their own tiles, and ranges over sorted events — scanning for late arrivals, listing
-    every row's events (no scan), and refusing to list (back to SQL)."""
+    their own tiles, and ranges over sorted events — scanning for late arrivals (rows in
+    chunks of 3), listing every row's events (no scan), and refusing to list (back to SQL)."""
     plan = request.param
     made = DuckDBEngine(tile_min_compression=0.0 if plan == "tiles" else float("inf"),
                         window_plan="ranges" if plan.startswith("ranges") else "sql")
+    if plan == "ranges":                        # rows in chunks of 3: many chunks per query
+        made._range_chunk = 3
     if plan == "ranges-listed":                 # rows scan one step, then list their events
         made._range_depth = 1
     if plan == "ranges-refused":

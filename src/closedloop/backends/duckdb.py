@@ -117,9 +117,9 @@ class DuckDBEngine:
                               fix=f"use one of {', '.join(_PLANS)}")
         self.root = Path(root)
         self.window_plan = window_plan
-        # The range plan's scan depth and listing limit (see backends/ranges.py); tests lower
-        # them to exercise the slow paths.
-        self._range_depth, self._range_limit = 32, 20_000_000
+        # The range plan's scan depth, listing limit and rows per chunk (see
+        # backends/ranges.py); tests lower them to exercise the slow paths and chunking.
+        self._range_depth, self._range_limit, self._range_chunk = 32, 20_000_000, 1 << 16
         self.log_root = log_root
         self.tile_min_compression = tile_min_compression
         self.memory_limit = memory_limit
@@ -359,6 +359,7 @@ class DuckDBEngine:
         try:
             values = (ranges.aggregate(events, codes, t, easy, at, n,
                                        depth=self._range_depth, limit=self._range_limit,
+                                       chunk=self._range_chunk,
                                        threads=self.threads or os.cpu_count() or 1)
                       if easy else {})
         except ranges.TooDeep:

@@ -355,9 +355,12 @@ def aggregate(events: Events, code: Array, t: Array, features: Sequence[Windowed
     def ranges_of(i: int) -> None:
         a, b = spans[i]
         qc, qt = code[a:b], t[a:b]
-        lo = {key: search(events.code, events.et, qc, (qt // key[1]) * key[1] - key[0], "left")
+        # The chunk's codes are one run of codes, and their events one slice: search that.
+        e0, e1 = int(starts[qc[0]]), int(np.searchsorted(events.code, qc[-1], "right"))
+        ec, et = events.code[e0:e1], events.et[e0:e1]
+        lo = {key: e0 + search(ec, et, qc, (qt // key[1]) * key[1] - key[0], "left")
               for key in keys}
-        hi = search(events.code, events.et, qc, qt, "right")
+        hi = e0 + search(ec, et, qc, qt, "right")
         lo_min = np.minimum.reduce(list(lo.values()))
         got = scan(events, pm, starts[qc], hi, qt, lo_min, depth=depth, limit=limit)
         for key in keys:
