@@ -1,5 +1,6 @@
 """The range plan's parts against their plain definitions: composite-key searches (with code
-chunks and absurd time spans), per-entity running maxima, exact sums and sparse tables."""
+chunks and absurd time spans), the longest window's bound, per-entity running maxima, exact
+sums and sparse tables."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def test_search_counts_the_events_before_each_query(events, queries, side) -> No
         want = sum(1 for cc, tt in zip(code.tolist(), t.tolist(), strict=True)
                    if cc < c or (cc == c and (tt < x if side == "left" else tt <= x)))
         assert got[i] == want, (c, x)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=_sorted_events(), span=st.integers(1, 60) | st.integers(1, 2**61),
+       block=st.integers(1, 5))
+def test_longest_bounds_every_window(events, span, block) -> None:  # type: ignore[no-untyped-def]
+    """The most events of one code in (t − span, t] up to an event at t, whatever the block."""
+    code, t = events
+    got = ranges.longest(ranges.Events(code, t, t, {}), span, block=block)
+    want = max((sum(1 for j in range(i + 1) if code[j] == code[i] and t[j] > t[i] - span)
+                for i in range(code.size)), default=0)
+    assert got == want
 
 
 @settings(max_examples=200, deadline=None)

@@ -30,10 +30,9 @@ columns × log(longest range)), so the engine chooses this plan only when it fit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -102,26 +101,19 @@ class Column:
         info = np.iinfo(self.values.dtype)
         return info.max if fn == "min" else info.min
 
-    def sentinel(self, fn: str) -> Array:
-        """The values with nulls replaced by the identity of min or max."""
-        key = "s_" + fn
-        if key not in self._cache:
-            self._cache[key] = np.where(self.valid, self.values, self.identity(fn))
-        out: Array = self._cache[key]
-        return out
-
     def table(self, fn: str, levels: int) -> Array:
         """Sparse table of min or max with ``levels`` levels in one flat array: level i, at
-        offset ``offsets(n, levels)[i]``, holds the result over [p, p + 2^i) for every p."""
+        offset ``offsets(n, levels)[i]``, holds the result over [p, p + 2^i) for every p;
+        level 0 is the values with nulls as the identity of min or max."""
         key = f"t_{fn}"
         if key in self._cache and self._cache[key][0] >= levels:
             out: Array = self._cache[key][1]
             return out
-        base = self.sentinel(fn)
-        n = base.size
+        n = self.values.size
         at = offsets(n, levels)
-        flat = np.empty(int(at[-1]), dtype=base.dtype)
-        flat[:n] = base
+        flat = np.empty(int(at[-1]), dtype=self.values.dtype)
+        flat[:n] = self.identity(fn)
+        np.copyto(flat[:n], self.values, where=self.valid)
         op = np.minimum if fn == "min" else np.maximum
         for i in range(1, levels):
             prev, half, size = int(at[i - 1]), 1 << (i - 1), int(at[i + 1] - at[i])
@@ -322,8 +314,23 @@ def _extreme(column: Column, fn: str, at: _Lookup, rows: Array, pos: Array) -> A
     out: Array = op(flat[at.first], flat[at.second])
     out[at.empty] = column.identity(fn)
     if rows.size:
-        op.at(out, rows, column.sentinel(fn)[pos])
+        op.at(out, rows, flat[pos])
     return out
+
+
+def longest(events: Events, span: int, block: int = _BLOCK) -> int:
+    """An upper bound on how many events one window of total length ``span`` (window plus
+    hop) holds: the most events of one entity with event times in (t − span, t] for the
+    event time t of one of them (the range's last event), counted up to it. Events go
+    ``block`` at a time."""
+    best = 0
+    for a in range(0, events.code.size, block):
+        code, et = events.code[a:a + block], events.et[a:a + block]
+        e0 = int(np.searchsorted(events.code, code[0], "left"))
+        first = e0 + search(events.code[e0:a + code.size], events.et[e0:a + code.size], code,
+                            et - span + 1, "left")
+        best = max(best, int((np.arange(a, a + code.size) - first).max()) + 1)
+    return best
 
 
 def aggregate(events: Events, code: Array, t: Array, features: Sequence[WindowedFeature],
@@ -334,10 +341,12 @@ def aggregate(events: Events, code: Array, t: Array, features: Sequence[Windowed
     and ``at`` their positions among the n; the other rows get an empty window's values.
     Raises ``TooDeep`` when the rows of one chunk would list more than ``limit`` events.
 
-    Rows go through in chunks of ``chunk``, so that every per-row temporary is small (reused
-    from the heap, in cache) and chunks run on ``threads`` threads (numpy releases the GIL);
-    each chunk writes only its own rows' outputs, so the result does not depend on either.
-    Two passes: the ranges of every row (which size the sparse tables), then the aggregates.
+    The shared per-event arrays (prefix counts and sums, sparse tables as deep as the longest
+    window can need) are built first; then rows go through in chunks of ``chunk``, so that
+    every per-row temporary is small (reused from the heap, in cache), on ``threads``
+    threads (numpy releases the GIL). Each chunk finds its rows' ranges and writes only its
+    own rows' outputs, so the result depends on neither. The mean, min and max of one column
+    and window share one null mask (null exactly where the count is 0).
     """
     groups: dict[tuple[int, int], list[WindowedFeature]] = {}
     for f in features:
@@ -345,60 +354,59 @@ def aggregate(events: Events, code: Array, t: Array, features: Sequence[Windowed
     keys = sorted(groups, reverse=True)
     m = code.size
     spans = [(a, min(a + chunk, m)) for a in range(0, m, chunk)]
-    pm = running_max(events.code, events.v)
     starts = np.searchsorted(events.code, np.arange(int(code.max(initial=-1)) + 1))
-    small = np.int32 if events.code.size < 2**31 - 1 else np.int64
-    los: dict[tuple[int, int], Array] = {key: np.empty(m, dtype=small) for key in keys}
-    ends: dict[tuple[int, int], Array] = {key: np.empty(m, dtype=small) for key in keys}
-    found: list[tuple[Array, Array]] = [(np.zeros(0, np.int64),) * 2] * len(spans)
-
-    def ranges_of(i: int) -> None:
-        a, b = spans[i]
-        qc, qt = code[a:b], t[a:b]
-        # The chunk's codes are one run of codes, and their events one slice: search that.
-        e0, e1 = int(starts[qc[0]]), int(np.searchsorted(events.code, qc[-1], "right"))
-        ec, et = events.code[e0:e1], events.et[e0:e1]
-        lo = {key: e0 + search(ec, et, qc, (qt // key[1]) * key[1] - key[0], "left")
-              for key in keys}
-        hi = e0 + search(ec, et, qc, qt, "right")
-        lo_min = np.minimum.reduce(list(lo.values()))
-        got = scan(events, pm, starts[qc], hi, qt, lo_min, depth=depth, limit=limit)
-        for key in keys:
-            los[key][a:b] = lo[key]
-            ends[key][a:b] = np.maximum(got.last + 1, lo[key])
-        found[i] = (got.rows, got.pos)
-
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        list(pool.map(ranges_of, range(len(spans))))
-        # Each column's shared arrays, built once before the chunks read them.
-        warm: list[Callable[[], Any]] = []
-        for name in dict.fromkeys(f.column for f in features):
-            column, fns = events.columns[name], {f.fn for f in features if f.column == name}
-            warm.append(column.counts)
-            if fns & {"sum", "mean"}:
-                warm.append(column.limbs)
-            extremes = [k for k in keys if any(f.column == name and f.fn in ("min", "max")
-                                               for f in groups[k])]
-            longest = max((int((ends[k] - los[k]).max(initial=0)) for k in extremes), default=0)
-            warm += [partial(column.table, fn, max(1, longest.bit_length()))
-                     for fn in fns & {"min", "max"}]
-        list(pool.map(lambda f: f(), warm))
-        every = at.size == n
-        out: dict[str, tuple[Array, Array | None]] = {}
-        for f in features:
+    every = at.size == n
+    out: dict[str, tuple[Array, Array | None]] = {}
+    masks: dict[tuple[str, tuple[int, int]], Array] = {}
+    for key in keys:
+        for f in groups[key]:
             dtype = (np.int64 if f.fn == "count" else np.float64 if f.fn in ("sum", "mean")
                      else events.columns[f.column].values.dtype)
             values = np.empty(n, dtype=dtype) if every else np.zeros(n, dtype=dtype)
-            out[f.name] = (values, None if f.fn in ("count", "sum") else np.ones(n, bool))
+            mask = None
+            if f.fn not in ("count", "sum"):
+                mask = masks.setdefault((f.column, key), np.ones(n, bool))
+            out[f.name] = (values, mask)
 
-        def aggregates_of(i: int) -> None:
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        # The shared arrays, built before the chunks read them; the sparse tables' depth is
+        # found meanwhile.
+        pm = pool.submit(running_max, events.code, events.v)
+        built: list[Future[Any]] = []
+        for name in dict.fromkeys(f.column for f in features):
+            column, fns = events.columns[name], {f.fn for f in features if f.column == name}
+            built.append(pool.submit(column.counts))
+            if fns & {"sum", "mean"}:
+                built.append(pool.submit(column.limbs))
+        for name in dict.fromkeys(f.column for f in features):
+            column, fns = events.columns[name], {f.fn for f in features if f.column == name}
+            widest = max((w + h for w, h in keys if any(
+                f.column == name and f.fn in ("min", "max") for f in groups[(w, h)])),
+                default=0)
+            if widest:
+                levels = max(1, longest(events, widest).bit_length())
+                built += [pool.submit(column.table, fn, levels) for fn in fns & {"min", "max"}]
+        for done in built:
+            done.result()
+        running = pm.result()
+
+        def chunk_of(i: int) -> None:
             a, b = spans[i]
-            where = at[a:b]
-            rows_all, pos_all = found[i]
+            qc, qt, where = code[a:b], t[a:b], at[a:b]
+            # The chunk's codes are one run of codes, and their events one slice: search
+            # that.
+            e0, e1 = int(starts[qc[0]]), int(np.searchsorted(events.code, qc[-1], "right"))
+            ec, et = events.code[e0:e1], events.et[e0:e1]
+            los = {key: e0 + search(ec, et, qc, (qt // key[1]) * key[1] - key[0], "left")
+                   for key in keys}
+            hi = e0 + search(ec, et, qc, qt, "right")
+            got = scan(events, running, starts[qc], hi, qt,
+                       np.minimum.reduce(list(los.values())), depth=depth, limit=limit)
             for key in keys:
-                lo, end = los[key][a:b], ends[key][a:b]
-                inside = pos_all >= lo[rows_all]
-                rows, pos = rows_all[inside], pos_all[inside]
+                lo = los[key]
+                end = np.maximum(got.last + 1, lo)
+                inside = got.pos >= lo[got.rows]
+                rows, pos = got.rows[inside], got.pos[inside]
                 lookup = (_Lookup.of(events.code.size, lo, end)
                           if any(f.fn in ("min", "max") for f in groups[key]) else None)
                 for name in dict.fromkeys(f.column for f in groups[key]):
@@ -410,8 +418,10 @@ def aggregate(events: Events, code: Array, t: Array, features: Sequence[Windowed
                         np.add.at(cnt, rows, column.valid[pos].astype(np.int64))
                     total = (_sum(column.limbs(), lo, end, rows, pos)
                              if {f.fn for f in mine} & {"sum", "mean"} else cnt)
+                    if (name, key) in masks:
+                        masks[(name, key)][where] = cnt == 0
                     for f in mine:
-                        values, null = out[f.name]
+                        values = out[f.name][0]
                         if f.fn == "count":
                             values[where] = cnt
                         elif f.fn == "sum":
@@ -422,8 +432,6 @@ def aggregate(events: Events, code: Array, t: Array, features: Sequence[Windowed
                         else:
                             assert lookup is not None
                             values[where] = _extreme(column, f.fn, lookup, rows, pos)
-                        if null is not None:
-                            null[where] = cnt == 0
 
-        list(pool.map(aggregates_of, range(len(spans))))
+        list(pool.map(chunk_of, range(len(spans))))
     return out

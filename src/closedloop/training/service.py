@@ -147,47 +147,58 @@ def _part(table: pa.Table, where: slice | np.ndarray[Any, Any]) -> pa.Table:
     return table.filter(pa.array(where))
 
 
-def table_hash(table: pa.Table) -> str:
-    """The content hash of a table's values: per column its name, type, which rows are null
-    and the values (nulls as zero, strings as their UTF-8 bytes and lengths) — not the Arrow
-    buffers, whose chunking and bytes under nulls are not part of the content."""
+def table_hash(table: pa.Table, threads: int = 2) -> str:
+    """The content hash of a table's values: SHA-256 over, per column, its name, type and
+    length and the SHA-256 of its content — which rows are null and the values (nulls as
+    zero, strings as their UTF-8 bytes and lengths), not the Arrow buffers, whose chunking and
+    bytes under nulls are not part of the content. Columns are hashed on ``threads`` threads
+    (hashlib releases the GIL); the result does not depend on it."""
+    columns = list(zip(table.column_names, table.columns, strict=True))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        digests = list(pool.map(_column_digest, (c for _, c in columns)))
+    top = hashlib.sha256()
+    for (name, column), digest in zip(columns, digests, strict=True):
+        top.update(f"{name}\x1f{column.type}\x1f{len(column)}\x1e".encode())
+        top.update(digest)
+    return top.hexdigest()
+
+
+def _column_digest(column: pa.ChunkedArray) -> bytes:
+    """SHA-256 of one column's content (see ``table_hash``)."""
     digest = hashlib.sha256()
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        digest.update(f"{name}\x1f{column.type}\x1f{len(column)}\x1e".encode())
-        nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
-        digest.update(np.packbits(nulls).tobytes())
+    nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
+    digest.update(np.packbits(nulls).tobytes())
+    kind = column.type
+    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_duration(kind):
+        column = pc.cast(column, pa.int64())
         kind = column.type
-        if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_duration(kind):
-            column = pc.cast(column, pa.int64())
-            kind = column.type
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-            # The values as one byte stream, chunks in order, nulls as zero: zeroed a block
-            # at a time, so no copy of the whole column is made.
-            at = 0
-            for chunk in column.chunks:
-                if pa.types.is_boolean(kind):           # bits: as one byte each
-                    chunk = pc.fill_null(chunk, False)
-                values = (chunk.to_numpy(zero_copy_only=False) if not chunk.null_count
-                          else np.frombuffer(
-                              chunk.buffers()[1], dtype=kind.to_pandas_dtype(),
-                              count=chunk.offset + len(chunk))[chunk.offset:])
-                for a in range(0, values.size, _HASH_BLOCK):
-                    block = values[a:a + _HASH_BLOCK]
-                    hole = nulls[at + a:at + a + block.size]
-                    if hole.any():
-                        block = np.where(hole, np.zeros(1, block.dtype), block)
-                    digest.update(np.ascontiguousarray(block).data.cast("B"))
-                at += values.size
-        else:
-            text = pc.fill_null(pc.cast(column, pa.large_string()), "")
-            combined = text.combine_chunks()
-            offsets, data = combined.buffers()[1], combined.buffers()[2]
-            start = combined.offset
-            offs = np.frombuffer(offsets, dtype=np.int64)[start:start + len(combined) + 1]
-            digest.update((offs - offs[0]).tobytes())
-            if data is not None:
-                digest.update(memoryview(data)[offs[0]:offs[-1]])
-    return digest.hexdigest()
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        # The values as one byte stream, chunks in order, nulls as zero: zeroed a block at a
+        # time, so no copy of the whole column is made.
+        at = 0
+        for chunk in column.chunks:
+            if pa.types.is_boolean(kind):           # bits: as one byte each
+                chunk = pc.fill_null(chunk, False)
+            values = (chunk.to_numpy(zero_copy_only=False) if not chunk.null_count
+                      else np.frombuffer(chunk.buffers()[1], dtype=kind.to_pandas_dtype(),
+                                         count=chunk.offset + len(chunk))[chunk.offset:])
+            for a in range(0, values.size, _HASH_BLOCK):
+                block = values[a:a + _HASH_BLOCK]
+                hole = nulls[at + a:at + a + block.size]
+                if hole.any():
+                    block = np.where(hole, np.zeros(1, block.dtype), block)
+                digest.update(np.ascontiguousarray(block).data.cast("B"))
+            at += values.size
+    else:
+        text = pc.fill_null(pc.cast(column, pa.large_string()), "")
+        combined = text.combine_chunks()
+        offsets, data = combined.buffers()[1], combined.buffers()[2]
+        start = combined.offset
+        offs = np.frombuffer(offsets, dtype=np.int64)[start:start + len(combined) + 1]
+        digest.update((offs - offs[0]).tobytes())
+        if data is not None:
+            digest.update(memoryview(data)[offs[0]:offs[-1]])
+    return digest.digest()
 
 
 def environment() -> dict[str, Any]:
