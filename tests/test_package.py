@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_api_is_curated() -> None:
     assert sorted(cl.__all__) == sorted([
-        "Agg", "ClosedLoopError", "Entity", "EventSource", "FeatureView", "LabelSource",
-        "LightGBMTrainer", "Model", "Project", "SklearnTrainer", "TableSource", "TimeSplit",
+        "Agg", "Budget", "ClosedLoopError", "Entity", "EventSource", "FeatureView",
+        "LabelSource", "LightGBMTrainer", "Model", "Project", "Serving", "SklearnTrainer",
+        "TableSource", "TimeSplit",
         "Transform", "XGBoostTrainer", "init_project", "transform"])
     for name in cl.__all__:
         assert getattr(cl, name) is not None

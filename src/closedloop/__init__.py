@@ -9,6 +9,7 @@ from closedloop.data.sources import Entity, EventSource, LabelSource, TableSourc
 from closedloop.errors import ClosedLoopError
 from closedloop.features.definitions import Agg, FeatureView, Transform, transform
 from closedloop.project import Project, init_project
+from closedloop.serving.spec import Budget, Serving
 from closedloop.training.model import Model, TimeSplit
 from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, XGBoostTrainer
 
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agg",
+    "Budget",
     "ClosedLoopError",
     "Entity",
     "EventSource",
@@ -24,6 +26,7 @@ __all__ = [
     "LightGBMTrainer",
     "Model",
     "Project",
+    "Serving",
     "SklearnTrainer",
     "TableSource",
     "TimeSplit",

@@ -46,6 +46,18 @@ class OnlineSettings(_Section):
     batch_size: int = Field(default=2000, ge=1)    # entities per atomic materialization write
 
 
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1)
+    log_mode: Literal["durable", "buffered"] = "durable"   # see serving/log.py
+    flush_ms: float = Field(default=5.0, gt=0)             # buffered: the loss window
+    fetch_timeout_ms: float = Field(default=100.0, gt=0)   # the online fetch's hard limit
+    reload_s: float = Field(default=1.0, gt=0)             # how often aliases are checked
+    max_inflight: int = Field(default=512, ge=1)           # per worker; beyond it a 503
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -57,6 +69,7 @@ class Settings(_Section):
     offline: OfflineSettings = OfflineSettings()
     online: OnlineSettings = OnlineSettings()
     metadata: MetadataSettings = MetadataSettings()
+    serving: ServingSettings = ServingSettings()
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -95,4 +108,12 @@ path = ".closedloop/online.db"   # sqlite
 
 [metadata]
 url = "sqlite:///.closedloop/metadata.db"   # or postgresql+psycopg://host/db
+
+[serving]
+host = "127.0.0.1"
+port = 8000
+workers = 1
+log_mode = "durable"             # acknowledge a prediction once it is fsync-ed; or "buffered"
+# flush_ms = 5                   # buffered: a crash loses at most this much
+fetch_timeout_ms = 100           # the online fetch's hard limit: beyond it, the fallback
 '''

@@ -115,6 +115,31 @@ class ArtefactCorrupted(RegistryError):
     code = "CL-503"
 
 
+class ServingError(ClosedLoopError):
+    """A model could not be served: no servable version, a pinned definition missing, …"""
+
+    code = "CL-700"
+
+
+class RequestError(ServingError):
+    """A prediction request is malformed: bad JSON, a missing or extra field, a wrong type,
+    a value out of range, too many instances. Served as a 4xx naming the field."""
+
+    code = "CL-701"
+
+    def __init__(self, message: str, *, field: str | None = None, fix: str | None = None,
+                 status: int = 400) -> None:
+        self.field = field
+        self.status = status
+        super().__init__(message, fix=fix)
+
+
+class Overloaded(ServingError):
+    """The server sheds load: more requests are waiting than it admits."""
+
+    code = "CL-702"
+
+
 __all__ = [
     "ArtefactCorrupted",
     "BackendError",
@@ -124,10 +149,13 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "LeakageError",
+    "Overloaded",
     "PointInTimeError",
     "PromotionBlocked",
     "RegistryError",
+    "RequestError",
     "SchemaMismatch",
+    "ServingError",
     "TrainingError",
     "UnknownFeatureError",
     "VersionConflict",

@@ -33,6 +33,9 @@ from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import RegistryService
+from closedloop.serving.log import PredictionLog
+from closedloop.serving.service import ServingService
+from closedloop.serving.spec import servings_from_module
 from closedloop.training.model import models_from_module
 from closedloop.training.service import TrainingService
 
@@ -131,13 +134,20 @@ class Project:
             definitions_hash=lambda: hashlib.sha256(definitions.read_bytes()).hexdigest())
         self.registry = RegistryService(self.metadata, self.artefacts, self.training,
                                         self.features)
+        serving = self.settings.serving
+        self.prediction_log = PredictionLog(self.root / ".closedloop" / "predictions",
+                                            mode=serving.log_mode, flush_ms=serving.flush_ms)
+        self.serving = ServingService(servings_from_module(module), list(self.models),
+                                      self.registry, self.features, self.catalog,
+                                      self.prediction_log)
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online
         if online.store == "redis":
             from closedloop.backends.redis import RedisOnlineStore
 
-            return RedisOnlineStore(online.url, prefix=online.prefix)
+            return RedisOnlineStore(online.url, prefix=online.prefix,
+                                    read_timeout=self.settings.serving.fetch_timeout_ms / 1000)
         path = Path(online.path)
         return SQLiteOnlineStore(path if path.is_absolute() else self.root / path)
 
@@ -150,6 +160,7 @@ class Project:
         return registration.apply(self.catalog, self.metadata)
 
     def close(self) -> None:
+        self.prediction_log.close()
         self.features.close()
         self.feature_log.flush()
         self.engine.close()

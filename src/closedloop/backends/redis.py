@@ -13,11 +13,15 @@ from closedloop.errors import BackendError, BackendUnavailable
 
 
 class RedisOnlineStore:
-    """Online store in Redis. Keys are ``{prefix}{namespace}|{key}``."""
+    """Online store in Redis. Keys are ``{prefix}{namespace}|{key}``. ``read_timeout``
+    (seconds) bounds a read — connecting included — on the serving path; writes keep the
+    client's own timeouts."""
 
-    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "cl:") -> None:
+    def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "cl:",
+                 read_timeout: float | None = None) -> None:
         self.url = url
         self.prefix = prefix
+        self.read_timeout = read_timeout
         self._client: redis.Redis | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -67,7 +71,7 @@ class RedisOnlineStore:
                 values = conn.read_response()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 conn.disconnect()
-                if attempt:
+                if attempt or isinstance(exc, redis.TimeoutError):   # a timeout: no retry
                     raise self._down(exc) from exc
                 continue
             except redis.ResponseError as exc:          # the reply was read: conn is fine
@@ -82,9 +86,11 @@ class RedisOnlineStore:
     def _reader(self) -> Any:  # redis-py leaves its Connection methods untyped
         """This thread's own connection for reads: the serving hot path sends MGET on it
         directly (one round trip, none of the client's per-command bookkeeping)."""
-        conn = getattr(self._local, "conn", None)
+        conn: Any = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._redis().connection_pool.make_connection()
+            if self.read_timeout is not None:
+                conn.socket_timeout = conn.socket_connect_timeout = self.read_timeout
             self._local.conn = conn
             with self._lock:
                 self._readers.append(conn)

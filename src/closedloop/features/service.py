@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +65,17 @@ def _timestamp_column(table: pa.Table, timestamp: str | None) -> str:
 _OnlinePlan = tuple[Resolution, list[ViewReader], dict[str, pa.DataType]]
 
 
+@dataclass(frozen=True, slots=True)
+class OnlineFetch:
+    """Rows' view features as read from the online store at ``t`` (µs), before transforms:
+    what ``FeatureService.fetch`` hands to ``finish``."""
+
+    plan: _OnlinePlan
+    t: int
+    vectors: list[dict[str, Any]]
+    missing: list[tuple[str, ...]]
+
+
 class FeatureService:
     """Training sets, materialization and online vectors: ``project.features``."""
 
@@ -118,10 +130,17 @@ class FeatureService:
         """
         single = type(rows) is dict or isinstance(rows, Mapping)   # dict first: the hot path
         batch: Sequence[Mapping[str, Any]] = [rows] if single else rows  # type: ignore[list-item,assignment]  # narrowed by `single`
+        result = self.finish(batch, self.fetch(batch, features, at=at))
+        return result[0] if single else result
+
+    def fetch(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str], *,
+              at: datetime | None = None) -> OnlineFetch:
+        """The first half of ``online``: the view features of every row, read in one store
+        round trip (``finish`` runs the transforms). Serving times the two apart."""
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
-        resolution, readers, types = plan
+        readers = plan[1]
         t = now_micros() if at is None else instant_micros(at)
         raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
         vectors: list[dict[str, Any]] = []
@@ -138,6 +157,12 @@ class FeatureService:
                 reader.read(data, t, values)
             vectors.append(values)
             missing.append(gone)
+        return OnlineFetch(plan, t, vectors, missing)
+
+    def finish(self, batch: Sequence[Mapping[str, Any]], fetched: OnlineFetch,
+               ) -> list[OnlineVector]:
+        """The second half of ``online``: the transforms over the fetched features."""
+        (resolution, _, types), t, vectors = fetched.plan, fetched.t, fetched.vectors
         for tr in resolution.transforms:
             inputs = {}
             for inp in tr.inputs:
@@ -156,11 +181,11 @@ class FeatureService:
                 v[tr.name] = tr.default if value is None and tr.default is not None else value
         if resolution.transforms:      # drop the transforms' inputs that were not asked for
             vectors = [{ref: v[ref] for ref in resolution.requested} for v in vectors]
-        result = [OnlineVector(v, m, t) for v, m in zip(vectors, missing, strict=True)]
+        result = [OnlineVector(v, m, t) for v, m in zip(vectors, fetched.missing, strict=True)]
         if self.log is not None:
             for row, vector in zip(batch, result, strict=True):
                 self.log.record(t, resolution.requested, dict(row), vector.values)
-        return result[0] if single else result
+        return result
 
     def _online_plan(self, features: Sequence[str]) -> _OnlinePlan:
         """Resolve once per feature list: each view feature is written straight under the

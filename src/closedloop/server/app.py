@@ -1,0 +1,285 @@
+"""The HTTP server: a plain ASGI application (no framework on the hot path), run by uvicorn.
+
+Routes:
+
+* ``POST /v1/models/{name}:predict`` — ``{"instances": [{...}, ...]}`` → ``{"model",
+  "predictions": [{"id", "score", "decision", "version", "route", "fallback"}]}``. The
+  response is sent once every prediction is in the prediction log (durable mode);
+* ``GET /v1/models`` — the served models, their versions by alias;
+* ``GET /healthz`` (alive), ``GET /readyz`` (every model loaded), ``GET /metrics``
+  (Prometheus), ``GET /openapi.json`` (the schema, from the models' declared fields).
+
+A bad request is a 4xx whose body names the field — ``{"error", "code", "field", "fix"}`` —
+never a 500. More than ``max_inflight`` requests in flight on a worker are shed with a 503
+and ``Retry-After``. Aliases are polled every ``reload_s``: a moved alias loads the new
+version off the event loop and swaps it in; requests in flight finish on the version they
+started on, so none is dropped. The shadow version scores on a worker thread after the
+response (a bounded queue: when the shadow falls behind, its work is dropped and counted,
+never queued without end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from closedloop.errors import ClosedLoopError, RequestError, ServingError
+from closedloop.server.metrics import ServerMetrics
+from closedloop.server.openapi import openapi
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_PREFIX = "/v1/models/"
+log = logging.getLogger("closedloop.server")
+
+
+class ServingApp:
+    """The ASGI application over one project (see module). ``models``: the models to serve
+    (default: every model with a production version)."""
+
+    def __init__(self, project: Any, models: list[str] | None = None) -> None:
+        self.project = project
+        self.models = models
+        settings = project.settings.serving
+        self.max_inflight = settings.max_inflight
+        self.max_body = settings.max_body_bytes
+        self.reload_s = settings.reload_s
+        self.metrics = ServerMetrics()
+        self.predictors: dict[str, Any] = {}
+        self.inflight = 0
+        self.ready = False
+        self._reloader: asyncio.Task[None] | None = None
+        self._shadow: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1024)
+        self._shadow_thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the predictors (at start-up, before traffic)."""
+        names = self.models
+        if names is None:
+            names = [m for m in self.project.serving.models
+                     if "production" in self.project.registry.aliases(m)]
+        for name in names:
+            self.predictors[name] = self.project.serving.predictor(name)
+        self._shadow_thread = threading.Thread(target=self._shadow_loop, daemon=True,
+                                               name="closedloop-shadow")
+        self._shadow_thread.start()
+        self.ready = True
+        gc.collect()
+        gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
+
+    def stop(self) -> None:
+        self._shadow.put(None)
+        if self._shadow_thread is not None:
+            self._shadow_thread.join(timeout=10)
+        self.project.close()
+
+    async def _reload_loop(self) -> None:
+        serving = self.project.serving
+        while True:
+            await asyncio.sleep(self.reload_s)
+            for name, current in list(self.predictors.items()):
+                try:
+                    aliases = await asyncio.to_thread(serving.aliases, name)
+                    if aliases != current.aliases:
+                        fresh = await asyncio.to_thread(serving.predictor, name)
+                        self.predictors[name] = fresh
+                        log.warning("model %s now serves %s", name, fresh.aliases)
+                except ClosedLoopError as exc:    # keep serving what is loaded
+                    log.warning("reloading %s failed: %s", name, exc)
+
+    def _shadow_loop(self) -> None:
+        while True:
+            item = self._shadow.get()
+            if item is None:
+                return
+            model, job = item
+            try:
+                self.project.prediction_log.append(model, job())
+            except Exception:                     # the shadow never harms production
+                log.exception("shadow scoring of %s failed", model)
+
+    # -- ASGI --------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path.startswith(_PREFIX) and path.endswith(":predict"):
+            if method != "POST":
+                await _send(send, 405, {"error": "use POST", "code": "CL-701"})
+                return
+            await self._predict(path[len(_PREFIX):-len(":predict")], receive, send)
+            return
+        if method != "GET":
+            await _send(send, 405 if path in _GETS else 404,
+                        {"error": f"no route {method} {path}", "code": "CL-701"})
+            return
+        if path == "/healthz":
+            await _send(send, 200, {"status": "ok"})
+        elif path == "/readyz":
+            await _send(send, 200 if self.ready else 503,
+                        {"ready": self.ready, "models": {n: p.aliases for n, p in
+                                                         self.predictors.items()}})
+        elif path == "/metrics":
+            body, ctype = self.metrics.render()
+            await _raw(send, 200, body, [(b"content-type", ctype.encode())])
+        elif path == "/openapi.json":
+            await _send(send, 200, openapi(self.predictors))
+        elif path == "/v1/models":
+            await _send(send, 200, {"models": [
+                {"name": n, "versions": p.aliases} for n, p in self.predictors.items()]})
+        else:
+            await _send(send, 404, {"error": f"no route GET {path}", "code": "CL-701"})
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.start)
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                self._reloader = asyncio.get_running_loop().create_task(self._reload_loop())
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._reloader is not None:
+                    self._reloader.cancel()
+                await asyncio.to_thread(self.stop)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _predict(self, name: str, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        if self.inflight >= self.max_inflight:
+            self.metrics.shed.inc()
+            await _send(send, 503, {"error": "the server is at capacity", "code": "CL-702",
+                                    "fix": "retry after a moment"}, [(b"retry-after", b"1")])
+            return
+        self.inflight += 1
+        try:
+            await self._predict_one(name, receive, send, start)
+        finally:
+            self.inflight -= 1
+
+    async def _predict_one(self, name: str, receive: Receive, send: Send,
+                           start: float) -> None:
+        try:
+            body = await _body(receive, self.max_body)
+            predictor = self.predictors.get(name)
+            if predictor is None:
+                raise RequestError(f"there is no served model {name!r}", field="name",
+                                   fix=f"the models are {sorted(self.predictors)}", status=404)
+            request = _parse(body)
+            served = predictor.predict(request["instances"])
+        except RequestError as exc:
+            self.metrics.errors.labels(str(exc.status)).inc()
+            await _send(send, exc.status, _error(exc))
+            return
+        except ClosedLoopError as exc:
+            self.metrics.errors.labels("422").inc()
+            await _send(send, 422, _error(exc))
+            return
+        try:
+            await asyncio.wrap_future(self.project.prediction_log.append(name, served.records))
+        except ClosedLoopError as exc:         # a prediction that is not logged is not served
+            await _send(send, 503, _error(ServingError(exc.message, fix=exc.fix)))
+            return
+        await _raw(send, 200, orjson.dumps({"model": name, "predictions": [
+            p.to_dict() for p in served.predictions]}), _JSON)
+        m = self.metrics
+        for stage, ms in served.latency_ms.items():
+            m.stage.labels(name, stage).observe(ms / 1e3)
+        m.request.labels(name).observe(time.perf_counter() - start)
+        for p in served.predictions:
+            m.predictions.labels(name, p.route, p.decision).inc()
+        if served.fallback_reason is not None:
+            m.fallbacks.labels(name).inc(len(served.predictions))
+        if served.after is not None:
+            try:
+                self._shadow.put_nowait((name, served.after))
+            except queue.Full:
+                m.shadow_dropped.labels(name).inc(len(served.predictions))
+
+
+_GETS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/models"}
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(f"the body is not valid JSON: {exc}", field="body",
+                           fix='send {"instances": [{...}]} (NaN and Infinity are not JSON)'
+                           ) from None
+    if type(request) is not dict:
+        raise RequestError("the body must be a JSON object", field="body",
+                           fix='send {"instances": [{...}]}')
+    extra = sorted(set(request) - {"instances"})
+    if extra:
+        raise RequestError(f"the body has unknown field(s) {extra}", field=extra[0],
+                           fix='send only "instances"')
+    if "instances" not in request:
+        raise RequestError("the body has no 'instances'", field="instances",
+                           fix='send {"instances": [{...}]}')
+    return request
+
+
+async def _body(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError("the client went away", field="body", status=400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"the body is larger than {limit} bytes", field="body",
+                               fix="send fewer instances per request", status=413)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _error(exc: ClosedLoopError) -> dict[str, Any]:
+    return {"error": exc.message, "code": exc.code, "field": getattr(exc, "field", None),
+            "fix": exc.fix}
+
+
+async def _send(send: Send, status: int, payload: Any,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _raw(send, status, orjson.dumps(payload), _JSON + (headers or []))
+
+
+async def _raw(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app() -> ServingApp:
+    """The app of the project named by ``CLOSEDLOOP_PROJECT`` (uvicorn's factory, one per
+    worker process), serving ``CLOSEDLOOP_MODELS`` (comma-separated) or every model."""
+    from closedloop.project import Project
+
+    root = Path(os.environ.get("CLOSEDLOOP_PROJECT", "."))
+    models = [m for m in os.environ.get("CLOSEDLOOP_MODELS", "").split(",") if m] or None
+    return ServingApp(Project(root), models)

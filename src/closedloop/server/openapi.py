@@ -1,0 +1,62 @@
+"""The OpenAPI 3 schema of the server, written from the served models' declared fields: each
+model's predict body lists exactly the fields its features read (entity keys, request
+inputs, the routing unit, the subject) — required ones required, no others allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
+_ERROR = {"type": "object", "required": ["error", "code"], "properties": {
+    "error": {"type": "string"}, "code": {"type": "string"},
+    "field": {"type": ["string", "null"]}, "fix": {"type": ["string", "null"]}}}
+_PREDICTION = {"type": "object",
+               "required": ["id", "score", "decision", "version", "route", "fallback"],
+               "properties": {"id": {"type": "string"}, "score": {"type": "number"},
+                              "decision": {"type": "string"}, "version": {"type": "integer"},
+                              "route": {"type": "string"}, "fallback": {"type": "boolean"}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    return {str(c): {"description": "the request was refused; the body says why",
+                     "content": {"application/json": {"schema": {"$ref":
+                                                                 "#/components/schemas/Error"}}}}
+            for c in codes}
+
+
+def openapi(predictors: dict[str, Any]) -> dict[str, Any]:
+    """The schema of every route, one predict path per served model."""
+    paths: dict[str, Any] = {}
+    for name, p in predictors.items():
+        instance = {"type": "object", "additionalProperties": False,
+                    "required": list(p.required),
+                    "properties": {f: ({"type": p.keys[f]} if f in p.keys else _SCALAR)
+                                   for f in sorted(p.fields)}}
+        paths[f"/v1/models/{name}:predict"] = {"post": {
+            "summary": f"Score instances with model {name}",
+            "operationId": f"predict_{name}",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["instances"],
+                "properties": {"instances": {"type": "array", "minItems": 1,
+                                             "maxItems": p.serving.max_instances,
+                                             "items": instance}}}}}},
+            "responses": {"200": {"description": "the predictions, in instance order",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object", "required": ["model", "predictions"],
+                                      "properties": {"model": {"type": "string"},
+                                                     "predictions": {"type": "array",
+                                                                     "items": _PREDICTION}}}}}},
+                          **_errors(400, 404, 413, 422, 503)}}}
+    plain = {"description": "ok", "content": {"application/json": {"schema": {
+        "type": "object"}}}}
+    for route, summary in (("/healthz", "alive"), ("/readyz", "every model loaded"),
+                           ("/v1/models", "the served models and their versions")):
+        paths[route] = {"get": {"summary": summary, "operationId": route.strip("/")
+                                .replace("/", "_"), "responses": {"200": plain,
+                                                                  **_errors(503)}}}
+    paths["/metrics"] = {"get": {"summary": "Prometheus metrics", "operationId": "metrics",
+                                 "responses": {"200": {"description": "exposition text",
+                                                       "content": {"text/plain": {}}}}}}
+    return {"openapi": "3.1.0",
+            "info": {"title": "closedloop serving", "version": "1"},
+            "paths": paths, "components": {"schemas": {"Error": _ERROR}}}

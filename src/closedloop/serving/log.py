@@ -1,0 +1,195 @@
+"""The prediction log: every served prediction, appended durably, readable as a table.
+
+Embedded, the log is files in the project: ``.closedloop/predictions/<model>/<segment>.jsonl``,
+one JSON object per line, each process writing its own segments (so workers never
+interleave), a new segment every ``segment_bytes``.
+
+**The guarantee.** In the default ``durable`` mode a record is acknowledged — the future
+``append`` returns resolves, and the server only then sends its response — after its bytes
+are written and ``fsync``-ed. Records are committed in groups: a writer thread takes every
+record waiting, writes them in one ``write`` and one ``fsync``, and acknowledges them all,
+so under load one ``fsync`` serves many requests. A crash (SIGKILL, power loss) therefore
+never loses an acknowledged prediction; it may leave the last line of a segment torn, and a
+torn line was never acknowledged — readers skip it. In the opt-in ``buffered`` mode
+``append`` acknowledges at once and the writer commits every ``flush_ms``: a crash loses at
+most the records acknowledged in the last ``flush_ms`` plus one ``fsync``.
+
+Records are plain dicts (see ``closedloop.serving.service``); kinds are ``prediction`` and
+``shadow`` (a shadow version's score for a prediction id, written after the response).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.json as pj
+
+from closedloop.errors import BackendError, ConfigError
+
+Mode = Literal["durable", "buffered"]
+
+
+class PredictionLog:
+    """Append-only, group-committed files of prediction records (see module)."""
+
+    def __init__(self, root: str | Path, *, mode: Mode = "durable", flush_ms: float = 5.0,
+                 segment_bytes: int = 64 << 20) -> None:
+        if mode not in ("durable", "buffered"):
+            raise ConfigError(f"prediction log mode {mode!r} is unknown",
+                              fix="use 'durable' (the default) or 'buffered'")
+        self.root = Path(root)
+        self.mode = mode
+        self.flush_ms = flush_ms
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: list[tuple[str, bytes, Future[None] | None]] = []
+        self._files: dict[str, tuple[Any, int]] = {}
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._failed: BaseException | None = None
+        self._seq = 0
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, model: str, records: Sequence[Mapping[str, Any]]) -> Future[None]:
+        """Queue records of one model; the future resolves once they are durable (in
+        ``buffered`` mode: at once)."""
+        data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                        for r in records)
+        done: Future[None] = Future()
+        with self._lock:
+            if self._failed is not None:
+                raise BackendError(f"the prediction log at {self.root} failed: "
+                                   f"{self._failed}", fix="check the disk; restart the server")
+            if self._closing:
+                raise BackendError("the prediction log is closed", fix="open a new one")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="closedloop-log",
+                                                daemon=True)
+                self._thread.start()
+            self._queue.append((model, data, done if self.mode == "durable" else None))
+            self._wake.notify()
+        if self.mode == "buffered":
+            done.set_result(None)
+        return done
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue and self._closing:
+                    return
+                batch, self._queue = self._queue, []
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # a failed disk: every waiter hears of it
+                with self._lock:
+                    self._failed = exc
+                    waiting, self._queue = self._queue, []
+                for _, _, done in batch + waiting:
+                    if done is not None and not done.done():
+                        done.set_exception(BackendError(
+                            f"the prediction log could not write: {exc}",
+                            fix="check the disk under the project's .closedloop folder"))
+                return
+            for _, _, done in batch:
+                if done is not None:
+                    done.set_result(None)
+            if self.mode == "buffered" and not self._closing:
+                time.sleep(self.flush_ms / 1000)
+
+    def _commit(self, batch: list[tuple[str, bytes, Future[None] | None]]) -> None:
+        by_model: dict[str, list[bytes]] = {}
+        for model, data, _ in batch:
+            if model:                                  # "" is a flush marker
+                by_model.setdefault(model, []).append(data)
+        for model, parts in by_model.items():
+            fd, size = self._segment(model)
+            data = b"".join(parts)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+            self._files[model] = (fd, size + len(data))
+
+    def _segment(self, model: str) -> tuple[int, int]:
+        current = self._files.get(model)
+        if current is not None and current[1] < self.segment_bytes:
+            return current
+        if current is not None:
+            os.close(current[0])
+        folder = self.root / model
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq}.jsonl"
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dir_fd = os.open(folder, os.O_RDONLY)      # the new file's name is durable too
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._files[model] = (fd, 0)
+        return fd, 0
+
+    def flush(self) -> None:
+        """Wait until everything appended so far is written."""
+        self.append_marker().result()
+
+    def append_marker(self) -> Future[None]:
+        done: Future[None] = Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                done.set_result(None)
+                return done
+            self._queue.append(("", b"", done))
+            self._wake.notify()
+        return done
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+        for fd, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+
+    # -- reading -----------------------------------------------------------------------------
+    def segments(self, model: str) -> list[Path]:
+        folder = self.root / model
+        return sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+
+    def records(self, model: str) -> Iterator[dict[str, Any]]:
+        """Every whole record of a model, segment by segment (a torn last line skipped)."""
+        for path in self.segments(model):
+            data = path.read_bytes()
+            for line in data[:data.rfind(b"\n") + 1].splitlines():
+                if line:
+                    yield orjson.loads(line)
+
+    def read(self, model: str) -> pa.Table:
+        """A model's records as an Arrow table (columns as the records' fields; empty when
+        nothing was logged)."""
+        parts = []
+        for path in self.segments(model):
+            data = path.read_bytes()
+            data = data[:data.rfind(b"\n") + 1]           # a torn last line never counted
+            if data:
+                parts.append(data)
+        if not parts:
+            return pa.table({})
+        return pj.read_json(pa.BufferReader(b"".join(parts)),
+                            parse_options=pj.ParseOptions(newlines_in_values=False))

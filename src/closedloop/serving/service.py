@@ -1,0 +1,341 @@
+"""``project.serving``: a model's online path — route, fetch, transform, infer, decide — and
+the prediction log behind it.
+
+A ``Predictor`` holds one model's loaded versions (production and every alias its
+``Serving`` declaration routes to) and serves a batch of instances:
+
+1. **route** each instance by its unit (``closedloop.serving.router``);
+2. **fetch** the view features of every instance in one online-store round trip — the
+   features of every loaded version at once, each version at the definition versions it
+   was trained on (pinned; a model whose pins the project no longer defines is refused);
+3. **transform**: the same transform functions as training, over the batch;
+4. **infer**: one matrix per version, converted exactly as training converts (booleans as
+   0/1, instants as µs, a missing value as NaN);
+5. **post**: the decision from the declared rules and thresholds; a holdout instance gets
+   the holdout decision, its production score kept as the counterfactual.
+
+Each stage is timed on every request. When the online store is down or times out, the
+declared fallback scores the instances and the predictions say so. The shadow version (if
+declared and aliased) scores the same vectors after the response, off the request path.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from closedloop.errors import BackendError, DataError, RequestError, ServingError
+from closedloop.features.catalog import Catalog
+from closedloop.features.online import EPOCH
+from closedloop.features.service import FeatureService
+from closedloop.registry.service import LoadedModel, RegistryService
+from closedloop.serving.log import PredictionLog
+from closedloop.serving.router import Router
+from closedloop.serving.spec import STAGES, Serving
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One served prediction, as the response carries it."""
+
+    id: str
+    score: float
+    decision: str
+    version: int
+    route: str
+    fallback: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "score": self.score, "decision": self.decision,
+                "version": self.version, "route": self.route, "fallback": self.fallback}
+
+
+@dataclass
+class Served:
+    """What a batch produced: its predictions, the stage latencies (ms), the log records
+    and, if a shadow version scores, the work to run after the response."""
+
+    predictions: list[Prediction]
+    latency_ms: dict[str, float]
+    records: list[dict[str, Any]]
+    fallback_reason: str | None = None
+    after: Callable[[], list[dict[str, Any]]] | None = None
+
+
+@dataclass
+class _Version:
+    loaded: LoadedModel
+    columns: list[str]               # the version's features as the online vector keys them
+
+    @property
+    def number(self) -> int:
+        return self.loaded.version.version
+
+
+def _number(value: Any) -> float:
+    """A served value as training's feature matrix holds it."""
+    if value is None:
+        return np.nan
+    if type(value) is float or type(value) is int:
+        return float(value)
+    if isinstance(value, bool | int | float | np.number):
+        return float(value)
+    if isinstance(value, datetime):
+        return float((value - EPOCH) // _MICRO)
+    raise DataError(f"feature value {value!r} is not a number", fix="serve numbers")
+
+
+_MICRO = timedelta(microseconds=1)
+
+
+@dataclass
+class Predictor:
+    """One model's loaded versions by alias, ready to serve (see module)."""
+
+    serving: Serving
+    versions: dict[str, _Version]
+    features: FeatureService
+    fetch_columns: list[str]
+    fields: frozenset[str]
+    required: tuple[str, ...]
+    keys: dict[str, str]                 # entity key field -> "string" or "integer"
+    router: Router = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.router = Router(self.serving)
+
+    @property
+    def model(self) -> str:
+        return self.serving.model
+
+    @property
+    def aliases(self) -> dict[str, int]:
+        return {alias: v.number for alias, v in self.versions.items()}
+
+    # -- the request path --------------------------------------------------------------------
+    def check(self, instances: Any) -> list[dict[str, Any]]:
+        """The instances of a request, or a ``RequestError`` naming the bad field."""
+        if not isinstance(instances, list) or not instances:
+            raise RequestError("'instances' must be a non-empty list of objects",
+                               field="instances", fix='send {"instances": [{...}]}')
+        if len(instances) > self.serving.max_instances:
+            raise RequestError(f"{len(instances)} instances is more than this model takes "
+                               f"({self.serving.max_instances})", field="instances",
+                               fix="split the batch", status=413)
+        for i, row in enumerate(instances):
+            if type(row) is not dict:
+                raise RequestError(f"instance {i} is {type(row).__name__}, not an object",
+                                   field=f"instances[{i}]", fix="send each instance as {...}")
+            for name in self.required:
+                if name not in row:
+                    raise RequestError(f"instance {i} has no {name!r}",
+                                       field=f"instances[{i}].{name}", fix=f"send {name!r}")
+            for name, value in row.items():
+                if name not in self.fields:
+                    raise RequestError(f"instance {i} has a field {name!r} this model does "
+                                       f"not read", field=f"instances[{i}].{name}",
+                                       fix=f"send only {sorted(self.fields)}")
+                if value is not None and type(value) not in (str, int, float, bool):
+                    raise RequestError(f"instance {i}: {name!r} is {type(value).__name__}; "
+                                       "fields are strings, numbers, booleans or null",
+                                       field=f"instances[{i}].{name}", fix="send a scalar")
+        return instances
+
+    def predict(self, instances: Any, at: datetime | None = None) -> Served:
+        """Serve a batch (see module) with the features as of now (or ``at``); raises
+        ``RequestError`` for a bad request."""
+        rows = self.check(instances)
+        t0 = time.perf_counter()
+        routes = [self.router.route(r) for r in rows]
+        aliases = [r if r in self.versions else "production" for r in routes]
+        routes = [r if r in self.versions or r == "holdout" else "production" for r in routes]
+        reason = None
+        vectors: list[dict[str, Any]] = []
+        try:
+            fetched = self.features.fetch(rows, self.fetch_columns, at=at)
+            t1 = time.perf_counter()
+            vectors = [v.values for v in self.features.finish(rows, fetched)]
+            t2 = time.perf_counter()
+        except BackendError as exc:
+            reason = f"online store: {exc.message}"
+            t1 = t2 = time.perf_counter()
+        except DataError as exc:                  # a key of the wrong type, a transform input
+            raise RequestError(exc.message, fix=exc.fix) from exc
+        scores = np.empty(len(rows), dtype=np.float64)
+        if reason is None:
+            groups: dict[str, list[int]] = {}
+            for i, alias in enumerate(aliases):
+                groups.setdefault(alias, []).append(i)
+            for alias, idx in groups.items():
+                version = self.versions[alias]
+                X = np.array([[_number(vectors[i][c]) for c in version.columns] for i in idx],
+                             dtype=np.float64)
+                scores[idx] = version.loaded.trainer.predict_proba(X)
+        else:
+            for i, row in enumerate(rows):
+                scores[i] = self.serving.fallback_score(row)
+        t3 = time.perf_counter()
+        serving = self.serving
+        holdout = serving.holdout_decision or serving.default_decision
+        predictions = []
+        for i, row in enumerate(rows):
+            score = float(scores[i])
+            decision = holdout if routes[i] == "holdout" else serving.decide(score, row)
+            predictions.append(Prediction(uuid.uuid4().hex, score, decision,
+                                          self.versions[aliases[i]].number, routes[i],
+                                          reason is not None))
+        t4 = time.perf_counter()
+        latency = {"fetch": (t1 - t0) * 1e3, "transform": (t2 - t1) * 1e3,
+                   "inference": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
+        now = int(time.time() * 1_000_000)
+        records = []
+        for i, (row, p) in enumerate(zip(rows, predictions, strict=True)):
+            version = self.versions[aliases[i]]
+            records.append({
+                "kind": "prediction", "id": p.id, "time": now, "model": self.model,
+                "version": p.version, "route": p.route,
+                "unit": None if serving.unit is None else _text(row.get(serving.unit)),
+                "subject": None if serving.subject is None else _text(row.get(serving.subject)),
+                "request": row,
+                "features": (None if reason else
+                             {c: vectors[i][c] for c in version.columns}),
+                "score": p.score, "decision": p.decision, "fallback": p.fallback,
+                "fallback_reason": reason, "latency_ms": latency})
+        after = None
+        shadow = self.versions.get("shadow")
+        if shadow is not None and reason is None and serving.shadow:
+            after = _ShadowJob(shadow, vectors, predictions, self.model)
+        return Served(predictions, latency, records, reason, after)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+@dataclass
+class _ShadowJob:
+    """The shadow version scoring a batch's vectors after the response: its log records."""
+
+    version: _Version
+    vectors: list[dict[str, Any]]
+    predictions: list[Prediction]
+    model: str
+
+    def __call__(self) -> list[dict[str, Any]]:
+        start = time.perf_counter()
+        X = np.array([[_number(v[c]) for c in self.version.columns] for v in self.vectors],
+                     dtype=np.float64)
+        scores = self.version.loaded.trainer.predict_proba(X)
+        ms = (time.perf_counter() - start) * 1e3
+        now = int(time.time() * 1_000_000)
+        return [{"kind": "shadow", "id": p.id, "time": now, "model": self.model,
+                 "version": self.version.number, "production_version": p.version,
+                 "score": float(s), "production_score": p.score, "latency_ms": ms}
+                for p, s in zip(self.predictions, scores.tolist(), strict=True)]
+
+
+class ServingService:
+    """Predictors for the project's models, and their prediction logs: ``project.serving``."""
+
+    def __init__(self, servings: Mapping[str, Serving], models: Sequence[str],
+                 registry: RegistryService, features: FeatureService, catalog: Catalog,
+                 log: PredictionLog) -> None:
+        self.servings = dict(servings)
+        self.models = list(models)
+        self.registry = registry
+        self.features = features
+        self.catalog = catalog
+        self.log = log
+        unknown = sorted(set(self.servings) - set(self.models))
+        if unknown:
+            raise ServingError(f"serving declarations name models that are not declared: "
+                               f"{unknown}", fix=f"the models are {sorted(self.models)}")
+
+    def serving(self, model: str) -> Serving:
+        if model not in self.models:
+            raise ServingError(f"there is no model {model!r}",
+                               fix=f"the models are {sorted(self.models)}")
+        return self.servings.get(model) or Serving(model)
+
+    def aliases(self, model: str) -> dict[str, int]:
+        """The aliases a predictor of ``model`` would load, as the registry has them now."""
+        wanted = self.serving(model).aliases
+        return {a: v for a, v in self.registry.aliases(model).items() if a in wanted}
+
+    def predictor(self, model: str) -> Predictor:
+        """Load every version the model's routes name; refuse a model with no production
+        version or whose pinned definitions the project no longer defines."""
+        serving = self.serving(model)
+        aliases = self.aliases(model)
+        if "production" not in aliases:
+            raise ServingError(f"model {model!r} has no production version",
+                               fix=f"closedloop models alias {model} production VERSION")
+        versions: dict[str, _Version] = {}
+        loaded_by_number: dict[int, _Version] = {}
+        for alias, number in aliases.items():
+            if number not in loaded_by_number:
+                loaded = self.registry.load(model, number)
+                loaded_by_number[number] = _Version(loaded, self._pinned(loaded))
+            versions[alias] = loaded_by_number[number]
+        columns = list(dict.fromkeys(c for v in versions.values() for c in v.columns))
+        resolution = self.catalog.resolve(columns)
+        keys = {view.entity.key: ("string" if view.entity.spec()["dtype"] == "string"
+                                  else "integer") for view, _ in resolution.by_view()}
+        required = tuple(dict.fromkeys([*keys, *resolution.request_inputs,
+                                        *([serving.unit] if serving.unit else [])]))
+        fields = frozenset([*required, *([serving.subject] if serving.subject else [])])
+        return Predictor(serving, versions, self.features, columns, fields, required, keys)
+
+    def _pinned(self, loaded: LoadedModel) -> list[str]:
+        """The version's features as online keys, at the definition versions it pins."""
+        pins = loaded.version.manifest["definitions"]
+        number = loaded.version.version
+        for key, digest in pins.get("views", {}).items():
+            name, version = key.split("@")
+            view = self.catalog.views.get((name, int(version)))
+            if view is None or view.hash != digest:
+                raise ServingError(
+                    f"version {number} of {loaded.version.model!r} was trained on feature "
+                    f"view {key}, which this project {'changed' if view else 'no longer has'}",
+                    fix="restore that view version, or train and promote a new version")
+        for key, digest in pins.get("transforms", {}).items():
+            name, _ = key.split("@")
+            t = self.catalog.transforms.get(name)
+            if t is None or f"{t.name}@{t.version}" != key or t.hash != digest:
+                raise ServingError(
+                    f"version {number} of {loaded.version.model!r} was trained with transform "
+                    f"{key}, which this project {'changed' if t else 'no longer has'}",
+                    fix="restore that transform, or train and promote a new version")
+        return [f["column"] for f in pins["features"]]
+
+    # -- the log -----------------------------------------------------------------------------
+    def budget(self, model: str, last: int = 10_000) -> dict[str, Any]:
+        """The measured latency decomposition of the last ``last`` logged predictions
+        against the model's budget: per stage p50 and p99 (ms), the budget, and which stages
+        are over it."""
+        serving = self.serving(model)
+        records = [r for r in self.log.records(model) if r.get("kind") == "prediction"]
+        records = records[-last:]
+        stages: dict[str, Any] = {}
+        budget = serving.budget.stages()
+        totals = np.array([sum(r["latency_ms"].values()) for r in records]) if records else None
+        for stage in STAGES:
+            values = np.array([r["latency_ms"][stage] for r in records]) if records else None
+            stages[stage] = {
+                "p50_ms": None if values is None else float(np.percentile(values, 50)),
+                "p99_ms": None if values is None else float(np.percentile(values, 99)),
+                "budget_ms": budget[stage]}
+        total = {"p50_ms": None if totals is None else float(np.percentile(totals, 50)),
+                 "p99_ms": None if totals is None else float(np.percentile(totals, 99)),
+                 "budget_ms": float(serving.budget.p99_ms)}
+        over = [s for s, v in stages.items() if v["p99_ms"] is not None
+                and v["p99_ms"] > v["budget_ms"]]
+        fallbacks = sum(1 for r in records if r.get("fallback"))
+        return {"model": model, "predictions": len(records), "stages": stages, "total": total,
+                "over": over, "fallbacks": fallbacks}

@@ -1,0 +1,127 @@
+"""The serving path in process: routed scores equal the offline scores of the same version at
+the same instant, decisions follow the declaration, bad requests name their field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import closedloop as cl
+from closedloop.errors import RequestError, ServingError
+from tests.serving.world import END
+
+
+def _instances(project: cl.Project, n: int = 300) -> list[dict]:
+    txns = project.data.read("transactions", ["txn_id", "user_id", "amount", "country"])
+    rows = txns.slice(0, n).to_pylist()
+    return [{"user_id": r["user_id"], "txn_id": r["txn_id"], "amount": r["amount"],
+             "country": r["country"]} for r in rows]
+
+
+def _offline(project: cl.Project, instances: list[dict], alias: str) -> np.ndarray:
+    loaded = project.registry.load("fraud", alias)
+    rows = pa.table({"user_id": [i["user_id"] for i in instances],
+                     "amount": [i["amount"] for i in instances],
+                     "country": [i["country"] for i in instances],
+                     "ts": pa.array([END] * len(instances), pa.timestamp("us", tz="UTC"))})
+    pins = [f["column"] for f in loaded.version.manifest["definitions"]["features"]]
+    table = project.features.training_set(rows, pins, timestamp="ts")
+    table = table.rename_columns([dict(zip(pins, loaded.version.features, strict=True)).get(c, c)
+                                  for c in table.column_names])
+    return loaded.predict(table)
+
+
+def test_served_scores_are_the_offline_scores_of_the_routed_version(served: cl.Project) -> None:
+    predictor = served.serving.predictor("fraud")
+    assert predictor.aliases == {"production": 1, "canary": 2, "shadow": 2}
+    instances = _instances(served)
+    out = predictor.predict(instances, at=END)
+    routes = [p.route for p in out.predictions]
+    assert set(routes) == {"production", "canary", "holdout"}
+    production, canary = _offline(served, instances, "production"), _offline(
+        served, instances, "canary")
+    for i, p in enumerate(out.predictions):
+        want = canary[i] if p.route == "canary" else production[i]
+        assert p.score == pytest.approx(want, rel=1e-12, abs=1e-12), (i, p)
+        assert p.version == (2 if p.route == "canary" else 1)
+        if p.route == "holdout":
+            assert p.decision == "allow"
+        else:
+            assert p.decision == ("block" if p.score >= 0.5 else "review" if p.score >= 0.1
+                                  else "allow")
+    assert set(out.latency_ms) == {"fetch", "transform", "inference", "post"}
+    assert all(v >= 0 for v in out.latency_ms.values())
+    # Every record carries what was served; the shadow scores the same vectors afterwards.
+    assert [r["id"] for r in out.records] == [p.id for p in out.predictions]
+    assert all(r["features"] is not None and len(r["features"]) == 16 for r in out.records)
+    assert out.after is not None
+    shadow = out.after()
+    assert [r["id"] for r in shadow] == [p.id for p in out.predictions]
+    assert [r["score"] for r in shadow] == pytest.approx(list(canary), rel=1e-12, abs=1e-12)
+
+
+def test_routing_is_sticky_per_unit(served: cl.Project) -> None:
+    predictor = served.serving.predictor("fraud")
+    instances = _instances(served, 100)
+    first = [p.route for p in predictor.predict(instances, at=END).predictions]
+    again = [p.route for p in predictor.predict(instances[::-1], at=END).predictions][::-1]
+    assert first == again
+    by_user: dict[str, set[str]] = {}
+    for row, route in zip(instances, first, strict=True):
+        by_user.setdefault(row["user_id"], set()).add(route)
+    assert all(len(r) == 1 for r in by_user.values())
+
+
+@pytest.mark.parametrize(("instances", "field"), [
+    ([], "instances"),
+    ("x", "instances"),
+    ([1], "instances[0]"),
+    ([{"user_id": "u1", "amount": 1.0}], "instances[0].country"),
+    ([{"user_id": "u1", "amount": 1.0, "country": "US", "colour": "red"}],
+     "instances[0].colour"),
+    ([{"user_id": "u1", "amount": [1.0], "country": "US"}], "instances[0].amount"),
+])
+def test_a_bad_request_names_its_field(served: cl.Project, instances: object,
+                                       field: str) -> None:
+    predictor = served.serving.predictor("fraud")
+    with pytest.raises(RequestError) as caught:
+        predictor.predict(instances)
+    assert caught.value.field == field
+    assert caught.value.status == 400
+
+
+def test_a_wrong_key_type_and_an_oversized_batch_are_refused(served: cl.Project) -> None:
+    predictor = served.serving.predictor("fraud")
+    with pytest.raises(RequestError, match="user_id") as caught:
+        predictor.predict([{"user_id": 7, "amount": 1.0, "country": "US"}])
+    assert caught.value.status == 400
+    many = [{"user_id": "u1", "amount": 1.0, "country": "US"}] * 1001
+    with pytest.raises(RequestError) as caught:
+        predictor.predict(many)
+    assert caught.value.status == 413
+
+
+def test_a_model_without_production_is_not_served(served: cl.Project) -> None:
+    served.registry.remove_alias("fraud", "production")
+    with pytest.raises(ServingError, match="no production version"):
+        served.serving.predictor("fraud")
+    with pytest.raises(ServingError, match="no model"):
+        served.serving.predictor("nope")
+
+
+def test_the_budget_report_reads_the_prediction_log(served: cl.Project) -> None:
+    predictor = served.serving.predictor("fraud")
+    for _ in range(5):
+        out = predictor.predict(_instances(served, 20), at=END)
+        served.prediction_log.append("fraud", out.records).result()
+    report = served.serving.budget("fraud")
+    assert report["predictions"] == 100
+    assert set(report["stages"]) == {"fetch", "transform", "inference", "post"}
+    assert report["stages"]["fetch"]["budget_ms"] == 15.0
+    assert report["stages"]["inference"]["p99_ms"] >= report["stages"]["inference"]["p50_ms"]
+    assert report["total"]["p99_ms"] > 0
+    table = served.prediction_log.read("fraud")
+    assert table.num_rows == 100
+    assert {"id", "score", "decision", "route", "version", "latency_ms"} <= set(
+        table.column_names)
