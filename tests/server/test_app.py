@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import closedloop as cl
@@ -207,3 +208,88 @@ def test_a_moved_alias_is_served_without_a_failed_request(server: Server) -> Non
     assert versions[0] == 1
     assert versions[-1] == 2
     assert len(statuses) > 50
+
+
+def test_an_answered_prediction_survives_a_sigkill_of_the_server(served: cl.Project) -> None:
+    process, port = start_server(served.root)
+    answered: list[str] = []
+    lock = threading.Lock()
+
+    def load() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        body = json.dumps({"instances": [INSTANCE, {**INSTANCE, "user_id": "u9"}]}).encode()
+        try:
+            while True:
+                conn.request("POST", "/v1/models/fraud:predict", body=body)
+                response = conn.getresponse()
+                raw = response.read()
+                if response.status == 200:
+                    with lock:
+                        answered.extend(p["id"] for p in json.loads(raw)["predictions"])
+        except (OSError, http.client.HTTPException):
+            return                                   # the server is gone
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(answered) < 1000:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    for t in threads:
+        t.join()
+    stop_server(process)
+    logged = {r["id"] for r in served.prediction_log.records("fraud")}
+    assert len(answered) >= 1000
+    assert set(answered) <= logged, f"{len(set(answered) - logged)} answered but not logged"
+
+
+class _SlowTrainer:
+    """A shadow that takes a second per batch."""
+
+    kind = "slow"
+
+    def predict_proba(self, X: Any) -> Any:
+        time.sleep(1.0)
+        return np.full(len(X), 0.5)
+
+
+def test_a_slow_shadow_stays_off_the_request_path(served: cl.Project) -> None:
+    import uvicorn
+
+    from closedloop.registry.service import LoadedModel
+    from closedloop.server.app import ServingApp
+
+    app = ServingApp(cl.Project(served.root))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on",
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        predictor = app.predictors["fraud"]
+        shadow = predictor.versions["shadow"]
+        shadow.loaded = LoadedModel(shadow.loaded.version, _SlowTrainer())  # type: ignore[arg-type]
+        client = Server(port, served, None)  # type: ignore[arg-type]
+        start = time.monotonic()
+        ids = []
+        for i in range(20):
+            status, body = client.predict([{**INSTANCE, "user_id": f"s{i}"}])
+            assert status == 200
+            ids.append(body["predictions"][0]["id"])
+        took = time.monotonic() - start
+        # On the request path the shadow would have cost 20 s; it cost the requests nothing.
+        assert took < 10, took
+        time.sleep(2.5)
+        shadows = [r for r in served.prediction_log.records("fraud") if r["kind"] == "shadow"]
+        assert shadows, "the shadow scored nothing"
+        assert {r["id"] for r in shadows} <= set(ids)
+        assert all(r["score"] == 0.5 and r["version"] == 2 for r in shadows)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

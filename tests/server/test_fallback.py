@@ -1,0 +1,100 @@
+"""With the online store down, the model's fallback answers, the response and the log say
+so, and the fallback is counted; when the store is back, the model answers again. Runs a
+private Redis server (the redis-server binary), stopped and restarted by the test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+import closedloop as cl
+from tests.conftest import IN_CI
+from tests.server.test_app import INSTANCE, Server, _free_port, start_server, stop_server
+from tests.serving.world import END
+
+
+class PrivateRedis:
+    def __init__(self, folder: Path) -> None:
+        self.port = _free_port()
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.folder)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    client.close()
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("the private Redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed")
+        pytest.skip("redis-server is not installed")  # pragma: no cover
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_the_fallback_answers_while_redis_is_down(served: cl.Project,
+                                                  private_redis: PrivateRedis) -> None:
+    root = served.root
+    config = root / "closedloop.toml"
+    text = config.read_text().replace(
+        "[online]\n", f'[online]\nstore = "redis"\nurl = "redis://127.0.0.1:'
+        f'{private_redis.port}/0"\nprefix = "fallback-test:"\n')
+    config.write_text(text)
+    with cl.Project(root) as p:
+        p.features.materialize(at=END)
+    process, port = start_server(root)
+    client = Server(port, served, process)
+    try:
+        status, body = client.predict([INSTANCE])
+        assert status == 200, body
+        assert body["predictions"][0]["fallback"] is False
+        private_redis.stop()
+        status, body = client.predict([INSTANCE, {**INSTANCE, "user_id": "u2"}])
+        assert status == 200, body
+        for p in body["predictions"]:
+            assert p["fallback"] is True
+            assert p["score"] == 0.01                      # the declared fallback score
+            assert p["decision"] == "allow"
+        _, _, raw = client.request("GET", "/metrics")
+        assert 'closedloop_fallbacks_total{model="fraud"} 2.0' in raw.decode()
+        private_redis.start()                             # back (empty: defaults served)
+        status, body = client.predict([INSTANCE])
+        assert status == 200, body
+        assert body["predictions"][0]["fallback"] is False
+    finally:
+        stop_server(process)
+    records = [r for r in served.prediction_log.records("fraud") if r["kind"] == "prediction"]
+    down = [r for r in records if r["fallback"]]
+    assert len(down) == 2
+    assert all("Redis" in r["fallback_reason"] for r in down)
+    assert all(r["features"] is None for r in down)
+    assert json.dumps(records)          # plain data throughout
