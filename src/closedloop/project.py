@@ -137,7 +137,7 @@ class Project:
         serving = self.settings.serving
         self.prediction_log = PredictionLog(self.root / ".closedloop" / "predictions",
                                             mode=serving.log_mode, flush_ms=serving.flush_ms)
-        self.serving = ServingService(servings_from_module(module), list(self.models),
+        self.serving = ServingService(servings_from_module(module), self.models,
                                       self.registry, self.features, self.catalog,
                                       self.prediction_log)
 

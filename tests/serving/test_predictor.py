@@ -97,9 +97,9 @@ def test_a_wrong_key_type_and_an_oversized_batch_are_refused(served: cl.Project)
         predictor.predict([{"user_id": 7, "amount": 1.0, "country": "US"}])
     assert caught.value.status == 400
     many = [{"user_id": "u1", "amount": 1.0, "country": "US"}] * 1001
-    with pytest.raises(RequestError) as caught:
+    with pytest.raises(RequestError, match="more than this model takes") as caught:
         predictor.predict(many)
-    assert caught.value.status == 413
+    assert caught.value.status == 400
 
 
 def test_a_model_without_production_is_not_served(served: cl.Project) -> None:

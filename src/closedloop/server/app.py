@@ -82,6 +82,15 @@ class ServingApp:
         gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
 
     def stop(self) -> None:
+        """Drop the shadow work not begun (shutting down is not worth a production delay),
+        let the shadow in progress finish, close the project."""
+        while True:
+            try:
+                item = self._shadow.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.metrics.shadow_dropped.labels(item[0]).inc()
         self._shadow.put(None)
         if self._shadow_thread is not None:
             self._shadow_thread.join(timeout=10)
@@ -123,13 +132,18 @@ class ServingApp:
         path, method = scope["path"], scope["method"]
         if path.startswith(_PREFIX) and path.endswith(":predict"):
             if method != "POST":
-                await _send(send, 405, {"error": "use POST", "code": "CL-701"})
+                await _send(send, 405, {"error": f"{method} {path}: use POST",
+                                        "code": "CL-701"}, [(b"allow", b"POST")])
                 return
             await self._predict(path[len(_PREFIX):-len(":predict")], receive, send)
             return
         if method != "GET":
-            await _send(send, 405 if path in _GETS else 404,
-                        {"error": f"no route {method} {path}", "code": "CL-701"})
+            if path in _GETS:
+                await _send(send, 405, {"error": f"{method} {path}: use GET",
+                                        "code": "CL-701"}, [(b"allow", b"GET")])
+            else:
+                await _send(send, 404, {"error": f"no route {method} {path}",
+                                        "code": "CL-701"})
             return
         if path == "/healthz":
             await _send(send, 200, {"status": "ok"})

@@ -24,14 +24,22 @@ def _errors(*codes: int) -> dict[str, Any]:
             for c in codes}
 
 
+def _field(p: Any, name: str) -> dict[str, Any]:
+    """A field's schema: its declared type (nullable, unless it is required), else any
+    scalar."""
+    kind = p.types.get(name)
+    if kind is None:
+        return _SCALAR
+    return {"type": kind if name in p.required else [kind, "null"]}
+
+
 def openapi(predictors: dict[str, Any]) -> dict[str, Any]:
     """The schema of every route, one predict path per served model."""
     paths: dict[str, Any] = {}
     for name, p in predictors.items():
         instance = {"type": "object", "additionalProperties": False,
                     "required": list(p.required),
-                    "properties": {f: ({"type": p.keys[f]} if f in p.keys else _SCALAR)
-                                   for f in sorted(p.fields)}}
+                    "properties": {f: _field(p, f) for f in sorted(p.fields)}}
         paths[f"/v1/models/{name}:predict"] = {"post": {
             "summary": f"Score instances with model {name}",
             "operationId": f"predict_{name}",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,6 +38,9 @@ from closedloop.registry.service import LoadedModel, RegistryService
 from closedloop.serving.log import PredictionLog
 from closedloop.serving.router import Router
 from closedloop.serving.spec import STAGES, Serving
+from closedloop.training.model import Model
+
+_JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,7 @@ class Predictor:
     fetch_columns: list[str]
     fields: frozenset[str]
     required: tuple[str, ...]
-    keys: dict[str, str]                 # entity key field -> "string" or "integer"
+    types: dict[str, str]                # field -> its JSON type, where it is declared
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,24 +130,35 @@ class Predictor:
         if len(instances) > self.serving.max_instances:
             raise RequestError(f"{len(instances)} instances is more than this model takes "
                                f"({self.serving.max_instances})", field="instances",
-                               fix="split the batch", status=413)
+                               fix="split the batch")
         for i, row in enumerate(instances):
             if type(row) is not dict:
                 raise RequestError(f"instance {i} is {type(row).__name__}, not an object",
                                    field=f"instances[{i}]", fix="send each instance as {...}")
             for name in self.required:
-                if name not in row:
-                    raise RequestError(f"instance {i} has no {name!r}",
+                if row.get(name) is None:
+                    raise RequestError(f"instance {i} has no {name!r}" if name not in row else
+                                       f"instance {i}: {name!r} is null",
                                        field=f"instances[{i}].{name}", fix=f"send {name!r}")
             for name, value in row.items():
                 if name not in self.fields:
                     raise RequestError(f"instance {i} has a field {name!r} this model does "
                                        f"not read", field=f"instances[{i}].{name}",
                                        fix=f"send only {sorted(self.fields)}")
-                if value is not None and type(value) not in (str, int, float, bool):
-                    raise RequestError(f"instance {i}: {name!r} is {type(value).__name__}; "
-                                       "fields are strings, numbers, booleans or null",
-                                       field=f"instances[{i}].{name}", fix="send a scalar")
+                if value is None:
+                    continue
+                kind = type(value)
+                want = self.types.get(name)
+                if kind not in (str, int, float, bool) or (want is not None and not (
+                        (want == "string" and kind is str)
+                        or (want == "integer" and kind is int)
+                        or (want == "number" and kind in (int, float))
+                        or (want == "boolean" and kind is bool))):
+                    raise RequestError(f"instance {i}: {name!r} is {value!r} "
+                                       f"({kind.__name__}); it must be "
+                                       f"{want or 'a string, number or boolean'}",
+                                       field=f"instances[{i}].{name}",
+                                       fix=f"send {name!r} as {want or 'a scalar'}")
         return instances
 
     def predict(self, instances: Any, at: datetime | None = None) -> Served:
@@ -243,11 +257,11 @@ class _ShadowJob:
 class ServingService:
     """Predictors for the project's models, and their prediction logs: ``project.serving``."""
 
-    def __init__(self, servings: Mapping[str, Serving], models: Sequence[str],
+    def __init__(self, servings: Mapping[str, Serving], models: Mapping[str, Model],
                  registry: RegistryService, features: FeatureService, catalog: Catalog,
                  log: PredictionLog) -> None:
         self.servings = dict(servings)
-        self.models = list(models)
+        self.models = dict(models)
         self.registry = registry
         self.features = features
         self.catalog = catalog
@@ -285,12 +299,18 @@ class ServingService:
             versions[alias] = loaded_by_number[number]
         columns = list(dict.fromkeys(c for v in versions.values() for c in v.columns))
         resolution = self.catalog.resolve(columns)
+        # Request fields are typed as training reads them: columns of the model's rows
+        # source; entity keys as their entity declares.
+        rows = self.catalog.sources.get(self.models[model].rows)
+        declared = rows.logical_schema if rows is not None else {}
+        types = {c: _JSON_TYPES[t] for c, t in declared.items() if t in _JSON_TYPES}
         keys = {view.entity.key: ("string" if view.entity.spec()["dtype"] == "string"
                                   else "integer") for view, _ in resolution.by_view()}
         required = tuple(dict.fromkeys([*keys, *resolution.request_inputs,
                                         *([serving.unit] if serving.unit else [])]))
         fields = frozenset([*required, *([serving.subject] if serving.subject else [])])
-        return Predictor(serving, versions, self.features, columns, fields, required, keys)
+        types = {f: keys.get(f) or types[f] for f in fields if f in keys or f in types}
+        return Predictor(serving, versions, self.features, columns, fields, required, types)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""
