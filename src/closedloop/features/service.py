@@ -393,5 +393,13 @@ def _call_transform(t: Transform, inputs: dict[str, Any], n: int) -> Any:
 
 def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:
     """Served values as the numpy array training would have given the transform (typed, so
-    that a missing float is NaN there as here)."""
+    that a missing float is NaN there as here). The common cases of a served batch — floats
+    (None as NaN) for a float feature, all floats or all strings for a request input — are
+    built directly, as Arrow would build them; the rest go through Arrow."""
+    if arrow_type is None or pa.types.is_float64(arrow_type):
+        kinds = {type(v) for v in values}
+        if kinds <= ({float, type(None)} if arrow_type is not None else {float}):
+            return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+        if arrow_type is None and kinds == {str}:
+            return np.array(values, dtype=object)
     return pa.array(values, type=arrow_type, from_pandas=True).to_numpy(zero_copy_only=False)

@@ -27,6 +27,7 @@ import pyarrow as pa
 from closedloop.errors import DefinitionError, TrainingError
 from closedloop.training.matrix import Matrix, as_array, shape
 
+_THREADED_ROWS = 256                  # fewer rows are scored on one thread
 _SCORE_BLOCK = 1 << 16               # rows per block when scoring a table
 
 
@@ -143,8 +144,11 @@ class LightGBMTrainer:
         return out
 
     def _predict(self, X: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        # A few rows (serving) on one thread: waking a thread pool costs more than the rows;
+        # each row's score is computed alone either way, so the scores are the same.
+        threads = self.num_threads if len(X) >= _THREADED_ROWS else 1
         return np.asarray(self.booster_.predict(
-            X, num_iteration=self.booster_.best_iteration or None, num_threads=self.num_threads))
+            X, num_iteration=self.booster_.best_iteration or None, num_threads=threads))
 
     def to_bytes(self) -> bytes:
         text: str = self.booster_.model_to_string(
