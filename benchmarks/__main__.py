@@ -74,29 +74,38 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
     results = []
     for system in chosen:
         table = pq.read_table(outs[system])
-        figures = {key: round(statistics.median(r[key] for r in runs[system]), 4)
-                   for key in runs[system][0]}
-        results.append({
-            "workload": name, "system": system, **figures,
-            "mismatches": mismatches(table, floor, module.OUTPUTS),
-            "rows": table.num_rows, "repeat": repeat, "scale": scale,
-        })
+        # A system may report several runs (one per concurrency, say): a row for each.
+        parts = [[r.get("runs", [{}])[j] for r in runs[system]]
+                 for j in range(len(runs[system][0].get("runs", [{}])))]
+        for part in parts:
+            figures = {key: round(statistics.median(r[key] for r in runs[system]), 4)
+                       for key in runs[system][0] if key != "runs"}
+            figures.update({key: round(statistics.median(p[key] for p in part), 4)
+                            for key in part[0]})
+            results.append({
+                "workload": name, "system": system, **figures,
+                "mismatches": mismatches(table, floor, module.OUTPUTS),
+                "rows": table.num_rows, "repeat": repeat, "scale": scale,
+            })
     return results
 
 
 def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> None:
     """One line per system; ratios on the workload's headline metric (lower is better)."""
-    by = {r["system"]: r for r in results}
-    floor = by.get("floor")
+    def floor_of(r: dict[str, Any]) -> dict[str, Any] | None:
+        return next((f for f in results if f["system"] == "floor"
+                     and f.get("concurrency") == r.get("concurrency")), None)
+
     ours = [r for r in results if r["system"].startswith("closedloop")]
-    extra = [k for k in ("p50_ms", "p99_ms", "per_s", "materialize_s", "ingest_s", "train_s",
-                         "fit_s", "overhead_s", "overhead_share")
+    extra = [k for k in ("concurrency", "p50_ms", "p99_ms", "per_s", "errors", "materialize_s",
+                         "ingest_s", "train_s", "fit_s", "overhead_s", "overhead_share")
              if any(k in r for r in results)]
     width = {k: max(10, len(k) + 2) for k in extra}
     head = "".join(f"{k:>{width[k]}}" for k in extra)
     print(f"{'system':<18}{'seconds':>9}{head}{'peak MB':>9}{'mismatches':>11}  ratio")
     for r in results:
         ratio = ""
+        floor = floor_of(r)
         if r["system"].startswith("closedloop") and floor:
             ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
         elif r["system"] == anchor and ours:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from benchmarks import ingest, online, pit, push, train, windows
+from benchmarks import ingest, online, pit, push, serve, train, windows
 
 WORKLOADS: dict[str, ModuleType | Any] = {
     "pit": pit, "windows": windows, "online": online.online,
     "online-batch": online.online_batch, "materialize": online.materialize,
-    "push": push.push, "ingest": ingest.ingest, "train": train.train,
+    "push": push.push, "ingest": ingest.ingest, "train": train.train, "serve": serve.serve,
 }

@@ -26,3 +26,27 @@ def test_benchmarks_json_and_zero_mismatches() -> None:
         assert r["mismatches"] == 0, r
         assert r["seconds"] > 0
         assert r["peak_mb"] > 0
+
+
+def test_the_serve_workload_reports_a_row_per_concurrency() -> None:
+    import os
+    import shutil
+
+    import pytest
+
+    if shutil.which("wrk") is None:
+        pytest.skip("the serve workload drives load with wrk (Debian: apt-get install wrk)")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "serve", "--scale", "0.02", "--repeat", "1",
+         "--systems", "closedloop-sqlite", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SERVE_SECONDS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {(r["system"], r["concurrency"]) for r in lines} == {
+        ("closedloop-sqlite", 16), ("closedloop-sqlite", 64), ("floor", 16), ("floor", 64)}
+    for r in lines:
+        assert r["mismatches"] == 0, r
+        assert r["errors"] == 0, r
+        assert r["per_s"] > 0
+        assert r["p99_ms"] >= r["p50_ms"] > 0

@@ -1,0 +1,289 @@
+"""Workload `serve`: online predictions over HTTP, driven by wrk from a second process on
+loopback, at concurrency 16 and 64 for ``SERVE_SECONDS`` (20) each.
+
+The model: LightGBM, 200 trees, on the `pit` data's 10 online features (two snapshot views of
+five floats, one with a 2-day TTL; table a read by its write time), trained and registered
+by closedloop once per data size. Each request carries one instance (a random user of
+10,000 and a request id).
+
+* ``closedloop-sqlite`` / ``closedloop-redis``: ``closedloop serve`` (one worker) with the
+  online store in SQLite / Redis: routing (a 1% holdout, so every request hashes its unit),
+  the online fetch, inference, decisions, the durable prediction log (each response sent
+  after its record is fsync-ed), metrics.
+* ``floor``: ``benchmarks/serve_floor.py``, a hand-written ASGI app on the same stack
+  (uvicorn, uvloop, httptools, one worker): parse, one Redis GET of a packed vector, LightGBM
+  predict on one numpy row, respond — nothing else.
+
+Figures, one row per concurrency: ``per_s`` (requests per second), ``p50_ms``, ``p99_ms``
+(wrk's latency distribution), ``errors`` (non-2xx responses and socket errors). Outputs
+compared: the scores of 200 users, requested one by one after the load.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+import closedloop as cl
+from benchmarks.data import DATA, FEATURES_A, FEATURES_B, pit_data
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUTS = ["score"]
+CONCURRENCY = (16, 64)
+SECONDS = int(os.environ.get("SERVE_SECONDS", "20"))
+REFS = [f"fa.{c}" for c in FEATURES_A] + [f"fb.{c}" for c in FEATURES_B]
+CHECKED = 200
+DEFINITIONS = '''
+import closedloop as cl
+
+user = cl.Entity("user", key="user_id")
+# Table a's rows are usable from when they were written (created): no leakage.
+a = cl.TableSource("a", path={a!r}, timestamp="created",
+                   schema={{"user_id": str, **{{c: float for c in {fa!r}}}}})
+b = cl.TableSource("b", path={b!r}, timestamp="event_timestamp",
+                   schema={{"user_id": str, **{{c: float for c in {fb!r}}}}})
+fa = cl.FeatureView("fa", entity=user, source=a, features={fa!r})
+fb = cl.FeatureView("fb", entity=user, source=b, features={fb!r}, ttl="2d")
+requests = cl.EventSource("requests", path={req!r}, timestamp="event_timestamp",
+                          id="request_id", schema={{"request_id": str, "user_id": str}})
+outcome = cl.LabelSource("outcome", path={req!r}, subject="request_id",
+                         timestamp="event_timestamp", label="label", settled_at="settled_at",
+                         schema={{"request_id": str, "label": bool}})
+bench = cl.Model("bench", features={refs!r}, label="outcome", rows="requests",
+                 trainer=cl.LightGBMTrainer(num_boost_round=200, num_leaves=31, seed=1))
+serving = cl.Serving("bench", unit="user_id", subject="request_id", holdout=0.01,
+                     decisions=[("review", 0.5)])
+'''
+LUA = '''
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+math.randomseed(7)
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{{"instances": [{{"user_id": "u' .. math.random(0, {users} - 1) ..
+               '", "request_id": "w' .. n .. '"}}]}}'
+  return wrk.format(nil, "{path}", nil, body)
+end
+'''
+
+
+def serve_data(scale: float = 1.0) -> Path:
+    """The pit data, a requests file (its labels, settled at once) and a project over them
+    with the model trained and registered as production; built once per size."""
+    folder = DATA / f"serve-{scale:g}"
+    if (folder / "done.json").exists():
+        return folder
+    data = pit_data(scale)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = pq.read_table(data / "labels.parquet")
+    requests = pa.table({
+        "request_id": pc.binary_join_element_wise(
+            "r", pc.cast(labels["label_id"], pa.string()), ""),
+        "user_id": labels["user_id"], "event_timestamp": labels["event_timestamp"],
+        "settled_at": labels["event_timestamp"], "label": pc.cast(labels["label"], pa.bool_())})
+    pq.write_table(requests, folder / "requests.parquet")
+    root = folder / "project"
+    shutil.rmtree(root, ignore_errors=True)
+    cl.init_project(root, definitions=DEFINITIONS.format(
+        a=str(data / "a.parquet"), b=str(data / "b.parquet"), fa=FEATURES_A, fb=FEATURES_B,
+        req=str(folder / "requests.parquet"), refs=REFS))
+    with cl.Project(root) as project:
+        project.apply()
+        run = project.training.train("bench", cutoff=pit_end(data))
+        version = project.registry.register(run.id).version
+        project.registry.set_alias("bench", "production", version)
+        loaded = project.registry.load("bench", "production")
+        loaded.trainer.booster_.save_model(str(folder / "model.txt"))
+    users = int(pc.count_distinct(labels["user_id"]).as_py())
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users}))
+    return folder
+
+
+def pit_end(data: Path) -> datetime:
+    """A day after the last request: every label is settled (they settle at once)."""
+    times = pq.read_table(data / "labels.parquet", columns=["event_timestamp"])
+    last: datetime = pc.max(times["event_timestamp"]).as_py()
+    return last + timedelta(days=1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes], path: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", path)
+            if conn.getresponse().status != 503:          # answering (not still loading)
+                return
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            conn.close()
+    raise RuntimeError("the server did not become ready")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def _wrk(port: int, path: str, users: int, concurrency: int) -> dict[str, float]:
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise RuntimeError("the serve workload needs wrk (Debian: apt-get install wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(LUA.format(users=users, path=path))
+    out = subprocess.run([exe, "-t1", f"-c{concurrency}", f"-d{SECONDS}s", "--latency",
+                          "-s", f.name, f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"concurrency": concurrency, "per_s": rate, "p50_ms": p50, "p99_ms": p99,
+            "errors": errors}
+
+
+def _scores(port: int, path: str) -> pa.Table:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    scores = []
+    for i in range(CHECKED):
+        body = json.dumps({"instances": [{"user_id": f"u{i}", "request_id": f"c{i}"}]})
+        conn.request("POST", path, body=body, headers={"content-type": "application/json"})
+        scores.append(json.loads(conn.getresponse().read())["predictions"][0]["score"])
+    conn.close()
+    return pa.table({"label_id": np.arange(CHECKED), "score": scores})
+
+
+def _load(port: int, path: str, users: int, process: subprocess.Popen[bytes],
+          cleanup: Any = None) -> Any:
+    def job() -> Any:
+        try:
+            runs = [_wrk(port, path, users, c) for c in CONCURRENCY]
+            return _scores(port, path), {"runs": runs}
+        finally:
+            _stop(process)
+            if cleanup is not None:
+                cleanup()
+    return job
+
+
+def _closedloop(store: str) -> Any:
+    def setup(data: Path) -> Any:
+        root = Path(tempfile.mkdtemp(prefix="cl-bench-serve-")) / "project"
+        shutil.copytree(data / "project", root)
+        prefix = f"clbench:{uuid.uuid4().hex}:"
+        if store == "redis":
+            (root / "closedloop.toml").write_text(
+                f'[online]\nstore = "redis"\nprefix = "{prefix}"\n')
+        with cl.Project(root) as project:
+            project.features.materialize()
+        port = _free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "closedloop", "serve", "-p", str(root), "--port", str(port),
+             "--workers", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_ready(port, process, "/readyz")
+        users = json.loads((data / "done.json").read_text())["users"]
+
+        def cleanup() -> None:
+            if store == "redis":
+                import redis
+
+                client = redis.Redis()
+                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                for i in range(0, len(keys), 1000):
+                    client.delete(*keys[i:i + 1000])
+                client.close()
+            shutil.rmtree(root.parent, ignore_errors=True)
+        return _load(port, "/v1/models/bench:predict", users, process, cleanup)
+    return setup
+
+
+def _floor(data: Path) -> Any:
+    import redis
+
+    root = Path(tempfile.mkdtemp(prefix="cl-bench-serve-")) / "project"
+    shutil.copytree(data / "project", root)
+    users = json.loads((data / "done.json").read_text())["users"]
+    prefix = f"clbench:{uuid.uuid4().hex}:"
+    client = redis.Redis()
+    with cl.Project(root) as project:
+        project.features.materialize()
+        names = [f"u{i}" for i in range(users)]
+        vectors = project.features.online([{"user_id": u} for u in names], REFS)
+    assert isinstance(vectors, list)
+    pipe = client.pipeline(transaction=False)
+    for name, v in zip(names, vectors, strict=True):
+        row = np.array([np.nan if v.values[r] is None else v.values[r] for r in REFS],
+                       dtype=np.float64)
+        pipe.set(prefix + name, row.tobytes())
+    pipe.execute()
+    port = _free_port()
+    env = {**os.environ, "FLOOR_MODEL": str(data / "model.txt"),
+           "FLOOR_REDIS": "redis://127.0.0.1:6379/0", "FLOOR_PREFIX": prefix}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "benchmarks.serve_floor:app", "--host", "127.0.0.1",
+         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--log-level",
+         "warning", "--no-access-log"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    _wait_ready(port, process, "/")
+
+    def cleanup() -> None:
+        keys = [prefix + n for n in names]
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+        client.close()
+        shutil.rmtree(root.parent, ignore_errors=True)
+    return _load(port, "/predict", users, process, cleanup)
+
+
+class _Serve:
+    SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
+                                         "closedloop-redis": _closedloop("redis"),
+                                         "floor": _floor}
+    SETUP: ClassVar[set[str]] = set(SYSTEMS)
+    ANCHOR = None
+    METRIC = "per_s"
+    HIGHER_IS_BETTER = True
+    OUTPUTS = OUTPUTS
+    DATA = staticmethod(serve_data)
+
+
+serve = _Serve
