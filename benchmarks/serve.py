@@ -158,8 +158,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    """A wrk duration (``812.00us``, ``4.20ms``, ``1.02s``, ``1.50m``) in milliseconds."""
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise RuntimeError(f"wrk printed a latency this does not read: {text!r}")
+    return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[found.group(2)]
 
 
 def _wrk(port: int, path: str, users: int, concurrency: int) -> dict[str, float]:
@@ -171,10 +174,12 @@ def _wrk(port: int, path: str, users: int, concurrency: int) -> dict[str, float]
     out = subprocess.run([exe, "-t1", f"-c{concurrency}", f"-d{SECONDS}s", "--latency",
                           "-s", f.name, f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
+    if "Latency Distribution" not in out:
+        raise RuntimeError(f"wrk printed no latency distribution:\n{out}")
     os.unlink(f.name)
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s+(\d+)", out))
     errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     return {"concurrency": concurrency, "per_s": rate, "p50_ms": p50, "p99_ms": p99,
