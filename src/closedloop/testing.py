@@ -252,6 +252,22 @@ def check_online_store(store: OnlineStore) -> None:
     store.write([(ns, k, k.encode()) for _, k in lots[::2]])
     assert store.read(lots) == [k.encode() if i % 2 == 0 else None
                                 for i, (_, k) in enumerate(lots)], "1,234 keys in one read"
+    # The event-loop read answers as the blocking one, also many at once on one loop.
+    import asyncio
+
+    async def on_a_loop() -> tuple[Any, ...]:
+        try:
+            return (await store.read_async(many), await store.read_async([]),
+                    list(await asyncio.gather(*(store.read_async(lots[i::7])
+                                                for i in range(7)))))
+        finally:
+            await store.aclose()
+
+    one, none, gathered = asyncio.run(on_a_loop())
+    assert one == store.read(many), "read_async answers as read"
+    assert none == []
+    assert gathered == [store.read(lots[i::7]) for i in range(7)], (
+        "concurrent read_async calls each get their own reply")
     # Atomicity: a reader running beside a writer never sees two versions in one read.
     torn: list[list[bytes | None]] = []
     stop = threading.Event()

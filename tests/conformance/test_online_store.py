@@ -28,6 +28,12 @@ class _TornStore:
     def read(self, keys):  # type: ignore[no-untyped-def]
         return self.inner.read(keys)
 
+    async def read_async(self, keys):  # type: ignore[no-untyped-def]
+        return await self.inner.read_async(keys)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
     def update(self, keys, merge):  # type: ignore[no-untyped-def]
         self.inner.update(keys, merge)
 

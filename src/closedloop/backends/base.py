@@ -202,6 +202,16 @@ class OnlineStore(Protocol):
         """The values of the keys, None where absent, in order, in one round trip."""
         ...
 
+    async def read_async(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """``read`` on the running event loop: a networked store awaits its reply (other
+        requests run meanwhile); an embedded one reads at once. Call ``aclose`` on that loop
+        before it ends."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the running event loop's connections (``read_async``'s)."""
+        ...
+
     def update(self, keys: Sequence[tuple[str, str]],
                merge: Callable[[list[bytes | None]], list[bytes | None]]) -> None:
         """Read ``keys``, write ``merge(values)`` back to them, as one atomic step: no other

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlparse
 
+import hiredis
 import redis
 
 from closedloop.backends.base import OnlineItem
@@ -26,6 +30,7 @@ class RedisOnlineStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._readers: list[Any] = []
+        self._async: dict[asyncio.AbstractEventLoop, _AsyncReader] = {}
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
@@ -83,6 +88,35 @@ class RedisOnlineStore:
             return list(values)
         raise AssertionError("unreachable")
 
+    async def read_async(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
+        """MGET over this event loop's own pipelined connection (``_AsyncReader``): the loop
+        serves other requests while the reply is on its way. A reply slower than
+        ``read_timeout`` closes the connection (its replies would be out of order) and is
+        ``BackendUnavailable``."""
+        if not keys:
+            return []
+        prefix = self.prefix
+        names = [f"{prefix}{ns}|{k}" for ns, k in keys]
+        loop = asyncio.get_running_loop()
+        reader = self._async.get(loop)
+        if reader is None or reader.closed:
+            reader = self._async[loop] = _AsyncReader(self.url, self.read_timeout)
+        try:
+            values = await reader.mget(names)
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            reader.close()
+            raise self._down(exc if not isinstance(exc, asyncio.TimeoutError) else TimeoutError(
+                f"no reply within {reader.timeout * 1000:.0f} ms")) from exc
+        if isinstance(values, hiredis.ReplyError):
+            raise BackendError(f"Redis at {self.url} refused a read: {values}",
+                               fix=f"keys under {prefix!r} must be closedloop's")
+        return list(values)
+
+    async def aclose(self) -> None:
+        reader = self._async.pop(asyncio.get_running_loop(), None)
+        if reader is not None:
+            await reader.aclose()
+
     def _reader(self) -> Any:  # redis-py leaves its Connection methods untyped
         """This thread's own connection for reads: the serving hot path sends MGET on it
         directly (one round trip, none of the client's per-command bookkeeping)."""
@@ -137,7 +171,113 @@ class RedisOnlineStore:
             readers, self._readers = self._readers, []
         for conn in readers:
             conn.disconnect()
+        # Event-loop connections close on their loop (``aclose``); one whose loop is gone has
+        # nothing left to run its close on.
+        self._async.clear()
         self._local = threading.local()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _AsyncReader(asyncio.Protocol):
+    """One asyncio connection to Redis carrying pipelined MGETs: requests go out as they
+    come, replies resolve the waiting futures in order (RESP answers in order)."""
+
+    def __init__(self, url: str, timeout: float | None) -> None:
+        parsed = urlparse(url)
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or 6379
+        self.db = int((parsed.path or "/0").strip("/") or 0)
+        self.password = parsed.password
+        self.timeout = timeout if timeout is not None else 5.0
+        self.closed = False
+        self._transport: Any = None
+        self._connecting: asyncio.Future[None] | None = None
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._parser = hiredis.Reader()
+        self._lost: asyncio.Future[None] | None = None
+
+    async def mget(self, names: list[str]) -> Any:
+        if self._transport is None:
+            await self._connect()
+        return await self._call(_command("MGET", *names))
+
+    async def _connect(self) -> None:
+        if self._connecting is None:
+            loop = asyncio.get_running_loop()
+            self._connecting = loop.create_future()
+            try:
+                await asyncio.wait_for(loop.create_connection(lambda: self, self.host,
+                                                              self.port), self.timeout)
+                setup = []
+                if self.password:
+                    setup.append(self._call(_command("AUTH", self.password)))
+                if self.db:
+                    setup.append(self._call(_command("SELECT", str(self.db))))
+                for reply in setup:
+                    answer = await reply
+                    if isinstance(answer, hiredis.ReplyError):
+                        raise ConnectionError(str(answer))
+                self._connecting.set_result(None)
+            except BaseException as exc:
+                self._connecting.set_exception(exc)
+                self._connecting.exception()          # retrieved: no "never retrieved"
+                self.close()
+                raise
+        await self._connecting
+
+    def _call(self, data: bytes) -> Any:
+        assert self._transport is not None
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting.append(done)
+        self._transport.write(data)
+        return asyncio.wait_for(done, self.timeout)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport instances; both write alike.
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed(data)
+        while True:
+            reply = self._parser.gets()
+            if reply is False:
+                return
+            if self._waiting:
+                waiter = self._waiting.popleft()
+                if not waiter.done():
+                    waiter.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_exception(ConnectionError(f"the connection closed: {exc}"))
+
+    def close(self) -> None:
+        self.closed = True
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def aclose(self) -> None:
+        """Close and wait until the connection is gone."""
+        if self._transport is None:
+            return
+        lost = asyncio.get_running_loop().create_future()
+        self._lost = lost
+        self.close()
+        await asyncio.wait_for(lost, self.timeout)
+
+
+def _command(*parts: str) -> bytes:
+    """A command in RESP."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)

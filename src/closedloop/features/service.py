@@ -137,12 +137,27 @@ class FeatureService:
               at: datetime | None = None) -> OnlineFetch:
         """The first half of ``online``: the view features of every row, read in one store
         round trip (``finish`` runs the transforms). Serving times the two apart."""
+        plan, t, keys = self._fetch_keys(batch, features, at)
+        return self._decode(batch, plan, t, self._store().read(keys))
+
+    async def fetch_async(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
+                          *, at: datetime | None = None) -> OnlineFetch:
+        """``fetch`` awaiting the store's reply on the running event loop (the server's)."""
+        plan, t, keys = self._fetch_keys(batch, features, at)
+        return self._decode(batch, plan, t, await self._store().read_async(keys))
+
+    def _fetch_keys(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
+                    at: datetime | None) -> tuple[_OnlinePlan, int, list[tuple[str, str]]]:
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
-        readers = plan[1]
         t = now_micros() if at is None else instant_micros(at)
-        raw = self._store().read([(r.namespace, r.key(row)) for row in batch for r in readers])
+        return plan, t, [(r.namespace, r.key(row)) for row in batch for r in plan[1]]
+
+    @staticmethod
+    def _decode(batch: Sequence[Mapping[str, Any]], plan: _OnlinePlan, t: int,
+                raw: list[bytes | None]) -> OnlineFetch:
+        readers = plan[1]
         vectors: list[dict[str, Any]] = []
         missing: list[tuple[str, ...]] = []
         i = 0

@@ -176,6 +176,7 @@ class ServingApp:
             elif message["type"] == "lifespan.shutdown":
                 if self._reloader is not None:
                     self._reloader.cancel()
+                await self.project.online_store.aclose()
                 await asyncio.to_thread(self.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -202,7 +203,7 @@ class ServingApp:
                 raise RequestError(f"there is no served model {name!r}", field="name",
                                    fix=f"the models are {sorted(self.predictors)}", status=404)
             request = _parse(body)
-            served = predictor.predict(request["instances"])
+            served = await predictor.predict_async(request["instances"])
         except RequestError as exc:
             self.metrics.errors.labels(str(exc.status)).inc()
             await _send(send, exc.status, _error(exc))

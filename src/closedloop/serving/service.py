@@ -33,7 +33,7 @@ import numpy as np
 from closedloop.errors import BackendError, DataError, RequestError, ServingError
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
-from closedloop.features.service import FeatureService
+from closedloop.features.service import FeatureService, OnlineFetch
 from closedloop.registry.service import LoadedModel, RegistryService
 from closedloop.serving.log import PredictionLog
 from closedloop.serving.router import Router
@@ -164,23 +164,47 @@ class Predictor:
     def predict(self, instances: Any, at: datetime | None = None) -> Served:
         """Serve a batch (see module) with the features as of now (or ``at``); raises
         ``RequestError`` for a bad request."""
+        rows, routes, aliases, t0 = self._begin(instances)
+        try:
+            fetched = self.features.fetch(rows, self.fetch_columns, at=at)
+        except BackendError as exc:
+            return self._finish(rows, routes, aliases, t0, None, exc)
+        except DataError as exc:                  # a key of the wrong type
+            raise RequestError(exc.message, fix=exc.fix) from exc
+        return self._finish(rows, routes, aliases, t0, fetched, None)
+
+    async def predict_async(self, instances: Any) -> Served:
+        """``predict`` awaiting the online store on the running event loop (the server's):
+        other requests run while the store's reply is on its way."""
+        rows, routes, aliases, t0 = self._begin(instances)
+        try:
+            fetched = await self.features.fetch_async(rows, self.fetch_columns)
+        except BackendError as exc:
+            return self._finish(rows, routes, aliases, t0, None, exc)
+        except DataError as exc:
+            raise RequestError(exc.message, fix=exc.fix) from exc
+        return self._finish(rows, routes, aliases, t0, fetched, None)
+
+    def _begin(self, instances: Any) -> tuple[list[dict[str, Any]], list[str], list[str],
+                                              float]:
         rows = self.check(instances)
         t0 = time.perf_counter()
         routes = [self.router.route(r) for r in rows]
         aliases = [r if r in self.versions else "production" for r in routes]
         routes = [r if r in self.versions or r == "holdout" else "production" for r in routes]
-        reason = None
+        return rows, routes, aliases, t0
+
+    def _finish(self, rows: list[dict[str, Any]], routes: list[str], aliases: list[str],
+                t0: float, fetched: OnlineFetch | None, down: BackendError | None) -> Served:
+        reason = None if down is None else f"online store: {down.message}"
         vectors: list[dict[str, Any]] = []
-        try:
-            fetched = self.features.fetch(rows, self.fetch_columns, at=at)
-            t1 = time.perf_counter()
-            vectors = [v.values for v in self.features.finish(rows, fetched)]
-            t2 = time.perf_counter()
-        except BackendError as exc:
-            reason = f"online store: {exc.message}"
-            t1 = t2 = time.perf_counter()
-        except DataError as exc:                  # a key of the wrong type, a transform input
-            raise RequestError(exc.message, fix=exc.fix) from exc
+        t1 = time.perf_counter()
+        if fetched is not None:
+            try:
+                vectors = [v.values for v in self.features.finish(rows, fetched)]
+            except DataError as exc:              # a transform input of the wrong kind
+                raise RequestError(exc.message, fix=exc.fix) from exc
+        t2 = time.perf_counter()
         scores = np.empty(len(rows), dtype=np.float64)
         if reason is None:
             groups: dict[str, list[int]] = {}
