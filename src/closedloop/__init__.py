@@ -2,7 +2,7 @@
 
 >>> import closedloop as cl
 >>> sorted(cl.__all__)[:3]
-['Agg', 'ClosedLoopError', 'Entity']
+['Agg', 'Budget', 'ClosedLoopError']
 """
 
 from closedloop.data.sources import Entity, EventSource, LabelSource, TableSource
