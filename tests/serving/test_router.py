@@ -62,3 +62,17 @@ def test_a_request_without_its_unit_is_refused() -> None:
 def test_a_bad_declaration_is_refused(kwargs: dict) -> None:
     with pytest.raises(DefinitionError):
         Serving("fraud", **kwargs)
+
+
+def test_two_serving_declarations_of_one_model_are_refused() -> None:
+    import types
+
+    from closedloop.serving.spec import servings_from_module
+
+    module = types.ModuleType("defs")
+    module.a = Serving("fraud")  # type: ignore[attr-defined]
+    module.b = Serving("fraud", holdout=0.1, unit="u")  # type: ignore[attr-defined]
+    with pytest.raises(DefinitionError, match="two serving declarations"):
+        servings_from_module(module)
+    module.b = module.a  # type: ignore[attr-defined]  # the same declaration twice is one
+    assert list(servings_from_module(module)) == ["fraud"]

@@ -13,14 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from types import ModuleType
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
 from closedloop.data.instants import format_duration, parse_duration
 from closedloop.errors import DefinitionError
+
+T = TypeVar("T")
 
 LogicalType = Literal["string", "int64", "float64", "bool", "timestamp"]
 
@@ -56,6 +60,20 @@ def check_name(kind: str, name: object) -> str:
             fix="use letters, digits and underscores, starting with a letter",
         )
     return name
+
+
+def declared_in(module: ModuleType, kind: type[T], key: Callable[[T], str], what: str,
+                fix: str) -> dict[str, T]:
+    """Every ``kind`` a definitions module declares at its top level, by ``key``; two
+    different ones under one key are a DefinitionError (``what`` names the clash)."""
+    found: dict[str, T] = {}
+    for value in vars(module).values():
+        if isinstance(value, kind):
+            name = key(value)
+            if name in found and found[name] is not value:
+                raise DefinitionError(what.format(name=name), fix=fix)
+            found[name] = value
+    return found
 
 
 def logical_type(column: str, declared: object) -> LogicalType:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from closedloop.data.sources import check_name
+from closedloop.data.sources import check_name, declared_in
 from closedloop.errors import DefinitionError
 
 STAGES = ("fetch", "transform", "inference", "post")
@@ -173,11 +173,6 @@ class Serving:
 
 def servings_from_module(module: ModuleType) -> dict[str, Serving]:
     """Every serving declaration a definitions module makes at its top level."""
-    found: dict[str, Serving] = {}
-    for value in vars(module).values():
-        if isinstance(value, Serving):
-            if value.model in found and found[value.model] is not value:
-                raise DefinitionError(f"model {value.model!r} has two serving declarations",
-                                      fix="declare one Serving per model")
-            found[value.model] = value
-    return found
+    return declared_in(module, Serving, lambda s: s.model,
+                       "model {name!r} has two serving declarations",
+                       fix="declare one Serving per model")

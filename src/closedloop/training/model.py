@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from closedloop.data.sources import check_name, content_hash
+from closedloop.data.sources import check_name, content_hash, declared_in
 from closedloop.errors import DefinitionError
 from closedloop.training.trainers import Trainer
 
@@ -105,13 +105,7 @@ class Model:
 
 def models_from_module(module: ModuleType) -> dict[str, Model]:
     """Every model a definitions module declares at its top level."""
-    found: dict[str, Model] = {}
-    for value in vars(module).values():
-        if isinstance(value, Model):
-            if value.name in found and found[value.name] is not value:
-                raise DefinitionError(f"two models are named {value.name!r}",
-                                      fix="give each model its own name")
-            found[value.name] = value
-    return found
+    return declared_in(module, Model, lambda m: m.name, "two models are named {name!r}",
+                       fix="give each model its own name")
 
 
