@@ -152,8 +152,9 @@ def test_health_models_schema_and_metrics_answer(server: Server) -> None:
     assert status == 200
     assert json.loads(raw)["models"]["fraud"] == {"production": 1, "canary": 2, "shadow": 2}
     status, _, raw = server.request("GET", "/v1/models")
-    assert json.loads(raw)["models"] == [{"name": "fraud", "versions": {
-        "production": 1, "canary": 2, "shadow": 2}}]
+    assert json.loads(raw)["models"] == [
+        {"name": "fraud", "versions": {"production": 1, "canary": 2, "shadow": 2}},
+        {"name": "risk", "versions": {"production": 1}}]
     status, _, raw = server.request("GET", "/openapi.json")
     schema = json.loads(raw)
     body = schema["paths"]["/v1/models/fraud:predict"]["post"]["requestBody"]
@@ -169,6 +170,20 @@ def test_health_models_schema_and_metrics_answer(server: Server) -> None:
     for stage in ("fetch", "transform", "inference", "post"):
         assert f'closedloop_stage_seconds_count{{model="fraud",stage="{stage}"}} 3.0' in text
     assert 'closedloop_request_seconds_count{model="fraud"} 3.0' in text
+
+
+def test_batch_scores_are_served_by_lookup(server: Server) -> None:
+    from tests.serving.world import END
+
+    server.project.serving.score("risk", at=END, keys=["u1", "u2"])
+    status, _, raw = server.request("GET", "/v1/models/risk/scores/u1")
+    assert status == 200, raw
+    found = json.loads(raw)
+    stored = server.project.serving.stored_score("risk", "u1")
+    assert stored is not None
+    assert found == stored.to_dict()
+    assert server.request("GET", "/v1/models/risk/scores/u3")[0] == 404
+    assert server.request("GET", "/v1/models/nope/scores/u1")[0] == 404
 
 
 def test_a_moved_alias_is_served_without_a_failed_request(server: Server) -> None:

@@ -22,6 +22,11 @@ CHALLENGER = ("trainer=cl.LightGBMTrainer(num_boost_round=30, learning_rate=0.1,
               "seed=8)")
 SERVING = '''
 
+risk = cl.Model("risk", features=["user_txn.amount_sum_1d", "user_txn.amount_count_30d",
+                                  "user_profile.lifetime_spend"],
+                label="chargebacks", rows="transactions",
+                trainer=cl.LightGBMTrainer(num_boost_round=20, num_leaves=7, seed=3))
+
 serving = cl.Serving("fraud", unit="user_id", subject="txn_id", holdout=0.1, canary=0.2,
                      shadow=True, decisions=[("block", 0.5), ("review", 0.1)],
                      default_decision="allow", fallback=0.01)
@@ -40,6 +45,8 @@ def served_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
             p.data.ingest(source, root / "data" / export, at=END)
         first = p.training.train("fraud", cutoff=END)
         p.registry.set_alias("fraud", "production", p.registry.register(first.id).version)
+        risk = p.training.train("risk", cutoff=END)
+        p.registry.set_alias("risk", "production", p.registry.register(risk.id).version)
         p.features.materialize(at=END)
     # A challenger: the same features, another trainer — version 2, canary and shadow.
     (root / "definitions.py").write_text(text.replace(FAST, CHALLENGER))

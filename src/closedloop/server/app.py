@@ -5,6 +5,8 @@ Routes:
 * ``POST /v1/models/{name}:predict`` — ``{"instances": [{...}, ...]}`` → ``{"model",
   "predictions": [{"id", "score", "decision", "version", "route", "fallback"}]}``. The
   response is sent once every prediction is in the prediction log (durable mode);
+* ``GET /v1/models/{name}/scores/{key}`` — the entity's batch score (``closedloop score``):
+  ``{"model", "key", "score", "version", "as_of", "scored_at"}``, or 404;
 * ``GET /v1/models`` — the served models, their versions by alias;
 * ``GET /healthz`` (alive), ``GET /readyz`` (every model loaded), ``GET /metrics``
   (Prometheus), ``GET /openapi.json`` (the schema, from the models' declared fields).
@@ -144,6 +146,17 @@ class ServingApp:
             else:
                 await _send(send, 404, {"error": f"no route {method} {path}",
                                         "code": "CL-701"})
+            return
+        if path.startswith(_PREFIX) and "/scores/" in path:
+            name, _, key = path[len(_PREFIX):].partition("/scores/")
+            found = (self.project.serving.stored_score(name, key)
+                     if name in self.predictors and key else None)
+            if found is None:
+                await _send(send, 404, {"error": f"no batch score of {name!r} for {key!r}",
+                                        "code": "CL-501", "field": "key",
+                                        "fix": f"run closedloop score {name}"})
+            else:
+                await _send(send, 200, found.to_dict())
             return
         if path == "/healthz":
             await _send(send, 200, {"status": "ok"})

@@ -55,6 +55,15 @@ def openapi(predictors: dict[str, Any]) -> dict[str, Any]:
                                                      "predictions": {"type": "array",
                                                                      "items": _PREDICTION}}}}}},
                           **_errors(400, 404, 413, 422, 503)}}}
+        paths[f"/v1/models/{name}/scores/{{key}}"] = {"get": {
+            "summary": f"The batch score of one entity of model {name}",
+            "operationId": f"score_{name}",
+            "parameters": [{"name": "key", "in": "path", "required": True,
+                            "schema": {"type": "string", "minLength": 1}}],
+            "responses": {"200": {"description": "the stored score", "content": {
+                "application/json": {"schema": {"type": "object", "required": [
+                    "model", "key", "score", "version", "as_of", "scored_at"]}}}},
+                **_errors(404)}}}
     plain = {"description": "ok", "content": {"application/json": {"schema": {
         "type": "object"}}}}
     for route, summary in (("/healthz", "alive"), ("/readyz", "every model loaded"),

@@ -23,18 +23,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from closedloop.data.instants import instant_micros, now_micros
+from closedloop.data.sources import ARROW_TYPES
 from closedloop.errors import BackendError, DataError, RequestError, ServingError
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService, OnlineFetch
 from closedloop.registry.service import LoadedModel, RegistryService
+from closedloop.serving import batch
 from closedloop.serving.log import PredictionLog
 from closedloop.serving.router import Router
 from closedloop.serving.spec import STAGES, Serving
@@ -283,13 +287,14 @@ class ServingService:
 
     def __init__(self, servings: Mapping[str, Serving], models: Mapping[str, Model],
                  registry: RegistryService, features: FeatureService, catalog: Catalog,
-                 log: PredictionLog) -> None:
+                 log: PredictionLog, scoring: Path | None = None) -> None:
         self.servings = dict(servings)
         self.models = dict(models)
         self.registry = registry
         self.features = features
         self.catalog = catalog
         self.log = log
+        self.scoring = scoring or log.root.parent / "scoring"
         unknown = sorted(set(self.servings) - set(self.models))
         if unknown:
             raise ServingError(f"serving declarations name models that are not declared: "
@@ -357,6 +362,40 @@ class ServingService:
                     f"{key}, which this project {'changed' if t else 'no longer has'}",
                     fix="restore that transform, or train and promote a new version")
         return [f["column"] for f in pins["features"]]
+
+    # -- batch inference ---------------------------------------------------------------------
+    def score(self, model: str, *, at: datetime | None = None, keys: Sequence[Any] | None = None,
+              restart: bool = False, progress: batch.Progress | None = None,
+              chunk: int = 100_000) -> batch.ScoreReport:
+        """Score every entity of the model (or ``keys``) with the production version from
+        point-in-time features as of ``at`` (default: now), into the online store, resuming
+        an unfinished run of the same version and instant (``closedloop.serving.batch``);
+        ``chunk`` entities are written per atomic write and checkpoint."""
+        self.serving(model)
+        loaded = self.registry.load(model, "production")
+        columns = self._pinned(loaded)
+        resolution = self.catalog.resolve(columns)
+        if resolution.request_inputs:
+            raise ServingError(f"model {model!r} reads request fields "
+                               f"{list(resolution.request_inputs)}, which batch scoring has no "
+                               "request to take from", fix="score it online instead")
+        views = [view for view, _ in resolution.by_view()]
+        entities = {view.entity.key: view.entity for view in views}
+        if len(entities) != 1:
+            raise ServingError(f"model {model!r} reads the entities {sorted(entities)}; batch "
+                               "scoring scores one entity's keys", fix="score it online")
+        (key, entity), = entities.items()
+        key_type = ARROW_TYPES[entity.spec()["dtype"]]
+        wanted = (batch.entity_keys(self.features, views, key, key_type) if keys is None
+                  else list(keys))
+        t = now_micros() if at is None else instant_micros(at)
+        return batch.score_entities(model, loaded, columns, key, key_type, wanted,
+                                    self.features, t, self.scoring / f"{model}.json",
+                                    restart=restart, progress=progress, chunk=chunk)
+
+    def stored_score(self, model: str, key: str) -> batch.StoredScore | None:
+        """The batch score of one entity key, as ``score`` wrote it, or None."""
+        return batch.lookup(self.features, model, key)
 
     # -- the log -----------------------------------------------------------------------------
     def budget(self, model: str, last: int = 10_000) -> dict[str, Any]:

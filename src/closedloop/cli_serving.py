@@ -1,0 +1,133 @@
+"""The serving commands of ``closedloop``: ``serve``, ``budget``, ``score`` (registered on the
+app of ``closedloop.cli``)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import pyarrow.parquet as pq
+import typer
+from rich.table import Table
+
+from closedloop.cli import (
+    ProjectOpt,
+    _errors,
+    _open,
+    _progress,
+    _stepper,
+    _when,
+    app,
+    console,
+    out,
+)
+
+
+@app.command()
+def serve(
+    project: ProjectOpt = Path("."),
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", "-m", help="Model(s) to serve (default: every model with a production "
+        "version).")] = None,
+    host: Annotated[str | None, typer.Option(help="Address ([serving] host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port ([serving] port).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes ([serving] "
+                                                "workers).")] = None,
+) -> None:
+    """Serve models over HTTP: POST /v1/models/NAME:predict, GET /healthz, /readyz, /metrics,
+    /openapi.json. Every prediction is in the prediction log before its response is sent;
+    a moved alias is picked up without dropping a request."""
+    import os
+
+    import uvicorn
+
+    with _errors(), _open(project) as p:
+        settings = p.settings.serving
+        for name in model or []:
+            p.serving.predictor(name)                # refuse an unservable model now
+        names = model or [m for m in p.serving.models if "production" in p.registry.aliases(m)]
+    if not names:
+        console.print("[bold red]error[/] no model has a production version; fix: train, "
+                      "register and alias one (closedloop models alias NAME production V)")
+        raise typer.Exit(2)
+    os.environ["CLOSEDLOOP_PROJECT"] = str(project.resolve())
+    os.environ["CLOSEDLOOP_MODELS"] = ",".join(names)
+    count = workers or settings.workers
+    if count > 1:
+        metrics = Path(tempfile.mkdtemp(prefix="closedloop-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    bind_host, bind_port = host or settings.host, settings.port if port is None else port
+    console.print(f"serving {', '.join(names)} on http://{bind_host}:{bind_port} "
+                  f"({count} worker{'s' if count > 1 else ''}); Ctrl-C stops")
+    uvicorn.run("closedloop.server.app:create_app", factory=True, host=bind_host,
+                port=bind_port, workers=count, loop="uvloop" if sys.platform != "win32"
+                else "asyncio", http="httptools", log_level="warning", access_log=False)
+
+
+@app.command()
+def budget(
+    model: Annotated[str, typer.Argument(help="The model.")],
+    project: ProjectOpt = Path("."),
+    last: Annotated[int, typer.Option(min=1, help="How many recent predictions.")] = 10_000,
+) -> None:
+    """The measured latency of each serving stage (p50, p99 over the last predictions in the
+    prediction log) against the model's budget, naming the stage over it."""
+    with _errors(), _open(project) as p:
+        report = p.serving.budget(model, last=last)
+    render_budget(report)
+
+
+def render_budget(report: dict[str, Any]) -> None:
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    stages, total = report["stages"], report["total"]
+    table = Table(title=f"latency budget of {report['model']}: {report['predictions']:,} "
+                  "predictions", box=None, header_style="bold")
+    for col in ("stage", "p50 ms", "p99 ms", "budget ms", ""):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for name, row in [*stages.items(), ("total", total)]:
+        over = row["p99_ms"] is not None and row["p99_ms"] > row["budget_ms"]
+        table.add_row(name, ms(row["p50_ms"]), ms(row["p99_ms"]), ms(row["budget_ms"]),
+                      "[red]over[/]" if over else "[green]ok[/]" if row["p99_ms"] is not None
+                      else "")
+    out.print(table)
+    if report["over"]:
+        out.print(f"over budget: {', '.join(report['over'])}")
+    elif report["predictions"]:
+        out.print("every stage is within its budget")
+    if report["fallbacks"]:
+        out.print(f"{report['fallbacks']:,} predictions were answered by the fallback")
+
+
+@app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="The model (its production version scores).")],
+    project: ProjectOpt = Path("."),
+    at: Annotated[str | None, typer.Option(help="Features as of this instant (ISO 8601, "
+                                           "with a zone; default: now).")] = None,
+    keys: Annotated[Path | None, typer.Option(help="A Parquet file whose first column holds "
+                                              "the entity keys to score (default: all).")
+                    ] = None,
+    restart: Annotated[bool, typer.Option(help="Start over instead of resuming.")] = False,
+) -> None:
+    """Batch inference: score every entity (or --keys) from point-in-time features into the
+    online store, served by GET /v1/models/MODEL/scores/KEY. A stopped run resumes after its
+    last written chunk."""
+    when: datetime | None = _when(at)
+    wanted = None
+    if keys is not None:
+        if not keys.exists():
+            console.print(f"[bold red]error[/] {keys} does not exist")
+            raise typer.Exit(2)
+        wanted = pq.read_table(keys).column(0).to_pylist()
+    with _errors(), _open(project) as p, _progress() as bar:
+        task = bar.add_task("scoring", total=None)
+        report = p.serving.score(model, at=when, keys=wanted, restart=restart,
+                                 progress=_stepper(bar, task))
+    resumed = f" ({report.skipped:,} done before, resumed)" if report.skipped else ""
+    out.print(f"{model} version {report.version}: scored {report.scored:,} entities{resumed} "
+              f"in {report.seconds:.1f} s ({report.per_s:,.0f}/s)")
