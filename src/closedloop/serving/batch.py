@@ -3,19 +3,21 @@ time, and write each score to the online store, served by lookup.
 
 The production version scores its model's entity — the one entity its feature views share —
 with the same features and the same conversion as training (the point-in-time training set
-at the chosen instant, then the trainer). Keys go in sorted order, a chunk at a time; each
-chunk's scores are written to the online store in one atomic write (namespace
-``scores:<model>``, a record ``[score, version, as_of_us, scored_at_us]``), then the job's
-checkpoint (version, instant, last key done) is written durably. A run that stops — a crash,
-Ctrl-C — resumes after its last written chunk when started again for the same version and
-instant; ``restart=True`` starts over.
+at the chosen instant, then the trainer's batch predict). Keys go in sorted order; the scores
+are written a chunk at a time, each chunk in one atomic online-store write (namespace
+``scores:<model>``; a record packs score, version, as-of and scored-at µs in 32 bytes), then
+the job's checkpoint (version, instant, last key written) is written durably. A run that
+stops — a crash, Ctrl-C — resumes after its last written chunk when started again for the
+same version and instant; ``restart=True`` starts over.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,12 @@ import pyarrow.compute as pc
 from closedloop.data.durable import write_durably
 from closedloop.data.instants import now_micros
 from closedloop.errors import ServingError
-from closedloop.features.online import decode, encode
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import LoadedModel
 
 Progress = Callable[[int, int, str], None]
 _CHUNK = 100_000
+_RECORD = struct.Struct("<dqqq")          # score, version, as_of µs, scored_at µs
 
 
 def namespace(model: str) -> str:
@@ -73,48 +75,73 @@ class StoredScore:
 
 
 def score_entities(model: str, loaded: LoadedModel, columns: list[str], key: str,
-                   key_type: pa.DataType, keys: Sequence[Any], features: FeatureService,
-                   at: int, checkpoint: Path,
+                   key_type: pa.DataType, keys: pa.Array | Sequence[Any],
+                   features: FeatureService, at: int, checkpoint: Path,
                    restart: bool = False, progress: Progress | None = None,
                    chunk: int = _CHUNK) -> ScoreReport:
-    """Score ``keys`` (see module); ``columns`` are the version's pinned feature columns."""
+    """Score ``keys`` (see module); ``columns`` are the version's pinned feature columns.
+
+    The features of every key still to do come from one point-in-time query and are scored
+    at once (the trainer's own batch path); the writes then go a chunk at a time."""
     start = time.perf_counter()
     version = loaded.version.version
-    ordered = sorted(set(keys))
-    if any(type(k) is not type(ordered[0]) for k in ordered):
-        raise ServingError("the keys to score mix types", fix="send keys of one type")
-    done_through = None
+    try:
+        given = pa.array(keys, key_type) if not isinstance(keys, pa.Array) else keys
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise ServingError(f"the keys to score are not all {key_type}: {exc}",
+                           fix=f"send {key_type} keys") from None
+    ordered = pc.unique(pc.drop_null(given)).sort()
     state = _read_checkpoint(checkpoint)
+    todo = ordered
     if not restart and state is not None and state.get("version") == version and state.get(
-            "as_of") == at and not state.get("finished"):
-        done_through = state.get("last")
-    todo = ordered if done_through is None else [k for k in ordered if k > done_through]
+            "as_of") == at and not state.get("finished") and state.get("last") is not None:
+        todo = ordered.filter(pc.greater(ordered, pa.scalar(state["last"], key_type)))
     skipped = len(ordered) - len(todo)
     store = features.online_store
     if store is None:
         raise ServingError("batch scoring writes to the online store, and there is none",
                            fix="open the project with closedloop.Project")
+    space = namespace(model)
     scored = 0
-    for first in range(0, len(todo), chunk):
-        part = todo[first:first + chunk]
-        rows = pa.table({key: pa.array(part, key_type),
-                         "__as_of": pa.array(np.full(len(part), at, dtype=np.int64)).cast(
-                             pa.timestamp("us", tz="UTC"))})
+    if len(todo):
+        rows = pa.table({key: todo, "__as_of": pa.array(np.full(len(todo), at, dtype=np.int64))
+                         .cast(pa.timestamp("us", tz="UTC"))})
         table = features.training_set(rows, columns, timestamp="__as_of")
-        renamed = table.rename_columns([dict(zip(columns, loaded.version.features,
-                                                 strict=True)).get(c, c)
-                                        for c in table.column_names])
-        scores = loaded.predict(renamed)
-        now = now_micros()
-        store.write([(namespace(model), str(k), encode([float(s), version, at, now]))
-                     for k, s in zip(part, scores.tolist(), strict=True)])
-        scored += len(part)
-        _write_checkpoint(checkpoint, {"version": version, "as_of": at, "last": part[-1],
-                                       "finished": False})
-        if progress:
-            progress(skipped + scored, len(ordered), f"scored {skipped + scored:,} entities")
+        names = dict(zip(columns, loaded.version.features, strict=True))
+        table = table.rename_columns([names.get(c, c) for c in table.column_names])
+        texts = pc.cast(todo, pa.string()).to_pylist()
+
+        def write(first: int, scores: np.ndarray[Any, Any]) -> int:
+            part = texts[first:first + len(scores)]
+            now = now_micros()
+            store.write([(space, k, _RECORD.pack(s, version, at, now))
+                         for k, s in zip(part, scores.tolist(), strict=True)])
+            _write_checkpoint(checkpoint, {"version": version, "as_of": at,
+                                           "last": todo[first + len(part) - 1].as_py(),
+                                           "finished": False})
+            return len(part)
+
+        # One writer thread, in chunk order, so the checkpoint only ever moves past written
+        # chunks; the next chunk is scored meanwhile (the store releases the GIL as it
+        # writes, LightGBM as it scores).
+        with ThreadPoolExecutor(1) as writer:
+            pending: Future[int] | None = None
+            for first in range(0, len(texts), chunk):
+                scores = loaded.predict(table.slice(first, chunk))
+                if pending is not None:
+                    scored += pending.result()
+                    if progress:
+                        progress(skipped + scored, len(ordered),
+                                 f"scored {skipped + scored:,} entities")
+                pending = writer.submit(write, first, scores)
+            if pending is not None:
+                scored += pending.result()
+                if progress:
+                    progress(skipped + scored, len(ordered),
+                             f"scored {skipped + scored:,} entities")
     _write_checkpoint(checkpoint, {"version": version, "as_of": at,
-                                   "last": ordered[-1] if ordered else None, "finished": True})
+                                   "last": ordered[-1].as_py() if len(ordered) else None,
+                                   "finished": True})
     return ScoreReport(model, version, at, scored, skipped, time.perf_counter() - start)
 
 
@@ -126,19 +153,22 @@ def lookup(features: FeatureService, model: str, key: str) -> StoredScore | None
     data = store.read([(namespace(model), key)])[0]
     if data is None:
         return None
-    score, version, as_of, scored_at = decode(data)
-    return StoredScore(model, key, float(score), int(version), int(as_of), int(scored_at))
+    score, version, as_of, scored_at = _RECORD.unpack(data)
+    return StoredScore(model, key, score, version, as_of, scored_at)
 
 
 def entity_keys(features: FeatureService, views: Sequence[Any], key: str,
-                key_type: pa.DataType) -> list[Any]:
+                key_type: pa.DataType) -> pa.Array:
     """Every key of the entity that a view's source holds (the union over the views)."""
-    found: set[Any] = set()
+    parts = []
     for view in views:
         table = features.engine.read(view.source, [key])
         if table.num_rows:
-            found.update(pc.unique(pc.drop_null(pc.cast(table[key], key_type))).to_pylist())
-    return sorted(found)
+            parts.append(pc.unique(pc.drop_null(pc.cast(table[key], key_type))))
+    if not parts:
+        return pa.array([], key_type)
+    unique: pa.Array = pc.unique(pa.chunked_array(parts, key_type))
+    return unique
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:
