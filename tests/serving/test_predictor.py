@@ -125,3 +125,31 @@ def test_the_budget_report_reads_the_prediction_log(served: cl.Project) -> None:
     assert table.num_rows == 100
     assert {"id", "score", "decision", "route", "version", "latency_ms"} <= set(
         table.column_names)
+
+
+def test_predictions_join_their_labels_when_they_arrive(served: cl.Project) -> None:
+    from datetime import UTC, datetime
+
+    labels = served.data.labels("chargebacks")
+    fraud = labels.filter(pa.compute.equal(labels["is_fraud"], True)).slice(0, 3)
+    txns = served.data.read("transactions", ["txn_id", "user_id", "amount", "country"])
+    wanted = set(fraud["txn_id"].to_pylist())
+    rows = [r for r in txns.to_pylist() if r["txn_id"] in wanted]
+    rows.append({**rows[0], "txn_id": "never-labelled"})
+    predictor = served.serving.predictor("fraud")
+    out = predictor.predict(rows, at=END)
+    served.prediction_log.append("fraud", out.records).result()
+    shadows = out.after() if out.after else []
+    served.prediction_log.append("fraud", shadows).result()
+    table = served.serving.predictions("fraud")
+    assert table.num_rows == len(rows)
+    assert table["id"].to_pylist() == [p.id for p in out.predictions]
+    by_subject = dict(zip(table["subject"].to_pylist(), table["label"].to_pylist(), strict=True))
+    assert all(by_subject[t] is True for t in wanted)
+    # Predicted just now: its 60-day window is open, so no label yet — not a negative.
+    assert by_subject["never-labelled"] is None
+    later = served.serving.predictions("fraud", at=datetime(2099, 1, 1, tzinfo=UTC))
+    assert dict(zip(later["subject"].to_pylist(), later["label"].to_pylist(),
+                    strict=True))["never-labelled"] is False
+    assert table["shadow_version"].to_pylist() == [2] * len(rows)
+    assert table["shadow_score"].to_pylist() == [r["score"] for r in shadows]

@@ -30,9 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from closedloop.data.instants import instant_micros, now_micros
-from closedloop.data.sources import ARROW_TYPES
+from closedloop.data.labels import known_labels
+from closedloop.data.sources import ARROW_TYPES, LabelSource
 from closedloop.errors import BackendError, DataError, RequestError, ServingError
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
@@ -398,6 +401,61 @@ class ServingService:
         return batch.lookup(self.features, model, key)
 
     # -- the log -----------------------------------------------------------------------------
+    def predictions(self, model: str, *, labels: bool = True, at: datetime | None = None,
+                    ) -> pa.Table:
+        """The model's served predictions as a table — id, time, version, route, unit,
+        subject, score, decision, fallback, and the shadow's version and score where one
+        scored — joined by subject to the label known now (or at ``at``) with when it
+        settled; a subject whose label window has closed with none takes the source's
+        default; null while its label may still come (the outcome lag)."""
+        self.serving(model)
+        rows = [r for r in self.log.records(model) if r.get("kind") == "prediction"]
+        shadows = {r["id"]: r for r in self.log.records(model) if r.get("kind") == "shadow"}
+        table = pa.table({
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "time": pa.array([r["time"] for r in rows], pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")),
+            "version": pa.array([r["version"] for r in rows], pa.int64()),
+            "route": pa.array([r["route"] for r in rows], pa.string()),
+            "unit": pa.array([r["unit"] for r in rows], pa.string()),
+            "subject": pa.array([r["subject"] for r in rows], pa.string()),
+            "score": pa.array([r["score"] for r in rows], pa.float64()),
+            "decision": pa.array([r["decision"] for r in rows], pa.string()),
+            "fallback": pa.array([r["fallback"] for r in rows], pa.bool_()),
+            "shadow_version": pa.array([shadows[r["id"]]["version"] if r["id"] in shadows
+                                        else None for r in rows], pa.int64()),
+            "shadow_score": pa.array([shadows[r["id"]]["score"] if r["id"] in shadows
+                                      else None for r in rows], pa.float64()),
+        })
+        declared = self.models[model]
+        source = self.catalog.sources.get(declared.label)
+        if not labels or not isinstance(source, LabelSource):
+            return table
+        held = self.features.engine.read(source, [source.subject, source.timestamp,
+                                                  source.label, source.settled_at])
+        t = now_micros() if at is None else instant_micros(at)
+        known = known_labels(held, source, t)
+        if known is None:
+            return table.append_column("label", pa.nulls(table.num_rows)).append_column(
+                "label_settled_at", pa.nulls(table.num_rows, pa.timestamp("us", tz="UTC")))
+        latest = known.sort_by([("__t", "ascending")]).group_by(
+            "__s", use_threads=False).aggregate([("__label", "last"), ("__settled", "last")])
+        latest = pa.table({"subject": pc.cast(latest["__s"], pa.string()),
+                           "label": latest["__label_last"],
+                           "label_settled_at": pc.cast(latest["__settled_last"], pa.int64())
+                           .cast(pa.timestamp("us", tz="UTC"))})
+        joined = table.append_column("__order", pa.array(range(table.num_rows), pa.int64())
+                                     ).join(latest, "subject", join_type="left outer")
+        joined = joined.sort_by("__order").drop_columns(["__order"])
+        if source.default is not None:          # a closed window with no label: the default
+            closed = pc.less_equal(pc.add(pc.cast(joined["time"], pa.int64()),
+                                          source.max_delay_micros), t)
+            label = pc.if_else(pc.and_(pc.is_null(joined["label"]), closed),
+                               pa.scalar(source.default, joined["label"].type),
+                               joined["label"])
+            joined = joined.set_column(joined.column_names.index("label"), "label", label)
+        return joined
+
     def budget(self, model: str, last: int = 10_000) -> dict[str, Any]:
         """The measured latency decomposition of the last ``last`` logged predictions
         against the model's budget: per stage p50 and p99 (ms), the budget, and which stages
