@@ -131,3 +131,33 @@ def score(
     resumed = f" ({report.skipped:,} done before, resumed)" if report.skipped else ""
     out.print(f"{model} version {report.version}: scored {report.scored:,} entities{resumed} "
               f"in {report.seconds:.1f} s ({report.per_s:,.0f}/s)")
+
+
+@app.command()
+def stream(
+    model: Annotated[str, typer.Argument(help="The model to score the events with.")],
+    project: ProjectOpt = Path("."),
+    source: Annotated[str | None, typer.Option(help="The event source (default: the model's "
+                                               "rows source).")] = None,
+    group: Annotated[str, typer.Option(help="Consumer group: scorers in one group share the "
+                                       "stream, each event going to one.")] = "closedloop",
+    consumer: Annotated[str, typer.Option(help="This scorer's name in the group.")] = "scorer-1",
+    max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+    idle_exit: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds "
+                                                    "with no event.")] = None,
+) -> None:
+    """Streaming inference: consume events from the stream ([stream] url, Redis Streams),
+    fold them into the online features, score them, write the predictions to the online
+    store and the predictions stream, with the lag from event time to prediction."""
+    with _errors(), _open(project) as p, _progress() as bar:
+        task = bar.add_task("waiting for events", total=None)
+        scorer = p.serving.scorer(model, source=source, group=group, consumer=consumer)
+        try:
+            report = scorer.run(max_events=max_events, idle_s=idle_exit,
+                                progress=_stepper(bar, task))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+    p50, p99 = report.lag(50), report.lag(99)
+    lag = "" if p50 is None else f"; lag p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+    out.print(f"{consumer}: scored {report.events:,} events in {report.batches:,} batches "
+              f"({report.per_s:,.0f}/s){lag}")

@@ -58,6 +58,11 @@ class ServingSettings(_Section):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 
+class StreamSettings(_Section):
+    url: str | None = None                         # Redis Streams; none: no event stream
+    prefix: str = "cl:"
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -70,6 +75,7 @@ class Settings(_Section):
     online: OnlineSettings = OnlineSettings()
     metadata: MetadataSettings = MetadataSettings()
     serving: ServingSettings = ServingSettings()
+    stream: StreamSettings = StreamSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 
 from closedloop.backends.artefacts import LocalArtefactStore
-from closedloop.backends.base import OnlineStore
+from closedloop.backends.base import EventStream, OnlineStore
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
 from closedloop.backends.sqlite import SQLiteOnlineStore
@@ -139,7 +139,7 @@ class Project:
                                             mode=serving.log_mode, flush_ms=serving.flush_ms)
         self.serving = ServingService(servings_from_module(module), self.models,
                                       self.registry, self.features, self.catalog,
-                                      self.prediction_log)
+                                      self.prediction_log, events=self._event_stream())
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online
@@ -151,6 +151,14 @@ class Project:
         path = Path(online.path)
         return SQLiteOnlineStore(path if path.is_absolute() else self.root / path)
 
+    def _event_stream(self) -> EventStream | None:
+        stream = self.settings.stream
+        if stream.url is None:
+            return None
+        from closedloop.backends.redis_stream import RedisEventStream
+
+        return RedisEventStream(stream.url, prefix=stream.prefix)
+
     def plan(self) -> Plan:
         """What ``apply`` would register, without writing anything."""
         return registration.plan(self.catalog, self.metadata)
@@ -161,6 +169,8 @@ class Project:
 
     def close(self) -> None:
         self.prediction_log.close()
+        if self.serving.events is not None:
+            self.serving.events.close()
         self.features.close()
         self.feature_log.flush()
         self.engine.close()

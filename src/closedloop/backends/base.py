@@ -5,7 +5,7 @@ Rows cross these boundaries as Arrow tables. Times are int64 microseconds since 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -220,6 +220,34 @@ class OnlineStore(Protocol):
 
     def clear(self, namespace: str) -> None:
         """Delete every key of a namespace."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+class EventStream(Protocol):
+    """Streams of records shared by consumer groups (Redis Streams): every record of a
+    stream is delivered to one consumer of each group, and stays pending until acknowledged.
+    Records are flat mappings of names to bytes."""
+
+    def publish(self, stream: str, records: Sequence[Mapping[str, bytes]]) -> list[str]:
+        """Append records in order; their ids."""
+        ...
+
+    def ensure_group(self, stream: str, group: str) -> None:
+        """Create the consumer group (reading from the stream's start) unless it exists."""
+        ...
+
+    def read_group(self, stream: str, group: str, consumer: str, count: int,
+                   block_ms: int) -> list[tuple[str, dict[str, bytes]]]:
+        """Up to ``count`` records not yet delivered to the group, waiting up to
+        ``block_ms``; each becomes pending for ``consumer``."""
+        ...
+
+    def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
+        """Acknowledge records: no longer pending."""
         ...
 
     def close(self) -> None:

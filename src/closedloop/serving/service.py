@@ -33,15 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from closedloop.backends.base import EventStream
 from closedloop.data.instants import instant_micros, now_micros
 from closedloop.data.labels import known_labels
-from closedloop.data.sources import ARROW_TYPES, LabelSource
+from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
 from closedloop.errors import BackendError, DataError, RequestError, ServingError
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService, OnlineFetch
 from closedloop.registry.service import LoadedModel, RegistryService
-from closedloop.serving import batch
+from closedloop.serving import batch, stream
 from closedloop.serving.log import PredictionLog
 from closedloop.serving.router import Router
 from closedloop.serving.spec import STAGES, Serving
@@ -290,7 +291,8 @@ class ServingService:
 
     def __init__(self, servings: Mapping[str, Serving], models: Mapping[str, Model],
                  registry: RegistryService, features: FeatureService, catalog: Catalog,
-                 log: PredictionLog, scoring: Path | None = None) -> None:
+                 log: PredictionLog, scoring: Path | None = None,
+                 events: EventStream | None = None) -> None:
         self.servings = dict(servings)
         self.models = dict(models)
         self.registry = registry
@@ -298,6 +300,7 @@ class ServingService:
         self.catalog = catalog
         self.log = log
         self.scoring = scoring or log.root.parent / "scoring"
+        self.events = events
         unknown = sorted(set(self.servings) - set(self.models))
         if unknown:
             raise ServingError(f"serving declarations name models that are not declared: "
@@ -399,6 +402,39 @@ class ServingService:
     def stored_score(self, model: str, key: str) -> batch.StoredScore | None:
         """The batch score of one entity key, as ``score`` wrote it, or None."""
         return batch.lookup(self.features, model, key)
+
+    # -- streaming inference -----------------------------------------------------------------
+    def _events(self) -> EventStream:
+        if self.events is None:
+            raise ServingError("no event stream is configured",
+                               fix="set [stream] url in closedloop.toml (Redis Streams)")
+        return self.events
+
+    def _event_source(self, name: str) -> EventSource:
+        source = self.catalog.sources.get(name)
+        if not isinstance(source, EventSource):
+            known = sorted(n for n, s in self.catalog.sources.items()
+                           if isinstance(s, EventSource))
+            raise ServingError(f"there is no event source {name!r}",
+                               fix=f"the event sources are {known}")
+        return source
+
+    def publish(self, source: str, rows: pa.Table) -> int:
+        """Put events of ``source`` on its stream for the scorers; how many."""
+        records = stream.encode_events(self._event_source(source), rows)
+        self._events().publish(stream.events_stream(source), records)
+        return len(records)
+
+    def scorer(self, model: str, *, source: str | None = None, group: str = "closedloop",
+               consumer: str = "scorer-1") -> stream.StreamScorer:
+        """A consumer of ``group`` scoring ``model`` on the events of ``source`` (default:
+        the model's rows source) — see ``closedloop.serving.stream``."""
+        self.serving(model)
+        name = source or self.models[model].rows
+        predictor = self.predictor(model)
+        return stream.StreamScorer(model, predictor, self.features, self._events(),
+                                   self._event_source(name), self.log, group=group,
+                                   consumer=consumer)
 
     # -- the log -----------------------------------------------------------------------------
     def predictions(self, model: str, *, labels: bool = True, at: datetime | None = None,
