@@ -161,3 +161,44 @@ def stream(
     lag = "" if p50 is None else f"; lag p50 {p50:.0f} ms, p99 {p99:.0f} ms"
     out.print(f"{consumer}: scored {report.events:,} events in {report.batches:,} batches "
               f"({report.per_s:,.0f}/s){lag}")
+
+
+@app.command()
+def cost(
+    model: Annotated[list[str] | None, typer.Argument(help="Models (default: all).")] = None,
+    project: ProjectOpt = Path("."),
+) -> None:
+    """What each model costs, from measurement: CPU seconds per 1,000 predictions (online,
+    batch, stream), predictions and prediction-log bytes per day, training CPU; priced with
+    [cost] cpu_hour and gb_month: training vs serving vs data, and the day serving overtakes
+    training."""
+    with _errors(), _open(project) as p:
+        prices = p.settings.cost.model_dump()
+        names = model or list(p.serving.models)
+        reports = [p.serving.cost(name, prices) for name in names]
+    table = Table(title="cost per model, measured", box=None, header_style="bold")
+    for col in ("model", "train CPU s", "CPU s/1k online", "batch", "stream", "predictions/day",
+                "log MB/day"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    priced = any(r.training_cost is not None for r in reports)
+    if priced:
+        for col in ("training", "serving/day", "data/day", "serving overtakes"):
+            table.add_column(col, justify="right")
+    for r in reports:
+        cells = [r.model, f"{r.training_cpu_s:,.1f}",
+                 *(f"{r.cpu_s_per_1000[m]:.3f}" if m in r.cpu_s_per_1000 else "-"
+                   for m in ("online", "batch", "stream")),
+                 f"{r.predictions_per_day:,.0f}", f"{r.log_bytes_per_day / 1e6:,.2f}"]
+        if priced:
+            day = r.overtakes_on_day
+            cells += [_money(v, r.currency) for v in (r.training_cost, r.serving_cost_per_day,
+                                                      r.data_cost_per_day)]
+            cells.append("-" if day is None else f"day {day:,}")
+        table.add_row(*cells)
+    out.print(table)
+    if not priced:
+        out.print("set \\[cost] cpu_hour and gb_month in closedloop.toml to price these")
+
+
+def _money(value: float | None, currency: str) -> str:
+    return "-" if value is None else f"{value:,.4f} {currency}"

@@ -63,6 +63,12 @@ class StreamSettings(_Section):
     prefix: str = "cl:"
 
 
+class CostSettings(_Section):
+    cpu_hour: float | None = Field(default=None, ge=0)    # price of one CPU-hour
+    gb_month: float | None = Field(default=None, ge=0)    # price of a GB stored a month
+    currency: str = "USD"
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -76,6 +82,7 @@ class Settings(_Section):
     metadata: MetadataSettings = MetadataSettings()
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
+    cost: CostSettings = CostSettings()
 
 
 def load_settings(path: Path | None) -> Settings:

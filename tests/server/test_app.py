@@ -310,3 +310,15 @@ def test_a_slow_shadow_stays_off_the_request_path(served: cl.Project) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_the_server_measures_what_serving_costs(served: cl.Project) -> None:
+    process, port = start_server(served.root)
+    client = Server(port, served, process)
+    for i in range(30):
+        assert client.predict([{**INSTANCE, "user_id": f"c{i}"}])[0] == 200
+    stop_server(process)                          # the last usage is logged at shutdown
+    report = served.serving.cost("fraud")
+    assert report.predictions == 30                # the usage the server logged counts them
+    assert report.cpu_s_per_1000["online"] > 0
+    assert report.log_bytes_per_day > 0

@@ -37,3 +37,17 @@ def test_score_and_budget_commands(served: cl.Project) -> None:
     assert over.returncode == 0, over.stderr
     assert "over budget: fetch" in over.stdout
     assert run("budget", "nope", "-p", root).returncode == 2
+
+
+def test_the_cost_command_prices_what_was_measured(served: cl.Project) -> None:
+    root = str(served.root)
+    served.serving.score("risk", at=END)
+    plain = run("cost", "risk", "-p", root)
+    assert plain.returncode == 0, plain.stderr
+    assert "set [cost]" in plain.stdout
+    config = served.root / "closedloop.toml"
+    config.write_text(config.read_text() + "\n[cost]\ncpu_hour = 0.05\ngb_month = 0.02\n")
+    priced = run("cost", "-p", root)
+    assert priced.returncode == 0, priced.stderr
+    assert "USD" in priced.stdout
+    assert "day " in priced.stdout                 # risk: batch serving overtakes training

@@ -66,6 +66,8 @@ class ServingApp:
         self._reloader: asyncio.Task[None] | None = None
         self._shadow: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1024)
         self._shadow_thread: threading.Thread | None = None
+        self._made: dict[str, int] = {}            # predictions since the last usage record
+        self._cpu = time.process_time()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,7 +87,7 @@ class ServingApp:
 
     def stop(self) -> None:
         """Drop the shadow work not begun (shutting down is not worth a production delay),
-        let the shadow in progress finish, close the project."""
+        let the shadow in progress finish, log the last usage, close the project."""
         while True:
             try:
                 item = self._shadow.get_nowait()
@@ -96,12 +98,28 @@ class ServingApp:
         self._shadow.put(None)
         if self._shadow_thread is not None:
             self._shadow_thread.join(timeout=10)
+        self.record_usage()
         self.project.close()
+
+    def record_usage(self) -> None:
+        """Log the process CPU spent since the last call, split across the models by their
+        predictions (``closedloop cost`` measures from it)."""
+        now = time.process_time()
+        spent, self._cpu = now - self._cpu, now
+        made, self._made = self._made, {}
+        total = sum(made.values())
+        for model, count in made.items():
+            self.project.serving.usage(model, "online", spent * count / total, count)
 
     async def _reload_loop(self) -> None:
         serving = self.project.serving
+        ticks = 0
         while True:
             await asyncio.sleep(self.reload_s)
+            ticks += 1
+            if ticks * self.reload_s >= _USAGE_EVERY_S:
+                ticks = 0
+                await asyncio.to_thread(self.record_usage)
             for name, current in list(self.predictors.items()):
                 try:
                     aliases = await asyncio.to_thread(serving.aliases, name)
@@ -238,6 +256,7 @@ class ServingApp:
         m.request.labels(name).observe(time.perf_counter() - start)
         for p in served.predictions:
             m.predictions.labels(name, p.route, p.decision).inc()
+        self._made[name] = self._made.get(name, 0) + len(served.predictions)
         if served.fallback_reason is not None:
             m.fallbacks.labels(name).inc(len(served.predictions))
         if served.after is not None:
@@ -247,6 +266,7 @@ class ServingApp:
                 m.shadow_dropped.labels(name).inc(len(served.predictions))
 
 
+_USAGE_EVERY_S = 5.0                  # how often the server logs its CPU use
 _GETS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/v1/models"}
 
 

@@ -43,6 +43,7 @@ from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService, OnlineFetch
 from closedloop.registry.service import LoadedModel, RegistryService
 from closedloop.serving import batch, stream
+from closedloop.serving import cost as costing
 from closedloop.serving.log import PredictionLog
 from closedloop.serving.router import Router
 from closedloop.serving.spec import STAGES, Serving
@@ -395,9 +396,12 @@ class ServingService:
         wanted = (batch.entity_keys(self.features, views, key, key_type) if keys is None
                   else list(keys))
         t = now_micros() if at is None else instant_micros(at)
-        return batch.score_entities(model, loaded, columns, key, key_type, wanted,
-                                    self.features, t, self.scoring / f"{model}.json",
-                                    restart=restart, progress=progress, chunk=chunk)
+        cpu0 = time.process_time()
+        report = batch.score_entities(model, loaded, columns, key, key_type, wanted,
+                                      self.features, t, self.scoring / f"{model}.json",
+                                      restart=restart, progress=progress, chunk=chunk)
+        self.usage(model, "batch", time.process_time() - cpu0, report.scored)
+        return report
 
     def stored_score(self, model: str, key: str) -> batch.StoredScore | None:
         """The batch score of one entity key, as ``score`` wrote it, or None."""
@@ -434,7 +438,24 @@ class ServingService:
         predictor = self.predictor(model)
         return stream.StreamScorer(model, predictor, self.features, self._events(),
                                    self._event_source(name), self.log, group=group,
-                                   consumer=consumer)
+                                   consumer=consumer, usage=self.usage)
+
+    # -- cost ----------------------------------------------------------------------------------
+    def usage(self, model: str, mode: str, cpu_s: float, predictions: int) -> None:
+        """Log CPU seconds spent on ``predictions`` predictions in ``mode`` (online, batch,
+        stream) — what ``cost`` measures from."""
+        if predictions:
+            self.log.append(model, [costing.usage_record(model, mode, cpu_s, predictions,
+                                                      now_micros())]).result()
+
+    def cost(self, model: str, prices: Mapping[str, Any] | None = None) -> costing.CostReport:
+        """The model's measured training, serving and data costs (``serving/cost.py``),
+        priced by ``prices`` (``cpu_hour``, ``gb_month``, ``currency``) when given."""
+        self.serving(model)
+        runs = [r.record.get("cpu_seconds", 0.0) for r in self.registry.training.runs_store
+                .runs(model) if r.status == "finished"]
+        size = sum(p.stat().st_size for p in self.log.segments(model))
+        return costing.cost_report(model, self.log.records(model), size, runs, prices or {})
 
     # -- the log -----------------------------------------------------------------------------
     def predictions(self, model: str, *, labels: bool = True, at: datetime | None = None,

@@ -111,7 +111,8 @@ class StreamScorer:
 
     def __init__(self, model: str, predictor: Any, features: FeatureService,
                  stream: EventStream, source: EventSource, log: PredictionLog,
-                 group: str = "closedloop", consumer: str = "scorer-1") -> None:
+                 group: str = "closedloop", consumer: str = "scorer-1",
+                 usage: Callable[[str, str, float, int], None] | None = None) -> None:
         self.model = model
         self.predictor = predictor
         self.features = features
@@ -120,6 +121,7 @@ class StreamScorer:
         self.log = log
         self.group = group
         self.consumer = consumer
+        self.usage = usage
 
     def run(self, *, max_events: int | None = None, idle_s: float | None = None,
             batch: int = 500, block_ms: int = 200, stop: threading.Event | None = None,
@@ -129,7 +131,7 @@ class StreamScorer:
         name = events_stream(self.source.name)
         self.stream.ensure_group(name, self.group)
         report = StreamReport(self.model, self.consumer)
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         quiet_since = time.monotonic()
         while stop is None or not stop.is_set():
             if max_events is not None and report.events >= max_events:
@@ -145,6 +147,8 @@ class StreamScorer:
             if progress:
                 progress(report.events, max_events or 0, f"{report.events:,} events scored")
         report.seconds = time.perf_counter() - start
+        if self.usage is not None:
+            self.usage(self.model, "stream", time.process_time() - cpu0, report.events)
         return report
 
     def _batch(self, records: list[tuple[str, dict[str, bytes]]], report: StreamReport) -> None:
