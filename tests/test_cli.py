@@ -10,6 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import closedloop as cl
+
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "closedloop", *args], cwd=cwd,
@@ -103,7 +105,16 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert '"version": 1' in shown.stdout
     assert '"training_set_hash"' in shown.stdout
     assert (tmp_path / "demo" / ".closedloop" / "reports" / run_id / "report.html").exists()
+    # It served the model over HTTP under simulated traffic, every request answered, and
+    # reported the latency against the budget and the cost.
+    assert "served over HTTP: 3,000 requests (0 failed)" in result.stdout
+    assert "latency budget of fraud: 3,000 predictions" in result.stdout
+    assert "serving overtakes" in result.stdout
     demo = str(tmp_path / "demo")
+    with cl.Project(tmp_path / "demo") as served:
+        assert served.serving.cost("fraud").cpu_s_per_1000["online"] > 0
+        assert len([r for r in served.prediction_log.records("fraud")
+                    if r["kind"] == "prediction"]) == 3000
     moved = run("models", "alias", "fraud", "canary", "1", "-p", demo)
     assert moved.returncode == 0, moved.stderr
     assert "canary=1" in moved.stdout

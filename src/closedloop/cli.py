@@ -644,8 +644,10 @@ def demo(
         "--dir", help="Where to write the demo project (default: a temporary folder).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated world.")] = 0,
 ) -> None:
-    """Run the main job on the embedded defaults, no server: generate a fraud world, register
-    its feature definitions, and build a point-in-time training set for every transaction."""
+    """Run the main job on the embedded defaults, no server to install: generate a fraud
+    world, register its definitions, build a point-in-time training set, train and register
+    the model, serve it in process and over HTTP under simulated traffic, and report the
+    latency against its budget and the cost."""
     from closedloop.demo import run_demo
 
     target = folder or Path(tempfile.mkdtemp(prefix="closedloop-demo-"))
@@ -689,6 +691,14 @@ def demo(
               f"end; served {report.served} vectors, p50 {report.seconds_online_p50 * 1e3:.2f} ms "
               "in process (one store round trip each)")
     render_consistency(list(report.consistency))
+    out.print(f"\n[bold]served over HTTP[/]: {report.http_requests:,} requests "
+              f"({report.http_failed} failed) at {report.http_per_s:,.0f}/s from 8 clients, "
+              "each prediction in the prediction log before its response", soft_wrap=True)
+    if report.budget is not None:
+        from closedloop.cli_serving import render_budget, render_cost
+
+        render_budget(report.budget)
+        render_cost([report.cost])
     out.print(f"next: cd {report.folder} && closedloop reproduce {report.run_id}")
 
 

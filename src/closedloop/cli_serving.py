@@ -176,6 +176,14 @@ def cost(
         prices = p.settings.cost.model_dump()
         names = model or list(p.serving.models)
         reports = [p.serving.cost(name, prices) for name in names]
+    render_cost(reports)
+
+
+def _money(value: float | None, currency: str) -> str:
+    return "-" if value is None else f"{value:.3g} {currency}"
+
+
+def render_cost(reports: list[Any]) -> None:
     table = Table(title="cost per model, measured", box=None, header_style="bold")
     for col in ("model", "train CPU s", "CPU s/1k online", "batch", "stream", "predictions/day",
                 "log MB/day"):
@@ -198,7 +206,3 @@ def cost(
     out.print(table)
     if not priced:
         out.print("set \\[cost] cpu_hour and gb_month in closedloop.toml to price these")
-
-
-def _money(value: float | None, currency: str) -> str:
-    return "-" if value is None else f"{value:,.4f} {currency}"

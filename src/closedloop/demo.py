@@ -1,15 +1,26 @@
-"""The demo: the main job on the embedded defaults, no server.
+"""The demo: the main job on the embedded defaults, no server to install.
 
 It writes a fraud project (a simulated world of ``n_users`` users over 90 days), registers its
 definitions, ingests the world's exports (transactions, nightly profiles, chargebacks that
 settle up to 60 days late) into the offline store, reports the labels' delay, and builds a
 point-in-time training set for every transaction whose label window has closed: the features
-as they were known at the transaction's own time, the label as known at the cutoff.
+as they were known at the transaction's own time, the label as known at the cutoff. It trains
+and registers the model, materializes the online store, serves vectors in process and checks
+them against the offline path, then serves the model over HTTP (``closedloop serve`` on a
+free local port), drives simulated traffic at it, and measures the latency decomposition
+against the budget and the cost.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import signal
+import socket
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +32,7 @@ import pyarrow.parquet as pq
 
 from closedloop.data.ingest import IngestReport
 from closedloop.data.labels import DelayReport, MaturityReport
+from closedloop.errors import ServingError
 from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
@@ -50,6 +62,11 @@ class DemoReport:
     run_seconds: dict[str, float] | None = None
     version: int = 0
     report: Path | None = None
+    http_requests: int = 0
+    http_failed: int = 0
+    http_per_s: float = 0.0
+    budget: dict[str, Any] | None = None
+    cost: Any = None
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:
         """Per feature: share missing, mean on fraud rows, mean on legitimate rows."""
@@ -120,11 +137,91 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
             timings.append(time.perf_counter() - s)
         say("replaying the served vectors offline")
         report = project.features.consistency()
+        say(f"serving over HTTP: {HTTP_REQUESTS:,} requests from {HTTP_CLIENTS} clients")
+        sent, failed, per_s = drive_http(root, _requests(txns, HTTP_REQUESTS))
+        budget = project.serving.budget("fraud")
+        cost = project.serving.cost("fraud", PRICES)
     return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output,
                       sum(r.entities for r in materialized), len(last),
                       statistics.median(timings) if timings else 0.0, tuple(report),
                       tuple(ingests), delay, maturity, run.id, run.record["metrics"],
-                      run.record["seconds"], version.version, reports / "report.html")
+                      run.record["seconds"], version.version, reports / "report.html",
+                      sent, failed, per_s, budget, cost)
+
+
+HTTP_REQUESTS, HTTP_CLIENTS = 3000, 8
+#: An illustrative price sheet for the demo's cost report (a cloud vCPU-hour, object storage).
+PRICES = {"cpu_hour": 0.04, "gb_month": 0.023, "currency": "USD"}
+
+
+def _requests(txns: pa.Table, n: int) -> list[bytes]:
+    """Simulated traffic: transactions of the world replayed as prediction requests."""
+    rows = txns.slice(0, n).to_pylist()
+    return [json.dumps({"instances": [{"user_id": r["user_id"], "txn_id": f"live-{r['txn_id']}",
+                                       "amount": r["amount"], "country": r["country"]}]}).encode()
+            for r in rows]
+
+
+def drive_http(root: Path, bodies: list[bytes], clients: int = HTTP_CLIENTS,
+               ) -> tuple[int, int, float]:
+    """Start ``closedloop serve`` on a free port, send ``bodies`` from ``clients`` keep-alive
+    connections, stop the server; (requests, failed, requests per second)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = subprocess.Popen([sys.executable, "-m", "closedloop", "serve", "-p", str(root),
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(port, server)
+        failed = [0] * clients
+
+        def client(k: int) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                for body in bodies[k::clients]:
+                    conn.request("POST", "/v1/models/fraud:predict", body=body,
+                                 headers={"content-type": "application/json"})
+                    response = conn.getresponse()
+                    response.read()
+                    failed[k] += response.status != 200
+            finally:
+                conn.close()
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+    finally:
+        server.send_signal(signal.SIGTERM)         # the server logs its usage as it stops
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return len(bodies), sum(failed), len(bodies) / seconds
+
+
+def _wait_ready(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ServingError(f"the demo server exited with {server.returncode}",
+                               fix="run `closedloop serve` in the demo folder to see why")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+        finally:
+            conn.close()
+    raise ServingError("the demo server did not become ready within 60 s",
+                       fix="run `closedloop serve` in the demo folder to see why")
 
 
 def _last_per_user(txns: pa.Table, limit: int) -> list[dict[str, Any]]:

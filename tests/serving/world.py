@@ -13,6 +13,7 @@ import pytest
 import closedloop as cl
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, write_fraud_project
+from closedloop.sim.fraud_project import SERVING as DEMO_SERVING
 
 END = FraudWorld().end
 SMALL = ("trainer=cl.LightGBMTrainer(num_boost_round=150, learning_rate=0.05, num_leaves=15, "
@@ -37,7 +38,8 @@ serving = cl.Serving("fraud", unit="user_id", subject="txn_id", holdout=0.1, can
 def served_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_fraud_project(tmp_path_factory.mktemp("serving") / "proj", n_users=600,
                                seed=3)
-    text = (root / "definitions.py").read_text().replace(SMALL, FAST) + SERVING
+    text = (root / "definitions.py").read_text().replace(SMALL, FAST).replace(
+        DEMO_SERVING, "") + SERVING
     (root / "definitions.py").write_text(text)
     with cl.Project(root) as p:
         p.apply()

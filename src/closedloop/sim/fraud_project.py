@@ -77,7 +77,7 @@ fraud = cl.Model(
     slices=["country", "user_profile.account_age_days"], protected=["country"],
     description="Card fraud, scored at the transaction; labels are chargebacks.",
 )
-'''
+__SERVING__'''
 
 FEATURES = [  # the model's features, written into the definitions above
     "user_txn.amount_sum_1h", "user_txn.amount_sum_1d", "user_txn.amount_sum_30d",
@@ -89,8 +89,18 @@ FEATURES = [  # the model's features, written into the definitions above
 ]
 
 
+#: How the model is served (replaceable as a whole: tests declare their own).
+SERVING = '''
+# Served by user: 2% held out (scored and logged, answered "allow"); decisions by score; a
+# fallback score when the online store is down.
+serving = cl.Serving("fraud", unit="user_id", subject="txn_id", holdout=0.02,
+                     decisions=[("block", 0.5), ("review", 0.1)], default_decision="allow",
+                     fallback=0.01, budget=cl.Budget(p99_ms=50, fetch_ms=15, transform_ms=5,
+                                                     inference_ms=30, post_ms=5))
+'''
+
 DEFINITIONS = DEFINITIONS.replace("__FEATURES__", "[\n        " + ",\n        ".join(
-    repr(f) for f in FEATURES) + ",\n    ]")
+    repr(f) for f in FEATURES) + ",\n    ]").replace("__SERVING__", SERVING)
 
 #: The world's exports (in data/) and the sources they are ingested into.
 EXPORTS = {"transactions": "transactions.parquet", "profiles": "profiles.parquet",
