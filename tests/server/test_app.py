@@ -322,3 +322,34 @@ def test_the_server_measures_what_serving_costs(served: cl.Project) -> None:
     assert report.predictions == 30                # the usage the server logged counts them
     assert report.cpu_s_per_1000["online"] > 0
     assert report.log_bytes_per_day > 0
+
+
+def test_load_beyond_capacity_is_shed_with_a_503(served: cl.Project) -> None:
+    config = served.root / "closedloop.toml"
+    config.write_text(config.read_text() + "\n[serving]\nmax_inflight = 1\n")
+    process, port = start_server(served.root)
+    client = Server(port, served, process)
+    results: list[tuple[int, dict[str, str], bytes]] = []
+    lock = threading.Lock()
+    body = json.dumps({"instances": [INSTANCE]}).encode()
+
+    def burst() -> None:
+        for _ in range(10):
+            got = client.request("POST", "/v1/models/fraud:predict", body)
+            with lock:
+                results.append(got)
+
+    try:
+        threads = [threading.Thread(target=burst) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        _, _, metrics = client.request("GET", "/metrics")
+    finally:
+        stop_server(process)
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) == {200, 503}, set(statuses)
+    shed = [(h, json.loads(b)) for s, h, b in results if s == 503]
+    assert all(h["retry-after"] == "1" and b["code"] == "CL-702" for h, b in shed)
+    assert f"closedloop_shed_total {float(len(shed))}" in metrics.decode()
