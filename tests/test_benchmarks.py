@@ -52,3 +52,16 @@ def test_the_serve_workload_reports_a_row_per_concurrency() -> None:
         assert r["errors"] == 0, r
         assert r["per_s"] > 0
         assert r["p99_ms"] >= r["p50_ms"] > 0
+
+
+def test_the_stream_workload_scores_every_event() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "stream", "--scale", "0.02", "--repeat", "1",
+         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {r["system"] for r in lines} == {"closedloop", "floor"}
+    for r in lines:
+        assert r["mismatches"] == 0, r
+        assert r["per_s"] > 0
+        assert r["p99_ms"] >= r["p50_ms"] > 0
