@@ -90,7 +90,8 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
     return results
 
 
-def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> None:
+def render(results: list[dict[str, Any]], anchor: str | None, metric: str,
+           higher: bool = False) -> None:
     """One line per system; ratios on the workload's headline metric (lower is better)."""
     def floor_of(r: dict[str, Any]) -> dict[str, Any] | None:
         return next((f for f in results if f["system"] == "floor"
@@ -109,7 +110,10 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str) -> No
         if r["system"].startswith("closedloop") and floor:
             ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
         elif r["system"] == anchor and ours:
-            ratio = f"closedloop {r[metric] / ours[0][metric]:.1f}x better ({metric})"
+            mine = [o for o in ours if o.get("concurrency") == r.get("concurrency")] or ours
+            better = [(o["system"], o[metric] / r[metric] if higher else r[metric] / o[metric])
+                      for o in mine]
+            ratio = ", ".join(f"{name} {x:.1f}x better" for name, x in better) + f" ({metric})"
         cells = "".join(f"{r[k]:>{width[k]}.4g}" if k in r else " " * width[k] for k in extra)
         print(f"{r['system']:<18}{r['seconds']:>9.3f}{cells}{r['peak_mb']:>9.0f}"
               f"{r['mismatches']:>11}  {ratio}")
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(r), flush=True)
         else:
             render(results, WORKLOADS[name].ANCHOR, getattr(WORKLOADS[name], "METRIC",
-                                                                  "seconds"))
+                                                                  "seconds"),
+                   getattr(WORKLOADS[name], "HIGHER_IS_BETTER", False))
     return 0
 
 

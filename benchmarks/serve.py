@@ -13,6 +13,9 @@ by closedloop once per data size. Each request carries one instance (a random us
 * ``floor``: ``benchmarks/serve_floor.py``, a hand-written ASGI app on the same stack
   (uvicorn, uvloop, httptools, one worker): parse, one Redis GET of a packed vector, LightGBM
   predict on one numpy row, respond — nothing else.
+* ``mlflow`` (the anchor): ``mlflow models serve`` of the same model, one worker, each
+  request carrying the user's feature vector (MLflow fetches no features). It needs a Python
+  with mlflow and lightgbm: ``MLFLOW_PYTHON``, or mlflow importable here.
 
 Figures, one row per concurrency: ``per_s`` (requests per second), ``p50_ms``, ``p99_ms``
 (wrk's latency distribution), ``errors`` (non-2xx responses and socket errors). Outputs
@@ -22,6 +25,7 @@ compared: the scores of 200 users, requested one by one after the load.
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import os
 import re
@@ -165,12 +169,13 @@ def _ms(text: str) -> float:
     return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[found.group(2)]
 
 
-def _wrk(port: int, path: str, users: int, concurrency: int) -> dict[str, float]:
+def _wrk(port: int, path: str, users: int, concurrency: int,
+         lua: str | None = None) -> dict[str, float]:
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError("the serve workload needs wrk (Debian: apt-get install wrk)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(LUA.format(users=users, path=path))
+        f.write(lua or LUA.format(users=users, path=path))
     out = subprocess.run([exe, "-t1", f"-c{concurrency}", f"-d{SECONDS}s", "--latency",
                           "-s", f.name, f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
@@ -241,6 +246,82 @@ def _closedloop(store: str) -> Any:
     return setup
 
 
+SAVE_MLFLOW = """
+import sys, lightgbm, mlflow.lightgbm
+mlflow.lightgbm.save_model(lightgbm.Booster(model_file=sys.argv[1]), sys.argv[2])
+"""
+MLFLOW_LUA = '''
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+math.randomseed(7)
+local bodies = {{{bodies}}}
+request = function()
+  return wrk.format(nil, "/invocations", nil, bodies[math.random(1, #bodies)])
+end
+'''
+
+
+def _vectors(root: Path, users: int) -> tuple[list[str], list[np.ndarray]]:
+    """Every user's online feature vector as served now (what the floor and MLflow get)."""
+    with cl.Project(root) as project:
+        project.features.materialize()
+        names = [f"u{i}" for i in range(users)]
+        vectors = project.features.online([{"user_id": u} for u in names], REFS)
+    assert isinstance(vectors, list)
+    return names, [np.array([np.nan if v.values[r] is None else v.values[r] for r in REFS],
+                            dtype=np.float64) for v in vectors]
+
+
+def _mlflow(data: Path) -> Any:
+    """The anchor: ``mlflow models serve`` of the same LightGBM model (its pyfunc flavour, one
+    worker), the request carrying the features — MLflow has no feature fetch."""
+    python = os.environ.get("MLFLOW_PYTHON") or (
+        sys.executable if importlib.util.find_spec("mlflow") else None)
+    if python is None:
+        raise RuntimeError("the mlflow system needs a Python with mlflow and lightgbm: set "
+                           "MLFLOW_PYTHON (python -m venv .venv-mlflow && .venv-mlflow/bin/pip "
+                           "install mlflow lightgbm)")
+    work = Path(tempfile.mkdtemp(prefix="cl-bench-mlflow-"))
+    subprocess.run([python, "-c", SAVE_MLFLOW, str(data / "model.txt"), str(work / "model")],
+                   check=True, capture_output=True)
+    users = json.loads((data / "done.json").read_text())["users"]
+    root = work / "project"
+    shutil.copytree(data / "project", root)
+    _, rows = _vectors(root, users)
+    import lightgbm as lgb
+
+    columns = lgb.Booster(model_file=str(data / "model.txt")).feature_name()
+
+    def body(row: np.ndarray) -> str:      # a missing value as NaN, which MLflow reads
+        return json.dumps({"dataframe_split": {"columns": columns,
+                                               "data": [[float(x) for x in row]]}})
+    port = _free_port()
+    process = subprocess.Popen(
+        [python, "-m", "mlflow", "models", "serve", "-m", str(work / "model"), "--env-manager",
+         "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"], cwd=work,
+        env={**os.environ, "PATH": f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)   # it runs `uvicorn` by PATH
+    _wait_ready(port, process, "/ping")
+    lua = MLFLOW_LUA.format(bodies=", ".join(json.dumps(body(r)) for r in rows[:1000]))
+
+    def job() -> Any:
+        try:
+            runs = [_wrk(port, "/invocations", users, c, lua=lua) for c in CONCURRENCY]
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            scores = []
+            for row in rows[:CHECKED]:
+                conn.request("POST", "/invocations", body=body(row),
+                             headers={"content-type": "application/json"})
+                answer = json.loads(conn.getresponse().read())
+                scores.append(float(answer["predictions"][0]))
+            conn.close()
+            return pa.table({"label_id": np.arange(CHECKED), "score": scores}), {"runs": runs}
+        finally:
+            _stop(process)
+            shutil.rmtree(work, ignore_errors=True)
+    return job
+
+
 def _floor(data: Path) -> Any:
     import redis
 
@@ -249,15 +330,9 @@ def _floor(data: Path) -> Any:
     users = json.loads((data / "done.json").read_text())["users"]
     prefix = f"clbench:{uuid.uuid4().hex}:"
     client = redis.Redis()
-    with cl.Project(root) as project:
-        project.features.materialize()
-        names = [f"u{i}" for i in range(users)]
-        vectors = project.features.online([{"user_id": u} for u in names], REFS)
-    assert isinstance(vectors, list)
+    names, rows = _vectors(root, users)
     pipe = client.pipeline(transaction=False)
-    for name, v in zip(names, vectors, strict=True):
-        row = np.array([np.nan if v.values[r] is None else v.values[r] for r in REFS],
-                       dtype=np.float64)
+    for name, row in zip(names, rows, strict=True):
         pipe.set(prefix + name, row.tobytes())
     pipe.execute()
     port = _free_port()
@@ -282,9 +357,9 @@ def _floor(data: Path) -> Any:
 class _Serve:
     SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
                                          "closedloop-redis": _closedloop("redis"),
-                                         "floor": _floor}
+                                         "floor": _floor, "mlflow": _mlflow}
     SETUP: ClassVar[set[str]] = set(SYSTEMS)
-    ANCHOR = None
+    ANCHOR = "mlflow"
     METRIC = "per_s"
     HIGHER_IS_BETTER = True
     OUTPUTS = OUTPUTS
