@@ -64,7 +64,12 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
     if not as_json:
         print(f"\n== {name}: generating data (scale {scale:g}) ...", flush=True)
     data = module.DATA(scale)
-    chosen = [s for s in module.SYSTEMS if systems is None or s in systems or s == "floor"]
+    missing = module.unavailable() if hasattr(module, "unavailable") else {}
+    for system, why in missing.items():
+        if systems is None or system in systems:
+            print(f"{name}: leaving out {system}: {why}", file=sys.stderr, flush=True)
+    chosen = [s for s in module.SYSTEMS if (systems is None or s in systems or s == "floor")
+              and s not in missing]
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in chosen}
     outs = {s: Path(tempfile.mkdtemp()) / f"{s}.parquet" for s in chosen}
     for _ in range(repeat):                 # interleave systems so drift hits all alike

@@ -275,8 +275,7 @@ def _vectors(root: Path, users: int) -> tuple[list[str], list[np.ndarray]]:
 def _mlflow(data: Path) -> Any:
     """The anchor: ``mlflow models serve`` of the same LightGBM model (its pyfunc flavour, one
     worker), the request carrying the features — MLflow has no feature fetch."""
-    python = os.environ.get("MLFLOW_PYTHON") or (
-        sys.executable if importlib.util.find_spec("mlflow") else None)
+    python = _mlflow_python()
     if python is None:
         raise RuntimeError("the mlflow system needs a Python with mlflow and lightgbm: set "
                            "MLFLOW_PYTHON (python -m venv .venv-mlflow && .venv-mlflow/bin/pip "
@@ -354,6 +353,11 @@ def _floor(data: Path) -> Any:
     return _load(port, "/predict", users, process, cleanup)
 
 
+def _mlflow_python() -> str | None:
+    return os.environ.get("MLFLOW_PYTHON") or (
+        sys.executable if importlib.util.find_spec("mlflow") else None)
+
+
 class _Serve:
     SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
                                          "closedloop-redis": _closedloop("redis"),
@@ -361,6 +365,13 @@ class _Serve:
     SETUP: ClassVar[set[str]] = set(SYSTEMS)
     ANCHOR = "mlflow"
     METRIC = "per_s"
+
+    @staticmethod
+    def unavailable() -> dict[str, str]:
+        """Systems that cannot run here, and why (the harness leaves them out)."""
+        return {} if _mlflow_python() else {
+            "mlflow": "set MLFLOW_PYTHON to a Python with mlflow and lightgbm to run the "
+                      "anchor (see README)"}
     HIGHER_IS_BETTER = True
     OUTPUTS = OUTPUTS
     DATA = staticmethod(serve_data)
