@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from closedloop.backends.base import RegisteredDefinition
 from closedloop.data.sources import AnySource, Entity, EventSource, LabelSource, TableSource
@@ -29,6 +29,9 @@ from closedloop.features.definitions import FeatureView, Transform
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]+))?\.([A-Za-z_][A-Za-z0-9_]*)$")
 
 Definition = Entity | EventSource | TableSource | LabelSource | FeatureView | Transform
+
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,17 @@ class Catalog:
         out += [self.views[k] for k in sorted(self.views)]
         out += [self.transforms[k] for k in sorted(self.transforms)]
         return out
+
+    def source_of(self, name: str, kind: type[S]) -> S:
+        """The source named ``name`` if it is of ``kind`` (``LabelSource``, ``EventSource``,
+        …), else a DefinitionError listing the sources of that kind."""
+        source = self.sources.get(name)
+        if not isinstance(source, kind):
+            known = sorted(n for n, s in self.sources.items() if isinstance(s, kind))
+            what = getattr(kind, "kind", "such")           # "label", "event", "table"
+            raise DefinitionError(f"there is no {what} source {name!r}",
+                                  fix=f"the {what} sources are {known}")
+        return source
 
     def view(self, name: str, version: int | None = None) -> FeatureView:
         versions = sorted(v for (n, v) in self.views if n == name)

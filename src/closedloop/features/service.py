@@ -18,7 +18,6 @@ from closedloop.data.sources import ARROW_TYPES, LabelSource
 from closedloop.errors import (
     ConfigError,
     DataError,
-    DefinitionError,
     SchemaMismatch,
     UnknownFeatureError,
 )
@@ -286,12 +285,7 @@ class FeatureService:
 
     def _matured(self, table: pa.Table, labels: str, cutoff: datetime | None,
                  subject: str | None, timestamp: str | None) -> pa.Table:
-        source = self.catalog.sources.get(labels)
-        if not isinstance(source, LabelSource):
-            known = sorted(n for n, s in self.catalog.sources.items()
-                           if isinstance(s, LabelSource))
-            raise DefinitionError(f"there is no label source {labels!r}",
-                                  fix=f"the label sources are {known}")
+        source = self.catalog.source_of(labels, LabelSource)
         when = cutoff or datetime.now(UTC)
         held = self.engine.read(source, [source.subject, source.timestamp, source.label,
                                          source.settled_at])

@@ -415,13 +415,7 @@ class ServingService:
         return self.events
 
     def _event_source(self, name: str) -> EventSource:
-        source = self.catalog.sources.get(name)
-        if not isinstance(source, EventSource):
-            known = sorted(n for n, s in self.catalog.sources.items()
-                           if isinstance(s, EventSource))
-            raise ServingError(f"there is no event source {name!r}",
-                               fix=f"the event sources are {known}")
-        return source
+        return self.catalog.source_of(name, EventSource)
 
     def publish(self, source: str, rows: pa.Table) -> int:
         """Put events of ``source`` on its stream for the scorers; how many."""
