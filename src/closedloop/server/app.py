@@ -251,9 +251,10 @@ class ServingApp:
         await _raw(send, 200, orjson.dumps({"model": name, "predictions": [
             p.to_dict() for p in served.predictions]}), _JSON)
         m = self.metrics
+        stages, request = m.of(name)
         for stage, ms in served.latency_ms.items():
-            m.stage.labels(name, stage).observe(ms / 1e3)
-        m.request.labels(name).observe(time.perf_counter() - start)
+            stages[stage].observe(ms / 1e3)
+        request.observe(time.perf_counter() - start)
         for p in served.predictions:
             m.predictions.labels(name, p.route, p.decision).inc()
         self._made[name] = self._made.get(name, 0) + len(served.predictions)

@@ -9,6 +9,7 @@ worker reports the sum over all of them (prometheus-client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +19,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+
+from closedloop.serving.spec import STAGES
 
 #: Latency buckets in seconds: fine below 10 ms, where the budgets live.
 BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
@@ -48,6 +51,16 @@ class ServerMetrics:
                                       ["model"], registry=kw)
         self.errors = Counter("closedloop_request_errors_total", "Requests answered with 4xx",
                               ["status"], registry=kw)
+        self._children: dict[str, tuple[dict[str, Any], Any]] = {}
+
+    def of(self, model: str) -> tuple[dict[str, Any], Any]:
+        """A model's stage histograms by stage, and its request histogram — looked up once
+        per model, not on every request."""
+        found = self._children.get(model)
+        if found is None:
+            found = self._children[model] = (
+                {s: self.stage.labels(model, s) for s in STAGES}, self.request.labels(model))
+        return found
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

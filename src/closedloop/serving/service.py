@@ -460,8 +460,13 @@ class ServingService:
         settled; a subject whose label window has closed with none takes the source's
         default; null while its label may still come (the outcome lag)."""
         self.serving(model)
-        rows = [r for r in self.log.records(model) if r.get("kind") == "prediction"]
-        shadows = {r["id"]: r for r in self.log.records(model) if r.get("kind") == "shadow"}
+        rows: list[dict[str, Any]] = []
+        shadows: dict[str, dict[str, Any]] = {}
+        for r in self.log.records(model):               # one pass over the log
+            if r.get("kind") == "prediction":
+                rows.append(r)
+            elif r.get("kind") == "shadow":
+                shadows[r["id"]] = r
         table = pa.table({
             "id": pa.array([r["id"] for r in rows], pa.string()),
             "time": pa.array([r["time"] for r in rows], pa.int64()).cast(
