@@ -50,6 +50,7 @@ class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
+    log: Literal["files", "redis"] = "files"               # redis: a stream per model
     log_mode: Literal["durable", "buffered"] = "durable"   # see serving/log.py
     flush_ms: float = Field(default=5.0, gt=0)             # buffered: the loss window
     fetch_timeout_ms: float = Field(default=100.0, gt=0)   # the online fetch's hard limit

@@ -33,7 +33,7 @@ from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import RegistryService
-from closedloop.serving.log import PredictionLog
+from closedloop.serving.log import PredictionLog, StreamPredictionLog
 from closedloop.serving.service import ServingService
 from closedloop.serving.spec import servings_from_module
 from closedloop.training.model import models_from_module
@@ -135,11 +135,22 @@ class Project:
         self.registry = RegistryService(self.metadata, self.artefacts, self.training,
                                         self.features)
         serving = self.settings.serving
-        self.prediction_log = PredictionLog(self.root / ".closedloop" / "predictions",
-                                            mode=serving.log_mode, flush_ms=serving.flush_ms)
+        self.prediction_log: PredictionLog
+        if serving.log == "redis":
+            stream = self._event_stream()
+            if stream is None:
+                raise ConfigError("[serving] log = \"redis\" needs the Redis of [stream] url",
+                                  fix='set [stream] url = "redis://127.0.0.1:6379/0"')
+            self.prediction_log = StreamPredictionLog(stream, mode=serving.log_mode,
+                                                      flush_ms=serving.flush_ms)
+        else:
+            self.prediction_log = PredictionLog(self.root / ".closedloop" / "predictions",
+                                                mode=serving.log_mode, flush_ms=serving.flush_ms)
         self.serving = ServingService(servings_from_module(module), self.models,
                                       self.registry, self.features, self.catalog,
-                                      self.prediction_log, events=self._event_stream())
+                                      self.prediction_log,
+                                      scoring=self.root / ".closedloop" / "scoring",
+                                      events=self._event_stream())
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online

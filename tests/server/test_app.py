@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 import closedloop as cl
 
@@ -227,7 +229,15 @@ def test_a_moved_alias_is_served_without_a_failed_request(server: Server) -> Non
     assert len(statuses) > 50
 
 
-def test_an_answered_prediction_survives_a_sigkill_of_the_server(served: cl.Project) -> None:
+@pytest.mark.parametrize("log", ["files", pytest.param("redis", marks=pytest.mark.redis)])
+def test_an_answered_prediction_survives_a_sigkill_of_the_server(served: cl.Project,
+                                                                 log: str) -> None:
+    prefix = f"test-log-{uuid.uuid4().hex}:"
+    if log == "redis":
+        _redis_or_skip()
+        config = served.root / "closedloop.toml"
+        config.write_text(config.read_text() + f'\n[serving]\nlog = "redis"\n\n[stream]\n'
+                          f'url = "redis://127.0.0.1:6379/0"\nprefix = "{prefix}"\n')
     process, port = start_server(served.root)
     answered: list[str] = []
     lock = threading.Lock()
@@ -258,9 +268,29 @@ def test_an_answered_prediction_survives_a_sigkill_of_the_server(served: cl.Proj
     for t in threads:
         t.join()
     stop_server(process)
-    logged = {r["id"] for r in served.prediction_log.records("fraud")}
+    with cl.Project(served.root) as reopened:          # the log the server wrote to
+        logged = {r["id"] for r in reopened.prediction_log.records("fraud")}
+    if log == "redis":
+        client = redis.Redis()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()
     assert len(answered) >= 1000
     assert set(answered) <= logged, f"{len(set(answered) - logged)} answered but not logged"
+
+
+def _redis_or_skip() -> None:
+    from tests.conftest import IN_CI
+
+    client = redis.Redis()
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        if IN_CI:
+            pytest.fail("Redis at 127.0.0.1:6379 is not answering")
+        pytest.skip("Redis at 127.0.0.1:6379 is not answering")  # pragma: no cover
+    finally:
+        client.close()
 
 
 class _SlowTrainer:

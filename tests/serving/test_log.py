@@ -132,3 +132,35 @@ def test_a_log_that_cannot_write_says_so(tmp_path: Path) -> None:
         log.append("m", [{"id": "b"}])
     with pytest.raises(ConfigError):
         PredictionLog(tmp_path, mode="eventually")  # type: ignore[arg-type]
+
+
+@pytest.mark.redis
+def test_the_redis_stream_log_keeps_what_it_acknowledged() -> None:
+    import uuid
+
+    import redis as redis_py
+
+    from closedloop.backends.redis_stream import RedisEventStream
+    from closedloop.serving.log import StreamPredictionLog
+    from tests.server.test_app import _redis_or_skip
+
+    _redis_or_skip()
+    prefix = f"test-streamlog-{uuid.uuid4().hex}:"
+    log = StreamPredictionLog(RedisEventStream(prefix=prefix))
+    try:
+        done = [log.append("m", [{"kind": "prediction", "id": f"{k}-{i}", "score": 0.5}])
+                for k in range(4) for i in range(50)]
+        for d in done:
+            d.result(timeout=30)
+        again = StreamPredictionLog(RedisEventStream(prefix=prefix))
+        ids = [r["id"] for r in again.records("m")]
+        assert sorted(ids) == sorted(f"{k}-{i}" for k in range(4) for i in range(50))
+        assert again.read("m").num_rows == 200
+        assert again.size("m") > 200 * len(b'{"kind":"prediction"}')
+        again.close()
+    finally:
+        log.close()
+        client = redis_py.Redis()
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+        client.close()

@@ -250,6 +250,10 @@ class EventStream(Protocol):
         """Acknowledge records: no longer pending."""
         ...
 
+    def read_all(self, stream: str) -> list[tuple[str, dict[str, bytes]]]:
+        """Every record of the stream, in order (no group involved)."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...

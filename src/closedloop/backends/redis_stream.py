@@ -71,6 +71,22 @@ class RedisEventStream:
         if ids:
             self._call("XACK", lambda c: c.xack(self.prefix + stream, group, *ids))
 
+    def read_all(self, stream: str) -> list[tuple[str, dict[str, bytes]]]:
+        name = self.prefix + stream
+
+        def run(client: redis.Redis) -> list[tuple[str, dict[str, bytes]]]:
+            out: list[tuple[str, dict[str, bytes]]] = []
+            start = "-"
+            while True:                          # in pages, so a long stream stays cheap
+                page: Any = client.xrange(name, min=start, max="+", count=10_000)
+                for rid, fields in page:
+                    out.append((rid.decode(), {k.decode(): v for k, v in fields.items()}))
+                if len(page) < 10_000:
+                    return out
+                start = "(" + page[-1][0].decode()
+        found: list[tuple[str, dict[str, bytes]]] = self._call("XRANGE", run)
+        return found
+
     def delete(self, stream: str) -> None:
         """Drop a stream (tests and benchmarks clean up what they made)."""
         self._call("DEL", lambda c: c.delete(self.prefix + stream))

@@ -448,7 +448,7 @@ class ServingService:
         self.serving(model)
         runs = [r.record.get("cpu_seconds", 0.0) for r in self.registry.training.runs_store
                 .runs(model) if r.status == "finished"]
-        size = sum(p.stat().st_size for p in self.log.segments(model))
+        size = self.log.size(model)
         return costing.cost_report(model, self.log.records(model), size, runs, prices or {})
 
     # -- the log -----------------------------------------------------------------------------
