@@ -3,6 +3,7 @@ run resumes after its last written chunk, and models that need a request are ref
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -40,6 +41,14 @@ def test_every_entity_is_scored_as_offline(served: cl.Project) -> None:
         assert stored.version == 1
         assert stored.as_of == int(END.timestamp() * 1_000_000)
     assert served.serving.stored_score("risk", "nobody") is None
+    # risk is calibrated: its scores are the raw scores through the version's monotone map.
+    loaded = served.registry.load("risk", "production")
+    assert loaded.calibration is not None
+    xs, ys = loaded.calibration
+    assert xs == sorted(xs)
+    assert ys == sorted(ys)
+    raw = loaded.trainer.predict_proba(np.zeros((1, 3)))
+    assert loaded.score(np.zeros((1, 3)))[0] == pytest.approx(float(np.interp(raw[0], xs, ys)))
 
 
 def test_a_stopped_run_resumes_after_its_last_chunk(served: cl.Project) -> None:

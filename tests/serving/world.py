@@ -26,7 +26,8 @@ SERVING = '''
 risk = cl.Model("risk", features=["user_txn.amount_sum_1d", "user_txn.amount_count_30d",
                                   "user_profile.lifetime_spend"],
                 label="chargebacks", rows="transactions",
-                trainer=cl.LightGBMTrainer(num_boost_round=20, num_leaves=7, seed=3))
+                trainer=cl.LightGBMTrainer(num_boost_round=20, num_leaves=7, seed=3),
+                calibration="isotonic")
 
 serving = cl.Serving("fraud", unit="user_id", subject="txn_id", holdout=0.1, canary=0.2,
                      shadow=True, decisions=[("block", 0.5), ("review", 0.1)],

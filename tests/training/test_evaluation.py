@@ -246,3 +246,23 @@ def test_table_hash_ignores_bytes_under_nulls_and_chunks(cells, cut) -> None:  #
             v.type) else np.int64), mask=null).cast(v.type) if k in ("i", "t") else v
         for k, v in columns.items()})
     assert table_hash(other) == table_hash(table)
+
+
+def test_an_isotonic_map_calibrates_overconfident_scores() -> None:
+    from closedloop.errors import DefinitionError
+    from closedloop.training.evaluation import calibrate, isotonic_map, reliability
+    from closedloop.training.model import Model
+    from closedloop.training.trainers import LightGBMTrainer
+
+    rng = np.random.default_rng(4)
+    truth = rng.uniform(0.05, 0.6, size=20_000)
+    y = (rng.uniform(size=truth.size) < truth).astype(np.int64)
+    scores = np.clip(truth * 1.6, 0, 1)                       # overconfident
+    mapping = isotonic_map(y, scores)
+    fixed = calibrate(scores, mapping)
+    assert reliability(y, fixed)[0] < reliability(y, scores)[0] / 3
+    assert np.all(np.diff(fixed[np.argsort(scores)]) >= 0)    # order kept: AUC unchanged
+    assert calibrate(scores, None) is scores
+    with pytest.raises(DefinitionError, match="calibration"):
+        Model("m", features=["v.f"], label="l", rows="r", trainer=LightGBMTrainer(),
+              calibration="platt")

@@ -24,6 +24,7 @@ from closedloop.backends.base import ArtefactStore, ModelStore, VersionRecord
 from closedloop.data.sources import check_name
 from closedloop.errors import RegistryError, VersionNotFound
 from closedloop.features.service import FeatureService
+from closedloop.training.evaluation import calibrate
 from closedloop.training.matrix import feature_matrix
 from closedloop.training.report import EvaluationReport
 from closedloop.training.service import TrainingService
@@ -56,14 +57,24 @@ class ModelVersion:
 
 @dataclass
 class LoadedModel:
-    """A version ready to score: its trainer with the binary loaded, its feature order."""
+    """A version ready to score: its trainer with the binary loaded, its feature order, and
+    its calibration map if it has one (part of the version: every score goes through it)."""
 
     version: ModelVersion
     trainer: Trainer
 
+    @property
+    def calibration(self) -> tuple[list[float], list[float]] | None:
+        found = self.version.manifest.get("calibration")
+        return None if found is None else (found["x"], found["y"])
+
+    def score(self, X: Any) -> np.ndarray[Any, Any]:
+        """Scores of a feature matrix (the version's order), calibrated."""
+        return calibrate(self.trainer.predict_proba(X), self.calibration)
+
     def predict(self, table: pa.Table) -> np.ndarray[Any, Any]:
         """Scores of rows that carry the version's features (a training set or scoring rows)."""
-        return self.trainer.predict_proba(feature_matrix(table, self.version.features))
+        return self.score(feature_matrix(table, self.version.features))
 
 
 class RegistryService:

@@ -223,7 +223,7 @@ class Predictor:
                 version = self.versions[alias]
                 X = np.array([[_number(vectors[i][c]) for c in version.columns] for i in idx],
                              dtype=np.float64)
-                scores[idx] = version.loaded.trainer.predict_proba(X)
+                scores[idx] = version.loaded.score(X)
         else:
             for i, row in enumerate(rows):
                 scores[i] = self.serving.fallback_score(row)
@@ -278,7 +278,7 @@ class _ShadowJob:
         start = time.perf_counter()
         X = np.array([[_number(v[c]) for c in self.version.columns] for v in self.vectors],
                      dtype=np.float64)
-        scores = self.version.loaded.trainer.predict_proba(X)
+        scores = self.version.loaded.score(X)
         ms = (time.perf_counter() - start) * 1e3
         now = int(time.time() * 1_000_000)
         return [{"kind": "shadow", "id": p.id, "time": now, "model": self.model,

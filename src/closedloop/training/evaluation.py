@@ -331,3 +331,28 @@ def univariate_aucs(X: np.ndarray[Any, Any], y: Any,
 def suspicious_features(aucs: Mapping[str, float], threshold: float) -> list[str]:
     """Features that alone separate the classes suspiciously well."""
     return sorted(n for n, a in aucs.items() if a >= threshold)
+
+
+def isotonic_map(y: np.ndarray[Any, Any], scores: np.ndarray[Any, Any],
+                 ) -> tuple[list[float], list[float]]:
+    """A monotone calibration map fitted on (scores, labels): the breakpoints (x, y) of a
+    piecewise-linear function, clipped beyond its ends (scikit-learn's isotonic regression).
+
+    >>> x, y = isotonic_map(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
+    >>> y == sorted(y)
+    True
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    model = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
+    model.fit(np.asarray(scores, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    return ([float(v) for v in model.X_thresholds_], [float(v) for v in model.y_thresholds_])
+
+
+def calibrate(scores: np.ndarray[Any, Any], mapping: tuple[Any, Any] | None,
+              ) -> np.ndarray[Any, Any]:
+    """Scores through a calibration map (unchanged without one)."""
+    if mapping is None:
+        return scores
+    out: np.ndarray[Any, Any] = np.interp(scores, mapping[0], mapping[1])
+    return out

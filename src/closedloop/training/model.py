@@ -59,7 +59,9 @@ class Model:
     the rows of source ``rows`` (one per prediction: a transaction, a session), labelled by
     label source ``label`` once matured; fitted by ``trainer``; split by ``split``; judged on
     the test set overall and per ``slices`` (row columns or features), with fairness reported
-    per ``protected`` column at ``threshold``."""
+    per ``protected`` column at ``threshold``. With ``calibration="isotonic"`` a monotone map
+    fitted on the validation split's scores becomes part of the version: the test set is
+    judged, and serving answers, with calibrated scores."""
 
     name: str
     features: Sequence[str]
@@ -73,6 +75,7 @@ class Model:
     min_slice_size: int = 200
     suspicious_auc: float = 0.97
     description: str = ""
+    calibration: str | None = None
 
     def __post_init__(self) -> None:
         check_name("model", self.name)
@@ -86,6 +89,9 @@ class Model:
             raise DefinitionError(f"model {self.name!r}: trainer {self.trainer!r} is not a "
                                   "Trainer", fix="use LightGBMTrainer, SklearnTrainer(...) or "
                                   "XGBoostTrainer")
+        if self.calibration not in (None, "isotonic"):
+            raise DefinitionError(f"model {self.name!r}: calibration {self.calibration!r} is "
+                                  "unknown", fix="use calibration='isotonic', or leave it out")
         if not 0 < self.threshold < 1:
             raise DefinitionError(f"model {self.name!r}: threshold {self.threshold} is not "
                                   "in (0, 1)", fix="use a probability such as 0.5")
@@ -96,7 +102,8 @@ class Model:
                 "trainer": {"kind": self.trainer.kind, "params": self.trainer.params()},
                 "slices": list(self.slices), "protected": list(self.protected),
                 "split": self.split.spec(), "threshold": self.threshold,
-                "min_slice_size": self.min_slice_size}
+                "min_slice_size": self.min_slice_size,
+                **({"calibration": self.calibration} if self.calibration else {})}
 
     @property
     def hash(self) -> str:

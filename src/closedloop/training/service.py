@@ -428,10 +428,19 @@ class TrainingService:
             step("fit")
             trainer = model.trainer
             fitted = _fit(model, built)
-            valid = built.rows(1)
+            y_valid = built.y[built.rows(1)]
             step("evaluate")
-            scores = fitted.predict_proba(built.features_of(2))
-            report = self._evaluate(model, built, scores, valid, fitted, baseline)
+            both = 0 < y_valid.sum() < y_valid.size
+            valid_scores = fitted.predict_proba(built.features_of(1)) if both else None
+            mapping = None
+            if model.calibration is not None:
+                if valid_scores is None:
+                    raise TrainingError(f"model {model.name!r} is calibrated on its validation "
+                                        "split, which holds one class only",
+                                        fix="train on a longer history, or widen the split")
+                mapping = evaluation.isotonic_map(y_valid, valid_scores)
+            scores = evaluation.calibrate(fitted.predict_proba(built.features_of(2)), mapping)
+            report = self._evaluate(model, built, scores, y_valid, valid_scores, baseline)
             step("store")
             blob = fitted.to_bytes()
             record.update(self._lineage(model, built, blob, when))
@@ -441,6 +450,8 @@ class TrainingService:
                         "artefact": self.artefacts.put(blob),
                         "report": self.artefacts.put(report.to_json().encode()),
                         "trainer": trainer.kind,
+                        **({"calibration": {"x": mapping[0], "y": mapping[1]}}
+                           if mapping is not None else {}),
                         **{k: record[k] for k in ("model", "model_hash", "definitions",
                                                   "lineage", "environment", "code", "seeds",
                                                   "params", "metrics")}}
@@ -486,8 +497,10 @@ class TrainingService:
         }
 
     def _evaluate(self, model: Model, built: _Built, scores: np.ndarray[Any, Any],
-                  valid: slice | np.ndarray[Any, Any], fitted: Any,
+                  y_valid: np.ndarray[Any, Any], valid_scores: np.ndarray[Any, Any] | None,
                   baseline: Baseline | None) -> EvaluationReport:
+        """The report: test metrics on ``scores`` (calibrated when the model is), validation
+        metrics on the uncalibrated ``valid_scores`` the map was fitted on."""
         test = built.rows(2)
         y_test = built.y[test]
         table_test = built.table_of(2)
@@ -498,10 +511,8 @@ class TrainingService:
         fairness = {column: evaluation.fairness(y_test, scores, table_test[column],
                                                 model.threshold)
                     for column in model.protected}
-        y_valid = built.y[valid]
-        validation = (evaluation.metrics(y_valid, fitted.predict_proba(built.features_of(1)),
-                                         curves=False).to_dict()
-                      if 0 < y_valid.sum() < y_valid.size else None)
+        validation = (evaluation.metrics(y_valid, valid_scores, curves=False).to_dict()
+                      if valid_scores is not None else None)
         compared = None
         if baseline is not None:
             found = baseline(model.name, table_test)
