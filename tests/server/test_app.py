@@ -23,6 +23,7 @@ import pytest
 import redis
 
 import closedloop as cl
+from tests.conftest import _redis_or_skip
 
 INSTANCE = {"user_id": "u1", "txn_id": "t1", "amount": 12.5, "country": "US"}
 
@@ -277,20 +278,6 @@ def test_an_answered_prediction_survives_a_sigkill_of_the_server(served: cl.Proj
         client.close()
     assert len(answered) >= 1000
     assert set(answered) <= logged, f"{len(set(answered) - logged)} answered but not logged"
-
-
-def _redis_or_skip() -> None:
-    from tests.conftest import IN_CI
-
-    client = redis.Redis()
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if IN_CI:
-            pytest.fail("Redis at 127.0.0.1:6379 is not answering")
-        pytest.skip("Redis at 127.0.0.1:6379 is not answering")  # pragma: no cover
-    finally:
-        client.close()
 
 
 class _SlowTrainer:

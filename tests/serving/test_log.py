@@ -142,7 +142,7 @@ def test_the_redis_stream_log_keeps_what_it_acknowledged() -> None:
 
     from closedloop.backends.redis_stream import RedisEventStream
     from closedloop.serving.log import StreamPredictionLog
-    from tests.server.test_app import _redis_or_skip
+    from tests.conftest import _redis_or_skip
 
     _redis_or_skip()
     prefix = f"test-streamlog-{uuid.uuid4().hex}:"

@@ -17,23 +17,13 @@ import pytest
 import redis
 
 import closedloop as cl
-from tests.conftest import IN_CI
-
-
-def _redis() -> redis.Redis:
-    client = redis.Redis()
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        if IN_CI:
-            pytest.fail("Redis at 127.0.0.1:6379 is not answering")
-        pytest.skip("Redis at 127.0.0.1:6379 is not answering")  # pragma: no cover
-    return client
+from tests.conftest import _redis_or_skip
 
 
 @pytest.mark.redis
 def test_two_scorers_share_a_stream_and_score_each_event_once(served: cl.Project) -> None:
-    client = _redis()
+    _redis_or_skip()
+    client = redis.Redis()
     prefix = f"test-stream-{uuid.uuid4().hex}:"
     root = served.root
     config = root / "closedloop.toml"
