@@ -1,13 +1,14 @@
-"""Workload `stream`: streaming inference on Redis Streams, sustained.
+"""Workload `stream`: streaming inference, sustained.
 
 The fraud project (2,000 users; its LightGBM model trained and registered, the online store
 materialized) scores 20,000 new transactions published on its event stream beforehand — a
 backlog, so the figure is the sustained rate, not the producer's.
 
-* ``closedloop``: one ``closedloop stream`` scorer — per batch: score (the model's 16
-  features, transforms included, as served now), fold the events into the online windows
-  (event log first), write each prediction to the online store, the durable prediction log
-  and the predictions stream, acknowledge.
+* ``closedloop-sqlite`` / ``closedloop-redis``: one ``closedloop stream`` scorer, on the
+  embedded stream and SQLite online store / on Redis Streams and the Redis online store —
+  per batch: score (the model's 16 features, transforms included, as served now), fold the
+  events into the online windows (event log first), write each prediction to the online
+  store, the durable prediction log and the predictions stream, acknowledge.
 * ``floor``: a hand-written consumer of the same stream and group semantics: XREADGROUP, one
   LightGBM predict per batch on rows already holding their features, XADD the scores, XACK —
   no features, no log.
@@ -79,30 +80,38 @@ def _events(root: Path, n: int) -> pa.Table:
         "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC"))})
 
 
-def _closedloop(data: Path) -> Any:
-    root = Path(tempfile.mkdtemp(prefix="cl-bench-stream-")) / "project"
-    shutil.copytree(data / "project", root)
-    prefix = f"clbench:{uuid.uuid4().hex}:"
-    with (root / "closedloop.toml").open("a") as f:
-        f.write(f'\n[stream]\nurl = "redis://127.0.0.1:6379/0"\nprefix = "{prefix}"\n')
-    n = int(EVENTS * min(1.0, max(0.05, _scale(data))))
-    events = _events(root, n)
-    project = cl.Project(root)
-    scorer = project.serving.scorer("fraud", consumer="bench")
-    project.serving.publish("transactions", events)
+def _closedloop(store: str) -> Any:
+    def setup(data: Path) -> Any:
+        root = Path(tempfile.mkdtemp(prefix="cl-bench-stream-")) / "project"
+        shutil.copytree(data / "project", root)
+        prefix = f"clbench:{uuid.uuid4().hex}:"
+        if store == "redis":
+            config = root / "closedloop.toml"
+            config.write_text(config.read_text().replace(
+                "[online]\n", f'[online]\nstore = "redis"\nprefix = "{prefix}"\n') +
+                f'\n[stream]\nurl = "redis://127.0.0.1:6379/0"\nprefix = "{prefix}"\n')
+            with cl.Project(root) as project:
+                project.features.materialize()
+        n = int(EVENTS * min(1.0, max(0.05, _scale(data))))
+        events = _events(root, n)
+        project = cl.Project(root)
+        scorer = project.serving.scorer("fraud", consumer="bench")
+        project.serving.publish("transactions", events)
 
-    def job() -> Any:
-        try:
-            report = scorer.run(max_events=n, idle_s=10)
-            lags = np.array(report.lags_ms)
-            return (pa.table({"label_id": [0], "events": [report.events]}),
-                    {"per_s": report.per_s, "p50_ms": float(np.percentile(lags, 50)),
-                     "p99_ms": float(np.percentile(lags, 99))})
-        finally:
-            _cleanup(prefix)
-            project.close()
-            shutil.rmtree(root.parent, ignore_errors=True)
-    return job
+        def job() -> Any:
+            try:
+                report = scorer.run(max_events=n, idle_s=10)
+                lags = np.array(report.lags_ms)
+                return (pa.table({"label_id": [0], "events": [report.events]}),
+                        {"per_s": report.per_s, "p50_ms": float(np.percentile(lags, 50)),
+                         "p99_ms": float(np.percentile(lags, 99))})
+            finally:
+                if store == "redis":
+                    _cleanup(prefix)
+                project.close()
+                shutil.rmtree(root.parent, ignore_errors=True)
+        return job
+    return setup
 
 
 def _floor(data: Path) -> Any:
@@ -169,7 +178,9 @@ def _cleanup(prefix: str) -> None:
 
 
 class _Stream:
-    SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop": _closedloop, "floor": _floor}
+    SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
+                                         "closedloop-redis": _closedloop("redis"),
+                                         "floor": _floor}
     SETUP: ClassVar[set[str]] = set(SYSTEMS)
     ANCHOR = None
     METRIC = "per_s"

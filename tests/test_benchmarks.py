@@ -60,7 +60,7 @@ def test_the_stream_workload_scores_every_event() -> None:
          "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert {r["system"] for r in lines} == {"closedloop", "floor"}
+    assert {r["system"] for r in lines} == {"closedloop-sqlite", "closedloop-redis", "floor"}
     for r in lines:
         assert r["mismatches"] == 0, r
         assert r["per_s"] > 0

@@ -145,13 +145,24 @@ def stream(
     max_events: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
     idle_exit: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds "
                                                     "with no event.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(
+        min=1, max=65535, help="Export the lag and event count to Prometheus on "
+        "http://127.0.0.1:PORT/metrics.")] = None,
 ) -> None:
-    """Streaming inference: consume events from the stream ([stream] url, Redis Streams),
-    fold them into the online features, score them, write the predictions to the online
-    store and the predictions stream, with the lag from event time to prediction."""
+    """Streaming inference: consume events from the project's stream (the embedded log, or
+    Redis Streams when [stream] url is set), fold them into the online features, score them,
+    write the predictions to the online store, the prediction log and the predictions
+    stream, with the lag from event time to prediction written. Scorers of one group share
+    the stream; records a dead scorer left unacknowledged are claimed and scored."""
     with _errors(), _open(project) as p, _progress() as bar:
         task = bar.add_task("waiting for events", total=None)
         scorer = p.serving.scorer(model, source=source, group=group, consumer=consumer)
+        if metrics_port is not None:
+            from closedloop.server.metrics import StreamMetrics
+
+            metrics = StreamMetrics(model)
+            metrics.serve(metrics_port)
+            scorer.observe = metrics.observe
         try:
             report = scorer.run(max_events=max_events, idle_s=idle_exit,
                                 progress=_stepper(bar, task))

@@ -60,8 +60,17 @@ class ServingSettings(_Section):
 
 
 class StreamSettings(_Section):
-    url: str | None = None                         # Redis Streams; none: no event stream
-    prefix: str = "cl:"
+    store: Literal["embedded", "redis"] | None = None   # none: redis when url is set
+    path: str = ".closedloop/streams.db"           # embedded: the append-only log
+    url: str | None = None                         # redis: Redis Streams
+    prefix: str = "cl:"                            # redis: every stream name starts with this
+
+    @property
+    def backend(self) -> Literal["embedded", "redis"]:
+        """The store in force: the one named, else Redis Streams if a url is set."""
+        if self.store is not None:
+            return self.store
+        return "redis" if self.url is not None else "embedded"
 
 
 class CostSettings(_Section):

@@ -23,6 +23,7 @@ from closedloop.backends.base import EventStream, OnlineStore
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
 from closedloop.backends.sqlite import SQLiteOnlineStore
+from closedloop.backends.sqlite_stream import SQLiteEventStream
 from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
 from closedloop.data.ingest import QuarantineStore
 from closedloop.data.service import DataService
@@ -137,10 +138,10 @@ class Project:
         serving = self.settings.serving
         self.prediction_log: PredictionLog
         if serving.log == "redis":
-            stream = self._event_stream()
-            if stream is None:
+            if self.settings.stream.backend != "redis":
                 raise ConfigError("[serving] log = \"redis\" needs the Redis of [stream] url",
                                   fix='set [stream] url = "redis://127.0.0.1:6379/0"')
+            stream = self._event_stream()
             self.prediction_log = StreamPredictionLog(stream, mode=serving.log_mode,
                                                       flush_ms=serving.flush_ms)
         else:
@@ -162,13 +163,14 @@ class Project:
         path = Path(online.path)
         return SQLiteOnlineStore(path if path.is_absolute() else self.root / path)
 
-    def _event_stream(self) -> EventStream | None:
+    def _event_stream(self) -> EventStream:
         stream = self.settings.stream
-        if stream.url is None:
-            return None
+        if stream.backend == "embedded":
+            path = Path(stream.path)
+            return SQLiteEventStream(path if path.is_absolute() else self.root / path)
         from closedloop.backends.redis_stream import RedisEventStream
 
-        return RedisEventStream(stream.url, prefix=stream.prefix)
+        return RedisEventStream(stream.url or "redis://127.0.0.1:6379/0", prefix=stream.prefix)
 
     def plan(self) -> Plan:
         """What ``apply`` would register, without writing anything."""

@@ -458,3 +458,49 @@ def check_metadata_store(store: Any) -> None:
     if history != [("production", 1, None), ("production", 2, 1), ("previous", 1, None),
                    ("shadow", 3, None), ("shadow", None, 3)]:
         raise AssertionError(f"alias history is {history}")
+
+
+def check_event_stream(stream: Any, name: str = "__check-stream") -> None:
+    """Raise AssertionError unless ``stream`` behaves as the EventStream protocol says:
+    records come back in order with their bytes; each goes to one consumer of a group and
+    to every group; an unacknowledged record stays pending and can be claimed once idle;
+    ``block_ms`` waits and an empty read returns nothing. ``name`` (and only it) is
+    deleted before and after."""
+    import time
+
+    stream.delete(name)
+    try:
+        assert stream.read_all(name) == []
+        stream.ensure_group(name, "g")
+        stream.ensure_group(name, "g")                          # twice is fine
+        stream.ensure_group(name, "h")
+        blob = bytes(range(256))
+        ids = stream.publish(name, [{"e": b"0", "blob": blob}] + [
+            {"e": str(i).encode()} for i in range(1, 10)])
+        assert len(ids) == len(set(ids)) == 10
+        assert stream.publish(name, []) == []
+        assert [r for _, r in stream.read_all(name)][:1] == [{"e": b"0", "blob": blob}]
+        assert [i for i, _ in stream.read_all(name)] == ids, "read_all keeps order"
+        first = stream.read_group(name, "g", "c1", 4, 0)
+        second = stream.read_group(name, "g", "c2", 100, 0)
+        assert [r["e"] for _, r in first + second] == [str(i).encode() for i in range(10)], \
+            "a group's consumers share the records, each once, in order"
+        assert stream.read_group(name, "g", "c1", 100, 0) == []
+        assert len(stream.read_group(name, "h", "c1", 100, 0)) == 10, "every group sees all"
+        t0 = time.monotonic()
+        assert stream.read_group(name, "g", "c1", 10, 150) == []
+        assert time.monotonic() - t0 >= 0.12, "block_ms waits"
+        stream.ack(name, "g", [i for i, _ in second])
+        time.sleep(0.05)
+        # c1 died with ``first`` pending: once idle, another consumer claims them.
+        assert stream.claim(name, "g", "c3", 60.0) == [], "not yet idle long enough"
+        claimed = stream.claim(name, "g", "c3", 0.02)
+        assert [i for i, _ in claimed] == [i for i, _ in first], "the unacknowledged ones"
+        assert claimed[0][1] == {"e": b"0", "blob": blob}
+        stream.ack(name, "g", [i for i, _ in claimed])
+        time.sleep(0.05)
+        assert stream.claim(name, "g", "c3", 0.0) == [], "acknowledged: nothing pending"
+        later = stream.publish(name, [{"e": b"10"}])
+        assert [i for i, _ in stream.read_group(name, "g", "c1", 10, 0)] == later
+    finally:
+        stream.delete(name)

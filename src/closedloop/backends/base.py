@@ -250,6 +250,12 @@ class EventStream(Protocol):
         """Acknowledge records: no longer pending."""
         ...
 
+    def claim(self, stream: str, group: str, consumer: str, min_idle_s: float,
+              count: int = 1000) -> list[tuple[str, dict[str, bytes]]]:
+        """Hand to ``consumer`` up to ``count`` records pending in ``group`` for
+        ``min_idle_s`` or longer — those of a consumer that died before acknowledging."""
+        ...
+
     def read_all(self, stream: str) -> list[tuple[str, dict[str, bytes]]]:
         """Every record of the stream, in order (no group involved)."""
         ...

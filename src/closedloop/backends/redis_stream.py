@@ -56,9 +56,11 @@ class RedisEventStream:
 
     def read_group(self, stream: str, group: str, consumer: str, count: int,
                    block_ms: int) -> list[tuple[str, dict[str, bytes]]]:
+        # Redis reads BLOCK 0 as "forever"; the protocol's 0 is "do not wait".
         def run(client: redis.Redis) -> list[tuple[str, dict[str, bytes]]]:
             reply: Any = client.xreadgroup(group, consumer, {self.prefix + stream: ">"},
-                                           count=count, block=block_ms)
+                                           count=count,
+                                           block=block_ms if block_ms > 0 else None)
             out = []
             for _, entries in reply or []:
                 for rid, fields in entries:
@@ -70,6 +72,17 @@ class RedisEventStream:
     def ack(self, stream: str, group: str, ids: Sequence[str]) -> None:
         if ids:
             self._call("XACK", lambda c: c.xack(self.prefix + stream, group, *ids))
+
+    def claim(self, stream: str, group: str, consumer: str, min_idle_s: float,
+              count: int = 1000) -> list[tuple[str, dict[str, bytes]]]:
+        def run(client: redis.Redis) -> list[tuple[str, dict[str, bytes]]]:
+            reply: Any = client.xautoclaim(self.prefix + stream, group, consumer,
+                                           min_idle_time=int(min_idle_s * 1000),
+                                           start_id="0-0", count=count)
+            return [(rid.decode(), {k.decode(): v for k, v in fields.items()})
+                    for rid, fields in reply[1] if fields]
+        found: list[tuple[str, dict[str, bytes]]] = self._call("XAUTOCLAIM", run)
+        return found
 
     def read_all(self, stream: str) -> list[tuple[str, dict[str, bytes]]]:
         name = self.prefix + stream

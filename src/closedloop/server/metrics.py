@@ -27,6 +27,10 @@ BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
            0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+#: Lag buckets in seconds: a stream's events are seconds old, not milliseconds.
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
 class ServerMetrics:
     """The metric families, registered once per process."""
 
@@ -71,3 +75,27 @@ class ServerMetrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]  # untyped
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class StreamMetrics:
+    """A streaming scorer's metrics: its events and their lag (event time to prediction
+    written), served by ``serve`` on a port of their own."""
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        self.lag = Histogram("closedloop_stream_lag_seconds",
+                             "Event time to prediction written, per streamed event", ["model"],
+                             buckets=LAG_BUCKETS, registry=self.registry).labels(model)
+        self.events = Counter("closedloop_stream_events_total", "Events scored by the stream",
+                              ["model"], registry=self.registry).labels(model)
+
+    def observe(self, lags_ms: list[float]) -> None:
+        for lag in lags_ms:
+            self.lag.observe(lag / 1000)
+        self.events.inc(len(lags_ms))
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        """Export on ``http://host:port/metrics`` from a background thread."""
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self.registry)

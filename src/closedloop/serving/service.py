@@ -411,7 +411,7 @@ class ServingService:
     def _events(self) -> EventStream:
         if self.events is None:
             raise ServingError("no event stream is configured",
-                               fix="set [stream] url in closedloop.toml (Redis Streams)")
+                               fix="open the project with closedloop.Project")
         return self.events
 
     def _event_source(self, name: str) -> EventSource:

@@ -18,8 +18,15 @@ them. Per batch:
    and the prediction log (durably), and **publish** it on ``predictions:<model>``, with its
    lag — event time to prediction written;
 4. **acknowledge** the batch. A scorer that dies before this leaves its batch pending in the
-   group: delivery is at least once, and the writes are keyed, so a redelivered event
-   overwrites its own prediction.
+   group; a live scorer of the group claims records pending longer than ``claim_idle_s``
+   (at its start, and every ``claim_idle_s / 2`` after) and scores them. Delivery is at
+   least once, and the writes are keyed, so a redelivered event overwrites its own
+   prediction.
+
+The stream is the embedded one (``[stream] store = "embedded"``: an append-only SQLite log
+beside the offline store, shared by processes on one machine) or Redis Streams
+(``[stream] url``: scorers on many machines). Each batch's lags go to ``observe`` as well
+(``closedloop stream --metrics-port`` exports them to Prometheus).
 """
 
 from __future__ import annotations
@@ -112,7 +119,8 @@ class StreamScorer:
     def __init__(self, model: str, predictor: Any, features: FeatureService,
                  stream: EventStream, source: EventSource, log: PredictionLog,
                  group: str = "closedloop", consumer: str = "scorer-1",
-                 usage: Callable[[str, str, float, int], None] | None = None) -> None:
+                 usage: Callable[[str, str, float, int], None] | None = None,
+                 observe: Callable[[list[float]], None] | None = None) -> None:
         self.model = model
         self.predictor = predictor
         self.features = features
@@ -122,22 +130,32 @@ class StreamScorer:
         self.group = group
         self.consumer = consumer
         self.usage = usage
+        self.observe = observe
 
     def run(self, *, max_events: int | None = None, idle_s: float | None = None,
             batch: int = 500, block_ms: int = 200, stop: threading.Event | None = None,
-            progress: Progress | None = None) -> StreamReport:
+            progress: Progress | None = None, claim_idle_s: float = 60.0) -> StreamReport:
         """Consume until ``stop`` is set, ``max_events`` are scored, or nothing arrives for
-        ``idle_s`` seconds."""
+        ``idle_s`` seconds; records pending longer than ``claim_idle_s`` (their scorer died)
+        are claimed and scored too."""
         name = events_stream(self.source.name)
         self.stream.ensure_group(name, self.group)
         report = StreamReport(self.model, self.consumer)
         start, cpu0 = time.perf_counter(), time.process_time()
-        quiet_since = time.monotonic()
+        quiet_since = next_claim = time.monotonic()
         while stop is None or not stop.is_set():
             if max_events is not None and report.events >= max_events:
                 break
             want = batch if max_events is None else min(batch, max_events - report.events)
-            records = self.stream.read_group(name, self.group, self.consumer, want, block_ms)
+            records = []
+            if time.monotonic() >= next_claim:
+                records = self.stream.claim(name, self.group, self.consumer, claim_idle_s,
+                                            want)
+                if not records:                  # none left: look again in a while
+                    next_claim = time.monotonic() + claim_idle_s / 2
+            if not records:
+                records = self.stream.read_group(name, self.group, self.consumer, want,
+                                                 block_ms)
             if not records:
                 if idle_s is not None and time.monotonic() - quiet_since >= idle_s:
                     break
@@ -185,4 +203,7 @@ class StreamScorer:
         self.stream.ack(events_stream(self.source.name), self.group, [r for r, _ in records])
         report.events += len(outs)
         report.batches += 1
-        report.lags_ms.extend(o["lag_ms"] for o in outs)
+        lags = [o["lag_ms"] for o in outs]
+        report.lags_ms.extend(lags)
+        if self.observe is not None:
+            self.observe(lags)
