@@ -283,11 +283,26 @@ def check_online_store(store: OnlineStore) -> None:
     thread.start()
     try:
         for version in range(1, 40):
-            store.write([(ns, k, f"v{version}".encode()) for k in keys])
+            if version % 2:
+                store.write([(ns, k, f"v{version}".encode()) for k in keys])
+            else:                                        # the bulk form is atomic as well
+                store.write_values(ns, keys, [f"v{version}".encode()] * len(keys))
     finally:
         stop.set()
         thread.join()
     assert not torn, f"a read saw a write in part: {sorted(set(map(repr, torn[0])))[:3]}"
+    # write_values sets one namespace's keys as write would, and refuses a length mismatch.
+    store.write_values(other, ["p", "q"], [b"1", blob])
+    store.write_values(other, [], [])
+    assert store.read([(other, "q"), (ns, "p"), (other, "p")]) == [blob, None, b"1"]
+    refused = None
+    try:
+        store.write_values(other, ["p", "q"], [b"2"])
+    except Exception as exc:  # any error of the store's own is right
+        refused = str(exc)
+    assert refused is not None, "write_values must refuse two keys for one value"
+    assert "values" in refused, f"a mismatch is named: {refused}"
+    assert store.read([(other, "p")]) == [b"1"], "a refused write_values changes nothing"
     _check_update(store, ns)
     store.clear(ns)
     assert store.read([(ns, "k1"), (other, "a")]) == [None, b"other"], "clear is per namespace"

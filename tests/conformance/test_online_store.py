@@ -25,6 +25,10 @@ class _TornStore:
         for item in items:
             self.inner.write([item])
 
+    def write_values(self, namespace, keys, values):  # type: ignore[no-untyped-def]
+        for key, value in zip(keys, values, strict=True):
+            self.inner.write([(namespace, key, value)])
+
     def read(self, keys):  # type: ignore[no-untyped-def]
         return self.inner.read(keys)
 
@@ -60,6 +64,9 @@ class _LossyStore(_TornStore):
 
     def write(self, items):  # type: ignore[no-untyped-def]
         self.inner.write(items)
+
+    def write_values(self, namespace, keys, values):  # type: ignore[no-untyped-def]
+        self.inner.write_values(namespace, keys, values)
 
     def update(self, keys, merge):  # type: ignore[no-untyped-def]
         values = self.inner.read(keys)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from closedloop.data.sources import AnySource
+from closedloop.errors import BackendError
 from closedloop.features.definitions import FeatureView
 
 #: Column names of the query rows handed to an offline engine.
@@ -198,6 +199,12 @@ class OnlineStore(Protocol):
         """Set or delete every item, all or none."""
         ...
 
+    def write_values(self, namespace: str, keys: Sequence[str],
+                     values: Sequence[bytes]) -> None:
+        """Set ``values`` under distinct ``keys`` of one namespace, all or none: ``write``'s
+        bulk form (batch scores), with no tuple per item."""
+        ...
+
     def read(self, keys: Sequence[tuple[str, str]]) -> list[bytes | None]:
         """The values of the keys, None where absent, in order, in one round trip."""
         ...
@@ -225,6 +232,13 @@ class OnlineStore(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def check_values(keys: Sequence[str], values: Sequence[bytes]) -> None:
+    """``write_values``' one precondition, shared by the stores."""
+    if len(keys) != len(values):
+        raise BackendError(f"write_values got {len(keys)} keys for {len(values)} values",
+                           fix="pass one value per key")
 
 
 class EventStream(Protocol):

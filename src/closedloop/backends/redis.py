@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import hiredis
 import redis
 
-from closedloop.backends.base import OnlineItem
+from closedloop.backends.base import OnlineItem, check_values
 from closedloop.errors import BackendError, BackendUnavailable
 
 
@@ -49,8 +49,17 @@ class RedisOnlineStore:
         if not items:
             return
         final = {self._key(ns, key): value for ns, key, value in items}   # the last item wins
-        sets = {k: v for k, v in final.items() if v is not None}
-        dels = [k for k, v in final.items() if v is None]
+        self._apply({k: v for k, v in final.items() if v is not None},
+                    [k for k, v in final.items() if v is None])
+
+    def write_values(self, namespace: str, keys: Sequence[str],
+                     values: Sequence[bytes]) -> None:
+        check_values(keys, values)
+        if keys:
+            names = map(f"{self.prefix}{namespace}|".__add__, keys)
+            self._apply(dict(zip(names, values, strict=True)), [])
+
+    def _apply(self, sets: dict[str, bytes], dels: list[str]) -> None:
         try:
             pipe = self._redis().pipeline(transaction=True)    # MULTI … EXEC: all or none
             if dels:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from closedloop.backends.base import OnlineItem
+from closedloop.backends.base import OnlineItem, check_values
 from closedloop.errors import BackendError, BackendUnavailable
 
 # One text primary key "namespace<US>key": an IN list over it is a handful of index probes.
@@ -91,12 +91,19 @@ class SQLiteOnlineStore:
         final = {_k(ns, key): value for ns, key, value in items}          # the last item wins
         sets = [(k, v) for k, v in final.items() if v is not None]
         dels = [(k,) for k, v in final.items() if v is None]
+        self._apply(sets, dels)
+
+    def write_values(self, namespace: str, keys: Sequence[str],
+                     values: Sequence[bytes]) -> None:
+        check_values(keys, values)
+        self._apply(zip(map((namespace + _SEP).__add__, keys), values, strict=True), [])
+
+    def _apply(self, sets: Iterable[tuple[str, bytes]], dels: Sequence[tuple[str]]) -> None:
         with self._lock:
             con = self._db()
             try:
                 con.execute("BEGIN IMMEDIATE")
-                if sets:
-                    con.executemany(_UPSERT, sets)
+                con.executemany(_UPSERT, sets)
                 if dels:
                     con.executemany("DELETE FROM cl_online WHERE k = ?", dels)
                 con.execute("COMMIT")

@@ -35,6 +35,8 @@ from closedloop.registry.service import LoadedModel
 Progress = Callable[[int, int, str], None]
 _CHUNK = 100_000
 _RECORD = struct.Struct("<dqqq")          # score, version, as_of µs, scored_at µs
+_RECORD_DTYPE = np.dtype([("score", "<f8"), ("version", "<i8"), ("as_of", "<i8"),
+                          ("scored_at", "<i8")])
 
 
 def namespace(model: str) -> str:
@@ -90,7 +92,7 @@ def score_entities(model: str, loaded: LoadedModel, columns: list[str], key: str
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise ServingError(f"the keys to score are not all {key_type}: {exc}",
                            fix=f"send {key_type} keys") from None
-    ordered = pc.unique(pc.drop_null(given)).sort()
+    ordered = _distinct_sorted(given)
     state = _read_checkpoint(checkpoint)
     todo = ordered
     if not restart and state is not None and state.get("version") == version and state.get(
@@ -113,9 +115,7 @@ def score_entities(model: str, loaded: LoadedModel, columns: list[str], key: str
 
         def write(first: int, scores: np.ndarray[Any, Any]) -> int:
             part = texts[first:first + len(scores)]
-            now = now_micros()
-            store.write([(space, k, _RECORD.pack(s, version, at, now))
-                         for k, s in zip(part, scores.tolist(), strict=True)])
+            store.write_values(space, part, records(scores, version, at, now_micros()))
             _write_checkpoint(checkpoint, {"version": version, "as_of": at,
                                            "last": todo[first + len(part) - 1].as_py(),
                                            "finished": False})
@@ -145,6 +145,31 @@ def score_entities(model: str, loaded: LoadedModel, columns: list[str], key: str
     return ScoreReport(model, version, at, scored, skipped, time.perf_counter() - start)
 
 
+def records(scores: np.ndarray[Any, Any], version: int, as_of: int,
+            scored_at: int) -> list[bytes]:
+    """The stored record of each score (``_RECORD``'s layout), built in numpy.
+
+    >>> r = records(np.array([0.25]), 3, 10, 11)[0]
+    >>> _RECORD.unpack(r)
+    (0.25, 3, 10, 11)
+    """
+    out = np.empty(len(scores), dtype=_RECORD_DTYPE)
+    out["score"], out["version"], out["as_of"], out["scored_at"] = (
+        scores, version, as_of, scored_at)
+    blobs = out.view(np.dtype(("V", _RECORD.size))).tolist()
+    return blobs  # type: ignore[return-value]  # a void array's items are bytes
+
+
+def _distinct_sorted(keys: pa.Array) -> pa.Array:
+    """The distinct non-null keys in order; keys already so (every key read from a source,
+    say) are taken as they are."""
+    keys = pc.drop_null(keys)
+    if len(keys) < 2 or pc.all(pc.less(keys.slice(0, len(keys) - 1), keys.slice(1))).as_py():
+        return keys
+    distinct: pa.Array = pc.unique(keys).sort()
+    return distinct
+
+
 def lookup(features: FeatureService, model: str, key: str) -> StoredScore | None:
     """A batch score by entity key, or None."""
     store = features.online_store
@@ -159,7 +184,8 @@ def lookup(features: FeatureService, model: str, key: str) -> StoredScore | None
 
 def entity_keys(features: FeatureService, views: Sequence[Any], key: str,
                 key_type: pa.DataType) -> pa.Array:
-    """Every key of the entity that a view's source holds (the union over the views)."""
+    """Every key of the entity that a view's source holds (the union over the views), in
+    order."""
     parts = []
     for view in views:
         table = features.engine.read(view.source, [key])
@@ -167,7 +193,7 @@ def entity_keys(features: FeatureService, views: Sequence[Any], key: str,
             parts.append(pc.unique(pc.drop_null(pc.cast(table[key], key_type))))
     if not parts:
         return pa.array([], key_type)
-    unique: pa.Array = pc.unique(pa.chunked_array(parts, key_type))
+    unique: pa.Array = pc.unique(pa.chunked_array(parts, key_type)).sort()
     return unique
 
 
