@@ -186,7 +186,12 @@ class FeatureService:
                         raise SchemaMismatch(f"transform {tr.name!r} reads {inp!r}, which the "
                                              "request does not carry", fix=f"send {column!r}")
                     data_in = [row[column] for row in batch]
-                    inputs[inp] = _column(data_in, None)
+                    try:
+                        inputs[inp] = _column(data_in, None)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                        raise DataError(f"transform {tr.name!r}: the request's {column!r} "
+                                        f"values are not all of one kind: {exc}",
+                                        fix=f"send {column!r} as one type") from None
                 else:
                     key = resolution.keys[inp]
                     inputs[inp] = _column([v[key] for v in vectors], types.get(key))

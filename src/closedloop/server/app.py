@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ class ServingApp:
         self._shadow: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1024)
         self._shadow_thread: threading.Thread | None = None
         self._made: dict[str, int] = {}            # predictions since the last usage record
+        self._batchers: dict[str, _Batcher] = {}
         self._cpu = time.process_time()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -233,38 +235,139 @@ class ServingApp:
             if predictor is None:
                 raise RequestError(f"there is no served model {name!r}", field="name",
                                    fix=f"the models are {sorted(self.predictors)}", status=404)
-            request = _parse(body)
-            served = await predictor.predict_async(request["instances"])
+            rows = predictor.check(_parse(body)["instances"])
+            served, first, last = await self._batcher(name).submit(predictor, rows)
         except RequestError as exc:
             self.metrics.errors.labels(str(exc.status)).inc()
             await _send(send, exc.status, _error(exc))
+            return
+        except _NotLogged as exc:              # a prediction that is not logged is not served
+            await _send(send, 503, _error(exc))
             return
         except ClosedLoopError as exc:
             self.metrics.errors.labels("422").inc()
             await _send(send, 422, _error(exc))
             return
-        try:
-            await asyncio.wrap_future(self.project.prediction_log.append(name, served.records))
-        except ClosedLoopError as exc:         # a prediction that is not logged is not served
-            await _send(send, 503, _error(ServingError(exc.message, fix=exc.fix)))
-            return
+        mine = served.predictions[first:last]
         await _raw(send, 200, orjson.dumps({"model": name, "predictions": [
-            p.to_dict() for p in served.predictions]}), _JSON)
+            p.to_dict() for p in mine]}), _JSON)
         m = self.metrics
         stages, request = m.of(name)
         for stage, ms in served.latency_ms.items():
             stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
-        for p in served.predictions:
+        for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
-        self._made[name] = self._made.get(name, 0) + len(served.predictions)
+        self._made[name] = self._made.get(name, 0) + len(mine)
         if served.fallback_reason is not None:
-            m.fallbacks.labels(name).inc(len(served.predictions))
+            m.fallbacks.labels(name).inc(len(mine))
+
+    def _batcher(self, name: str) -> _Batcher:
+        found = self._batchers.get(name)
+        if found is None:
+            found = self._batchers[name] = _Batcher(self, name)
+        return found
+
+    def after_batch(self, name: str, served: Any) -> None:
+        """Hand a served batch's shadow work to the shadow thread, or count it dropped."""
         if served.after is not None:
             try:
                 self._shadow.put_nowait((name, served.after))
             except queue.Full:
-                m.shadow_dropped.labels(name).inc(len(served.predictions))
+                self.metrics.shadow_dropped.labels(name).inc(len(served.predictions))
+
+
+class _NotLogged(ServingError):
+    """The prediction log refused a batch: its requests are answered 503."""
+
+
+#: The most instances served as one merged batch.
+MERGE_INSTANCES = 256
+
+
+@dataclass
+class _Queued:
+    predictor: Any
+    rows: list[dict[str, Any]]
+    done: asyncio.Future[tuple[Any, int, int]]
+
+
+class _Batcher:
+    """Serves one model's queued requests together — only those already waiting, never
+    holding one back for others to come: the first request of a quiet moment is served
+    alone at once; requests that arrive while a batch is being served (its online fetch in
+    flight, its log write being committed) wait for it, then go as the next batch, up to
+    ``MERGE_INSTANCES`` instances. A batch is one online fetch, one predict per version,
+    one prediction-log append and one shadow job. Each request gets its own slice; routes
+    are per instance, so merging changes no score, route or decision. If a merged batch
+    fails on one request's input, each of its requests is served again alone, so the bad
+    one gets its own error and the rest their predictions."""
+
+    def __init__(self, app: ServingApp, name: str) -> None:
+        self.app = app
+        self.name = name
+        self.queue: list[_Queued] = []
+        self.running = False
+
+    def submit(self, predictor: Any, rows: list[dict[str, Any]],
+               ) -> asyncio.Future[tuple[Any, int, int]]:
+        done: asyncio.Future[tuple[Any, int, int]] = asyncio.get_running_loop().create_future()
+        self.queue.append(_Queued(predictor, rows, done))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return done
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                head = self.queue[0].predictor     # a reload mid-queue: one version per batch
+                cap = min(MERGE_INSTANCES, head.serving.max_instances)
+                batch: list[_Queued] = []
+                rest: list[_Queued] = []
+                size = 0
+                for item in self.queue:
+                    if item.predictor is head and (not batch or size + len(item.rows) <= cap):
+                        batch.append(item)
+                        size += len(item.rows)
+                    else:
+                        rest.append(item)
+                self.queue = rest
+                await self._serve(head, batch)
+        finally:
+            self.running = False
+
+    async def _serve(self, predictor: Any, batch: list[_Queued]) -> None:
+        rows = batch[0].rows if len(batch) == 1 else [r for q in batch for r in q.rows]
+        try:
+            served = await predictor.predict_async(rows, checked=True)
+        except Exception as exc:
+            if len(batch) > 1:
+                for item in batch:              # find the bad one: each request alone
+                    await self._serve(predictor, [item])
+                return
+            if not isinstance(exc, ClosedLoopError):    # a bug: a 500 for this one request
+                log.exception("serving a request of %s failed", self.name)
+            _fail(batch[0].done, exc)
+            return
+        try:
+            await asyncio.wrap_future(self.app.project.prediction_log.append(self.name,
+                                                                             served.records))
+        except ClosedLoopError as exc:
+            for item in batch:
+                _fail(item.done, _NotLogged(exc.message, fix=exc.fix))
+            return
+        at = 0
+        for item in batch:
+            if not item.done.done():            # a client that went away is skipped
+                item.done.set_result((served, at, at + len(item.rows)))
+            at += len(item.rows)
+        self.app.after_batch(self.name, served)
+
+
+def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
+    if not done.done():
+        done.set_exception(exc)
 
 
 _USAGE_EVERY_S = 5.0                  # how often the server logs its CPU use

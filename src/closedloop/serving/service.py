@@ -182,10 +182,11 @@ class Predictor:
             raise RequestError(exc.message, fix=exc.fix) from exc
         return self._finish(rows, routes, aliases, t0, fetched, None)
 
-    async def predict_async(self, instances: Any) -> Served:
+    async def predict_async(self, instances: Any, *, checked: bool = False) -> Served:
         """``predict`` awaiting the online store on the running event loop (the server's):
-        other requests run while the store's reply is on its way."""
-        rows, routes, aliases, t0 = self._begin(instances)
+        other requests run while the store's reply is on its way. ``checked``: the
+        instances already passed ``check`` (the server merges checked requests)."""
+        rows, routes, aliases, t0 = self._begin(instances, checked)
         try:
             fetched = await self.features.fetch_async(rows, self.fetch_columns)
         except BackendError as exc:
@@ -194,9 +195,9 @@ class Predictor:
             raise RequestError(exc.message, fix=exc.fix) from exc
         return self._finish(rows, routes, aliases, t0, fetched, None)
 
-    def _begin(self, instances: Any) -> tuple[list[dict[str, Any]], list[str], list[str],
-                                              float]:
-        rows = self.check(instances)
+    def _begin(self, instances: Any, checked: bool = False,
+               ) -> tuple[list[dict[str, Any]], list[str], list[str], float]:
+        rows = instances if checked else self.check(instances)
         t0 = time.perf_counter()
         routes = [self.router.route(r) for r in rows]
         aliases = [r if r in self.versions else "production" for r in routes]
