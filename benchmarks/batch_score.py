@@ -3,9 +3,10 @@
 One snapshot view of 10 floats over 1M users (one row each), a LightGBM model (200 trees)
 trained on it by closedloop once per data size.
 
-* ``closedloop``: ``project.serving.score`` — the point-in-time features of every user as of
-  the scoring instant, the production version's predict, the scores written to the online
-  store (SQLite) with a durable checkpoint per 100k.
+* ``closedloop-sqlite`` / ``closedloop-redis``: ``project.serving.score`` — the
+  point-in-time features of every user as of the scoring instant, the production version's
+  predict, the scores written to the online store (SQLite / Redis) with a durable
+  checkpoint per 100k.
 * ``floor``: LightGBM's own batch predict on the same matrix (read from the Parquet file,
   built outside the timing), two threads.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import closedloop as cl
-from benchmarks.data import DATA, DAY, T0, _ts
+from benchmarks.data import DATA, DAY, T0, _ts, private_project, redis_cleanup
 
 OUTPUTS = ["score"]
 FEATURES = [f"f{i}" for i in range(10)]
@@ -95,22 +96,29 @@ def _at() -> Any:
         days=3)
 
 
-def _closedloop(data: Path) -> Any:
-    root = Path(tempfile.mkdtemp(prefix="cl-bench-batch-")) / "project"
-    shutil.copytree(data / "project", root)
-    project = cl.Project(root)
-    project.features.engine.read(project.catalog.sources["profiles"], ["user_id"])  # warm
+def _closedloop(store: str) -> Any:
+    def setup(data: Path) -> Any:
+        prefix = f"clbench:{uuid.uuid4().hex}:"
+        root = private_project(data, "batch", prefix if store == "redis" else None)
+        project = cl.Project(root)
+        project.features.engine.read(project.catalog.sources["profiles"], ["user_id"])  # warm
 
-    def job() -> Any:
-        report = project.serving.score("bench", at=_at())
-        users = _users(KEPT).tolist()
-        scores = [project.serving.stored_score("bench", u) for u in users]
-        table = pa.table({"label_id": np.arange(KEPT),
-                          "score": [s.score if s is not None else None for s in scores]})
-        project.close()
-        shutil.rmtree(root.parent, ignore_errors=True)
-        return table, {"per_s": report.scored / report.seconds, "entities": report.scored}
-    return job
+        def job() -> Any:
+            try:
+                report = project.serving.score("bench", at=_at())
+                users = _users(KEPT).tolist()
+                scores = [project.serving.stored_score("bench", u) for u in users]
+                table = pa.table({"label_id": np.arange(KEPT),
+                                  "score": [s.score if s is not None else None for s in scores]})
+                return table, {"per_s": report.scored / report.seconds,
+                               "entities": report.scored}
+            finally:
+                project.close()
+                if store == "redis":
+                    redis_cleanup(prefix)
+                shutil.rmtree(root.parent, ignore_errors=True)
+        return job
+    return setup
 
 
 def _floor(data: Path) -> Any:
@@ -132,7 +140,9 @@ def _floor(data: Path) -> Any:
 
 
 class _BatchScore:
-    SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop": _closedloop, "floor": _floor}
+    SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
+                                         "closedloop-redis": _closedloop("redis"),
+                                         "floor": _floor}
     SETUP: ClassVar[set[str]] = set(SYSTEMS)
     ANCHOR = None
     METRIC = "per_s"

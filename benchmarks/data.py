@@ -149,3 +149,43 @@ def train_data(scale: float = 1.0, seed: int = 17) -> Path:
                    folder / "labels.parquet")
     (folder / "done.json").write_text(json.dumps({"rows": n, "frauds": int(fraud.sum())}))
     return folder
+
+
+def private_project(data: Path, tag: str, redis_prefix: str | None = None,
+                    extra: str = "") -> Path:
+    """A throwaway copy of a workload's project (``data / "project"``), with its online store
+    moved to Redis under ``redis_prefix`` when given, and ``extra`` TOML appended. Remove
+    its parent folder, and ``redis_cleanup(prefix)``, when done."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix=f"cl-bench-{tag}-")) / "project"
+    shutil.copytree(data / "project", root)
+    config = root / "closedloop.toml"
+    lines = config.read_text().splitlines() if config.exists() else []
+    if redis_prefix is not None:
+        ours = ['store = "redis"', f'prefix = "{redis_prefix}"']
+        out, section = [], ""
+        for line in lines:
+            text = line.strip()
+            if text.startswith("["):
+                section = text
+            if section == "[online]" and text.split("=")[0].strip() in ("store", "prefix"):
+                continue                         # ours replace them
+            out.append(line)
+            if text == "[online]":
+                out += ours
+        lines = out if "[online]" in (t.strip() for t in out) else ["[online]", *ours, *out]
+    config.write_text("\n".join(lines) + "\n" + extra)
+    return root
+
+
+def redis_cleanup(prefix: str) -> None:
+    """Delete the Redis keys under ``prefix`` (and only those)."""
+    import redis
+
+    client = redis.Redis()
+    keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
+    for i in range(0, len(keys), 10_000):
+        client.delete(*keys[i:i + 10_000])
+    client.close()

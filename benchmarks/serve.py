@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import closedloop as cl
-from benchmarks.data import DATA, FEATURES_A, FEATURES_B, pit_data
+from benchmarks.data import DATA, FEATURES_A, FEATURES_B, pit_data, private_project, redis_cleanup
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ["score"]
@@ -217,12 +217,8 @@ def _load(port: int, path: str, users: int, process: subprocess.Popen[bytes],
 
 def _closedloop(store: str) -> Any:
     def setup(data: Path) -> Any:
-        root = Path(tempfile.mkdtemp(prefix="cl-bench-serve-")) / "project"
-        shutil.copytree(data / "project", root)
         prefix = f"clbench:{uuid.uuid4().hex}:"
-        if store == "redis":
-            (root / "closedloop.toml").write_text(
-                f'[online]\nstore = "redis"\nprefix = "{prefix}"\n')
+        root = private_project(data, "serve", prefix if store == "redis" else None)
         with cl.Project(root) as project:
             project.features.materialize()
         port = _free_port()
@@ -234,13 +230,7 @@ def _closedloop(store: str) -> Any:
 
         def cleanup() -> None:
             if store == "redis":
-                import redis
-
-                client = redis.Redis()
-                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-                for i in range(0, len(keys), 1000):
-                    client.delete(*keys[i:i + 1000])
-                client.close()
+                redis_cleanup(prefix)
             shutil.rmtree(root.parent, ignore_errors=True)
         return _load(port, "/v1/models/bench:predict", users, process, cleanup)
     return setup

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -35,7 +34,7 @@ import orjson
 import pyarrow as pa
 
 import closedloop as cl
-from benchmarks.data import DATA
+from benchmarks.data import DATA, private_project, redis_cleanup
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, write_fraud_project
 
@@ -82,14 +81,12 @@ def _events(root: Path, n: int) -> pa.Table:
 
 def _closedloop(store: str) -> Any:
     def setup(data: Path) -> Any:
-        root = Path(tempfile.mkdtemp(prefix="cl-bench-stream-")) / "project"
-        shutil.copytree(data / "project", root)
         prefix = f"clbench:{uuid.uuid4().hex}:"
-        if store == "redis":
-            config = root / "closedloop.toml"
-            config.write_text(config.read_text().replace(
-                "[online]\n", f'[online]\nstore = "redis"\nprefix = "{prefix}"\n') +
-                f'\n[stream]\nurl = "redis://127.0.0.1:6379/0"\nprefix = "{prefix}"\n')
+        on_redis = store == "redis"
+        root = private_project(data, "stream", prefix if on_redis else None, extra=(
+            f'\n[stream]\nurl = "redis://127.0.0.1:6379/0"\nprefix = "{prefix}"\n' if on_redis
+            else ""))
+        if on_redis:
             with cl.Project(root) as project:
                 project.features.materialize()
         n = int(EVENTS * min(1.0, max(0.05, _scale(data))))
@@ -107,7 +104,7 @@ def _closedloop(store: str) -> Any:
                          "p99_ms": float(np.percentile(lags, 99))})
             finally:
                 if store == "redis":
-                    _cleanup(prefix)
+                    redis_cleanup(prefix)
                 project.close()
                 shutil.rmtree(root.parent, ignore_errors=True)
         return job
@@ -166,15 +163,6 @@ def _floor(data: Path) -> Any:
 
 def _scale(data: Path) -> float:
     return float(json.loads((data / "done.json").read_text())["scale"])
-
-
-def _cleanup(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis()
-    for key in client.scan_iter(match=f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 class _Stream:

@@ -15,14 +15,14 @@ def test_benchmarks_json_and_zero_mismatches() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks", "pit", "windows", "ingest", "batch-score",
          "--scale", "0.02",
-         "--repeat", "1", "--systems", "closedloop", "--json"],
+         "--repeat", "1", "--systems", "closedloop", "closedloop-sqlite", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     seen = {(r["workload"], r["system"]) for r in lines}
     assert seen == {("pit", "closedloop"), ("pit", "floor"), ("windows", "closedloop"),
                     ("windows", "floor"), ("ingest", "closedloop"), ("ingest", "floor"),
-                    ("batch-score", "closedloop"), ("batch-score", "floor")}
+                    ("batch-score", "closedloop-sqlite"), ("batch-score", "floor")}
     for r in lines:
         assert {"workload", "system", "seconds", "peak_mb", "mismatches"} <= set(r)
         assert r["mismatches"] == 0, r

@@ -4,7 +4,10 @@ the batch is one log append, and a request that fails inside a merged batch fail
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 import closedloop as cl
 from closedloop.errors import RequestError
@@ -17,58 +20,61 @@ def _instances(users: list[str], n: int, first: int = 0) -> list[list[dict[str, 
             for i in range(n)]
 
 
-def test_queued_requests_merge_and_each_gets_its_own_answer(served: cl.Project) -> None:
+@pytest.fixture
+def app(served: cl.Project) -> Iterator[ServingApp]:
     app = ServingApp(served, ["fraud"])
     app.start()
-    try:
-        predictor = app.predictors["fraud"]
-        users = served.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:40]
-        requests = _instances(users, 30)
-        requests[7] = requests[7] + _instances(users, 2, first=100)[0]   # one of 2 instances
-
-        async def go() -> list[Any]:
-            batcher = app._batcher("fraud")
-            waiting = [batcher.submit(predictor, rows) for rows in requests]
-            return list(await asyncio.gather(*waiting))
-        results = asyncio.run(go())
-        served_batches = {id(s) for s, _, _ in results}
-        assert len(served_batches) == 1, "all were queued together: one batch"
-        for rows, (batch, first, last) in zip(requests, results, strict=True):
-            mine = batch.predictions[first:last]
-            assert len(mine) == len(rows)
-            alone = predictor.predict(rows).predictions
-            assert [(p.score, p.route, p.decision, p.version) for p in mine] == [
-                (p.score, p.route, p.decision, p.version) for p in alone]
-        logged = [r for r in served.prediction_log.records("fraud") if r["kind"] == "prediction"]
-        batch = results[0][0]
-        ids = {p.id for p in batch.predictions}
-        assert ids <= {r["id"] for r in logged}, "the batch was logged before its answers"
-    finally:
-        app.stop()
+    yield app
+    app.stop()
 
 
-def test_a_request_failing_inside_a_merged_batch_fails_alone(served: cl.Project) -> None:
-    app = ServingApp(served, ["fraud"])
-    app.start()
-    try:
-        predictor = app.predictors["fraud"]
-        users = served.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:40]
-        requests = _instances(users, 12)
-        # Passed the request check in the handler, yet its transform cannot take it.
-        requests[5] = [{**requests[5][0], "amount": "a lot"}]
+def _users(project: cl.Project) -> list[str]:
+    users: list[str] = project.data.read("transactions", ["user_id"])["user_id"].to_pylist()
+    return users[:40]
 
-        async def go() -> list[Any]:
-            batcher = app._batcher("fraud")
-            waiting = [batcher.submit(predictor, rows) for rows in requests]
-            return list(await asyncio.gather(*waiting, return_exceptions=True))
-        results = asyncio.run(go())
-        assert isinstance(results[5], RequestError)
-        assert "amount_vs_usual" in results[5].message
-        for i, result in enumerate(results):
-            if i != 5:
-                batch, first, last = result
-                assert last - first == 1
-                assert batch.predictions[first].score == predictor.predict(
-                    requests[i]).predictions[0].score
-    finally:
-        app.stop()
+
+def test_queued_requests_merge_and_each_gets_its_own_answer(served: cl.Project,
+                                                            app: ServingApp) -> None:
+    predictor = app.predictors["fraud"]
+    requests = _instances(_users(served), 30)
+    requests[7] = requests[7] + _instances(_users(served), 2, first=100)[0]  # 2 instances
+
+    async def go() -> list[Any]:
+        batcher = app._batcher("fraud")
+        waiting = [batcher.submit(predictor, rows) for rows in requests]
+        return list(await asyncio.gather(*waiting))
+    results = asyncio.run(go())
+    served_batches = {id(s) for s, _, _ in results}
+    assert len(served_batches) == 1, "all were queued together: one batch"
+    for rows, (batch, first, last) in zip(requests, results, strict=True):
+        mine = batch.predictions[first:last]
+        assert len(mine) == len(rows)
+        alone = predictor.predict(rows).predictions
+        assert [(p.score, p.route, p.decision, p.version) for p in mine] == [
+            (p.score, p.route, p.decision, p.version) for p in alone]
+    logged = [r for r in served.prediction_log.records("fraud") if r["kind"] == "prediction"]
+    batch = results[0][0]
+    ids = {p.id for p in batch.predictions}
+    assert ids <= {r["id"] for r in logged}, "the batch was logged before its answers"
+
+
+def test_a_request_failing_inside_a_merged_batch_fails_alone(served: cl.Project,
+                                                             app: ServingApp) -> None:
+    predictor = app.predictors["fraud"]
+    requests = _instances(_users(served), 12)
+    # Passed the request check in the handler, yet its transform cannot take it.
+    requests[5] = [{**requests[5][0], "amount": "a lot"}]
+
+    async def go() -> list[Any]:
+        batcher = app._batcher("fraud")
+        waiting = [batcher.submit(predictor, rows) for rows in requests]
+        return list(await asyncio.gather(*waiting, return_exceptions=True))
+    results = asyncio.run(go())
+    assert isinstance(results[5], RequestError)
+    assert "amount_vs_usual" in results[5].message
+    for i, result in enumerate(results):
+        if i != 5:
+            batch, first, last = result
+            assert last - first == 1
+            assert batch.predictions[first].score == predictor.predict(
+                requests[i]).predictions[0].score
