@@ -135,22 +135,17 @@ class SQLiteEventStream:
         with self._write("a new group") as con:
             con.execute("INSERT OR IGNORE INTO groups VALUES (?, ?, 0)", (stream, group))
 
-    def _group_at(self, stream: str, group: str) -> int:
-        found = self._read("a group read", "SELECT last_seq FROM groups WHERE stream = ? AND "
-                           "grp = ?", (stream, group))
-        if not found:
-            raise BackendError(f"the event stream {stream!r} has no group {group!r}",
-                               fix="create it first (ensure_group)")
-        return int(found[0][0])
-
     def read_group(self, stream: str, group: str, consumer: str, count: int,
                    block_ms: int) -> list[tuple[str, dict[str, bytes]]]:
         deadline = time.monotonic() + block_ms / 1000
         while True:
-            at = self._group_at(stream, group)
-            (top,) = self._read("a poll", "SELECT coalesce(max(seq), 0) FROM records WHERE "
-                                "stream = ?", (stream,))[0]
-            if int(top) > at:
+            at, top = self._read("a poll", "SELECT (SELECT last_seq FROM groups WHERE stream = ? "
+                                 "AND grp = ?), (SELECT coalesce(max(seq), 0) FROM records "
+                                 "WHERE stream = ?)", (stream, group, stream))[0]
+            if at is None:
+                raise BackendError(f"the event stream {stream!r} has no group {group!r}",
+                                   fix="create it first (ensure_group)")
+            if int(top) > int(at):
                 rows = self._deliver(stream, group, consumer, count)
                 if rows:
                     return rows
