@@ -16,9 +16,9 @@ never a 500. More than ``max_inflight`` requests in flight on a worker are shed 
 and ``Retry-After``. The requests already queued for a model are served as one batch
 (``_Batcher``), never held back for more to come. Aliases are polled every ``reload_s``: a
 moved alias loads the new version off the event loop and swaps it in; requests in flight
-finish on the version they started on, so none is dropped. The shadow version scores on a worker thread after the
-response (a bounded queue: when the shadow falls behind, its work is dropped and counted,
-never queued without end).
+finish on the version they started on, so none is dropped. The shadow version scores on a
+worker thread after the response (a bounded queue: when the shadow falls behind, its work is
+dropped and counted, never queued without end).
 """
 
 from __future__ import annotations
