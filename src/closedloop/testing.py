@@ -59,7 +59,8 @@ def _events(arrival: bool = True) -> Callable[[str], EventSource]:
 def _aggs(path: str, fns: tuple[str, ...], windows: tuple[str, ...] = ("1h",),
           arrival: bool = True, default: Any = None) -> FeatureView:
     return FeatureView("w", entity=_user, source=_events(arrival)(path),
-                       aggregations=[Agg("amount", fn, windows=list(windows), default=default)
+                       aggregations=[Agg("amount", fn, windows=list(windows),
+                                         default=None if fn in ("sum", "count") else default)
                                      for fn in fns])
 
 

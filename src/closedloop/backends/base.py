@@ -53,13 +53,13 @@ class OfflineEngine(Protocol):
         ...
 
     def append(self, source: AnySource, rows: pa.Table,
-               unique: Sequence[str] | None = None) -> int:
+               unique: Sequence[str] | None = None) -> pa.Table:
         """Append rows to the source's event log in the offline store, durably and whole (a
         crash leaves all of them or none); later reads of the source include them. With
         ``unique``, the rows are a set on those columns: only the first of the rows sharing
         a value, and only if the source does not hold that value yet, is appended (checked and
-        appended as one step, no other such append in between). Return how many rows were
-        appended."""
+        appended as one step, no other such append in between). Return the rows appended,
+        in their order."""
         ...
 
     def read(self, source: AnySource, columns: Sequence[str] | None = None) -> pa.Table:

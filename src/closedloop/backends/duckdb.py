@@ -28,8 +28,9 @@ import pyarrow.compute as pc
 from closedloop.backends import ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
-from closedloop.backends.windowsql import fdiv, hop_ctes, nulls_low, q, scale
-from closedloop.data.sources import ARROW_TYPES, AnySource, LogicalType
+from closedloop.backends.windowsql import fdiv, hop_ctes, nulls_low, q, scale, us
+from closedloop.data.instants import FLOOR_FIX
+from closedloop.data.sources import ARROW_TYPES, INGESTED_AT, AnySource, LogicalType
 from closedloop.errors import (
     BackendError,
     ConfigError,
@@ -45,6 +46,9 @@ _SQL_TYPES: dict[LogicalType, str] = {
 }
 
 
+_NANO_INSTANTS = ("TIMESTAMPTZ_NS", "TIMESTAMP_NS WITH TIME ZONE")
+
+
 def _logical(duck_type: str) -> str:
     t = duck_type.upper()
     if t in ("VARCHAR", "STRING", "TEXT") or t.startswith("VARCHAR"):
@@ -56,8 +60,8 @@ def _logical(duck_type: str) -> str:
         return "float64"
     if t == "BOOLEAN":
         return "bool"
-    if t in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ"):
-        return "timestamp"
+    if t in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", *_NANO_INSTANTS):
+        return "timestamp"           # nanosecond instants: read to the µs (check_source)
     if t.startswith("TIMESTAMP") or t == "DATE":
         return "timestamp_naive"
     return t.lower()
@@ -86,6 +90,11 @@ def _bytes(setting: str) -> int:
         return int(float(number) * _UNITS.get(unit.upper() or "B", 1))
     except ValueError:
         return 0
+
+
+def _no_rows(names: Sequence[str]) -> pa.Table:
+    """An empty result with these columns."""
+    return pa.table({n: pa.array([], pa.null()) for n in names})
 
 
 def _ascending(ids: np.ndarray[Any, Any]) -> bool:
@@ -192,16 +201,16 @@ class DuckDBEngine:
         return f"(SELECT * FROM {base} UNION ALL BY NAME SELECT * FROM {log})"
 
     def append(self, source: AnySource, rows: pa.Table,
-               unique: Sequence[str] | None = None) -> int:
+               unique: Sequence[str] | None = None) -> pa.Table:
         events = self._required_log(source)
         if not unique:
             events.append(rows)
-            return int(rows.num_rows)
+            return rows
         with events.writing():                 # no other deduplicating writer in between
             fresh = self._not_held(source, rows, list(unique))
             if fresh.num_rows:
                 events.append(fresh)
-        return int(fresh.num_rows)
+        return fresh
 
     def _not_held(self, source: AnySource, rows: pa.Table, unique: list[str]) -> pa.Table:
         """The first of the rows sharing each ``unique`` value the source does not hold yet,
@@ -248,6 +257,10 @@ class DuckDBEngine:
 
     # -- schema -----------------------------------------------------------------------------
     def columns(self, source: AnySource) -> dict[str, str]:
+        return {name: _logical(kind) for name, kind in self._described(source).items()}
+
+    def _described(self, source: AnySource) -> dict[str, str]:
+        """The source's columns and their DuckDB types."""
         sql = f"DESCRIBE SELECT * FROM {self._scan(source)}"
         try:
             with self._lock:
@@ -255,12 +268,35 @@ class DuckDBEngine:
         except duckdb.Error as exc:
             raise DataError(f"source {source.name!r} cannot be read: {exc}",
                             fix=f"check the files at {source.path!r}") from exc
-        return {str(row[0]): _logical(str(row[1])) for row in described}
+        return {str(row[0]): str(row[1]) for row in described}
+
+    def _check_micros(self, source: AnySource, described: dict[str, str],
+                      columns: Sequence[str]) -> None:
+        """Refuse nanosecond instants finer than a microsecond in the source's own files (the
+        boundary ingestion and push guard for the rest): never rounded, as everywhere."""
+        finer = [c for c in dict.fromkeys(columns)
+                 if described.get(c, "").upper() in _NANO_INSTANTS]
+        if not finer:
+            return
+        counts = ", ".join(f"count(*) FILTER (WHERE epoch_ns({q(c)}) % 1000 <> 0)"
+                           for c in finer)
+        with self._lock:
+            row = self._connection().execute(
+                f"SELECT {counts} FROM {self._scan(source)}").fetchall()[0]
+        for c, n in zip(finer, row, strict=True):
+            if n:
+                raise PointInTimeError(
+                    f"column {c!r} of source {source.name!r} has {n:,} instant(s) finer than "
+                    "a microsecond; closedloop keeps instants to the microsecond and does not "
+                    "round them", fix=FLOOR_FIX)
 
     def check_source(self, source: AnySource, key: str, key_type: LogicalType,
                      needed: Sequence[str]) -> dict[str, str]:
         """Check that a source has what a view reads; return its columns."""
-        cols = self.columns(source)
+        described = self._described(source)
+        cols = {name: _logical(kind) for name, kind in described.items()}
+        self._check_micros(source, described, [c for c in (*source.time_columns, *needed)
+                                               if cols.get(c) == "timestamp"])
         for col, role in [(source.timestamp, "timestamp"), *(
                 [(source.tie_column, "tie")] if source.tie_column else [])]:
             if col not in cols:
@@ -466,10 +502,10 @@ class DuckDBEngine:
 
     def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:
         source = view.source
-        ts = f"epoch_us({q(source.timestamp)})"
-        tie = f"epoch_us({q(source.tie_column)})" if source.tie_column else "NULL::BIGINT"
+        ts = us(q(source.timestamp))
+        tie = us(q(source.tie_column)) if source.tie_column else "NULL::BIGINT"
         vis = source.visibility_column
-        v = f"greatest({ts}, epoch_us({q(vis)}))" if vis else ts
+        v = f"greatest({ts}, {us(q(vis))})" if vis else ts
         cols = "".join(f", {q(c)}" for c in dict.fromkeys(columns))
         return (f"SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
                 f"{ts} AS __et, "
@@ -490,7 +526,7 @@ class DuckDBEngine:
             # picks one. Cheaper than deduplicating every row of the source first.
             order = ", ".join(f"o{j} := {k}" for j, k in enumerate(keys))
             narrow = (f"SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) AS __k, "
-                      f"epoch_us({q(view.source.timestamp)}) AS __et "
+                      f"{us(q(view.source.timestamp))} AS __et "
                       f"FROM {self._scan(view.source)} WHERE {q(view.entity.key)} IS NOT NULL "
                       f"AND {q(view.source.timestamp)} IS NOT NULL")
             matched = (f"SELECT r.{ROW_ID}, r.{ROW_KEY}, r.{ROW_TS}, n.__et FROM __rows r "
@@ -570,7 +606,7 @@ class DuckDBEngine:
         infinities falls back to float sums in a fixed order (``None``).
         """
         source = view.source
-        ts = f"epoch_us({q(source.timestamp)})"
+        ts = us(q(source.timestamp))
         key = q(view.entity.key)
         parts = [f"approx_count_distinct(hash({key}, {fdiv(ts, h)}))" for h in hops]
         for c in summed:
@@ -595,14 +631,32 @@ class DuckDBEngine:
 
     # -- materialization ---------------------------------------------------------------------
     def _changed(self, view: FeatureView, at: int, since: int | None) -> str:
+        """The filter to the entities an incremental run redoes: those with a row that became
+        visible after ``since`` (its arrival, or its event time where the source records no
+        arrival), or that the store was given after ``since`` — by its ``created`` instant or
+        its ingest stamp, which every row ingested or pushed carries — so a late row lands
+        whatever its times, in every kind of source."""
         if since is None:
             return ""
-        return f" AND __k IN (SELECT __k FROM src WHERE __v > {since} AND __v <= {at})"
+        source = view.source
+        cols = self.columns(source)
+        written = [us(q(c)) for c in dict.fromkeys([source.tie_column, INGESTED_AT])
+                   if c is not None and cols.get(c) == "timestamp"]
+        late = "".join(f" OR {w} > {since}" for w in written)
+        ts = us(q(source.timestamp))
+        vis = source.visibility_column
+        v = f"greatest({ts}, {us(q(vis))})" if vis else ts
+        return (f" AND __k IN (SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) "
+                f"FROM {self._scan(source)} WHERE {q(view.entity.key)} IS NOT NULL AND "
+                f"{q(source.timestamp)} IS NOT NULL AND (({v} > {since} AND {v} <= {at})"
+                f"{late}))")
 
     def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
         """Per entity, the snapshot row visible at ``at`` (for entities with rows that became
         visible after ``since``, when given): key, event time, tie, then the features."""
         cols = list(view.row_columns)
+        if not self._has_data(view.source):      # nothing ingested or pushed yet: no entity
+            return _no_rows(["key", "et", "tie", *cols])
         self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"], cols)
         keys = [nulls_low("__tie"), *(nulls_low(q(c)) for c in cols)]
         order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
@@ -622,6 +676,9 @@ class DuckDBEngine:
         the rows visible at ``at``, for the buckets a window of ``span`` hops can still read
         (for entities with rows that became visible after ``since``, when given)."""
         columns = list(dict.fromkeys(a.column for a in view.aggregations))
+        if not self._has_data(view.source):
+            return _no_rows(["key", "b", *(f"{f}{i}" for i in range(len(columns))
+                                           for f in ("n", "s", "m", "lo", "hi", "l", "o"))])
         types = self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"],
                                   columns)
         parts = []

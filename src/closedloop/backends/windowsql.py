@@ -14,6 +14,12 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def us(column: str) -> str:
+    """A source's instant column as int64 µs, whatever unit its files store it in (nanosecond
+    columns hold whole microseconds: ``check_source`` refuses finer ones)."""
+    return f"epoch_us(({column})::TIMESTAMPTZ)"
+
+
 def fdiv(expr: str, hop: int) -> str:
     """Floor division of an int64 expression by a positive constant (correct before 1970)."""
     return f"(({expr}) // {hop} - CASE WHEN ({expr}) % {hop} < 0 THEN 1 ELSE 0 END)"

@@ -6,9 +6,9 @@ One call is one batch, all or nothing:
    read (truncated, empty, not the format it claims) or lacks a required column stops the
    whole batch with a clear error, and nothing is written;
 2. each row is converted to the declared types; a row that does not convert (a word in a
-   number column, a timestamp without a zone, a null id or time, a NaN) goes to the
-   **quarantine** with its reason, its file and row number, and its original payload —
-   never dropped silently;
+   number column, a timestamp without a zone or finer than a microsecond, a null id or
+   time, a NaN) goes to the **quarantine** with its reason, its file and row number, and
+   its original payload — never dropped silently;
 3. every accepted row is stamped with the instant it was ingested (``_ingested_at``) and, when
    the source declares an arrival (or created) column the file leaves empty, with that too;
 4. rows are deduplicated — within the batch and against everything the source already holds —
@@ -38,11 +38,17 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from closedloop.data.durable import write_durably
-from closedloop.data.sources import ARROW_TYPES, AnySource, LabelSource, LogicalType, TableSource
-from closedloop.errors import DataError, PointInTimeError, SchemaMismatch
+from closedloop.data.instants import as_instants, sub_micro
+from closedloop.data.sources import (
+    ARROW_TYPES,
+    INGESTED_AT,
+    AnySource,
+    LabelSource,
+    LogicalType,
+    TableSource,
+)
+from closedloop.errors import DataError, SchemaMismatch
 
-#: The column every ingested row carries: the instant it was ingested (UTC).
-INGESTED_AT = "_ingested_at"
 #: Label rows may carry where they came from (``human:majority``, ``weak:dawid-skene``…) and
 #: how sure their strategy was.
 PROVENANCE, CONFIDENCE = "provenance", "confidence"
@@ -59,7 +65,7 @@ class SourceStore(Protocol):
     rows, read them back."""
 
     def append(self, source: AnySource, rows: pa.Table,
-               unique: Sequence[str] | None = None) -> int: ...
+               unique: Sequence[str] | None = None) -> pa.Table: ...
 
     def read(self, source: AnySource, columns: Sequence[str] | None = None) -> pa.Table: ...
 
@@ -277,6 +283,10 @@ def _python_column(values: list[Any]) -> pa.Array:
                          for v in values], pa.string())
 
 
+#: The quarantine reason of an instant finer than a microsecond (never rounded).
+SUB_MICRO = "instant finer than a microsecond (floor it to the microsecond)"
+
+
 # -- converting -------------------------------------------------------------------------------
 def _reason(value: pa.Array, logical: LogicalType) -> str:
     """Why one value does not convert to ``logical``."""
@@ -302,10 +312,24 @@ def _cast_values(column: pa.Array, target: pa.DataType, logical: LogicalType,
         value = column[i:i + 1]
         try:
             out.append(pc.cast(value, target)[0].as_py())
+            continue
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            out.append(None)
-            bad.append((i, _reason(value, logical)))
+            pass
+        nanos = _nanos(value) if logical == "timestamp" else None
+        if nanos is not None and not sub_micro(nanos)[0]:    # nine digits, the last three 0
+            out.append(pc.cast(nanos, target, safe=False)[0].as_py())
+            continue
+        out.append(None)
+        bad.append((i, SUB_MICRO if nanos is not None else _reason(value, logical)))
     return pa.array(out, target), bad
+
+
+def _nanos(value: pa.Array) -> pa.Array | None:
+    """A text instant parsed to the nanosecond (None: it does not parse so)."""
+    try:
+        return pc.cast(value, pa.timestamp("ns", tz="UTC"))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
 
 
 def _convert(table: pa.Table, name: str, logical: LogicalType, rejects: _Rejects,
@@ -313,11 +337,7 @@ def _convert(table: pa.Table, name: str, logical: LogicalType, rejects: _Rejects
     col = table[name]
     target = ARROW_TYPES[logical]
     if logical == "timestamp" and pa.types.is_timestamp(col.type):
-        if col.type.tz is None:
-            raise PointInTimeError(
-                f"{what}: column {name!r} holds naive timestamps (no time zone); closedloop "
-                "does not guess the zone", fix="write UTC instants (timestamp with tz='UTC')")
-        return pc.cast(col, target)
+        return _instants(col, name, rejects, what)
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.utf8_trim_whitespace(col)
         if logical != "string":
@@ -344,6 +364,17 @@ def _convert(table: pa.Table, name: str, logical: LogicalType, rejects: _Rejects
     return pa.chunked_array(chunks, target)
 
 
+def _instants(col: pa.ChunkedArray, name: str, rejects: _Rejects, what: str,
+              ) -> pa.ChunkedArray:
+    """A timestamp column as UTC instants in µs (``as_instants``): a naive column stops the
+    batch; a value finer than a microsecond sends its row to the quarantine."""
+    finer = sub_micro(col)
+    if finer.any():
+        rejects.add(finer, f"{name}: {SUB_MICRO}")
+        col = pc.if_else(pa.array(finer), pa.scalar(None, col.type), col)
+    return as_instants(col, f"{what}: column {name!r}")
+
+
 def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
              ) -> tuple[pa.Table, _Rejects, list[str]]:
     """The file's rows in the declared types, stamped; the rejected rows flagged."""
@@ -367,7 +398,8 @@ def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
             continue                                   # optional, filled in below
         logical = declared.get(name)
         col = (_convert(table, name, logical, rejects, what) if logical is not None
-               else table[name])
+               else _instants(table[name], name, rejects, what)
+               if _aware(table[name].type) else table[name])
         columns[name] = col
         if logical == "float64":
             finite = pc.is_finite(col)
@@ -388,6 +420,10 @@ def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
                                    if flag is None else pc.fill_null(flag, False))
     columns[INGESTED_AT] = stamp
     return pa.table(columns), rejects, ignored
+
+
+def _aware(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) and kind.tz is not None
 
 
 def _payloads(table: pa.Table, rows: np.ndarray[Any, Any]) -> list[str]:
@@ -445,7 +481,7 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
     # rerun writes the same quarantine file (named by its content) again.
     if bad:
         quarantine.write(source.name, bad, now)
-    appended = writer.append(source, batch, unique=unique) if batch.num_rows else 0
+    appended = writer.append(source, batch, unique=unique).num_rows if batch.num_rows else 0
     duplicates = batch.num_rows - appended
     counts: dict[str, int] = {}
     for b in bad:

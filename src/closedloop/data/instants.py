@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,8 +24,30 @@ _UNITS = {"s": SECOND, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 
 
-def to_micros(column: pa.ChunkedArray, what: str) -> pa.ChunkedArray:
-    """UTC instants as int64 µs; naive timestamps are refused, never guessed."""
+INSTANT = pa.timestamp("us", tz="UTC")
+
+#: How to make instants microsecond-exact; said by every error about a finer one.
+FLOOR_FIX = ("floor them to the microsecond first, e.g. pandas .dt.floor('us') or "
+             "pyarrow.compute.floor_temporal(column, unit='microsecond')")
+
+
+def sub_micro(column: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, Any]:
+    """Which values of an aware or naive timestamp column fall between two microseconds
+    (nulls: False). Only a nanosecond column can hold such values."""
+    if not pa.types.is_timestamp(column.type) or column.type.unit != "ns":
+        return np.zeros(len(column), dtype=bool)
+    nanos = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy(zero_copy_only=False)
+    finer: np.ndarray[Any, Any] = nanos % 1000 != 0      # floor modulo: right before 1970 too
+    return finer
+
+
+def as_instants(column: pa.ChunkedArray | pa.Array, what: str) -> pa.ChunkedArray:
+    """The one conversion of timestamps at every boundary (ingestion, push, entity rows, label
+    rows): aware timestamps of any unit and zone become UTC instants in microseconds
+    (``timestamp[us, tz=UTC]``); nulls stay null. A naive timestamp is refused, never guessed;
+    an instant finer than a microsecond is refused, never rounded (``PointInTimeError``)."""
+    if isinstance(column, pa.Array):
+        column = pa.chunked_array([column], column.type)
     if not pa.types.is_timestamp(column.type):
         raise PointInTimeError(f"{what} is {column.type}, not a timestamp",
                                fix="use timezone-aware UTC timestamps")
@@ -32,10 +56,26 @@ def to_micros(column: pa.ChunkedArray, what: str) -> pa.ChunkedArray:
             f"{what} holds naive timestamps (no time zone); closedloop does not guess the zone",
             fix="make them UTC instants, e.g. pandas .dt.tz_localize('UTC') or "
                 "pyarrow timestamp('us', tz='UTC')")
-    if column.null_count:
-        raise PointInTimeError(f"{what} has {column.null_count} null timestamps",
+    if column.type == INSTANT:
+        return column
+    finer = sub_micro(column)
+    if finer.any():
+        nanos = pc.cast(column[int(np.argmax(finer))], pa.int64()).as_py()
+        raise PointInTimeError(
+            f"{what} has {int(finer.sum()):,} instant(s) finer than a microsecond, e.g. "
+            f"{format_nanos(nanos)}; closedloop keeps instants to the microsecond and does "
+            "not round them", fix=FLOOR_FIX)
+    return pc.cast(column, INSTANT, safe=False)    # exact: nothing below a microsecond
+
+
+def to_micros(column: pa.ChunkedArray | pa.Array, what: str) -> pa.ChunkedArray:
+    """UTC instants as int64 µs (``as_instants``); a null is refused: every row needs its
+    time."""
+    instants = as_instants(column, what)
+    if instants.null_count:
+        raise PointInTimeError(f"{what} has {instants.null_count} null timestamps",
                                fix="every row needs its time")
-    return pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+    return pc.cast(instants, pa.int64())
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -47,6 +87,20 @@ def instant_micros(at: object, what: str = "time") -> int:
         raise PointInTimeError(f"{what} {at!r} is naive or not a datetime",
                                fix="pass a timezone-aware datetime, e.g. datetime.now(UTC)")
     return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def format_instant(micros: int) -> str:
+    """An instant in µs as ISO UTC: ``2026-03-01T12:00:00Z``, with the microseconds when it
+    has some (``…T12:00:00.000001Z``)."""
+    seconds, rest = divmod(micros, SECOND)
+    text = f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}"
+    return f"{text}.{rest:06d}Z" if rest else f"{text}Z"
+
+
+def format_nanos(nanos: int) -> str:
+    """An instant in nanoseconds as ISO UTC with its nine digits: ``…T00:00:00.123456789Z``."""
+    seconds, rest = divmod(nanos, 1_000_000_000)
+    return f"{_EPOCH + timedelta(seconds=seconds):%Y-%m-%dT%H:%M:%S}.{rest:09d}Z"
 
 
 def now_micros() -> int:

@@ -29,6 +29,9 @@ T = TypeVar("T")
 LogicalType = Literal["string", "int64", "float64", "bool", "timestamp"]
 
 #: The Arrow type of each logical type, for values crossing into Arrow.
+#: The column every row ingested or pushed carries: the instant the store was given it (UTC).
+INGESTED_AT = "_ingested_at"
+
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC")}

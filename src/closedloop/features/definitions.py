@@ -58,7 +58,8 @@ class Agg:
     """A windowed aggregation of one column: ``Agg("amount", "sum", windows=["1h", "30d"])``.
 
     ``fn`` is one of sum, count, mean, min, max, last, stddev (population). Null values are
-    ignored; an empty window gives 0 for sum and count and null (or ``default``) otherwise.
+    ignored; an empty window gives 0 for sum and count (which therefore take no ``default``:
+    declaring one is a ``DefinitionError``) and null, or ``default``, for the others.
     """
 
     column: str
@@ -77,6 +78,11 @@ class Agg:
         object.__setattr__(self, "windows", tuple(self.windows))
         for w in self.windows:
             parse_window(w)
+        if self.default is not None and self.fn in ("sum", "count"):
+            raise DefinitionError(
+                f"Agg({self.column!r}, {self.fn!r}) declares default={self.default!r}, which "
+                f"would never apply: an empty window's {self.fn} is 0",
+                fix="drop default=; defaults apply to mean, min, max, stddev and last")
 
     def outputs(self) -> list[WindowedFeature]:
         out = []

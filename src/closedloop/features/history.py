@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine
-from closedloop.data.instants import format_duration
+from closedloop.data.instants import format_duration, to_micros
 from closedloop.errors import DataError
 from closedloop.features.catalog import Catalog
 
@@ -89,8 +88,8 @@ def backfillability(catalog: Catalog, engine: OfflineEngine, ref: str) -> Backfi
                 ok = False
                 reasons.append(f"{what}: no history - the column is null in every raw row")
                 continue
-            first = pc.min(pc.cast(pc.cast(carried[source.timestamp],
-                                           pa.timestamp("us", tz="UTC")), pa.int64())).as_py()
+            first = pc.min(to_micros(carried[source.timestamp],
+                                     f"column {source.timestamp!r} of {source.name!r}")).as_py()
             starts.append(first)
             reasons.append(f"{what}: {carried.num_rows:,} raw rows from "
                            f"{_instant(first):%Y-%m-%d %H:%M}")

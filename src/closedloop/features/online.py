@@ -109,7 +109,9 @@ class ViewReader:
             self.writes = [(out, columns.index(n), view.default(n))
                            for n, outs in zip(names, outputs, strict=True) for out in outs]
 
-    def key(self, row: Mapping[str, Any]) -> str:
+    def key(self, row: Mapping[str, Any]) -> str | None:
+        """The row's entity key as the store keys it; None for a null key, which is no error:
+        as offline, the view's features are then their defaults (the view is missing)."""
         try:
             value = row[self.key_column]
         except KeyError:
@@ -121,6 +123,8 @@ class ViewReader:
                 return value
         elif isinstance(value, int) and not isinstance(value, bool):
             return str(value)
+        if value is None:
+            return None
         raise SchemaMismatch(f"entity key {self.key_column!r} is {value!r} "
                              f"({type(value).__name__}); entity {self.view.entity.name!r} "
                              f"declares {self.key_dtype}", fix=f"send it as {self.key_dtype}")

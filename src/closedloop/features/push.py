@@ -15,11 +15,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
-from closedloop.data.sources import ARROW_TYPES, AnySource, TableSource
+from closedloop.data.instants import INSTANT, as_instants
+from closedloop.data.sources import ARROW_TYPES, INGESTED_AT, AnySource, LabelSource, TableSource
 from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import FeatureView
 from closedloop.features.online import (
@@ -40,39 +42,46 @@ class PushReport:
     """What a push did: ``rows`` appended to the event log; ``entities`` whose online records
     changed; ``pending`` rows not yet visible at the push's instant (event or arrival time
     after it, e.g. clock skew): logged and held in the online records, served from the moment
-    they become visible."""
+    they become visible; ``duplicates``: rows whose id the source held already (or that
+    repeated one earlier in the push), neither logged nor folded again."""
 
     source: str
     rows: int
     entities: int
     views: tuple[str, ...]
     pending: int = 0
+    duplicates: int = 0
 
 
 def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
             now: int) -> pa.Table:
-    """Check pushed rows against the source and its views; stamp arrival when it is absent."""
+    """Check pushed rows against the source and its views and stamp them as ingestion does:
+    every timestamp column as UTC instants in µs (naive or sub-microsecond ones refused), a
+    missing or null arrival (event source) or created (table source) stamped with ``now``,
+    and every row's ``_ingested_at`` = ``now``."""
     if rows.num_rows == 0:
         raise DataError(f"nothing to push to {source.name!r}", fix="push at least one row")
     needed = {source.timestamp, *(v.entity.key for v in views),
               *(a.column for v in views for a in v.aggregations),
-              *(f for v in views for f in v.features)}
-    if source.tie_column and source.tie_column in rows.column_names:
-        needed.add(source.tie_column)
+              *(f for v in views for f in v.features), *([source.id] if source.id else [])}
     missing = sorted(needed - set(rows.column_names))
     if missing:
         raise SchemaMismatch(f"rows pushed to {source.name!r} lack {missing}",
                              fix=f"send {sorted(needed)}")
-    for col in {source.timestamp, *([source.tie_column] if source.tie_column in
-                                    rows.column_names else [])}:
-        t = rows[col].type
-        if not pa.types.is_timestamp(t) or t.tz is None:
-            raise PointInTimeError(f"column {col!r} pushed to {source.name!r} is {t}, not a UTC "
-                                   "instant", fix="send timezone-aware timestamps")
-        if rows[col].null_count:
-            raise PointInTimeError(f"column {col!r} pushed to {source.name!r} has nulls",
-                                   fix="every event needs its time")
-    out = rows
+    out = rows.drop_columns([INGESTED_AT]) if INGESTED_AT in rows.column_names else rows
+    for i, col in enumerate(out.column_names):          # one conversion of every instant
+        if pa.types.is_timestamp(out.schema.field(i).type):
+            out = out.set_column(i, col, as_instants(
+                out[col], f"column {col!r} pushed to {source.name!r}"))
+    for col in (source.timestamp, *([source.id] if source.id else [])):
+        if out[col].null_count:
+            raise DataError(f"column {col!r} pushed to {source.name!r} has nulls",
+                            fix="every event needs its time" if col == source.timestamp
+                            else "every event needs its id")
+    if not pa.types.is_timestamp(out[source.timestamp].type):
+        raise PointInTimeError(f"column {source.timestamp!r} pushed to {source.name!r} is "
+                               f"{out[source.timestamp].type}, not a UTC instant",
+                               fix="send timezone-aware timestamps")
     for col, logical in source.logical_schema.items():
         if col in out.column_names and out[col].type != ARROW_TYPES[logical]:
             try:
@@ -82,10 +91,14 @@ def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
                 raise SchemaMismatch(f"column {col!r} pushed to {source.name!r} is "
                                      f"{out[col].type}, declared {logical}",
                                      fix=f"send {logical} values") from exc
-    arrival = source.visibility_column
-    if arrival is not None and arrival not in out.column_names:
-        stamp = pa.array([now] * out.num_rows, pa.int64()).cast(ARROW_TYPES["timestamp"])
-        out = out.append_column(arrival, stamp)
+    stamp = pa.array(np.full(out.num_rows, now, dtype=np.int64)).cast(INSTANT)
+    tie = source.tie_column                    # arrival or created: stamped as ingest does
+    if tie is not None and not isinstance(source, LabelSource):
+        if tie not in out.column_names:
+            out = out.append_column(tie, stamp)
+        elif out[tie].null_count:
+            out = out.set_column(out.column_names.index(tie), tie,
+                                 pc.coalesce(out[tie], stamp))
     flag = source.deleted if isinstance(source, TableSource) else None
     if flag:                               # rows without the flag are upserts
         present = flag in out.column_names
@@ -93,7 +106,7 @@ def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
             [False] * out.num_rows)
         out = (out.set_column(out.column_names.index(flag), flag, column) if present
                else out.append_column(flag, column))
-    return out
+    return out.append_column(INGESTED_AT, stamp)
 
 
 def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any], int]],
@@ -118,8 +131,14 @@ def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any], int]],
 
 def push(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
          engine: OfflineEngine, store: OnlineStore, now: int) -> PushReport:
-    table = prepare(source, views, rows, now)
-    engine.append(source, table)                # durable first: the log is the truth
+    prepared = prepare(source, views, rows, now)
+    # Durable first: the log is the truth. Idempotent on the source's id, as ingestion is:
+    # an event the source holds already (pushed, ingested, replayed) is neither logged nor
+    # folded again.
+    table = engine.append(source, prepared, unique=[source.id] if source.id else None)
+    if table.num_rows == 0:
+        return PushReport(source.name, 0, 0, tuple(namespace(v) for v in views),
+                          duplicates=prepared.num_rows)
     lists: dict[str, list[Any]] = {}
 
     def column(name: str) -> list[Any]:
@@ -164,7 +183,8 @@ def push(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
     store.update(keys, merge)
     return PushReport(source.name, table.num_rows, len({k for _, k in keys}),
                       tuple(namespace(v) for v in views),
-                      pending=sum(v > now for v in visible_from))
+                      pending=sum(v > now for v in visible_from),
+                      duplicates=prepared.num_rows - table.num_rows)
 
 
 def _fold_window(layout: TileLayout, now: int, record: Any, events: Sequence[Event]) -> Any:

@@ -12,12 +12,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
-from closedloop.data.instants import instant_micros, now_micros, to_micros
+from closedloop.data.instants import (
+    as_instants,
+    format_instant,
+    instant_micros,
+    now_micros,
+    to_micros,
+)
 from closedloop.data.labels import mature
 from closedloop.data.sources import ARROW_TYPES, LabelSource
 from closedloop.errors import (
     ConfigError,
     DataError,
+    PointInTimeError,
     SchemaMismatch,
     UnknownFeatureError,
 )
@@ -25,7 +32,12 @@ from closedloop.features.catalog import Catalog, Resolution
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.definitions import FeatureView, Transform
 from closedloop.features.history import Backfillability, backfillability
-from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
+from closedloop.features.materialize import (
+    MaterializeReport,
+    Progress,
+    materialize_view,
+    watermark_key,
+)
 from closedloop.features.online import OnlineVector, ViewReader
 from closedloop.features.push import BackgroundCompactor, PushReport
 from closedloop.features.push import push as push_rows
@@ -137,26 +149,38 @@ class FeatureService:
         """The first half of ``online``: the view features of every row, read in one store
         round trip (``finish`` runs the transforms). Serving times the two apart."""
         plan, t, keys = self._fetch_keys(batch, features, at)
-        return self._decode(batch, plan, t, self._store().read(keys))
+        wanted = _present(keys)
+        raw = self._store().read(wanted)
+        return self._decode(batch, plan, t, _spread(keys, wanted, raw), at is not None)
 
     async def fetch_async(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
                           *, at: datetime | None = None) -> OnlineFetch:
         """``fetch`` awaiting the store's reply on the running event loop (the server's)."""
         plan, t, keys = self._fetch_keys(batch, features, at)
-        return self._decode(batch, plan, t, await self._store().read_async(keys))
+        wanted = _present(keys)
+        raw = await self._store().read_async(wanted)
+        return self._decode(batch, plan, t, _spread(keys, wanted, raw), at is not None)
 
     def _fetch_keys(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
-                    at: datetime | None) -> tuple[_OnlinePlan, int, list[tuple[str, str]]]:
+                    at: datetime | None) -> tuple[_OnlinePlan, int, list[tuple[str, str | None]]]:
+        """The plan, the instant and the store keys: one per row and view (None: a null
+        entity key, not read), then, for a read at a given instant, each view's watermark."""
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
         t = now_micros() if at is None else instant_micros(at)
-        return plan, t, [(r.namespace, r.key(row)) for row in batch for r in plan[1]]
+        keys: list[tuple[str, str | None]] = [(r.namespace, r.key(row)) for row in batch
+                                              for r in plan[1]]
+        if at is not None:
+            keys += [watermark_key(r.view) for r in plan[1]]
+        return plan, t, keys
 
     @staticmethod
     def _decode(batch: Sequence[Mapping[str, Any]], plan: _OnlinePlan, t: int,
-                raw: list[bytes | None]) -> OnlineFetch:
+                raw: list[bytes | None], marks: bool) -> OnlineFetch:
         readers = plan[1]
+        if marks:                             # a read at a given instant: not before a mark
+            _check_marks(readers, raw[len(raw) - len(readers):], t)
         vectors: list[dict[str, Any]] = []
         missing: list[tuple[str, ...]] = []
         i = 0
@@ -195,9 +219,9 @@ class FeatureService:
                 else:
                     key = resolution.keys[inp]
                     inputs[inp] = _column([v[key] for v in vectors], types.get(key))
-            out = _call_transform(tr, inputs, len(batch))
-            for v, value in zip(vectors, out.tolist(), strict=True):
-                v[tr.name] = tr.default if value is None and tr.default is not None else value
+            out = _transform_output(tr, _call_transform(tr, inputs, len(batch)))
+            for v, value in zip(vectors, out.to_pylist(), strict=True):
+                v[tr.name] = value
         if resolution.transforms:      # drop the transforms' inputs that were not asked for
             vectors = [{ref: v[ref] for ref in resolution.requested} for v in vectors]
         result = [OnlineVector(v, m, t) for v, m in zip(vectors, fetched.missing, strict=True)]
@@ -364,6 +388,8 @@ class FeatureService:
     @staticmethod
     def _finish(column: pa.ChunkedArray, view: FeatureView, name: str) -> pa.ChunkedArray:
         want = ARROW_TYPES[view.output_type(name)]
+        if pa.types.is_timestamp(column.type):    # instants: the one conversion
+            column = as_instants(column, f"feature {view.name}.{name}")
         column = pc.cast(column, want) if column.type != want else column
         default = view.default(name)
         if default is not None and column.null_count:
@@ -385,11 +411,8 @@ class FeatureService:
             else:
                 data = values[resolution.keys[inp]]
             inputs[inp] = data.to_numpy(zero_copy_only=False)
-        out = _call_transform(t, inputs, table.num_rows)
-        result = pa.chunked_array([pa.array(out, from_pandas=True)])
-        if t.default is not None and result.null_count:
-            result = pc.fill_null(result, t.default)
-        return result
+        return pa.chunked_array([_transform_output(t, _call_transform(t, inputs,
+                                                                      table.num_rows))])
 
 
 def _call_transform(t: Transform, inputs: dict[str, Any], n: int) -> Any:
@@ -403,6 +426,45 @@ def _call_transform(t: Transform, inputs: dict[str, Any], n: int) -> Any:
         raise DataError(f"transform {t.name!r} returned shape {out.shape} for {n} rows",
                         fix="return one value per row")
     return out
+
+
+def _present(keys: list[tuple[str, str | None]]) -> list[tuple[str, str]]:
+    """The keys to read: those of rows with an entity key (a null key has no record)."""
+    for _, k in keys:
+        if k is None:
+            return [(ns, k) for ns, k in keys if k is not None]
+    return keys  # type: ignore[return-value]  # no None among them
+
+
+def _spread(keys: list[tuple[str, str | None]], wanted: list[tuple[str, str]],
+            raw: list[bytes | None]) -> list[bytes | None]:
+    """The values read for ``wanted``, back in the places of ``keys`` (None for null keys)."""
+    if len(wanted) == len(keys):
+        return raw
+    values = iter(raw)
+    return [None if k is None else next(values) for _, k in keys]
+
+
+def _check_marks(readers: Sequence[ViewReader], marks: Sequence[bytes | None], t: int) -> None:
+    """Refuse a read at ``t`` before a view's materialization instant: its records hold rows
+    that became visible after ``t``, so they are not the state at ``t``."""
+    for reader, mark in zip(readers, marks, strict=True):
+        if mark is not None and int(mark) > t:
+            raise PointInTimeError(
+                f"online read at {format_instant(t)} is before view {reader.namespace}'s "
+                f"materialization instant {format_instant(int(mark))}: its online records "
+                "already hold rows that became visible after the read's instant",
+                fix="read at or after that instant, or compute features as of an earlier "
+                    "instant with training_set (the offline path)")
+
+
+def _transform_output(t: Transform, out: Any) -> pa.Array:
+    """A transform's values as a column, by the one rule of both paths: a null or a NaN is no
+    value — null, or the transform's ``default`` when it declares one."""
+    result = pa.array(out, from_pandas=True)          # NaN (and NaT) as null
+    if t.default is not None and result.null_count:
+        result = pc.fill_null(result, t.default)
+    return result
 
 
 def _column(values: list[Any], arrow_type: pa.DataType | None) -> Any:

@@ -25,12 +25,12 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def _field(p: Any, name: str) -> dict[str, Any]:
-    """A field's schema: its declared type (nullable, unless it is required), else any
-    scalar."""
+    """A field's schema: its declared type (nullable, unless it is required and not an entity
+    key), else any scalar."""
     kind = p.types.get(name)
     if kind is None:
         return _SCALAR
-    return {"type": kind if name in p.required else [kind, "null"]}
+    return {"type": kind if name in p.required and name not in p.nullable else [kind, "null"]}
 
 
 def openapi(predictors: dict[str, Any]) -> dict[str, Any]:

@@ -117,6 +117,7 @@ class Predictor:
     fields: frozenset[str]
     required: tuple[str, ...]
     types: dict[str, str]                # field -> its JSON type, where it is declared
+    nullable: frozenset[str] = frozenset()   # required fields that may be null: entity keys
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +146,7 @@ class Predictor:
                 raise RequestError(f"instance {i} is {type(row).__name__}, not an object",
                                    field=f"instances[{i}]", fix="send each instance as {...}")
             for name in self.required:
-                if row.get(name) is None:
+                if row.get(name) is None and (name not in row or name not in self.nullable):
                     raise RequestError(f"instance {i} has no {name!r}" if name not in row else
                                        f"instance {i}: {name!r} is null",
                                        field=f"instances[{i}].{name}", fix=f"send {name!r}")
@@ -347,7 +348,11 @@ class ServingService:
                                         *([serving.unit] if serving.unit else [])]))
         fields = frozenset([*required, *([serving.subject] if serving.subject else [])])
         types = {f: keys.get(f) or types[f] for f in fields if f in keys or f in types}
-        return Predictor(serving, versions, self.features, columns, fields, required, types)
+        # A null entity key is no error, as offline: its views' defaults, named as missing.
+        # The routing unit and the transforms' request inputs must have values.
+        nullable = frozenset(keys) - {serving.unit, *resolution.request_inputs}
+        return Predictor(serving, versions, self.features, columns, fields, required, types,
+                         nullable)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""

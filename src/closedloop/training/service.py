@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import ArtefactStore, MetadataStore, OfflineEngine, RunStore
+from closedloop.data.instants import to_micros
 from closedloop.data.labels import mature
 from closedloop.data.sources import LabelSource
 from closedloop.errors import (
@@ -338,8 +339,7 @@ class TrainingService:
         # features are readied and checked: two cores, the same bytes.
         with ThreadPoolExecutor(1) as pool:
             hashed = pool.submit(table_hash, table)
-            times = pc.cast(pc.cast(table[source.timestamp], pa.timestamp("us", tz="UTC")),
-                            pa.int64()).to_numpy()
+            times = to_micros(table[source.timestamp], f"column {source.timestamp!r}").to_numpy()
             y = _labels(table[label.label], label)
             X = feature_table(table, model.features)
             part, valid_cut, test_cut = model.split.assign(times)

@@ -1,0 +1,299 @@
+"""The smallest reproductions of the ways online and offline disagreed (issue 14), each the
+test that failed before its fix: late rows of arrival-less sources across incremental runs,
+nanosecond and sub-microsecond instants, NaN from transforms, null keys, replayed pushes, and
+online reads before the materialization instant."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import closedloop as cl
+from closedloop.errors import DefinitionError, PointInTimeError
+from closedloop.testing import same_value
+
+STAMP = pa.timestamp("us", tz="UTC")
+DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
+
+LATE = '''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+profiles = cl.TableSource("profiles", path="data/profiles", timestamp="ts", created="created",
+                          schema={"user_id": str, "spend": float})
+accounts = cl.TableSource("accounts", path="data/accounts", timestamp="ts", deleted="gone",
+                          schema={"user_id": str, "state": str})
+clicks = cl.EventSource("clicks", path="data/clicks", timestamp="ts",
+                        schema={"user_id": str, "n": float})
+profile = cl.FeatureView("profile", entity=user, source=profiles, features=["spend"], ttl="2d")
+account = cl.FeatureView("account", entity=user, source=accounts, features=["state"])
+click = cl.FeatureView("click", entity=user, source=clicks,
+                       aggregations=[cl.Agg("n", "sum", windows=["1d"])])
+'''
+LATE_FEATURES = ["profile.spend", "account.state", "click.n_sum_1d"]
+
+
+def _at(hours: float) -> datetime:
+    return DAY0 + timedelta(hours=hours)
+
+
+def _table(**columns: Any) -> pa.Table:
+    return pa.table({name: pa.array(values, STAMP) if name in ("ts", "created") else values
+                     for name, values in columns.items()})
+
+
+def _agree(project: cl.Project, features: list[str], keys: list[Any], at: datetime) -> None:
+    """Online at ``at`` equals the training set at ``at``, feature for feature."""
+    offline = project.features.training_set(
+        pa.table({"user_id": pa.array(keys, pa.string()), "t": pa.array([at] * len(keys),
+                                                                         STAMP)}), features)
+    served = project.features.online([{"user_id": k} for k in keys], features, at=at)
+    for i, vector in enumerate(served):
+        for ref in features:
+            assert same_value(vector.values[ref], offline[ref][i].as_py()), (
+                keys[i], at, ref, vector.values[ref], offline[ref][i].as_py())
+
+
+def test_rows_written_after_the_watermark_land_in_every_kind_of_source(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.1: a table source with created, a CDC table source and an event source with
+    no arrival column; rows with event times before the watermark, ingested after it."""
+    p = make_project(LATE)
+    p.data.ingest("profiles", [_table(user_id=["u1"], ts=[_at(10)], created=[_at(10 + 5 / 60)],
+                                      spend=[1.0])], at=_at(10.1))
+    p.data.ingest("accounts", [_table(user_id=["u1"], ts=[_at(10)], state=["open"])],
+                  at=_at(10.1))
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10.1))
+    p.features.materialize(at=_at(12))
+    p.data.ingest("profiles", [_table(user_id=["u1"], ts=[_at(11)], spend=[2.0])],
+                  at=_at(12.5))
+    p.data.ingest("accounts", [_table(user_id=["u1"], ts=[_at(11)], state=["open"],
+                                      gone=[True])], at=_at(12.5))
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(11)], n=[2.0])], at=_at(12.5))
+    reports = p.features.materialize(at=_at(13))
+    assert [r.entities for r in reports] == [1, 1, 1]
+    served = p.features.online({"user_id": "u1"}, LATE_FEATURES, at=_at(13))
+    assert served.values == {"profile.spend": 2.0, "account.state": None,
+                             "click.n_sum_1d": 3.0}
+    _agree(p, LATE_FEATURES, ["u1"], _at(13))
+
+
+def test_a_nightly_snapshot_written_after_its_instant_is_served_through_hourly_runs(make_project) -> None:  # type: ignore[no-untyped-def]
+    """A snapshot as of midnight, written at 00:25; hourly incremental runs and a 2-day TTL:
+    before the fix the store served yesterday's value, then None for good."""
+    p = make_project(LATE)
+    for hour in range(0, 4 * 24):
+        day, h = divmod(hour, 24)
+        if h == 0:        # the export lands 25 minutes after its as-of instant
+            p.data.ingest("profiles", [_table(user_id=["u1", "u2"], ts=[_at(24 * day)] * 2,
+                                              spend=[float(day), 10.0 + day])],
+                          at=_at(24 * day + 25 / 60))
+        p.features.materialize(["profile"], at=_at(hour + 1))
+        _agree(p, ["profile.spend"], ["u1", "u2"], _at(hour + 1))
+    assert p.features.online({"user_id": "u1"}, ["profile.spend"],
+                             at=_at(4 * 24)).values["profile.spend"] == 3.0
+
+
+def _pandas_ns(texts: list[str]) -> pd.Series:
+    """Instants as pandas holds them by default (before pandas 3): nanoseconds, UTC."""
+    return pd.Series(pd.to_datetime(texts)).astype("datetime64[ns, UTC]")
+
+
+def test_pandas_nanosecond_instants_are_instants_everywhere(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.2: pandas writes timestamp[ns, tz=UTC]; a pushed pandas row no longer poisons
+    the source, and source files written by pandas read as instants."""
+    p = make_project(LATE)
+    frame = pd.DataFrame({"user_id": ["u1", "u2"], "n": [1.0, 2.0],
+                          "ts": _pandas_ns(["2026-03-01T10:00:00Z", "2026-03-01T10:30:00Z"])})
+    assert pa.table(frame)["ts"].type == pa.timestamp("ns", tz="UTC")
+    (p.root / "data" / "clicks").mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(p.root / "data" / "clicks" / "part.parquet")
+    pushed = pd.DataFrame({"user_id": ["u1"], "n": [4.0],
+                           "ts": _pandas_ns(["2026-03-01T11:00:00.000001Z"])})
+    p.features.push("clicks", pushed, at=_at(11.5))
+    rows = pd.DataFrame({"user_id": ["u1", "u2"],
+                         "t": _pandas_ns(["2026-03-01T12:00:00Z"] * 2)})
+    got = p.features.training_set(rows, ["click.n_sum_1d"])
+    assert got["click.n_sum_1d"].to_pylist() == [5.0, 2.0]
+    p.features.materialize(["click"], at=_at(12))
+    assert p.features.compact(["clicks"]) == {"clicks": 0}
+    _agree(p, ["click.n_sum_1d"], ["u1", "u2"], _at(12))
+
+
+def _nanos(text: str) -> pa.Array:
+    return pa.array([pd.Timestamp(text).value], pa.int64()).cast(
+        pa.timestamp("ns", tz="UTC"))
+
+
+def test_instants_finer_than_a_microsecond_are_refused_with_the_fix_at_every_boundary(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.7: never a raw ArrowInvalid, never a silent rounding: a PointInTimeError that
+    says how to floor them, and a quarantined row at ingestion."""
+    p = make_project(LATE)
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10))
+    fine = _nanos("2026-03-01T12:00:00.123456789Z")
+    rows = pa.table({"user_id": ["u1"], "t": fine})
+    with pytest.raises(PointInTimeError, match="finer than a microsecond") as info:
+        p.features.training_set(rows, ["click.n_sum_1d"])
+    assert "floor" in info.value.fix and "2026-03-01T12:00:00.123456789Z" in str(info.value)
+    with pytest.raises(PointInTimeError, match="finer than a microsecond"):
+        p.features.push("clicks", pa.table({"user_id": ["u1"], "ts": fine, "n": [1.0]}),
+                        at=_at(13))
+    whole = _nanos("2026-03-01T12:00:00.123456Z")    # nanoseconds, but whole microseconds
+    p.features.push("clicks", pa.table({"user_id": ["u1"], "ts": whole, "n": [2.0]}),
+                    at=_at(13))
+    report = p.data.ingest("clicks", [pa.table({"user_id": ["u1", "u2"],
+                                                "ts": pa.concat_arrays([fine, whole]),
+                                                "n": [5.0, 6.0]})], at=_at(13))
+    assert (report.accepted, report.quarantined) == (1, 1)
+    assert [r for r, _ in report.reasons] == [
+        "ts: instant finer than a microsecond (floor it to the microsecond)"]
+    csv = p.root / "clicks.csv"
+    csv.write_text("user_id,ts,n\nu3,2026-03-01T12:00:00.123456789Z,1\n"
+                   "u4,2026-03-01T12:00:00.123456000Z,2\n")
+    report = p.data.ingest("clicks", [csv], at=_at(13))
+    assert (report.accepted, report.quarantined) == (1, 1)
+    got = p.features.training_set(pa.table({"user_id": ["u1", "u4"],
+                                            "t": pa.array([_at(13)] * 2, STAMP)}),
+                                  ["click.n_sum_1d"])
+    assert got["click.n_sum_1d"].to_pylist() == [3.0, 2.0]
+
+
+def test_a_source_file_with_sub_microsecond_instants_is_refused_not_rounded(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(LATE)
+    (p.root / "data" / "clicks").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"user_id": ["u1"], "n": [1.0],
+                             "ts": _nanos("2026-03-01T10:00:00.000000001Z")}),
+                   p.root / "data" / "clicks" / "part.parquet")
+    rows = pa.table({"user_id": ["u1"], "t": pa.array([_at(12)], STAMP)})
+    with pytest.raises(PointInTimeError, match="finer than a microsecond"):
+        p.features.training_set(rows, ["click.n_sum_1d"])
+    with pytest.raises(PointInTimeError, match="finer than a microsecond"):
+        p.features.materialize(["click"], at=_at(12))
+
+
+NAN = '''
+import numpy as np
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+clicks = cl.EventSource("clicks", path="data/clicks", timestamp="ts",
+                        schema={"user_id": str, "n": float})
+click = cl.FeatureView("click", entity=user, source=clicks,
+                       aggregations=[cl.Agg("n", "mean", windows=["1d"])])
+
+@cl.transform(inputs=["click.n_mean_1d", "request.x"], default=-1.0)
+def ratio(c):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return c["request.x"] / c["click.n_mean_1d"]
+
+@cl.transform(inputs=["click.n_mean_1d", "request.x"])
+def bare(c):
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(c["request.x"] - c["click.n_mean_1d"])
+'''
+
+
+def test_a_transform_returning_nan_gets_its_default_on_both_paths(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.3: NaN is no value, by one rule for both paths: the default, or null."""
+    p = make_project(NAN)
+    p.data.ingest("clicks", [_table(user_id=["u1", "u2"], ts=[_at(10)] * 2, n=[4.0, 0.0])],
+                  at=_at(10))
+    p.features.materialize(at=_at(12))
+    requests = [{"user_id": "u1", "x": 2.0}, {"user_id": "u2", "x": 0.0},
+                {"user_id": "u9", "x": 1.0}]
+    rows = pa.table({"user_id": [r["user_id"] for r in requests],
+                     "x": [r["x"] for r in requests], "t": pa.array([_at(12)] * 3, STAMP)})
+    offline = p.features.training_set(rows, ["ratio", "bare"])
+    served = p.features.online(requests, ["ratio", "bare"], at=_at(12))
+    # 0/0 and x/None are NaN: the default; sqrt of a negative is NaN: no value (null).
+    assert offline["ratio"].to_pylist() == [0.5, -1.0, -1.0]
+    assert [v.values["ratio"] for v in served] == [0.5, -1.0, -1.0]
+    assert offline["bare"].to_pylist() == [None, 0.0, None]
+    assert [v.values["bare"] for v in served] == [None, 0.0, None]
+
+
+def test_a_null_key_gets_the_defaults_online_as_offline(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.6: a null key is not an error on either path; the vector says which views
+    it lacks."""
+    p = make_project(LATE)
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10))
+    p.data.ingest("profiles", [_table(user_id=["u1"], ts=[_at(10)], spend=[1.0])], at=_at(10))
+    p.data.ingest("accounts", [_table(user_id=["u1"], ts=[_at(10)], state=["open"])],
+                  at=_at(10))
+    p.features.materialize(at=_at(12))
+    one = p.features.online({"user_id": None}, LATE_FEATURES, at=_at(12))
+    assert one.values == {"profile.spend": None, "account.state": None, "click.n_sum_1d": 0.0}
+    assert one.missing == ("profile@1", "account@1", "click@1")
+    known, null = p.features.online([{"user_id": "u1"}, {"user_id": None}], LATE_FEATURES,
+                                    at=_at(12))
+    assert known.values["click.n_sum_1d"] == 1.0 and null.values == one.values
+    _agree(p, LATE_FEATURES, ["u1", None], _at(12))
+
+
+EVENTS = '''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+clicks = cl.EventSource("clicks", path="data/clicks", timestamp="ts", id="click_id",
+                        schema={"click_id": str, "user_id": str, "n": float})
+click = cl.FeatureView("click", entity=user, source=clicks,
+                       aggregations=[cl.Agg("n", "sum", windows=["1d"]),
+                                     cl.Agg("n", "count", windows=["1d"])])
+'''
+
+
+def test_push_is_idempotent_on_the_declared_id(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14.8: pushing event b twice counts it once, online and offline; a later ingest of
+    b is a duplicate; an id pushed twice within one push counts once."""
+    p = make_project(EVENTS)
+    p.features.materialize(at=_at(10))
+
+    def event(click_id: str, n: float, hours: float) -> pa.Table:
+        return _table(click_id=[click_id], user_id=["u1"], ts=[_at(hours)], n=[n])
+
+    assert p.features.push("clicks", event("a", 1.0, 10.1), at=_at(10.2)).rows == 1
+    first = p.features.push("clicks", event("b", 2.0, 10.3), at=_at(10.4))
+    again = p.features.push("clicks", event("b", 2.0, 10.3), at=_at(10.5))
+    assert (first.rows, again.rows, again.duplicates, again.entities) == (1, 0, 1, 0)
+    both = p.features.push("clicks", pa.concat_tables([event("c", 3.0, 10.6),
+                                                       event("c", 3.0, 10.6)]), at=_at(10.7))
+    assert (both.rows, both.duplicates) == (1, 1)
+    report = p.data.ingest("clicks", [event("b", 2.0, 10.3)], at=_at(11))
+    assert (report.accepted, report.duplicates) == (0, 1)
+    served = p.features.online({"user_id": "u1"}, ["click.n_sum_1d", "click.n_count_1d"],
+                               at=_at(12))
+    assert served.values == {"click.n_sum_1d": 6.0, "click.n_count_1d": 3}
+    _agree(p, ["click.n_sum_1d", "click.n_count_1d"], ["u1"], _at(12))
+
+
+def test_push_stamps_a_missing_or_null_arrival_and_created_as_ingest_does(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(LATE.replace('timestamp="ts",\n                        schema',
+                                  'timestamp="ts", arrival="arr",\n                        schema'))
+    p.features.push("clicks", _table(user_id=["u1", "u2"], ts=[_at(10)] * 2, n=[1.0, 2.0],
+                                     arr=pa.array([_at(10.5), None], STAMP)), at=_at(11))
+    p.features.push("profiles", _table(user_id=["u1"], ts=[_at(10)], spend=[1.0]), at=_at(11))
+    clicks = p.data.read("clicks").sort_by("user_id")
+    assert clicks["arr"].to_pylist() == [_at(10.5), _at(11)]
+    assert clicks["_ingested_at"].to_pylist() == [_at(11)] * 2
+    assert p.data.read("profiles")["created"].to_pylist() == [_at(11)]
+
+
+def test_an_online_read_before_the_materialization_instant_is_refused(make_project) -> None:  # type: ignore[no-untyped-def]
+    p = make_project(LATE)
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10))
+    p.features.materialize(at=_at(12))
+    with pytest.raises(PointInTimeError, match="before view .* materialization instant "
+                                               "2026-03-01T12:00:00Z"):
+        p.features.online({"user_id": "u1"}, ["click.n_sum_1d"], at=_at(11))
+    assert p.features.online({"user_id": "u1"}, ["click.n_sum_1d"],
+                             at=_at(12)).values["click.n_sum_1d"] == 1.0
+
+
+def test_a_default_on_sum_or_count_is_refused_as_it_would_never_apply() -> None:
+    for fn in ("sum", "count"):
+        with pytest.raises(DefinitionError, match="never apply"):
+            cl.Agg("n", fn, windows=["1h"], default=-1.0)
+    assert cl.Agg("n", "mean", windows=["1h"], default=-1.0).default == -1.0
+    assert np.isfinite(cl.Agg("n", "sum", windows=["1h"]).outputs()[0].window)
