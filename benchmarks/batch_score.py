@@ -28,7 +28,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import closedloop as cl
-from benchmarks.data import DATA, DAY, T0, _ts, private_project, redis_cleanup
+from benchmarks.data import (
+    DATA,
+    DAY,
+    RECORD_FORMAT,
+    T0,
+    _ts,
+    private_project,
+    project_built,
+    redis_cleanup,
+)
 
 OUTPUTS = ["score"]
 FEATURES = [f"f{i}" for i in range(10)]
@@ -58,7 +67,7 @@ def batch_data(scale: float = 1.0, seed: int = 17) -> Path:
     """1M users' profiles (10 floats, one row each, at T0), 100k labelled requests a day
     later (the label depends on two features), and a project with the model registered."""
     folder = DATA / f"batch-{scale:g}"
-    if (folder / "done.json").exists():
+    if project_built(folder):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -87,7 +96,8 @@ def batch_data(scale: float = 1.0, seed: int = 17) -> Path:
         project.registry.set_alias("bench", "production", project.registry.register(run.id).version)
         project.registry.load("bench", "production").trainer.booster_.save_model(
             str(folder / "model.txt"))
-    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": n}))
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": n,
+                                                  "records": RECORD_FORMAT}))
     return folder
 
 

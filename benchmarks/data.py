@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from closedloop.features.materialize import RECORD_FORMAT
 from closedloop.sim import FraudWorld
 
 DATA = Path(__file__).parent / ".data"
@@ -25,6 +26,13 @@ def _ts(values: np.ndarray) -> pa.Array:
 
 def _done(folder: Path) -> bool:
     return (folder / "done.json").exists()
+
+
+def project_built(folder: Path) -> bool:
+    """A workload's cached project is there, its online store in this build's record layout
+    (an older one is rebuilt, not served)."""
+    done = folder / "done.json"
+    return done.exists() and json.loads(done.read_text()).get("records") == RECORD_FORMAT
 
 
 def _user_ids(n: int) -> np.ndarray:

@@ -47,7 +47,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import closedloop as cl
-from benchmarks.data import DATA, FEATURES_A, FEATURES_B, pit_data, private_project, redis_cleanup
+from benchmarks.data import (
+    DATA,
+    FEATURES_A,
+    FEATURES_B,
+    RECORD_FORMAT,
+    pit_data,
+    private_project,
+    project_built,
+    redis_cleanup,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ["score"]
@@ -94,7 +103,7 @@ def serve_data(scale: float = 1.0) -> Path:
     """The pit data, a requests file (its labels, settled at once) and a project over them
     with the model trained and registered as production; built once per size."""
     folder = DATA / f"serve-{scale:g}"
-    if (folder / "done.json").exists():
+    if project_built(folder):
         return folder
     data = pit_data(scale)
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +127,8 @@ def serve_data(scale: float = 1.0) -> Path:
         loaded = project.registry.load("bench", "production")
         loaded.trainer.booster_.save_model(str(folder / "model.txt"))
     users = int(pc.count_distinct(labels["user_id"]).as_py())
-    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users}))
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users,
+                                                  "records": RECORD_FORMAT}))
     return folder
 
 

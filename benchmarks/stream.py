@@ -34,7 +34,7 @@ import orjson
 import pyarrow as pa
 
 import closedloop as cl
-from benchmarks.data import DATA, private_project, redis_cleanup
+from benchmarks.data import DATA, RECORD_FORMAT, private_project, project_built, redis_cleanup
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, write_fraud_project
 
@@ -45,7 +45,7 @@ EVENTS = 20_000
 def stream_data(scale: float = 1.0) -> Path:
     """The fraud project, trained, registered and materialized; built once per size."""
     folder = DATA / f"stream-{scale:g}"
-    if (folder / "done.json").exists():
+    if project_built(folder):
         return folder
     root = folder / "project"
     shutil.rmtree(root, ignore_errors=True)
@@ -61,7 +61,8 @@ def stream_data(scale: float = 1.0) -> Path:
         project.features.materialize(at=end)
         project.registry.load("fraud", "production").trainer.booster_.save_model(
             str(folder / "model.txt"))
-    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users}))
+    (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users,
+                                                  "records": RECORD_FORMAT}))
     return folder
 
 

@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from closedloop.backends.windowsql import sum_exponent
 from closedloop.features.definitions import FeatureView
 
 
@@ -53,6 +54,11 @@ def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
             out[f] = view.default(f) if value is None else value
         return out
     for w in view.windowed:
+        # Sums are exact on one grid, from the column's largest magnitude and row count.
+        held = [r for r in source_rows if r[k] is not None and r[src.timestamp] is not None]
+        largest = max((abs(float(r[w.column])) for r in held
+                       if isinstance(r[w.column], int | float)), default=0.0)
+        grid = sum_exponent(largest, len(held))
         start = (t // w.hop) * w.hop - w.window
         inside = [r for r in rows if r[src.timestamp] >= start and r[w.column] is not None]
         vals = [r[w.column] for r in inside]
@@ -60,21 +66,31 @@ def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
         if w.fn == "count":
             value = len(vals)
         elif w.fn == "sum":
-            value = float(sum(vals))
+            value = _exact_sum(vals, grid)
         elif not vals:
             value = None
         elif w.fn == "mean":
-            value = sum(vals) / len(vals)
+            value = _exact_sum(vals, grid) / len(vals)
         elif w.fn == "min":
             value = min(vals)
         elif w.fn == "max":
             value = max(vals)
         elif w.fn == "stddev":
-            mean = sum(vals) / len(vals)
-            value = math.sqrt(sum((x - mean) ** 2 for x in vals) / len(vals))
+            mean = _exact_sum(vals, grid) / len(vals)
+            value = math.sqrt(math.fsum((x - mean) ** 2 for x in vals) / len(vals))
         else:  # last
             last = max(inside, key=lambda r: (r[src.timestamp], _low(r[tie] if tie else None),
                                               r[w.column]))
             value = last[w.column]
         out[w.name] = w.default if value is None and w.default is not None else value
     return out
+
+
+def _exact_sum(values: Sequence[Any], k: int) -> float:
+    """The exact sum rounded once to a float: integers as integers; floats each rounded to a
+    multiple of 2^-k (half to even), then added as integers."""
+    if all(type(v) is int for v in values):
+        return float(sum(values))
+    if any(not math.isfinite(v) for v in values):
+        return math.fsum(values)
+    return float(sum(round(math.ldexp(v, k)) for v in values)) / 2.0 ** k

@@ -138,6 +138,25 @@ def semantic_cases() -> list[SemanticCase]:
             lambda p: _aggs(p, ("stddev", "mean")),
             [("a", at(10, 8))], [{"amount_stddev_1h": 2.0, "amount_mean_1h": 5.0}]),
         SemanticCase(
+            "stddev_level_shift", "stddev is about the window's own mean: a far-away value "
+            "before the window costs none of its variance; a constant window's is 0",
+            [ev(at(-96), 1e9), ev(at(10), 10), ev(at(10, 5), 12),
+             ev(at(-96), 1e16, user="b"), ev(at(10), 7, user="b"), ev(at(10, 1), 7, user="b"),
+             ev(at(10, 2), 7, user="b")],
+            lambda p: _aggs(p, ("stddev", "mean")),
+            [("a", at(10, 10)), ("b", at(10, 10))],
+            [{"amount_stddev_1h": 1.0, "amount_mean_1h": 11.0},
+             {"amount_stddev_1h": 0.0, "amount_mean_1h": 7.0}]),
+        SemanticCase(
+            "sum_cancels", "a sum is exact, rounded once: terms that cancel leave the rest",
+            [ev(at(10), 1e9), ev(at(10, 1), 0.5), ev(at(10, 2), -1e9),
+             ev(at(10), 1e16, user="b"), ev(at(10, 1), 1, user="b"),
+             ev(at(10, 2), -1e16, user="b")],
+            lambda p: _aggs(p, ("sum", "mean", "count")),
+            [("a", at(10, 5)), ("b", at(10, 5))],
+            [{"amount_sum_1h": 0.5, "amount_mean_1h": 0.5 / 3, "amount_count_1h": 3},
+             {"amount_sum_1h": 1.0, "amount_mean_1h": 1 / 3, "amount_count_1h": 3}]),
+        SemanticCase(
             "snapshot_ties", "same entity and time: the later created wins, then the "
             "greater values (nulls lowest)",
             [snap(at(0), 10, "gold", at(0, 5)), snap(at(0), 11, "silver", at(0, 9)),

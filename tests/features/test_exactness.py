@@ -82,7 +82,7 @@ def test_rows_written_after_the_watermark_land_in_every_kind_of_source(make_proj
     _agree(p, LATE_FEATURES, ["u1"], _at(13))
 
 
-def test_a_nightly_snapshot_written_after_its_instant_is_served_through_hourly_runs(make_project) -> None:  # type: ignore[no-untyped-def]
+def test_a_nightly_snapshot_written_late_is_served_through_hourly_runs(make_project) -> None:  # type: ignore[no-untyped-def]
     """A snapshot as of midnight, written at 00:25; hourly incremental runs and a 2-day TTL:
     before the fix the store served yesterday's value, then None for good."""
     p = make_project(LATE)
@@ -129,7 +129,7 @@ def _nanos(text: str) -> pa.Array:
         pa.timestamp("ns", tz="UTC"))
 
 
-def test_instants_finer_than_a_microsecond_are_refused_with_the_fix_at_every_boundary(make_project) -> None:  # type: ignore[no-untyped-def]
+def test_instants_finer_than_a_microsecond_are_refused_at_every_boundary(make_project) -> None:  # type: ignore[no-untyped-def]
     """Issue 14.7: never a raw ArrowInvalid, never a silent rounding: a PointInTimeError that
     says how to floor them, and a quarantined row at ingestion."""
     p = make_project(LATE)
@@ -138,7 +138,8 @@ def test_instants_finer_than_a_microsecond_are_refused_with_the_fix_at_every_bou
     rows = pa.table({"user_id": ["u1"], "t": fine})
     with pytest.raises(PointInTimeError, match="finer than a microsecond") as info:
         p.features.training_set(rows, ["click.n_sum_1d"])
-    assert "floor" in info.value.fix and "2026-03-01T12:00:00.123456789Z" in str(info.value)
+    assert "floor" in info.value.fix
+    assert "2026-03-01T12:00:00.123456789Z" in str(info.value)
     with pytest.raises(PointInTimeError, match="finer than a microsecond"):
         p.features.push("clicks", pa.table({"user_id": ["u1"], "ts": fine, "n": [1.0]}),
                         at=_at(13))
@@ -229,7 +230,8 @@ def test_a_null_key_gets_the_defaults_online_as_offline(make_project) -> None:  
     assert one.missing == ("profile@1", "account@1", "click@1")
     known, null = p.features.online([{"user_id": "u1"}, {"user_id": None}], LATE_FEATURES,
                                     at=_at(12))
-    assert known.values["click.n_sum_1d"] == 1.0 and null.values == one.values
+    assert known.values["click.n_sum_1d"] == 1.0
+    assert null.values == one.values
     _agree(p, LATE_FEATURES, ["u1", None], _at(12))
 
 
@@ -284,8 +286,8 @@ def test_an_online_read_before_the_materialization_instant_is_refused(make_proje
     p = make_project(LATE)
     p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10))
     p.features.materialize(at=_at(12))
-    with pytest.raises(PointInTimeError, match="before view .* materialization instant "
-                                               "2026-03-01T12:00:00Z"):
+    with pytest.raises(PointInTimeError, match=r"before view .* materialization instant "
+                                               r"2026-03-01T12:00:00Z"):
         p.features.online({"user_id": "u1"}, ["click.n_sum_1d"], at=_at(11))
     assert p.features.online({"user_id": "u1"}, ["click.n_sum_1d"],
                              at=_at(12)).values["click.n_sum_1d"] == 1.0
@@ -297,3 +299,89 @@ def test_a_default_on_sum_or_count_is_refused_as_it_would_never_apply() -> None:
             cl.Agg("n", fn, windows=["1h"], default=-1.0)
     assert cl.Agg("n", "mean", windows=["1h"], default=-1.0).default == -1.0
     assert np.isfinite(cl.Agg("n", "sum", windows=["1h"]).outputs()[0].window)
+
+
+# -- sums and stddev: every offline plan (the ``engine`` fixture), online, and pushed --------------
+NUMBERS = '''
+import closedloop as cl
+user = cl.Entity("user", key="user_id")
+ev = cl.EventSource("ev", path="data/ev.parquet", timestamp="ts",
+                    schema={{"user_id": str, "x": {kind}}})
+w = cl.FeatureView("w", entity=user, source=ev,
+                   aggregations=[cl.Agg("x", fn, windows=["1h"])
+                                 for fn in ("sum", "mean", "stddev", "count")])
+'''
+WINDOW = ["w.x_sum_1h", "w.x_mean_1h", "w.x_stddev_1h", "w.x_count_1h"]
+INT64 = 2**53 + 1                          # not a float: the nearest double is 2**53
+
+
+def _events(folder: Any, values: list[tuple[str, float, Any]], kind: str) -> None:
+    (folder / "data").mkdir(exist_ok=True)
+    pq.write_table(pa.table({
+        "user_id": [u for u, _, _ in values],
+        "ts": pa.array([_at(h) for _, h, _ in values], STAMP),
+        "x": pa.array([x for _, _, x in values], pa.int64() if kind == "int" else pa.float64())}),
+        folder / "data" / "ev.parquet")
+
+
+CASES = [
+    # Issue 14.4: a level shift days before the window must not cost the variance.
+    *[(f"shift-{b:g}", "float", [("u", 0.0, b), ("u", 96.0, 10.0), ("u", 96.1, 12.0)],
+       96.2, {"w.x_stddev_1h": 1.0, "w.x_sum_1h": 22.0, "w.x_mean_1h": 11.0})
+      for b in (1e5, 1e6, 1e9, 1e16)],
+    ("constant", "float", [("u", 96.0, 7.0), ("u", 96.05, 7.0), ("u", 96.1, 7.0),
+                           ("v", 0.0, 1e9)], 96.2,
+     {"w.x_stddev_1h": 0.0, "w.x_mean_1h": 7.0}),
+    ("constant-int", "int", [("u", 96.0, 3), ("u", 96.05, 3), ("v", 0.0, 10**12)], 96.2,
+     {"w.x_stddev_1h": 0.0, "w.x_sum_1h": 6.0}),
+    # Issue 14.5: cancelling sums are the exact sum rounded once, offline and online.
+    ("cancel-cents", "float", [("u", 10.0, 1e9), ("u", 10.2, 0.01), ("u", 10.4, -1e9)], 10.5,
+     {"w.x_sum_1h": 0.01, "w.x_count_1h": 3}),
+    ("cancel-big", "float", [("u", 10.0, 1e16), ("u", 10.2, 1.0), ("u", 10.4, -1e16)], 10.5,
+     {"w.x_sum_1h": 1.0, "w.x_mean_1h": 1.0 / 3}),
+    # int64 sums beyond 2^53 are the exact integer sum, rounded once, in every plan.
+    ("int64", "int", [("u", 10.0, INT64), ("u", 10.2, INT64), ("u", 10.4, -(2**53))], 10.5,
+     {"w.x_sum_1h": float(2**53 + 2), "w.x_mean_1h": float(2**53 + 2) / 3}),
+]
+
+
+@pytest.mark.parametrize(("kind", "values", "hours", "want"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_sums_and_stddev_are_exact_in_every_offline_plan(engine, tmp_path, kind, values,  # type: ignore[no-untyped-def]
+                                                         hours, want) -> None:
+    from closedloop.features.catalog import Catalog
+    from closedloop.features.service import FeatureService
+
+    _events(tmp_path, values, kind)
+    namespace: dict[str, Any] = {}
+    exec(NUMBERS.format(kind=kind).replace(    # our own definitions text
+        "data/ev.parquet", str(tmp_path / "data" / "ev.parquet")), namespace)
+    service = FeatureService(Catalog([namespace["w"]]), engine)
+    got = service.training_set(pa.table({"user_id": ["u"], "t": pa.array([_at(hours)],
+                                                                         STAMP)}), WINDOW)
+    for ref, value in want.items():
+        assert got[ref][0].as_py() == value, (ref, got[ref][0].as_py(), value)
+
+
+@pytest.mark.parametrize(("kind", "values", "hours", "want"),
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_sums_and_stddev_are_exact_online_materialized_and_pushed(make_project, kind, values,  # type: ignore[no-untyped-def]
+                                                                  hours, want) -> None:
+    p = make_project(NUMBERS.format(kind=kind))
+    _events(p.root, values, kind)
+    p.features.materialize(at=_at(hours))
+    _agree(p, WINDOW, ["u"], _at(hours))
+    served = p.features.online({"user_id": "u"}, WINDOW, at=_at(hours))
+    for ref, value in want.items():
+        assert served.values[ref] == value, (ref, served.values[ref], value)
+    # The same events pushed one by one into a store that had none of them.
+    q = make_project(NUMBERS.format(kind=kind), name="pushed")
+    _events(q.root, values[:1], kind)
+    q.features.materialize(at=_at(values[0][1]))
+    for user, h, x in values[1:]:
+        q.features.push("ev", pa.table({"user_id": [user], "ts": pa.array([_at(h)], STAMP),
+                                        "x": pa.array([x], pa.int64() if kind == "int"
+                                                      else pa.float64())}), at=_at(h))
+    pushed = q.features.online({"user_id": "u"}, WINDOW, at=_at(hours))
+    for ref, value in want.items():
+        assert pushed.values[ref] == value, (ref, pushed.values[ref], value)

@@ -18,6 +18,7 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
 from closedloop.testing import same_value
 from tests.features.test_pointintime_property import KEYS, T0, _ts, events, write_history
+from tests.reference import reference_features
 
 
 def _dt(micros: int) -> datetime:
@@ -27,9 +28,12 @@ def _dt(micros: int) -> datetime:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(base=events, pushed=events, batches=st.integers(1, 4), use_arrival=st.booleans(),
-       skew=st.booleans())
+       skew=st.booleans(), replay=st.booleans())
 def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushed, batches,
-                                                        use_arrival, skew):  # type: ignore[no-untyped-def]
+                                                        use_arrival, skew, replay):  # type: ignore[no-untyped-def]
+    """... and, with ``replay``, every batch pushed again and a base event pushed once more
+    (a stream delivering at least once): the source's id makes each count once, on both
+    paths."""
     with tempfile.TemporaryDirectory() as folder:
         h = write_history(folder, base, [], use_arrival, "1d")
         views = [h.views["w"], h.views["e"]]
@@ -43,10 +47,10 @@ def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushe
             service.materialize(at=_dt(start))
             # Events to push arrive after `start`, in arrival order; with skew, some arrive
             # before their event time (a clock ahead): not visible until then.
-            rows = sorted(({"user_id": e["user_id"], "ts": e["ts"],
+            rows = sorted(({"ev_id": f"p{n}", "user_id": e["user_id"], "ts": e["ts"],
                             "arrival": max(start + 1, e["ts"] + (-e["lag"] if skew else
                                                                   e["lag"])),
-                            "amount": e["amount"]} for e in pushed),
+                            "amount": e["amount"]} for n, e in enumerate(pushed)),
                           key=lambda r: r["arrival"])
             size = max(1, len(rows) // batches)
             refs = [f"{n}.{f}" for n, v in (("w", views[0]), ("e", views[1]))
@@ -54,13 +58,23 @@ def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushe
             for i in range(0, len(rows), size):
                 chunk = rows[i:i + size]
                 now = chunk[-1]["arrival"]
-                table = pa.table({"user_id": [r["user_id"] for r in chunk],
+                table = pa.table({"ev_id": [r["ev_id"] for r in chunk],
+                                  "user_id": [r["user_id"] for r in chunk],
                                   "ts": _ts([r["ts"] for r in chunk]),
                                   "arrival": _ts([r["arrival"] for r in chunk]),
                                   "amount": pa.array([r["amount"] for r in chunk], pa.float64())})
                 if not use_arrival:
                     table = table.drop_columns(["arrival"])
                 service.push("ev", table, at=_dt(now))
+                if replay:                       # delivered again: nothing changes
+                    again = service.push("ev", table, at=_dt(now))
+                    assert (again.rows, again.duplicates) == (0, table.num_rows)
+                    old = h.ev_rows[0]
+                    service.push("ev", pa.table({
+                        "ev_id": [old["ev_id"]], "user_id": [old["user_id"]],
+                        "ts": _ts([old["ts"]]), "arrival": _ts([now]),
+                        "amount": pa.array([old["amount"]], pa.float64())}).select(
+                            table.column_names), at=_dt(now))
                 keys = [*KEYS, "zz"]
                 # At the push, and later — when rows pushed ahead of their time come due.
                 due = sorted({r["ts"] for r in chunk if r["ts"] > now})[:3]
@@ -73,5 +87,16 @@ def test_pushed_events_are_served_as_offline_sees_them(online_store, base, pushe
                             want = offline[ref][j].as_py()
                             assert same_value(vector.values[ref], want), (
                                 keys[j], t, ref, vector.values[ref], want)
+            # Both paths count each event once: offline equals the reference over the base
+            # rows and the pushed rows, each taken once.
+            if rows:
+                end = max(max(r["arrival"], r["ts"]) for r in rows)
+                offline = service.training_set(
+                    pa.table({"user_id": KEYS, "t": _ts([end] * len(KEYS))}), refs)
+                for j, key in enumerate(KEYS):
+                    want = reference_features(views[0], [*h.ev_rows, *rows], key, end)
+                    for name, value in want.items():
+                        have = offline[f"w.{name}"][j].as_py()
+                        assert same_value(have, value), (key, name, have, value)
         finally:
             engine.close()

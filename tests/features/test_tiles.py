@@ -61,9 +61,10 @@ def _table(events: list[dict[str, Any]]) -> pa.Table:
 def test_a_layout_keeps_only_the_partials_its_functions_need(tmp_path: Path) -> None:
     layout = TileLayout(_view(tmp_path / "x.parquet", ["sum", "max"], ["last"]))
     amount, tag = layout.columns
-    assert (amount.n, amount.s, amount.hi, amount.m2, amount.lo) == (-1, 1, 2, -1, -1)
-    assert (tag.last, tag.oet, tag.otie) == (3, 4, 5)
-    assert layout.width == 6
+    assert (amount.n, amount.s, amount.c, amount.hi, amount.m2, amount.lo) == (
+        -1, 1, 2, 3, -1, -1)
+    assert (tag.last, tag.oet, tag.otie) == (4, 5, 6)
+    assert layout.width == 7
     assert [hop for hop, _ in layout.hops] == sorted(hop for hop, _ in layout.hops)
 
 

@@ -113,6 +113,27 @@ def test_a_prediction_is_logged_before_its_response(server: Server) -> None:
     assert len(record["features"]) == 16
 
 
+def test_a_null_entity_key_is_scored_from_the_defaults_as_offline(server: Server) -> None:
+    """A null key is no error (the semantics: its views' defaults, as a training row with a
+    null key gets), unless the field is also the routing unit."""
+    status, body = server.predict([{"user_id": None}, {"user_id": "u1"}], model="risk")
+    assert status == 200, body
+    logged = {r["id"]: r for r in server.project.prediction_log.records("risk")
+              if r["kind"] == "prediction"}
+    features = {k.split("@")[0] + "." + k.split(".")[-1]: v
+                for k, v in logged[body["predictions"][0]["id"]]["features"].items()}
+    assert features["user_txn.amount_count_30d"] == 0        # an empty window, not an error
+    assert features["user_profile.lifetime_spend"] is None
+    status, body = server.predict([{**INSTANCE, "user_id": None}])      # fraud's unit
+    assert status == 400
+    assert body["field"] == "instances[0].user_id"
+    schema = json.loads(server.request("GET", "/openapi.json")[2])
+    instance = schema["paths"]["/v1/models/risk:predict"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["properties"]["instances"]["items"]
+    assert instance["required"] == ["user_id"]
+    assert instance["properties"]["user_id"]["type"] == ["string", "null"]
+
+
 @pytest.mark.parametrize(("body", "status", "field"), [
     (b"{not json", 400, "body"),
     (b'{"instances": [{"user_id": "u1", "amount": NaN, "country": "US"}]}', 400, "body"),

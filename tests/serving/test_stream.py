@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -130,3 +131,58 @@ def test_the_lag_is_exported_to_prometheus() -> None:
     assert 'closedloop_stream_events_total{model="fraud"} 3.0' in text
     assert 'closedloop_stream_lag_seconds_bucket{le="0.05",model="fraud"} 1.0' in text
     assert 'closedloop_stream_lag_seconds_bucket{le="2.0",model="fraud"} 2.0' in text
+
+
+KILLED_AT_ACK = """
+import os, signal, sys
+import closedloop as cl
+
+with cl.Project(sys.argv[1]) as project:
+    scorer = project.serving.scorer("fraud", consumer="doomed")
+
+    def die(*args, **kwargs):          # folded, written and logged: never acknowledged
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    scorer.stream.ack = die
+    scorer.run(max_events=int(sys.argv[2]), block_ms=50)
+"""
+
+
+def test_an_event_redelivered_after_a_kill_between_fold_and_ack_counts_once(
+        served: cl.Project) -> None:
+    """At least once delivery, exactly once in effect: a scorer SIGKILLed after folding its
+    batch into the features and before acknowledging it leaves the batch pending; a live
+    scorer claims and scores it again, and push's idempotence on the source's id keeps each
+    event counted once, offline and online."""
+    users = served.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:30]
+    n = 120
+    served.serving.publish("transactions", _events(users, 0, n))
+    doomed = subprocess.run([sys.executable, "-c", KILLED_AT_ACK, str(served.root), str(n)],
+                            capture_output=True, text=True, timeout=300)
+    assert doomed.returncode == -9, doomed.stderr
+    events = served.serving.events
+    assert events is not None
+    stop = threading.Event()
+    guard = threading.Timer(300, stop.set)       # a hang fails the test instead of the suite
+    guard.start()
+    try:
+        report = served.serving.scorer("fraud", consumer="alive").run(
+            max_events=n, block_ms=50, claim_idle_s=0.0, stop=stop)
+    finally:
+        guard.cancel()
+    assert report.events == n                    # the batch was delivered a second time
+    assert events.claim("events:transactions", "closedloop", "z", 0.0) == []
+    held = Counter(served.data.read("transactions", ["txn_id"])["txn_id"].to_pylist())
+    assert all(held[f"s{i}"] == 1 for i in range(n))
+    at = datetime.now(UTC)
+    features = ["user_txn.amount_count_1h", "user_txn.amount_sum_1h"]
+    keys = sorted(set(users))
+    offline = served.features.training_set(
+        pa.table({"user_id": keys, "t": pa.array([at] * len(keys),
+                                                 pa.timestamp("us", tz="UTC"))}), features)
+    online = served.features.online([{"user_id": k} for k in keys], features, at=at)
+    pushed = Counter(users[i % len(users)] for i in range(n))
+    for i, key in enumerate(keys):
+        assert offline["user_txn.amount_count_1h"][i].as_py() >= pushed[key]
+        for ref in features:
+            assert online[i].values[ref] == pytest.approx(offline[ref][i].as_py()), (key, ref)

@@ -48,8 +48,9 @@ class OfflineEngine(Protocol):
     def tiles(self, view: FeatureView, hop: int, span: int, at: int,
               since: int | None = None) -> pa.Table:
         """Per entity and hop bucket ``b`` ≥ ``at // hop - span``, every aggregated column's
-        partials over the rows visible at ``at``: ``n{i}, s{i}, m{i}, lo{i}, hi{i}, l{i},
-        o{i}`` (count, sum, M2, min, max, last, last's order)."""
+        partials over the rows visible at ``at``: ``n{i}, s{i}, c{i}, m{i}, lo{i}, hi{i},
+        l{i}, o{i}`` (count; the sum as the pair s + c, exact to the engine's grid; M2; min,
+        max, last, last's order)."""
         ...
 
     def append(self, source: AnySource, rows: pa.Table,

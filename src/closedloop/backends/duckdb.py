@@ -14,9 +14,10 @@ non-quadratic plans:
 
 from __future__ import annotations
 
+import math
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,16 @@ import pyarrow.compute as pc
 from closedloop.backends import ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
-from closedloop.backends.windowsql import fdiv, hop_ctes, nulls_low, q, scale, us
+from closedloop.backends.windowsql import (
+    double,
+    fdiv,
+    hop_ctes,
+    nulls_low,
+    q,
+    scale,
+    sum_exponent,
+    us,
+)
 from closedloop.data.instants import FLOOR_FIX
 from closedloop.data.sources import ARROW_TYPES, INGESTED_AT, AnySource, LogicalType
 from closedloop.errors import (
@@ -355,7 +365,7 @@ class DuckDBEngine:
                 parts.append(part)
                 wanted = [w for w in wanted if w not in done]
         if wanted or not parts:
-            parts.append(self._run(self._windowed_sql(view, wanted), rows))
+            parts.append(self._run(self._windowed_sql(view, wanted, types), rows))
         out = parts[0]
         for part in parts[1:]:
             for name in part.column_names[1:]:
@@ -559,30 +569,20 @@ class DuckDBEngine:
     def _key_sql(view: FeatureView) -> str:
         return _SQL_TYPES[view.entity.spec()["dtype"]]
 
-    def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature]) -> str:
+    def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature],
+                      types: dict[str, str]) -> str:
         columns = list(dict.fromkeys(w.column for w in wanted))
-        stddev_cols = sorted({w.column for w in wanted if w.fn == "stddev"})
-        ctes = [f"src AS ({self._source_cte(view, columns)})"]
-        shift = {c: "0" for c in columns}
-        if stddev_cols:
-            # Shift by the entity's mean so that the sum of squares does not cancel.
-            means = ", ".join(f"avg({q(c)}) AS {q('m_' + c)}" for c in stddev_cols)
-            ctes.append(f"shift AS (SELECT __k, {means} FROM src GROUP BY __k)")
-            ctes.append("ev AS (SELECT src.*" + "".join(
-                f", shift.{q('m_' + c)}" for c in stddev_cols) +
-                " FROM src JOIN shift USING (__k))")
-            shift.update({c: f"{q('m_' + c)}" for c in stddev_cols})
-        else:
-            ctes.append("ev AS (SELECT * FROM src)")
+        ctes = [f"src AS ({self._source_cte(view, columns)})", "ev AS (SELECT * FROM src)"]
         hops = sorted({w.hop for w in wanted})
         summed = sorted({w.column for w in wanted if w.fn in ("sum", "mean", "stddev")})
-        compression, scales = self._profile(view, hops, summed)
+        ints = {c for c in summed if types.get(c) == "int64"}
+        compression, scales = self._profile(view, hops, summed, ints)
         selects: list[str] = []
         joins: list[str] = []
         for i, hop in enumerate(hops):
             group = [w for w in wanted if w.hop == hop]
             tiled = compression[hop] >= self.tile_min_compression
-            ctes += hop_ctes(i, hop, group, shift, tiled=tiled, scales=scales)
+            ctes += hop_ctes(i, hop, group, tiled=tiled, scales=scales, ints=ints)
             selects += [f"coalesce(h{i}.{q(w.name)}, 0) AS {q(w.name)}"
                         if w.fn in ("count", "sum") else f"h{i}.{q(w.name)}" for w in group]
             joins.append(f"LEFT JOIN h{i} ON h{i}.{ROW_ID} = r.{ROW_ID}")
@@ -590,6 +590,7 @@ class DuckDBEngine:
                 f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
 
     def _profile(self, view: FeatureView, hops: list[int], summed: list[str],
+                 ints: Collection[str] = (),
                  ) -> tuple[dict[int, float], dict[str, tuple[float, float, float] | None]]:
         """One scan of the source: events per tile at each hop (HyperLogLog), and for each
         summed column the scales that make its float sums exact.
@@ -602,8 +603,12 @@ class DuckDBEngine:
         with k as large as lets every sum of the column fit (from its largest magnitude and
         the row count). Integer addition is exact and has no order, so the result is the same
         bits whatever the threads did — a rebuilt training set hashes the same — and is the
-        exact sum rounded once, not a float sum's accumulated error. A column holding NaN or
-        infinities falls back to float sums in a fixed order (``None``).
+        exact sum rounded once, not a float sum's accumulated error. An int64 column (in
+        ``ints``) is summed as its integers, scale 1: exact whatever its magnitude. A column
+        holding NaN or infinities falls back to float sums in a fixed order (``None``).
+        stddev's deviations from a tile's smallest value lie in [0, 2m], their squares and the
+        window's shares of its second moment in [0, 4m²] per value: the second and third
+        scales.
         """
         source = view.source
         ts = us(q(source.timestamp))
@@ -612,7 +617,10 @@ class DuckDBEngine:
         for c in summed:
             x = f"{q(c)}::DOUBLE"
             parts += [f"max(abs({x}))", f"bool_or(isnan({x}) OR isinf({x}))"]
-        sql = f"SELECT count(*), {', '.join(parts)} FROM {self._scan(source)}"
+        # The rows every plan aggregates (a key and a time): the range plan sizes its grid
+        # by the same count and largest value, so both plans round values alike.
+        sql = (f"SELECT count(*), {', '.join(parts)} FROM {self._scan(source)} "
+               f"WHERE {key} IS NOT NULL AND {q(source.timestamp)} IS NOT NULL")
         with self._lock:
             row = self._connection().execute(sql).fetchall()[0]
         total = max(int(row[0]), 1)
@@ -625,8 +633,8 @@ class DuckDBEngine:
                 scales[c] = None
                 continue
             m = float(largest or 0.0)
-            # |x - mean| <= 2m for stddev's shifted values, and their squares <= 4m².
-            scales[c] = (scale(m, total), scale(2 * m, total), scale(4 * m * m, total))
+            grid = 1.0 if c in ints else math.ldexp(1.0, sum_exponent(m, int(row[0])))
+            scales[c] = (grid, scale(2 * m, total), scale(4 * m * m, total))
         return compression, scales
 
     # -- materialization ---------------------------------------------------------------------
@@ -678,19 +686,36 @@ class DuckDBEngine:
         columns = list(dict.fromkeys(a.column for a in view.aggregations))
         if not self._has_data(view.source):
             return _no_rows(["key", "b", *(f"{f}{i}" for i in range(len(columns))
-                                           for f in ("n", "s", "m", "lo", "hi", "l", "o"))])
+                                           for f in ("n", "s", "c", "m", "lo", "hi", "l", "o"))])
         types = self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"],
                                   columns)
+        summed = [c for c in columns if types[c] in ("int64", "float64", "bool")]
+        ints = {c for c in summed if types[c] != "float64"}
+        _, scales = self._profile(view, [], [c for c in summed if c not in ints], ints)
         parts = []
+        sums = []
         for i, c in enumerate(columns):
             qc = q(c)
-            numeric = types[c] in ("int64", "float64", "bool")
+            numeric = c in summed
             order = "struct_pack(et := __et, tp := __tie IS NOT NULL, tie := coalesce(__tie, 0))"
             # Float sums in a fixed order, so that a rerun writes the same bits.
             fixed = f"ORDER BY __et, __tie, {qc}"
+            if not numeric:
+                parts += [f"0.0 AS s{i}", f"0.0 AS c{i}"]
+            elif c in ints or scales.get(c) is not None:
+                # The tile's exact sum H (a 128-bit integer: the values, or the values × 2^k
+                # as the training-set plans add them) as the pair s + c the online tiles keep.
+                k = 1.0 if c in ints else scales[c][0]  # type: ignore[index]  # not None
+                term = (f"CAST(CAST({qc} AS BIGINT) AS HUGEINT)" if c in ints
+                        else f"CAST({qc}::DOUBLE * {double(k)} AS HUGEINT)")
+                parts.append(f"sum({term}) AS h{i}")
+                sums.append(f"coalesce(CAST(h{i} AS DOUBLE) / {double(k)}, 0.0) AS s{i}, "
+                            f"coalesce(CAST(h{i} - CAST(CAST(h{i} AS DOUBLE) AS HUGEINT) AS "
+                            f"DOUBLE) / {double(k)}, 0.0) AS c{i}")
+            else:                      # NaN or infinities: a float sum in a fixed order
+                parts += [f"sum({qc}::DOUBLE {fixed}) AS s{i}", f"0.0 AS c{i}"]
             parts += [
                 f"count({qc}) AS n{i}",
-                f"sum({qc}::DOUBLE {fixed}) AS s{i}" if numeric else f"0.0 AS s{i}",
                 f"coalesce(var_pop({qc}::DOUBLE {fixed}) * count({qc}), 0) AS m{i}" if numeric
                 else f"0.0 AS m{i}",
                 f"min({qc}) AS lo{i}", f"max({qc}) AS hi{i}",
@@ -703,6 +728,10 @@ class DuckDBEngine:
                f"SELECT CAST(__k AS VARCHAR) AS key, {b} AS b, {', '.join(parts)} FROM src "
                f"WHERE __v <= {at} AND {b} >= {fdiv(str(at), hop)} - {span}"
                f"{self._changed(view, at, since)} GROUP BY ALL")
+        if sums:
+            drop = ", ".join(f"h{i}" for i, c in enumerate(columns)
+                             if c in summed and (c in ints or scales.get(c) is not None))
+            sql = f"SELECT * EXCLUDE ({drop}), {', '.join(sums)} FROM ({sql})"
         return self._query(sql)
 
     def _query(self, sql: str) -> pa.Table:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from closedloop.backends.windowsql import sum_exponent
 from closedloop.features.definitions import WindowedFeature
 
 FNS = frozenset({"count", "sum", "mean", "min", "max"})
@@ -63,17 +64,23 @@ class Column:
     def limbs(self) -> tuple[int, Array, Array]:
         """k, and the prefix sums of each value × 2^k as two int64 limbs: value·2^k ≈
         high·2^32 + low with 0 ≤ low ≤ 2^32, rounded to an integer once. k is as large as
-        keeps every prefix sum below 2^63 (from the largest magnitude and the count).
+        keeps every prefix sum below 2^63 (from the largest magnitude and the count); an
+        integer column takes k = 0 and is exact.
         Computed a block at a time, so the temporaries stay small."""
+        if "limbs" not in self._cache and self.values.dtype.kind == "i":
+            # Integers are exact as they are (k = 0): high·2^32 + low with no rounding at all,
+            # whatever their magnitude; 2^31 · n stays below 2^63 for n < 2^32 events.
+            x = self.values.astype(np.int64, copy=False)
+            ph = np.zeros(x.size + 1, dtype=np.int64)
+            pl = np.zeros(x.size + 1, dtype=np.int64)
+            np.cumsum(x >> _LIMB, out=ph[1:])
+            np.cumsum(x & ((1 << _LIMB) - 1), out=pl[1:])
+            self._cache["limbs"] = (0, ph, pl)
         if "limbs" not in self._cache:
             x = self.values
             n = max(int(x.size), 1)
             largest = float(np.max(np.abs(x))) if x.size else 0.0
-            if largest == 0.0:
-                k = 0
-            else:
-                e = int(np.frexp(largest)[1])           # largest < 2^e
-                k = max(-1000, min(1000, 93 - e - n.bit_length()))
+            k = sum_exponent(largest, n)               # the grid of every plan
             ph = np.empty(x.size + 1, dtype=np.int64)
             pl = np.empty(x.size + 1, dtype=np.int64)
             ph[0] = pl[0] = 0

@@ -34,6 +34,19 @@ def scale(largest: float, rows: int) -> float:
     return math.ldexp(1.0, max(-1000, min(1000, k)))
 
 
+def sum_exponent(largest: float, rows: int) -> int:
+    """The k of every plan's exact float sums (one grid, so the plans give the same bits):
+    each value is rounded to a multiple of 2^-k (half to even), then added exactly. With the
+    largest magnitude below 2^e, k = 93 − e − bit_length(rows): every prefix sum of
+    value·2^k fits the range plan's two limbs (2^63 · 2^32) and every sum a 128-bit
+    integer. Values carrying bits below 2^-k — some 73 binary orders under the column's
+    largest for a million rows — lose those bits."""
+    if largest <= 0 or not math.isfinite(largest):
+        return 0
+    e = math.frexp(largest)[1]
+    return max(-1000, min(1000, 93 - e - max(rows, 1).bit_length()))
+
+
 def double(value: float) -> str:
     """A float as an exact DuckDB DOUBLE literal."""
     return f"CAST('{value!r}' AS DOUBLE)"
@@ -54,15 +67,17 @@ def nulls_low(expr: str) -> str:
     return f"struct_pack(p := ({expr}) IS NOT NULL, v := {expr})"
 
 
-def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, str],
-             *, tiled: bool, scales: dict[str, tuple[float, float, float] | None],
+def hop_ctes(i: int, hop: int, group: list[WindowedFeature], *, tiled: bool,
+             scales: dict[str, tuple[float, float, float] | None], ints: set[str],
              ) -> list[str]:
     """The CTEs of hop ``i`` (length ``hop``): its tiles (or events as their own tiles), the
     (key, block) pairs each row probes, the partials it reads, and ``h{i}``: one row per
-    query row with the windows of ``group``."""
+    query row with the windows of ``group``. ``ints``: the int64 columns (summed exactly as
+    integers)."""
     span = max(w.window // hop for w in group)
     cols = sorted({w.column for w in group})
     fns = {c: {w.fn for w in group if w.column == c} for c in cols}
+    dev = [c for c in cols if "stddev" in fns[c]]
 
     def last_order(c: str) -> str:
         return f"struct_pack(et := __et, tie := {nulls_low('__tie')}, v := {q(c)})"
@@ -71,25 +86,39 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, st
     tile_parts: list[str] = []
     raw_parts: list[str] = []
     for c in cols:
-        qc, d = q(c), f"({q(c)} - {shift[c]})"
-        p = f"{c}"
+        qc, p = q(c), c
         tile_parts += [f"count({qc}) AS {q('n_' + p)}"]
         raw_parts += [f"({qc} IS NOT NULL)::BIGINT AS {q('n_' + p)}"]
-        # Sums are exact (see _profile): terms as scaled 128-bit integers, or, for a
-        # column with NaN or infinities, floats added in a fixed order.
+        # Sums are exact (see _profile): terms as scaled 128-bit integers (int64 columns as
+        # themselves), or, for a column with NaN or infinities, floats in a fixed order.
         scale = scales.get(c)
-        terms = [("s_", f"{qc}::DOUBLE", 0)] if fns[c] & {"sum", "mean"} else []
-        if "stddev" in fns[c]:
-            terms += [("d_", f"({d})::DOUBLE", 1), ("q_", f"({d} * {d})::DOUBLE", 2)]
-        for prefix, term, which in terms:
+        terms: list[tuple[str, str, int, str]] = []
+        if fns[c] & {"sum", "mean", "stddev"}:
+            terms.append(("s_", qc if c in ints else f"{qc}::DOUBLE", 0, f"{qc}"))
+        if c in dev:
+            # stddev: each tile's deviations from its own smallest value r (close to its
+            # values, whatever the entity's history): e = Σ(x − r), q = Σ(x − r)²; the
+            # window merges tiles by Chan's formula about the window's own mean (below).
+            d = f"({qc} - {q('r_' + p)})::DOUBLE"
+            zero = f"CASE WHEN {qc} IS NOT NULL THEN 0 END"
+            terms += [("e_", d, 1, zero), ("q_", f"({d} * {d})", 2, zero)]
+        for prefix, term, which, raw in terms:
             name = q(prefix + p)
-            if scale is None:
+            if scale is None or prefix == "q_":
+                # Squares span twice the column's binary range: a grid scaled to its largest
+                # square would round small ones away. Non-negative terms summed as floats in
+                # a fixed order: within n·ε of the sum, and the same bits on every run.
                 tile_parts.append(f"sum({term} ORDER BY {term})::DOUBLE AS {name}")
-                raw_parts.append(f"{term} AS {name}")
+                raw_parts.append(f"({raw})::DOUBLE AS {name}" if prefix != "s_"
+                                 else f"{term} AS {name}")
             else:
-                exact = f"CAST({term} * {double(scale[which])} AS HUGEINT)"
+                exact = _exact(term, scale[which], int_=c in ints and prefix == "s_")
                 tile_parts.append(f"sum({exact}) AS {name}")
-                raw_parts.append(f"{exact} AS {name}")
+                raw_parts.append(f"{exact} AS {name}" if prefix == "s_"
+                                 else f"CAST({raw} AS HUGEINT) AS {name}")
+        if c in dev:
+            tile_parts.append(f"min({qc})::DOUBLE AS {q('r_' + p)}")
+            raw_parts.append(f"{qc}::DOUBLE AS {q('r_' + p)}")
         if "min" in fns[c]:
             tile_parts.append(f"min({qc}) AS {q('lo_' + p)}")
             raw_parts.append(f"{qc} AS {q('lo_' + p)}")
@@ -106,7 +135,9 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, st
                           f"AS {q('o_' + p)}"]
     b, vb = fdiv("__et", hop), fdiv("__v", hop)
     t = f"t{i}"
-    located = f"(SELECT *, {b} AS __b, {vb} AS __vb FROM ev)"
+    refs = "".join(f", min({q(c)}) OVER (PARTITION BY __k, {b}, {vb}) AS {q('r_' + c)}"
+                   for c in (dev if tiled else []))  # each tile's reference (order-free)
+    located = f"(SELECT *, {b} AS __b, {vb} AS __vb{refs} FROM ev)"
     if tiled:
         tiles = (f"SELECT __k, __b, {fdiv('__b', span)} AS __blk, __vb, "
                  f"{', '.join(tile_parts)} FROM {located} GROUP BY __k, __b, __vb")
@@ -134,6 +165,11 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, st
         f"JOIN ev e ON e.__k = q.{ROW_KEY} AND {fdiv('e.__v', hop)} = q.__T "
         f"WHERE e.__v <= q.{ROW_TS} AND {fdiv('e.__et', hop)} >= q.__T - {span})",
     ]
+    source = f"p{i}"
+    stddevs = [w for w in group if w.fn == "stddev"]
+    if stddevs:
+        ctes.append(_chan_cte(i, hop, stddevs, scales))
+        source = f"v{i}"
     outs: list[str] = []
     for w in group:
         n = w.window // hop
@@ -147,10 +183,8 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, st
         elif w.fn == "mean":
             expr = f"({total('s_' + p, inside, scales.get(p), 0)} / nullif({cnt}, 0))"
         elif w.fn == "stddev":
-            sd = total("d_" + p, inside, scales.get(p), 1)
-            sq = total("q_" + p, inside, scales.get(p), 2)
-            expr = (f"CASE WHEN {cnt} > 0 THEN sqrt(greatest(({sq} - {sd} * {sd} / {cnt}) "
-                    f"/ {cnt}, 0)) END")
+            m2 = total(f"m2_{stddevs.index(w)}", "TRUE", None, 2)     # see _chan_cte
+            expr = f"CASE WHEN {cnt} > 0 THEN sqrt(greatest({m2} / {cnt}, 0)) END"
         elif w.fn == "min":
             expr = f"min({q('lo_' + p)}) FILTER (WHERE {inside})"
         elif w.fn == "max":
@@ -159,5 +193,47 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], shift: dict[str, st
             expr = (f"arg_max({q('l_' + p)}, {q('o_' + p)}) "
                     f"FILTER (WHERE {inside} AND {q('o_' + p)} IS NOT NULL)")
         outs.append(f"{expr} AS {q(w.name)}")
-    ctes.append(f"h{i} AS (SELECT {ROW_ID}, {', '.join(outs)} FROM p{i} GROUP BY {ROW_ID})")
+    ctes.append(f"h{i} AS (SELECT {ROW_ID}, {', '.join(outs)} FROM {source} "
+                f"GROUP BY {ROW_ID})")
     return ctes
+
+
+def _exact(term: str, scale: float, *, int_: bool = False) -> str:
+    """A term as a scaled 128-bit integer (an int64 column's value as itself)."""
+    if int_:
+        return f"CAST({term} AS HUGEINT)"
+    return f"CAST({term} * {double(scale)} AS HUGEINT)"
+
+
+def _chan_cte(i: int, hop: int, stddevs: list[WindowedFeature],
+              scales: dict[str, tuple[float, float, float] | None]) -> str:
+    """``v{i}``: the partials of ``p{i}`` with, per stddev window, each tile's share of the
+    window's second moment about the window's own mean (Chan et al.): m2 of the tile about
+    its mean, plus n · (tile mean − window mean)², non-negative, summed in ``h{i}`` as floats
+    in a fixed order. The window mean comes from the exact sum, over the row's tiles (a window
+    function per row), so no far-away value of the entity's history enters the arithmetic:
+    the variance of 10 and 12 is 1 whatever came days before, and a constant window's is 0.
+    """
+    means: list[str] = []
+    shares: list[str] = []
+    for j, w in enumerate(stddevs):
+        p, n = w.column, w.window // hop
+        inside = f"__b >= __T - {n}"
+        scale = scales.get(p)
+        s0, s1, _ = (1.0, 1.0, 1.0) if scale is None else scale
+        cnt = q("n_" + p)
+
+        def num(name: str, s: float) -> str:
+            return f"(CAST({q(name)} AS DOUBLE) / {double(s)})"
+
+        means.append(f"CAST(sum({q('s_' + p)}) FILTER (WHERE {inside}) OVER "
+                     f"(PARTITION BY {ROW_ID}) AS DOUBLE) / {double(s0)} / "
+                     f"nullif(sum({cnt}) FILTER (WHERE {inside}) OVER "
+                     f"(PARTITION BY {ROW_ID}), 0) AS __mu{j}")
+        e, sq = num("e_" + p, s1), f"{q('q_' + p)}"
+        tile_mean = f"({q('r_' + p)} + {e} / {cnt})"
+        tile_m2 = f"greatest({sq} - {e} * {e} / {cnt}, 0)"
+        share = f"({tile_m2} + {cnt} * ({tile_mean} - __mu{j}) * ({tile_mean} - __mu{j}))"
+        shares.append(f"CASE WHEN {inside} AND {cnt} > 0 THEN {share} END AS m2_{j}")
+    return (f"v{i} AS (SELECT *, {', '.join(shares)} FROM (SELECT *, {', '.join(means)} "
+            f"FROM p{i}))")

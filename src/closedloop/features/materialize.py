@@ -34,8 +34,20 @@ class MaterializeReport:
     entities: int
 
 
+#: The layout of windowed online records (2: sums kept as the pair s + c). A watermark
+#: written under an older layout makes the next run rewrite the view from scratch.
+RECORD_FORMAT = 2
+
+
 def watermark_key(view: FeatureView) -> tuple[str, str]:
     return (META, f"watermark:{namespace(view)}")
+
+
+def watermark(raw: bytes) -> tuple[int, int]:
+    """A stored watermark: (instant in µs, record format) — ``"<µs>;<format>"``, or the bare
+    instant an earlier build wrote (format 1)."""
+    at, _, fmt = raw.decode().partition(";")
+    return int(at), int(fmt or 1)
 
 
 def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
@@ -58,13 +70,13 @@ def window_records(view: FeatureView, engine: OfflineEngine, at: int,
         # Each kept field as a column of the engine's output, in tile order.
         fields: list[list[Any]] = []
         for i, c in enumerate(layout.columns):    # the engine numbers columns in this order
-            for slot, name in ((c.n, "n"), (c.s, "s"), (c.m2, "m"), (c.lo, "lo"), (c.hi, "hi"),
-                               (c.last, "l")):
+            for slot, name in ((c.n, "n"), (c.s, "s"), (c.c, "c"), (c.m2, "m"), (c.lo, "lo"),
+                               (c.hi, "hi"), (c.last, "l")):
                 if slot < 0:
                     continue
                 values = record_values(table[f"{name}{i}"])
                 fields.append([0.0 if v is None else v for v in values]
-                              if name in ("s", "m") else values)
+                              if name in ("s", "c", "m") else values)
             if c.last >= 0:
                 orders = table[f"o{i}"].to_pylist()
                 fields.append([None if o is None else o["et"] for o in orders])
@@ -91,9 +103,13 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
     since = None
     if incremental:
         raw = store.read([mark])[0]
-        since = int(raw) if raw is not None else None
-        if since is not None and since >= at:
+        since, fmt = watermark(raw) if raw is not None else (None, RECORD_FORMAT)
+        if fmt != RECORD_FORMAT and view.aggregations:     # records of an older layout
+            store.clear(ns)
+            since = None
+        elif since is not None and since >= at:
             return MaterializeReport(ns, since, at, 0)
+    stamp = f"{at};{RECORD_FORMAT}".encode()
     make = window_records if view.aggregations else snapshot_records
     records = list(make(view, engine, at, since))
     total = len(records)
@@ -107,13 +123,13 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
                   last: bool = last) -> list[bytes | None]:
             out: list[bytes | None] = [encode(_keep_pending(view, rec, raw, at))
                                        for (_, rec), raw in zip(batch, old, strict=False)]
-            return [*out, str(at).encode()] if last else out
+            return [*out, stamp] if last else out
 
         store.update(keys, merge)      # atomic per batch, the watermark with the last one
         if progress:
             progress(done, total, f"{ns}: {done}/{total} entities")
     if total == 0:
-        store.write([(*mark, str(at).encode())])
+        store.write([(*mark, stamp)])
     return MaterializeReport(ns, since, at, total)
 
 

@@ -36,6 +36,7 @@ from closedloop.features.materialize import (
     MaterializeReport,
     Progress,
     materialize_view,
+    watermark,
     watermark_key,
 )
 from closedloop.features.online import OnlineVector, ViewReader
@@ -448,11 +449,12 @@ def _spread(keys: list[tuple[str, str | None]], wanted: list[tuple[str, str]],
 def _check_marks(readers: Sequence[ViewReader], marks: Sequence[bytes | None], t: int) -> None:
     """Refuse a read at ``t`` before a view's materialization instant: its records hold rows
     that became visible after ``t``, so they are not the state at ``t``."""
-    for reader, mark in zip(readers, marks, strict=True):
-        if mark is not None and int(mark) > t:
+    for reader, raw in zip(readers, marks, strict=True):
+        mark = None if raw is None else watermark(raw)[0]
+        if mark is not None and mark > t:
             raise PointInTimeError(
                 f"online read at {format_instant(t)} is before view {reader.namespace}'s "
-                f"materialization instant {format_instant(int(mark))}: its online records "
+                f"materialization instant {format_instant(mark)}: its online records "
                 "already hold rows that became visible after the read's instant",
                 fix="read at or after that instant, or compute features as of an earlier "
                     "instant with training_set (the offline path)")

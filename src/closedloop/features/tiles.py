@@ -2,11 +2,14 @@
 
 A tile is ``bucket, fields...`` holding, for each aggregated column, only the partials that
 the view's functions need (``TileLayout``): ``n`` (non-null count) for count,
-mean and stddev; ``s`` (sum) for sum, mean and stddev; ``m2`` (second moment about the mean,
-merged by Chan's formula) for stddev; ``lo``/``hi`` for min/max; ``last`` with its order
-(event time, tie) for last. A view over sum/count/mean/max of one column keeps three numbers
-per tile instead of ten, so its record stays small (SQLite keeps it inline in its B-tree page)
-and a push touches little.
+mean and stddev; ``s`` and ``c`` (the sum as an unevaluated pair s + c, "double-double":
+every addition is Knuth's TwoSum, its rounding error carried in c, so a window's sum is
+exact to ~106 bits and rounded once on reading, as the offline plans' exact integer sums are;
+an int64 value enters as its nearest float and the exact remainder) for sum, mean and stddev;
+``m2`` (second moment about the mean, merged by Chan's formula) for stddev; ``lo``/``hi``
+for min/max; ``last`` with its order (event time, tie) for last. A view over
+sum/count/mean/max of one column keeps four numbers per tile instead of eleven, so its record
+stays small (SQLite keeps it inline in its B-tree page) and a push touches little.
 
 A windowed record is one flat list of tiles per hop, in the layout's hop order, sorted by
 bucket: ``[b0, fields..., b1, fields..., ...]``, ``TileLayout.width`` items per tile (few
@@ -35,7 +38,7 @@ def _order(tie: Any) -> tuple[bool, Any]:
 class ColumnSlots:
     """Where one aggregated column's partials sit in a tile (-1: not kept)."""
 
-    __slots__ = ("column", "hi", "last", "lo", "m2", "n", "oet", "otie", "s", "width")
+    __slots__ = ("c", "column", "hi", "last", "lo", "m2", "n", "oet", "otie", "s", "width")
 
     def __init__(self, column: str, fns: set[str], start: int) -> None:
         self.column = column
@@ -43,12 +46,13 @@ class ColumnSlots:
         slots = {}
         for name, wanted in (("n", fns & {"count", "mean", "stddev"}),
                              ("s", fns & {"sum", "mean", "stddev"}),
+                             ("c", fns & {"sum", "mean", "stddev"}),
                              ("m2", fns & {"stddev"}), ("lo", fns & {"min"}),
                              ("hi", fns & {"max"}), ("last", fns & {"last"}),
                              ("oet", fns & {"last"}), ("otie", fns & {"last"})):
             slots[name] = pos if wanted else -1
             pos += bool(wanted)
-        self.n, self.s, self.m2 = slots["n"], slots["s"], slots["m2"]
+        self.n, self.s, self.c, self.m2 = slots["n"], slots["s"], slots["c"], slots["m2"]
         self.lo, self.hi = slots["lo"], slots["hi"]
         self.last, self.oet, self.otie = slots["last"], slots["oet"], slots["otie"]
         self.width = pos - start
@@ -56,7 +60,8 @@ class ColumnSlots:
     def empty(self) -> list[Any]:
         """This column's fields of a tile with no value."""
         out: list[Any] = []
-        for slot, zero in ((self.n, 0), (self.s, 0.0), (self.m2, 0.0), (self.lo, None),
+        for slot, zero in ((self.n, 0), (self.s, 0.0), (self.c, 0.0), (self.m2, 0.0),
+                           (self.lo, None),
                            (self.hi, None), (self.last, None), (self.oet, None),
                            (self.otie, None)):
             if slot >= 0:
@@ -71,7 +76,8 @@ class ColumnSlots:
         if self.n >= 0:
             out.append(1)
         if self.s >= 0:
-            out.append(float(x))
+            head = float(x)
+            out += (head, float(x - int(head)) if type(x) is int else 0.0)   # exact
         if self.m2 >= 0:
             out.append(0.0)
         if self.lo >= 0:
@@ -88,14 +94,19 @@ class ColumnSlots:
             na, nb = a[i + self.n], b[j + self.n]
             if nb:
                 if na:
-                    delta = b[j + self.s] / nb - a[i + self.s] / na
+                    delta = ((b[j + self.s] + b[j + self.c]) / nb
+                             - (a[i + self.s] + a[i + self.c]) / na)
                     a[i + self.m2] += b[j + self.m2] + delta * delta * na * nb / (na + nb)
                 else:
                     a[i + self.m2] = b[j + self.m2]
         if self.n >= 0:
             a[i + self.n] += b[j + self.n]
-        if self.s >= 0:
-            a[i + self.s] += b[j + self.s]
+        if self.s >= 0:                    # TwoSum: s + c stays the exact running sum
+            x, y = a[i + self.s], b[j + self.s]
+            total = x + y
+            back = total - x
+            a[i + self.s] = total
+            a[i + self.c] += b[j + self.c] + ((x - (total - back)) + (y - back))
         if self.lo >= 0:
             x = b[j + self.lo]
             if x is not None and (a[i + self.lo] is None or x < a[i + self.lo]):
@@ -120,12 +131,12 @@ class ColumnSlots:
         if fn == "count":
             return 0 if tile is None else int(tile[self.n])
         if fn == "sum":
-            return 0.0 if tile is None else float(tile[self.s])
+            return 0.0 if tile is None else tile[self.s] + tile[self.c]
         if tile is None:
             return None
         if fn == "mean":
             n = tile[self.n]
-            return tile[self.s] / n if n else None
+            return (tile[self.s] + tile[self.c]) / n if n else None
         if fn == "stddev":
             n = tile[self.n]
             return math.sqrt(max(tile[self.m2] / n, 0.0)) if n else None
@@ -172,7 +183,9 @@ class TileLayout:
     def check(self, record: Any) -> None:
         """Refuse a record that is not in this layout (written by an older closedloop): one
         tile list per hop, then, when some pushed rows are not visible yet, their list."""
-        if type(record) is not list or len(record) not in (len(self.hops), len(self.hops) + 1):
+        if type(record) is not list or len(record) not in (
+                len(self.hops), len(self.hops) + 1) or any(
+                len(tiles) % self.width for tiles in record[:len(self.hops)]):
             raise DataError(f"the online record of view {self.view.name!r} v{self.view.version} "
                             "is in a format this closedloop does not read",
                             fix="rewrite the online store: closedloop materialize --full")

@@ -20,8 +20,11 @@ them. Per batch:
 4. **acknowledge** the batch. A scorer that dies before this leaves its batch pending in the
    group; a live scorer of the group claims records pending longer than ``claim_idle_s``
    (at its start, and every ``claim_idle_s / 2`` after) and scores them. Delivery is at
-   least once, and the writes are keyed, so a redelivered event overwrites its own
-   prediction.
+   least once; its effect is once: the fold is idempotent on the source's ``id`` (``push``
+   skips an event the source holds already), and the other writes are keyed, so a
+   redelivered event overwrites its own prediction. (The prediction log and the predictions
+   stream may carry a redelivered event's prediction twice, under the same subject.) A source
+   without an ``id`` cannot be deduplicated: there, a redelivered event is folded twice.
 
 The stream is the embedded one (``[stream] store = "embedded"``: an append-only SQLite log
 beside the offline store, shared by processes on one machine) or Redis Streams
@@ -43,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import EventStream
-from closedloop.data.instants import now_micros
+from closedloop.data.instants import as_instants, now_micros
 from closedloop.data.sources import ARROW_TYPES, EventSource
 from closedloop.errors import ServingError
 from closedloop.features.service import FeatureService
@@ -68,7 +71,7 @@ def encode_events(source: EventSource, rows: pa.Table) -> list[dict[str, bytes]]
     for name in rows.column_names:
         column = rows[name]
         if name in instants or pa.types.is_timestamp(column.type):
-            column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+            column = pc.cast(as_instants(column, f"column {name!r} of the events"), pa.int64())
         columns[name] = column.to_pylist()
     names = list(columns)
     return [{"e": orjson.dumps(dict(zip(names, values, strict=True)))}
