@@ -120,3 +120,34 @@ def test_a_record_in_another_format_is_a_clear_error(tmp_path: Path) -> None:
         reader.read(old, NOW, {})  # type: ignore[arg-type]
     with pytest.raises(DataError, match="materialize --full"):
         TileLayout.of(view).fold(old, [], NOW)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(fns=st.lists(st.sampled_from(NUMERIC_FNS), unique=True, min_size=1, max_size=5),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_compiled_merge_is_the_columns_merge(fns: list[str], seed: int) -> None:
+    """The straight-line merge compiled per layout does what ``ColumnSlots.merge`` does."""
+    import random
+
+    layout = TileLayout(_view(Path("x.parquet"), fns, ["last"]))
+    rnd = random.Random(seed)
+
+    def tile() -> list[Any]:
+        out: list[Any] = [7]
+        for _ in range(3):
+            x = rnd.choice([None, 0.1 * rnd.randint(-50, 50), float(rnd.randint(-3, 3))])
+            tag = rnd.choice([None, "a", "b"])
+            one = layout.fields([x, tag], rnd.randint(0, 10), rnd.choice([None, 1, 2]))
+            if len(out) == 1:
+                out += one
+            else:
+                for c in layout.columns:
+                    c.merge(out, 0, [7, *one], 0)
+        return out
+
+    a, b = tile(), tile()
+    want = list(a)
+    for c in layout.columns:
+        c.merge(want, 0, b, 0)
+    layout.merge(a, 0, b, 0)
+    assert a == want

@@ -75,8 +75,9 @@ def window_records(view: FeatureView, engine: OfflineEngine, at: int,
                 if slot < 0:
                     continue
                 values = record_values(table[f"{name}{i}"])
-                fields.append([0.0 if v is None else v for v in values]
-                              if name in ("s", "c", "m") else values)
+                fields.append([v or 0 for v in values] if name == "c" else
+                              [0.0 if v is None else v for v in values]
+                              if name in ("s", "m") else values)
             if c.last >= 0:
                 orders = table[f"o{i}"].to_pylist()
                 fields.append([None if o is None else o["et"] for o in orders])
