@@ -591,7 +591,7 @@ class DuckDBEngine:
 
     def _profile(self, view: FeatureView, hops: list[int], summed: list[str],
                  ints: Collection[str] = (),
-                 ) -> tuple[dict[int, float], dict[str, tuple[float, float, float] | None]]:
+                 ) -> tuple[dict[int, float], dict[str, tuple[float, float] | None]]:
         """One scan of the source: events per tile at each hop (HyperLogLog), and for each
         summed column the scales that make its float sums exact.
 
@@ -606,9 +606,8 @@ class DuckDBEngine:
         exact sum rounded once, not a float sum's accumulated error. An int64 column (in
         ``ints``) is summed as its integers, scale 1: exact whatever its magnitude. A column
         holding NaN or infinities falls back to float sums in a fixed order (``None``).
-        stddev's deviations from a tile's smallest value lie in [0, 2m], their squares and the
-        window's shares of its second moment in [0, 4m²] per value: the second and third
-        scales.
+        stddev's deviations from a tile's smallest value lie in [0, 2m]: the second scale
+        (their squares are float sums in a fixed order, see ``windowsql.hop_ctes``).
         """
         source = view.source
         ts = us(q(source.timestamp))
@@ -625,7 +624,7 @@ class DuckDBEngine:
             row = self._connection().execute(sql).fetchall()[0]
         total = max(int(row[0]), 1)
         compression = {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=False)}
-        scales: dict[str, tuple[float, float, float] | None] = {}
+        scales: dict[str, tuple[float, float] | None] = {}
         rest = row[1 + len(hops):]
         for i, c in enumerate(summed):
             largest, odd = rest[2 * i], rest[2 * i + 1]
@@ -634,7 +633,7 @@ class DuckDBEngine:
                 continue
             m = float(largest or 0.0)
             grid = 1.0 if c in ints else math.ldexp(1.0, sum_exponent(m, int(row[0])))
-            scales[c] = (grid, scale(2 * m, total), scale(4 * m * m, total))
+            scales[c] = (grid, scale(2 * m, total))
         return compression, scales
 
     # -- materialization ---------------------------------------------------------------------

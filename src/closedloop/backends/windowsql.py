@@ -52,7 +52,7 @@ def double(value: float) -> str:
     return f"CAST('{value!r}' AS DOUBLE)"
 
 
-def total(column: str, where: str, scale: tuple[float, float, float] | None,
+def total(column: str, where: str, scale: tuple[float, float] | None,
            which: int) -> str:
     """A window's sum of partial sums: exact integers back to a float, or floats in a fixed
     order (value order: the same bits on every run)."""
@@ -68,7 +68,7 @@ def nulls_low(expr: str) -> str:
 
 
 def hop_ctes(i: int, hop: int, group: list[WindowedFeature], *, tiled: bool,
-             scales: dict[str, tuple[float, float, float] | None], ints: set[str],
+             scales: dict[str, tuple[float, float] | None], ints: set[str],
              ) -> list[str]:
     """The CTEs of hop ``i`` (length ``hop``): its tiles (or events as their own tiles), the
     (key, block) pairs each row probes, the partials it reads, and ``h{i}``: one row per
@@ -92,7 +92,7 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], *, tiled: bool,
         # Sums are exact (see _profile): terms as scaled 128-bit integers (int64 columns as
         # themselves), or, for a column with NaN or infinities, floats in a fixed order.
         scale = scales.get(c)
-        terms: list[tuple[str, str, int, str]] = []
+        terms: list[tuple[str, str, int, str]] = []   # (prefix, term, scale index, raw)
         if fns[c] & {"sum", "mean", "stddev"}:
             terms.append(("s_", qc if c in ints else f"{qc}::DOUBLE", 0, f"{qc}"))
         if c in dev:
@@ -101,7 +101,7 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], *, tiled: bool,
             # window merges tiles by Chan's formula about the window's own mean (below).
             d = f"({qc} - {q('r_' + p)})::DOUBLE"
             zero = f"CASE WHEN {qc} IS NOT NULL THEN 0 END"
-            terms += [("e_", d, 1, zero), ("q_", f"({d} * {d})", 2, zero)]
+            terms += [("e_", d, 1, zero), ("q_", f"({d} * {d})", -1, zero)]
         for prefix, term, which, raw in terms:
             name = q(prefix + p)
             if scale is None or prefix == "q_":
@@ -183,7 +183,7 @@ def hop_ctes(i: int, hop: int, group: list[WindowedFeature], *, tiled: bool,
         elif w.fn == "mean":
             expr = f"({total('s_' + p, inside, scales.get(p), 0)} / nullif({cnt}, 0))"
         elif w.fn == "stddev":
-            m2 = total(f"m2_{stddevs.index(w)}", "TRUE", None, 2)     # see _chan_cte
+            m2 = total(f"m2_{stddevs.index(w)}", "TRUE", None, 0)     # see _chan_cte
             expr = f"CASE WHEN {cnt} > 0 THEN sqrt(greatest({m2} / {cnt}, 0)) END"
         elif w.fn == "min":
             expr = f"min({q('lo_' + p)}) FILTER (WHERE {inside})"
@@ -206,7 +206,7 @@ def _exact(term: str, scale: float, *, int_: bool = False) -> str:
 
 
 def _chan_cte(i: int, hop: int, stddevs: list[WindowedFeature],
-              scales: dict[str, tuple[float, float, float] | None]) -> str:
+              scales: dict[str, tuple[float, float] | None]) -> str:
     """``v{i}``: the partials of ``p{i}`` with, per stddev window, each tile's share of the
     window's second moment about the window's own mean (Chan et al.): m2 of the tile about
     its mean, plus n · (tile mean − window mean)², non-negative, summed in ``h{i}`` as floats
@@ -220,7 +220,7 @@ def _chan_cte(i: int, hop: int, stddevs: list[WindowedFeature],
         p, n = w.column, w.window // hop
         inside = f"__b >= __T - {n}"
         scale = scales.get(p)
-        s0, s1, _ = (1.0, 1.0, 1.0) if scale is None else scale
+        s0, s1 = (1.0, 1.0) if scale is None else scale
         cnt = q("n_" + p)
 
         def num(name: str, s: float) -> str:
