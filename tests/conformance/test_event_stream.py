@@ -63,41 +63,56 @@ def test_record_bytes_round_trip() -> None:
 
 
 _READER = '''
-import sys, time
+import sys
+from pathlib import Path
 from closedloop.backends.sqlite_stream import SQLiteEventStream
 s = SQLiteEventStream(sys.argv[1])
-print("ready", flush=True)
-got, quiet = [], time.monotonic()
-while time.monotonic() - quiet < 1.5:
-    rows = s.read_group("ev", "g", sys.argv[2], 7, 100)
-    if rows:
-        quiet = time.monotonic()
-        got += [r["e"].decode() for _, r in rows]
+out, stop = Path(sys.argv[3]), Path(sys.argv[4])
+with out.open("a") as f:
+    while True:
+        rows = s.read_group("ev", "g", sys.argv[2], 7, 100)
+        if not rows and stop.exists():
+            break
+        f.write("".join(r["e"].decode() + "\\n" for _, r in rows))
+        f.flush()
         s.ack("ev", "g", [i for i, _ in rows])
-print(",".join(got))
 '''
 
 
+def _got(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
 def test_two_processes_share_a_group_each_record_once(tmp_path: Path) -> None:
+    """Publish a round, wait until it is read, and go on until both readers took part (no
+    clock in the test: a reader that starts late only joins later)."""
     path = tmp_path / "streams.db"
     stream = SQLiteEventStream(path)
     stream.ensure_group("ev", "g")
-    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(path), who],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for who in ("a", "b")]
-    for r in readers:
-        assert r.stdout is not None
-        assert r.stdout.readline().strip() == "ready"
-    n = 0
-    for _ in range(60):                                   # published while they read
-        stream.publish("ev", [{"e": str(n + i).encode()} for i in range(25)])
-        n += 25
-        time.sleep(0.01)
-    outs = [r.communicate(timeout=120) for r in readers]
-    for r, (_, err) in zip(readers, outs, strict=True):
-        assert r.returncode == 0, err[-2000:]
-    got = [[x for x in out.strip().split(",") if x] for out, _ in outs]
-    assert all(got), "both readers took part"
-    assert sorted(int(x) for x in got[0] + got[1]) == list(range(n))
+    outs, stop = [tmp_path / f"{who}.txt" for who in ("a", "b")], tmp_path / "stop"
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(path), who, str(out),
+                                 str(stop)], stderr=subprocess.PIPE, text=True)
+               for who, out in zip(("a", "b"), outs, strict=True)]
+    try:
+        n = 0
+        while n < 1500 or not all(_got(o) for o in outs):
+            assert n < 100_000, "one reader never took part"
+            stream.publish("ev", [{"e": str(n + i).encode()} for i in range(25)])
+            n += 25
+            deadline = time.monotonic() + 300
+            while sum(len(_got(o)) for o in outs) < n:
+                assert all(r.poll() is None for r in readers), "a reader died"
+                assert time.monotonic() < deadline, "the round was not read"
+                time.sleep(0.01)
+        stop.touch()
+        for r in readers:
+            _, err = r.communicate(timeout=300)
+            assert r.returncode == 0, err[-2000:]
+    finally:
+        for r in readers:
+            if r.poll() is None:  # pragma: no cover - only when the test failed midway
+                r.kill()
+    got = [_got(o) for o in outs]
+    assert sorted(got[0] + got[1]) == list(range(n))
     assert stream.claim("ev", "g", "z", 0.0) == []         # every record acknowledged
     stream.close()

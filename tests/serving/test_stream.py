@@ -34,6 +34,21 @@ def _events(users: list[str], first: int, n: int, late_s: float = 1.0) -> pa.Tab
         "ingested_at": pa.array([now] * n, pa.timestamp("us", tz="UTC"))})
 
 
+def _predictions(project: cl.Project, n: int) -> list[dict] | None:
+    """The predictions stream's records once it holds ``n`` of them."""
+    records = project.serving.events.read_all("predictions:fraud")
+    return [orjson.loads(f["p"]) for _, f in records] if len(records) >= n else None
+
+
+def _wait_for(probe, what: str, deadline_s: float = 300.0):
+    """``probe()``'s first value that is not None, polled until a generous deadline."""
+    end = time.monotonic() + deadline_s
+    while (value := probe()) is None:
+        assert time.monotonic() < end, f"no {what} within {deadline_s:.0f} s"
+        time.sleep(0.05)
+    return value
+
+
 @pytest.mark.parametrize("store", ["embedded", pytest.param("redis", marks=pytest.mark.redis)])
 def test_two_scorers_share_a_stream_and_score_each_event_once(served: cl.Project,
                                                               store: str) -> None:
@@ -47,29 +62,35 @@ def test_two_scorers_share_a_stream_and_score_each_event_once(served: cl.Project
     users = served.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:200]
     scorers = [subprocess.Popen(
         [sys.executable, "-m", "closedloop", "stream", "fraud", "-p", str(root), "--consumer",
-         f"c{k}", "--idle-exit", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+         f"c{k}", "--idle-exit", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for k in (1, 2)]
     try:
-        time.sleep(5)                          # both scorers up and waiting in the group
-        n = 1500
+        # No waiting on the clock: publish a batch, wait until it is scored, and go on until
+        # at least 1,500 events are out and both scorers have scored some (each batch goes to
+        # whichever scorer asks first, so once both are up they take turns). A scorer only
+        # idles out when nothing is left.
+        n, seen = 0, Counter[str]()
         with cl.Project(root) as project:
-            for first in range(0, n, 100):
-                assert project.serving.publish("transactions", _events(users, first, 100)) == 100
-                time.sleep(0.05)
-        outputs = [s.communicate(timeout=120) for s in scorers]
+            while n < 1500 or len(seen) < 2:
+                assert n < 60_000, f"only {sorted(seen)} ever scored"
+                assert project.serving.publish("transactions", _events(users, n, 100)) == 100
+                n += 100
+                records = _wait_for(lambda: _predictions(project, n), f"{n} predictions")
+                seen = Counter(r["consumer"] for r in records)
+        outputs = [s.communicate(timeout=300) for s in scorers]
         for s, (_, err) in zip(scorers, outputs, strict=True):
             assert s.returncode == 0, err
         counts = [int(out.split("scored ")[1].split(" ")[0].replace(",", ""))
                   for out, _ in outputs]
         assert sum(counts) == n
-        assert all(c > 0 for c in counts), counts        # the stream was shared
+        assert counts == [seen["c1"], seen["c2"]]         # the stream was shared
         with cl.Project(root) as project:
-            published = project.serving.events.read_all("predictions:fraud")
-        records = [orjson.loads(fields["p"]) for _, fields in published]
+            records = [orjson.loads(fields["p"])
+                       for _, fields in project.serving.events.read_all("predictions:fraud")]
         assert Counter(r["key"] for r in records) == Counter(f"s{i}" for i in range(n))
         assert all(r["lag_ms"] > 0 for r in records)
         with cl.Project(root) as project:
-            stored = project.online_store.read([("stream:fraud", f"s{i}") for i in (0, 777)])
+            stored = project.online_store.read([("stream:fraud", f"s{i}") for i in (0, n - 1)])
             assert all(v is not None for v in stored)
             logged = [r for r in project.prediction_log.records("fraud")
                       if r["kind"] == "prediction"]

@@ -198,7 +198,7 @@ class StreamScorer:
             outs.append({"event": rid, "key": key, "id": p.id, "score": p.score,
                          "decision": p.decision, "version": p.version, "route": p.route,
                          "fallback": p.fallback, "event_time": et, "written": written,
-                         "lag_ms": (written - et) / 1000})
+                         "lag_ms": (written - et) / 1000, "consumer": self.consumer})
         store.write([(f"stream:{self.model}", o["key"], orjson.dumps(o)) for o in outs])
         self.log.append(self.model, served.records).result()
         self.stream.publish(predictions_stream(self.model), [{"p": orjson.dumps(o)}
