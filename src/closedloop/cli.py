@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,11 +27,29 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from closedloop.errors import ClosedLoopError, DataError
+from closedloop.errors import ClosedLoopError, DataError, UsageError
 from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.registration import Plan
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """The ``closedloop`` command group: every command's errors go through ``report_error``,
+    so a bad input anywhere (an argument parsed before the project opens, a file that is not
+    there, a name that is not defined) ends in the same one-line error and exit code."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit:
+            raise
+        except BaseException as exc:
+            code = report_error(exc)
+            if code is None:
+                raise
+            sys.exit(code)
+
+
+app = _App(
     name="closedloop", no_args_is_help=True, add_completion=False,
     help="closedloop: features, training, serving and feedback for production ML. "
          "Start with `closedloop demo`, or `closedloop init` for a project of your own.")
@@ -41,21 +60,38 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="The project folder.")]
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except ClosedLoopError as exc:
-        console.print(f"[bold red]error[/] [dim]{exc.code}[/] {exc.message}")
-        if exc.fix:
-            console.print(f"[bold]fix:[/] {exc.fix}")
-        raise typer.Exit(2) from None
+_FILE_ERRORS: dict[type[OSError], str] = {
+    FileNotFoundError: "No such file or directory", IsADirectoryError: "Is a directory",
+    NotADirectoryError: "Not a directory", PermissionError: "Permission denied",
+    FileExistsError: "File exists"}
+
+
+def report_error(exc: BaseException) -> int | None:
+    """Print ``exc`` as the CLI's one-line error (and its fix), and return the exit code: 2
+    for a refused input. None for an exception closedloop did not
+    expect (a bug): its traceback is shown, since it is the only thing that explains it."""
+    if isinstance(exc, ClosedLoopError):
+        code, message, fix = exc.code, exc.message, exc.fix
+    elif type(exc) in _FILE_ERRORS:
+        what = exc.strerror or _FILE_ERRORS[type(exc)]  # type: ignore[attr-defined,index]
+        code, message = "CL-102", f"{what}: {exc.filename or exc}"  # type: ignore[attr-defined]
+        fix = "check the path (and that you may read and write it)"
+    elif isinstance(exc, pa.ArrowException):
+        code, message = "CL-300", f"the data could not be read: {exc}"
+        fix = "check the file is what its name or --format says (Parquet, CSV, JSON lines)"
+    else:
+        return None
+    console.print(f"[bold red]error[/] [dim]{code}[/] {escape(message)}", soft_wrap=True)
+    if fix:
+        console.print(f"[bold]fix:[/] {escape(fix)}", soft_wrap=True)
+    return 2
 
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                  MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+                  MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                  disable=not console.is_terminal) as bar:  # a pipe gets no spinner residue
         yield bar
 
 
@@ -92,8 +128,7 @@ def init(path: Annotated[Path, typer.Argument(help="Folder to create.")] = Path(
     """Create a project: closedloop.toml (embedded defaults, no server) and definitions.py."""
     from closedloop.project import init_project
 
-    with _errors():
-        root = init_project(path, name=name)
+    root = init_project(path, name=name)
     out.print(f"created project in {root}: edit {root / 'definitions.py'}, then "
               "`closedloop apply`")
 
@@ -107,7 +142,7 @@ def apply(project: ProjectOpt = Path("."),
     A registered feature view or transform version never changes in place: change it under a
     new version= and both stay usable. Nothing is written when anything is refused.
     """
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         plan = p.plan() if dry_run else p.apply()
     _render_plan(plan, applied=not dry_run)
 
@@ -115,7 +150,7 @@ def apply(project: ProjectOpt = Path("."),
 @app.command("features")
 def list_features(project: ProjectOpt = Path(".")) -> None:
     """List the project's feature views, their versions, hashes and features."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         table = Table(show_edge=False)
         for col in ("view", "version", "hash", "entity", "source", "features"):
             table.add_column(col)
@@ -151,7 +186,7 @@ def training_set(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Build a point-in-time training set: each feature as known at each row's timestamp."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task("reading", total=None)
         result = p.features.training_set(_read_rows(rows), feature, timestamp=timestamp,
                                          progress=_stepper(bar, task))
@@ -169,7 +204,7 @@ def backfill(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Add features to an existing training set, with their history from the raw sources."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task("reading", total=None)
         result = p.features.backfill(_read_rows(rows), feature, timestamp=timestamp,
                                      progress=_stepper(bar, task))
@@ -209,9 +244,9 @@ def ingest(
     the quarantine with their reason and payload (`closedloop quarantine SOURCE`); a file that
     cannot be read, or lacks a required column, stops the batch with nothing written."""
     if fmt is not None and fmt not in ("parquet", "csv", "jsonl"):
-        console.print(f"[bold red]error[/] --format {fmt!r}: use parquet, csv or jsonl")
-        raise typer.Exit(2)
-    with _errors(), _open(project) as p, _progress() as bar:
+        raise UsageError(f"--format {fmt!r} is not a format closedloop reads",
+                         fix="use parquet, csv or jsonl")
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task(f"ingesting into {source}", total=None)
         report = p.data.ingest(source, files, at=_when(at), format=fmt,
                                progress=_stepper(bar, task))
@@ -232,7 +267,7 @@ def quarantine(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Show the rows ingestion refused: source, file, row, reason and the original payload."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         table = p.data.quarantine(source)
     if output is not None:
         pq.write_table(table, output)
@@ -253,7 +288,7 @@ def backfillable(
 ) -> None:
     """Say, for each feature, whether its history can be computed from the raw sources (and
     from when), or only forward from when rows carrying its columns arrive."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         found = [p.features.backfillability(f) for f in feature]
     for b in found:
         out.print(b.summary(), soft_wrap=True)
@@ -278,7 +313,7 @@ def label_delay(
     """The label-delay report: how long labels take to settle, how many came later than the
     declared maximum, the share of rows still maturing, and when a feature added now can
     first be trained on."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         report = p.data.label_delay(source, population=population, at=_when(at))
     for line in report.lines():
         out.print(line, soft_wrap=True)
@@ -308,9 +343,9 @@ def label_import(
         except ValueError:
             weights[name] = float("nan")
         if not sep or weights[name] != weights[name]:
-            console.print(f"[bold red]error[/] --trust {item!r} is not annotator=weight")
-            raise typer.Exit(2)
-    with _errors(), _open(project) as p:
+            raise UsageError(f"--trust {item!r} is not annotator=weight",
+                             fix="write e.g. --trust alice=2.0")
+    with _open(project) as p:
         resolved, report = p.data.label_by_humans(source, annotations, rule=rule,
                                                   trust=weights or None, annotator=annotator,
                                                   annotated_at=annotated_at)
@@ -335,7 +370,7 @@ def train(
     """Train a model: the point-in-time training set with matured labels, a split by time,
     the fit, the evaluation (with slices, fairness and the production version for comparison),
     the run's lineage recorded, and the bundle registered as a new version."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task(f"training {model}", total=None)
         run = p.training.train(model, cutoff=_when(cutoff), baseline=p.registry.baseline,
                                progress=_stepper(bar, task))
@@ -370,7 +405,7 @@ def reproduce(
     """Rebuild a run's training set from the sources and retrain; say whether the data and
     the model are identical, and if not, which inputs changed (data, code, environment).
     Exits 1 when they differ."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task(f"reproducing {run}", total=None)
         found = p.training.reproduce(run, progress=_stepper(bar, task))
         bar.update(task, completed=1, total=1, description="reproduced")
@@ -389,8 +424,10 @@ def runs_list(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Every run, oldest first: status, cutoff, rows, test AUC."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         runs = p.metadata.runs(model)
+        if model is not None and not runs:
+            p.training.model(model)             # a name with no runs must at least be defined
     view = Table()
     view.add_column("run", no_wrap=True)               # ids are copied from here: never cut
     for name in ("status", "started", "cutoff", "rows", "AUC", "error"):
@@ -410,7 +447,7 @@ def runs_show(
     project: ProjectOpt = Path("."),
 ) -> None:
     """One run's whole record (its lineage) as JSON."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         found = p.training.run(run)
     print(json.dumps({"id": found.id, "model": found.model, "status": found.status,
                       "error": found.error, **found.record}, indent=2, default=str))
@@ -424,7 +461,7 @@ def runs_compare(
     project: ProjectOpt = Path("."),
 ) -> None:
     """Two runs side by side: parameters, metrics, data and code (differences marked)."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         got = p.training.compare(a, b)
     view = Table("section", "key", a, b, "")
     for section, rows in got["sections"].items():
@@ -448,7 +485,7 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(project: ProjectOpt = Path(".")) -> None:
     """Every registered version, with its aliases and headline metrics."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         versions = p.registry.versions()
     view = Table("model", "version", "aliases", "created")
     view.add_column("run", no_wrap=True)
@@ -470,7 +507,7 @@ def models_show(
     project: ProjectOpt = Path("."),
 ) -> None:
     """A version's bundle manifest: features and definition hashes, lineage, metrics."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         found = p.registry.version(model, version)
     print(json.dumps({"model": found.model, "version": found.version,
                       "aliases": list(found.aliases), "bundle": found.bundle,
@@ -485,7 +522,7 @@ def models_diff(
     project: ProjectOpt = Path("."),
 ) -> None:
     """What differs between two versions: features, definitions, parameters, metrics, data."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         got = p.registry.diff(model, a, b)
     out.print(f"{model}: version {got['a']} -> {got['b']}")
     for key in ("features_added", "features_removed", "definitions_changed"):
@@ -507,9 +544,9 @@ def models_alias(
 ) -> None:
     """Move an alias, atomically; moving production moves previous to the version it left."""
     if (version is None) != remove:
-        console.print("[bold red]error[/] give a VERSION, or --remove")
-        raise typer.Exit(2)
-    with _errors(), _open(project) as p:
+        raise UsageError("give a VERSION, or --remove, not both or neither",
+                         fix=f"closedloop models alias {model} {alias} VERSION")
+    with _open(project) as p:
         if remove:
             p.registry.remove_alias(model, alias)
             out.print(f"{model}: {alias} removed")
@@ -530,7 +567,7 @@ def materialize(
     """Write the offline store's state into the online store: incremental (only entities with
     rows that became visible since the last run, late rows included), idempotent, atomic per
     batch of entities."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task("materializing", total=None)
         reports = p.features.materialize(view or None, at=_when(at), incremental=not full,
                                          progress=_stepper(bar, task))
@@ -551,7 +588,7 @@ def push(
     """Append events to a source's event log durably and fold them into the online features,
     so a read right after sees them. A large file goes in batches, each whole or not at all:
     after a failure, the batches reported done are in."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         table = _read_rows(rows, "events", "the source's key, timestamp and value columns")
         task = bar.add_task("pushing", total=table.num_rows)
         done, pending, views = 0, 0, ()
@@ -578,10 +615,9 @@ def online(
     for item in keys:
         name, sep, value = item.partition("=")
         if not sep:
-            console.print(f"[bold red]error[/] {item!r} is not key=value")
-            raise typer.Exit(2)
+            raise UsageError(f"{item!r} is not key=value", fix="write e.g. user_id=u1")
         row[name] = _number(value)
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         vector = p.features.online(row, feature)
     assert not isinstance(vector, list)
     out.print_json(json.dumps({"values": vector.values, "missing": list(vector.missing)},
@@ -595,7 +631,7 @@ def compact(
 ) -> None:
     """Merge the small Parquet parts that pushes leave in each source's event log (a crash
     half-way leaves the log as it was; materialize does this first)."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         bar.add_task("compacting", total=None)
         merged = p.features.compact(source or None)
     for name, parts in merged.items():
@@ -606,7 +642,7 @@ def compact(
 def consistency(project: ProjectOpt = Path(".")) -> None:
     """Replay the logged online vectors through the offline path and report, per feature, the
     match rate, missing and extra values, and the mean absolute and relative difference."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         report = p.features.consistency()
     render_consistency(report)
 
@@ -651,7 +687,7 @@ def demo(
     from closedloop.demo import run_demo
 
     target = folder or Path(tempfile.mkdtemp(prefix="closedloop-demo-"))
-    with _errors(), _progress() as bar:
+    with _progress() as bar:
         task = bar.add_task("starting", total=None)
         report = run_demo(target, n_users=users, seed=seed, progress=_stepper(bar, task))
     out.print(f"\n[bold]project[/] {report.folder}  (closedloop.toml, definitions.py, data/)")

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from closedloop.cli import (
     ProjectOpt,
-    _errors,
     _open,
     _progress,
     _stepper,
@@ -24,6 +23,7 @@ from closedloop.cli import (
     console,
     out,
 )
+from closedloop.errors import ServingError
 
 
 @app.command()
@@ -44,15 +44,14 @@ def serve(
 
     import uvicorn
 
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         settings = p.settings.serving
         for name in model or []:
             p.serving.predictor(name)                # refuse an unservable model now
         names = model or [m for m in p.serving.models if "production" in p.registry.aliases(m)]
     if not names:
-        console.print("[bold red]error[/] no model has a production version; fix: train, "
-                      "register and alias one (closedloop models alias NAME production V)")
-        raise typer.Exit(2)
+        raise ServingError("no model has a production version", fix="train, register and "
+                           "alias one (closedloop models alias NAME production V)")
     os.environ["CLOSEDLOOP_PROJECT"] = str(project.resolve())
     os.environ["CLOSEDLOOP_MODELS"] = ",".join(names)
     count = workers or settings.workers
@@ -75,7 +74,7 @@ def budget(
 ) -> None:
     """The measured latency of each serving stage (p50, p99 over the last predictions in the
     prediction log) against the model's budget, naming the stage over it."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         report = p.serving.budget(model, last=last)
     render_budget(report)
 
@@ -120,11 +119,8 @@ def score(
     when: datetime | None = _when(at)
     wanted = None
     if keys is not None:
-        if not keys.exists():
-            console.print(f"[bold red]error[/] {keys} does not exist")
-            raise typer.Exit(2)
         wanted = pq.read_table(keys).column(0).to_pylist()
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task("scoring", total=None)
         report = p.serving.score(model, at=when, keys=wanted, restart=restart,
                                  progress=_stepper(bar, task))
@@ -154,7 +150,7 @@ def stream(
     write the predictions to the online store, the prediction log and the predictions
     stream, with the lag from event time to prediction written. Scorers of one group share
     the stream; records a dead scorer left unacknowledged are claimed and scored."""
-    with _errors(), _open(project) as p, _progress() as bar:
+    with _open(project) as p, _progress() as bar:
         task = bar.add_task("waiting for events", total=None)
         scorer = p.serving.scorer(model, source=source, group=group, consumer=consumer)
         if metrics_port is not None:
@@ -183,7 +179,7 @@ def cost(
     batch, stream), predictions and prediction-log bytes per day, training CPU; priced with
     [cost] cpu_hour and gb_month: training vs serving vs data, and the day serving overtakes
     training."""
-    with _errors(), _open(project) as p:
+    with _open(project) as p:
         prices = p.settings.cost.model_dump()
         names = model or list(p.serving.models)
         reports = [p.serving.cost(name, prices) for name in names]

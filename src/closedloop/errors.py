@@ -31,6 +31,12 @@ class ConfigError(ClosedLoopError):
     code = "CL-100"
 
 
+class UsageError(ConfigError):
+    """A command was called with arguments it cannot use (the CLI's own checks)."""
+
+    code = "CL-101"
+
+
 class DefinitionError(ClosedLoopError):
     """A definition (entity, source, feature view, transform) is invalid or inconsistent."""
 

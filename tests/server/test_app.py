@@ -5,7 +5,6 @@ metrics, health and the schema answer; a moved alias is served without a failed 
 from __future__ import annotations
 
 import dataclasses
-
 import http.client
 import json
 import signal

@@ -75,7 +75,7 @@ def test_two_scorers_share_a_stream_and_score_each_event_once(served: cl.Project
                 assert n < 60_000, f"only {sorted(seen)} ever scored"
                 assert project.serving.publish("transactions", _events(users, n, 100)) == 100
                 n += 100
-                records = _wait_for(lambda: _predictions(project, n), f"{n} predictions")
+                records = _wait_for(lambda n=n: _predictions(project, n), f"{n} predictions")
                 seen = Counter(r["consumer"] for r in records)
         outputs = [s.communicate(timeout=300) for s in scorers]
         for s, (_, err) in zip(scorers, outputs, strict=True):
