@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from closedloop.data.instants import to_micros
+from closedloop.data.tables import as_table
 from closedloop.errors import DataError
 
 ABSTAIN = -1
@@ -236,7 +237,7 @@ def resolve_human_labels(annotations: Any, *, item: str = "item", label: str = "
     >>> got.labels.column("label").to_pylist(), got.agreement_rate
     ([1, 0], 0.0)
     """
-    table = annotations if isinstance(annotations, pa.Table) else pa.table(annotations)
+    table = as_table(annotations, "annotations")
     missing = [c for c in (item, label, annotator) if c not in table.column_names]
     if missing:
         raise DataError(f"the annotations have no column(s) {missing}",

@@ -25,6 +25,7 @@ from closedloop.data.instants import format_duration, instant_micros, now_micros
 from closedloop.data.labeling import FunctionSummary, HumanLabels, LabelingFunction
 from closedloop.data.labels import DelayReport, MaturityReport
 from closedloop.data.sources import AnySource, LabelSource
+from closedloop.data.tables import as_table, is_table
 from closedloop.errors import DataError, DefinitionError
 
 
@@ -54,7 +55,9 @@ class DataService:
         """Ingest Parquet, CSV or JSON-lines files (or Arrow tables) into a source as one
         batch: validated, stamped with ``at`` (default: now) as their arrival, deduplicated,
         bad rows quarantined; all or nothing."""
-        paths = [files] if isinstance(files, str | Path | pa.Table) else list(files)
+        items = [files] if isinstance(files, str | Path) or is_table(files) else list(files)
+        paths = [f if isinstance(f, str | Path) else as_table(f, "rows to ingest")
+                 for f in items]
         src = self.source(source)
         now = instant_micros(at, "at") if at is not None else now_micros()
         return _ingest.ingest(src, paths, self.engine, self.quarantine_store, now=now,
@@ -90,7 +93,7 @@ class DataService:
         feedback — to the label store, each row tagged with its ``provenance``
         (``"human:majority"``, ``"weak:dawid-skene"``, …); the same labels again change
         nothing."""
-        table = labels if isinstance(labels, pa.Table) else pa.table(labels)
+        table = as_table(labels, "labels")
         if not provenance:
             raise DataError("labels need a provenance", fix='say where they came from, e.g. '
                             'provenance="human:majority"')
@@ -124,7 +127,7 @@ class DataService:
         or ``majority``), settled now (or ``at``), with provenance ``weak:<model>``; returns
         each function's coverage, overlap and conflict, and the write."""
         src = self.label_source(source)
-        table = rows if isinstance(rows, pa.Table) else pa.table(rows)
+        table = as_table(rows, "rows")
         when = instant_micros(at, "at") if at is not None else now_micros()
         out, summary = strategies.weak_label_rows(
             table, src, functions, at=when, n_classes=n_classes,
@@ -140,8 +143,8 @@ class DataService:
         ``implicit:<window>``. Exposures whose window is still open at ``at`` (default:
         now) are not labelled yet: their negatives are not known."""
         src = self.label_source(source)
-        left = exposures if isinstance(exposures, pa.Table) else pa.table(exposures)
-        right = events if isinstance(events, pa.Table) else pa.table(events)
+        left = as_table(exposures, "exposures")
+        right = as_table(events, "events")
         rows = strategies.implicit_label_rows(left, right, src, key=key, window=window,
                                               event_time=event_time, qualifies=qualifies)
         now = instant_micros(at, "at") if at is not None else now_micros()
@@ -154,7 +157,7 @@ class DataService:
                 ) -> tuple[pa.Table, MaturityReport]:
         """The rows a training set with ``cutoff`` may take — label window closed — each with
         the label known at ``cutoff`` (see ``closedloop.data.labels``)."""
-        table = rows if isinstance(rows, pa.Table) else pa.table(rows)
+        table = as_table(rows, "rows")
         src = self.label_source(source)
         held = self.engine.read(src, [src.subject, src.timestamp, src.label, src.settled_at])
         return _labels.mature(table, held, src, cutoff, subject=subject, timestamp=timestamp)

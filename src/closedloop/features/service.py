@@ -19,8 +19,9 @@ from closedloop.data.instants import (
     now_micros,
     to_micros,
 )
-from closedloop.data.labels import mature
+from closedloop.data.labels import SETTLED, mature
 from closedloop.data.sources import ARROW_TYPES, LabelSource
+from closedloop.data.tables import as_table
 from closedloop.errors import (
     ConfigError,
     DataError,
@@ -44,28 +45,14 @@ from closedloop.features.push import BackgroundCompactor, PushReport
 from closedloop.features.push import push as push_rows
 
 
-def _as_table(rows: Any) -> pa.Table:
-    if isinstance(rows, pa.Table):
-        return rows
-    if isinstance(rows, pa.RecordBatch):
-        return pa.Table.from_batches([rows])
-    if hasattr(rows, "__arrow_c_stream__") or type(rows).__name__ == "DataFrame":
-        try:
-            return pa.table(rows)
-        except (TypeError, pa.ArrowInvalid) as exc:
-            raise DataError(f"entity rows could not be read as a table: {exc}",
-                            fix="pass a pyarrow.Table or a pandas DataFrame") from exc
-    raise DataError(f"entity rows of type {type(rows).__name__} are not a table",
-                    fix="pass a pyarrow.Table or a pandas DataFrame")
-
-
 def _timestamp_column(table: pa.Table, timestamp: str | None) -> str:
     if timestamp is not None:
         if timestamp not in table.column_names:
             raise SchemaMismatch(f"entity rows have no timestamp column {timestamp!r}",
                                  fix=f"their columns are {table.column_names}")
         return timestamp
-    found = [f.name for f in table.schema if pa.types.is_timestamp(f.type)]
+    # A labelled training set's label_settled_at is the label's time, never the row's.
+    found = [f.name for f in table.schema if pa.types.is_timestamp(f.type) and f.name != SETTLED]
     if len(found) != 1:
         raise SchemaMismatch(
             f"entity rows have {len(found)} timestamp columns {found}; closedloop needs to "
@@ -263,7 +250,7 @@ class FeatureService:
         src = self.catalog.sources[source]
         views = [v for v in self.catalog.views.values() if v.source.name == source]
         t = now_micros() if at is None else instant_micros(at)
-        report = push_rows(src, views, _as_table(rows), self.engine, self._store(), t)
+        report = push_rows(src, views, as_table(rows, "pushed rows"), self.engine, self._store(), t)
         self._compactor.pushed(src)           # every so many pushes, merge their parts
         return report
 
@@ -296,7 +283,7 @@ class FeatureService:
         ``cutoff`` (default: now) are kept, each with the label known at ``cutoff`` — never a
         label settled later, never an open window counted as a negative.
         """
-        table = _as_table(entity_rows)
+        table = as_table(entity_rows, "entity rows")
         resolution = self.catalog.resolve(list(features))
         if table.num_rows == 0:
             raise DataError("the entity table is empty", fix="pass at least one row")
@@ -340,7 +327,7 @@ class FeatureService:
         The same code path as ``training_set``: a feature added today gets its history from
         the raw sources.
         """
-        table = _as_table(training_set)
+        table = as_table(training_set, "the training set")
         return self.training_set(table, features, timestamp=timestamp, progress=progress)
 
     def _compute(self, table: pa.Table, resolution: Resolution, timestamp: str | None,

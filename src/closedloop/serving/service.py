@@ -37,6 +37,7 @@ from closedloop.backends.base import EventStream
 from closedloop.data.instants import instant_micros, now_micros
 from closedloop.data.labels import known_labels
 from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
+from closedloop.data.tables import as_table
 from closedloop.errors import BackendError, DataError, RequestError, ServingError
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
@@ -423,9 +424,10 @@ class ServingService:
     def _event_source(self, name: str) -> EventSource:
         return self.catalog.source_of(name, EventSource)
 
-    def publish(self, source: str, rows: pa.Table) -> int:
-        """Put events of ``source`` on its stream for the scorers; how many."""
-        records = stream.encode_events(self._event_source(source), rows)
+    def publish(self, source: str, rows: Any) -> int:
+        """Put events of ``source`` (a table or DataFrame) on its stream for the scorers;
+        how many."""
+        records = stream.encode_events(self._event_source(source), as_table(rows, "events"))
         self._events().publish(stream.events_stream(source), records)
         return len(records)
 
