@@ -60,6 +60,13 @@ v = cl.FeatureView("v", entity=user, source=src,
     result = run("backfill", str(out), "-f", "v.x_count_1d", "-o", str(filled), "-p", str(root))
     assert result.returncode == 0, result.stderr
     assert pq.read_table(filled)["v.x_count_1d"].to_pylist() == [2, 0]
+    # A changed definition under the same version: the plan shows the conflict and fails.
+    text = (root / "definitions.py").read_text()
+    (root / "definitions.py").write_text(text.replace('windows=["1h"]', 'windows=["2h"]'))
+    conflicted = run("apply", "--dry-run", "-p", str(root))
+    assert conflicted.returncode == 2, conflicted.stdout
+    assert "conflict" in conflicted.stdout
+    assert "apply would refuse it" in conflicted.stderr
 
 
 def test_errors_are_one_clear_line_and_exit_2(tmp_path: Path) -> None:

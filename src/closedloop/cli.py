@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from closedloop.errors import ClosedLoopError, DataError, UsageError
+from closedloop.errors import ClosedLoopError, DataError, UsageError, VersionConflict
 from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.registration import Plan
 
@@ -145,6 +145,11 @@ def apply(project: ProjectOpt = Path("."),
     with _open(project) as p:
         plan = p.plan() if dry_run else p.apply()
     _render_plan(plan, applied=not dry_run)
+    if plan.of("conflict"):                  # a plan apply would refuse is not a success
+        names = ", ".join(i.describe().split(":")[0] for i in plan.of("conflict"))
+        raise VersionConflict(f"the plan has {len(plan.of('conflict'))} conflict(s): {names}; "
+                              "apply would refuse it",
+                              fix="give each changed definition a new version=")
 
 
 @app.command("features")
@@ -236,20 +241,24 @@ def ingest(
                                                              "from each file's name).")] = None,
     at: Annotated[str | None, typer.Option(help="The arrival instant to stamp (default: "
                                                 "now).")] = None,
+    max_quarantined: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="Refuse the batch (exit 2, nothing appended) when more than "
+        "this share of its rows is quarantined (default: when every row is).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Ingest files into a source's store: each row checked against the declared schema,
     stamped with its arrival, deduplicated by the source's id (or the whole row) against the
     batch and everything held, so ingesting a file twice changes nothing. Rows that fail go to
     the quarantine with their reason and payload (`closedloop quarantine SOURCE`); a file that
-    cannot be read, or lacks a required column, stops the batch with nothing written."""
+    cannot be read, or lacks a required column, stops the batch with nothing written, and so
+    does a batch with too much quarantined (--max-quarantined)."""
     if fmt is not None and fmt not in ("parquet", "csv", "jsonl"):
         raise UsageError(f"--format {fmt!r} is not a format closedloop reads",
                          fix="use parquet, csv or jsonl")
     with _open(project) as p, _progress() as bar:
         task = bar.add_task(f"ingesting into {source}", total=None)
         report = p.data.ingest(source, files, at=_when(at), format=fmt,
-                               progress=_stepper(bar, task))
+                               max_quarantined=max_quarantined, progress=_stepper(bar, task))
     out.print(report.summary(), soft_wrap=True)
     if report.ignored_columns:
         out.print(f"not declared by {source}, so not kept: {', '.join(report.ignored_columns)}")

@@ -89,10 +89,11 @@ def render_budget(report: dict[str, Any]) -> None:
     for col in ("stage", "p50 ms", "p99 ms", "budget ms", ""):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for name, row in [*stages.items(), ("total", total)]:
-        over = row["p99_ms"] is not None and row["p99_ms"] > row["budget_ms"]
-        table.add_row(name, ms(row["p50_ms"]), ms(row["p99_ms"]), ms(row["budget_ms"]),
-                      "[red]over[/]" if over else "[green]ok[/]" if row["p99_ms"] is not None
-                      else "")
+        declared = row["budget_ms"] is not None
+        over = declared and row["p99_ms"] is not None and row["p99_ms"] > row["budget_ms"]
+        verdict = ("" if row["p99_ms"] is None else "[red]over[/]" if over
+                   else "[green]ok[/]" if declared else "[dim]not declared[/]")
+        table.add_row(name, ms(row["p50_ms"]), ms(row["p99_ms"]), ms(row["budget_ms"]), verdict)
     out.print(table)
     if report["over"]:
         out.print(f"over budget: {', '.join(report['over'])}")

@@ -328,3 +328,32 @@ def test_two_processes_ingesting_the_same_file_at_once_store_it_once(
     accepted = sorted(int(p.communicate(timeout=120)[0].strip()) for p in procs)
     assert accepted == [0, 100_000]                   # one wrote it, the other found it held
     assert project.data.read("txns", ["txn_id"]).num_rows == 100_000
+
+
+def test_a_batch_with_too_much_quarantined_is_refused_whole(project: cl.Project,
+                                                           tmp_path: Path) -> None:
+    """Nothing valid (the default) or over --max-quarantined: refused, exit 2 from the CLI,
+    nothing appended, the rejects in the quarantine to look at."""
+    head = "txn_id,user_id,amount,n,flag,event_time\n"
+    bad = "".join(f"b{i},u1,abc,1,true,2026-03-01T10:00:00Z\n" for i in range(4))
+    good = "".join(f"g{i},u1,1.0,1,true,2026-03-01T10:00:00Z\n" for i in range(6))
+    (tmp_path / "all_bad.csv").write_text(head + bad)
+    (tmp_path / "some_bad.csv").write_text(head + bad + good)
+    with pytest.raises(DataError, match="4 of 4 rows quarantined"):
+        project.data.ingest("txns", tmp_path / "all_bad.csv", at=AT)
+    assert project.data.quarantine("txns").num_rows == 4
+    with pytest.raises(DataError, match=r"more than 30\.0%"):
+        project.data.ingest("txns", tmp_path / "some_bad.csv", at=AT, max_quarantined=0.3)
+    assert "g0" not in project.data.read("txns", ["txn_id"])["txn_id"].to_pylist()
+    with pytest.raises(DataError, match="between 0 and 1"):
+        project.data.ingest("txns", tmp_path / "some_bad.csv", at=AT, max_quarantined=30)
+    report = project.data.ingest("txns", tmp_path / "some_bad.csv", at=AT, max_quarantined=0.5)
+    assert (report.accepted, report.quarantined) == (6, 4)
+    again = project.data.ingest("txns", tmp_path / "some_bad.csv", at=AT)   # duplicates: fine
+    assert (again.accepted, again.duplicates) == (0, 6)
+    project.close()
+    cli = subprocess.run([sys.executable, "-m", "closedloop", "ingest", "txns",
+                          str(tmp_path / "all_bad.csv"), "-p", str(project.root)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert cli.returncode == 2, cli.stdout
+    assert "4 of 4 rows quarantined" in cli.stderr

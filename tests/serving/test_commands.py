@@ -33,9 +33,22 @@ def test_score_and_budget_commands(served: cl.Project) -> None:
     for record in out.records:                    # a fetch far over its 15 ms budget
         record["latency_ms"] = {**record["latency_ms"], "fetch": 40.0}
     served.prediction_log.append("fraud", out.records).result()
+    definitions = served.root / "definitions.py"
+    text = definitions.read_text()
+    declared = 'fallback=0.01, budget=cl.Budget(p99_ms=50, fetch_ms=15))'
+    definitions.write_text(text.replace("fallback=0.01)", declared))
     over = run("budget", "fraud", "-p", root)
     assert over.returncode == 0, over.stderr
     assert "over budget: fetch" in over.stdout
+    # Only a declared stage budget can be over: without one, the stage is reported, not
+    # judged, and the whole request's p99 is named when it is over.
+    definitions.write_text(text.replace("fallback=0.01)", "fallback=0.01, "
+                                        "budget=cl.Budget(p99_ms=20))"))
+    undeclared = run("budget", "fraud", "-p", root)
+    assert undeclared.returncode == 0, undeclared.stderr
+    assert "over budget: total" in undeclared.stdout
+    assert "fetch" not in undeclared.stdout.split("over budget:")[1]
+    assert "not declared" in undeclared.stdout
     assert run("budget", "nope", "-p", root).returncode == 2
 
 

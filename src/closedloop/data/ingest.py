@@ -435,8 +435,11 @@ def _payloads(table: pa.Table, rows: np.ndarray[Any, Any]) -> list[str]:
 def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: SourceStore,
            quarantine: QuarantineStore, *, now: int, not_null: Sequence[str] = (),
            file_format_: FileFormat | None = None, progress: Progress | None = None,
-           ) -> IngestReport:
-    """Ingest ``files`` into ``source`` as one batch (see the module's docstring)."""
+           max_quarantined: float | None = None) -> IngestReport:
+    """Ingest ``files`` into ``source`` as one batch (see the module's docstring). A batch
+    whose quarantined share of rows is over ``max_quarantined`` (default: a batch with rows
+    of which none was valid) is refused whole: its rejects go to the quarantine, so they
+    can be looked at, and nothing is appended."""
     started = time.perf_counter()
     if not files:
         raise DataError(f"nothing to ingest into {source.name!r}", fix="pass at least one file")
@@ -481,17 +484,33 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
     # rerun writes the same quarantine file (named by its content) again.
     if bad:
         quarantine.write(source.name, bad, now)
-    appended = writer.append(source, batch, unique=unique).num_rows if batch.num_rows else 0
-    duplicates = batch.num_rows - appended
     counts: dict[str, int] = {}
     for b in bad:
         counts[b["reason"]] = counts.get(b["reason"], 0) + 1
+    reasons = tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    _check_quarantined(source.name, len(bad), read_rows, max_quarantined, reasons)
+    appended = writer.append(source, batch, unique=unique).num_rows if batch.num_rows else 0
+    duplicates = batch.num_rows - appended
     if progress:
         progress(len(files) + 1, len(files) + 1, "done")
-    return IngestReport(source.name, tuple(names), read_rows, appended,
-                        duplicates, len(bad),
-                        tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-                        tuple(ignored), time.perf_counter() - started)
+    return IngestReport(source.name, tuple(names), read_rows, appended, duplicates, len(bad),
+                        reasons, tuple(ignored), time.perf_counter() - started)
+
+
+def _check_quarantined(source: str, bad: int, rows: int, limit: float | None,
+                       reasons: tuple[tuple[str, int], ...]) -> None:
+    """Refuse a batch with too much quarantined (see ``ingest``)."""
+    if limit is not None and not 0.0 <= limit <= 1.0:
+        raise DataError(f"max_quarantined {limit!r} is not a share between 0 and 1",
+                        fix="pass e.g. 0.05 to refuse a batch with over 5% bad rows")
+    over = bad > 0 and (bad == rows if limit is None else bad > limit * rows)
+    if over:
+        why = "; ".join(f"{n:,} {r}" for r, n in reasons[:3])
+        allowed = "none valid" if limit is None else f"more than {limit:.1%}"
+        raise DataError(f"{source}: {bad:,} of {rows:,} rows quarantined ({allowed}): {why}; "
+                        "the batch was refused, nothing was appended",
+                        fix=f"see the rows with `closedloop quarantine {source}`, fix the "
+                            "files and ingest them again (or raise --max-quarantined)")
 
 
 # -- the quarantine ---------------------------------------------------------------------------

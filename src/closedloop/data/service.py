@@ -51,10 +51,12 @@ class DataService:
     def ingest(self, source: str,
                files: str | Path | pa.Table | Sequence[str | Path | pa.Table], *,
                at: datetime | None = None, format: FileFormat | None = None,
+               max_quarantined: float | None = None,
                progress: Progress | None = None) -> IngestReport:
         """Ingest Parquet, CSV or JSON-lines files (or Arrow tables) into a source as one
         batch: validated, stamped with ``at`` (default: now) as their arrival, deduplicated,
-        bad rows quarantined; all or nothing."""
+        bad rows quarantined; all or nothing. A batch with more than ``max_quarantined`` of
+        its rows quarantined (a share; default: every row) is refused whole."""
         items = [files] if isinstance(files, str | Path) or is_table(files) else list(files)
         paths = [f if isinstance(f, str | Path) else as_table(f, "rows to ingest")
                  for f in items]
@@ -62,7 +64,7 @@ class DataService:
         now = instant_micros(at, "at") if at is not None else now_micros()
         return _ingest.ingest(src, paths, self.engine, self.quarantine_store, now=now,
                               not_null=self.keys.get(source, ()), file_format_=format,
-                              progress=progress)
+                              progress=progress, max_quarantined=max_quarantined)
 
     def quarantine(self, source: str | None = None) -> pa.Table:
         """The quarantined rows of a source (or of all): file, row, reason, original payload."""

@@ -535,12 +535,12 @@ class ServingService:
             stages[stage] = {
                 "p50_ms": None if values is None else float(np.percentile(values, 50)),
                 "p99_ms": None if values is None else float(np.percentile(values, 99)),
-                "budget_ms": budget[stage]}
+                "budget_ms": budget.get(stage)}
         total = {"p50_ms": None if totals is None else float(np.percentile(totals, 50)),
                  "p99_ms": None if totals is None else float(np.percentile(totals, 99)),
                  "budget_ms": float(serving.budget.p99_ms)}
-        over = [s for s, v in stages.items() if v["p99_ms"] is not None
-                and v["p99_ms"] > v["budget_ms"]]
+        over = [s for s, v in [*stages.items(), ("total", total)] if v["p99_ms"] is not None
+                and v["budget_ms"] is not None and v["p99_ms"] > v["budget_ms"]]
         fallbacks = sum(1 for r in records if r.get("fallback"))
         return {"model": model, "predictions": len(records), "stages": stages, "total": total,
                 "over": over, "fallbacks": fallbacks}

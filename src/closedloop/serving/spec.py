@@ -8,8 +8,8 @@ fallback score of 0.
 ...             decisions=[("block", 0.9), ("review", 0.5)], default_decision="allow")
 >>> s.decide(0.93), s.decide(0.6), s.decide(0.1)
 ('block', 'review', 'allow')
->>> Budget().stages()
-{'fetch': 15.0, 'transform': 5.0, 'inference': 30.0, 'post': 5.0}
+>>> Budget(p99_ms=60, fetch_ms=15).stages()
+{'fetch': 15.0}
 """
 
 from __future__ import annotations
@@ -31,27 +31,32 @@ Rule = Callable[[Mapping[str, Any], float], "str | None"]
 
 @dataclass(frozen=True)
 class Budget:
-    """A model's latency budget in milliseconds: the p99 of the whole path and of each stage
-    (online feature fetch, transforms, inference, post-processing). The fetch's hard limit
-    is the online store's timeout (``[serving] fetch_timeout_ms``): a store that has not
+    """A model's latency budget in milliseconds: the p99 of the whole request (from its
+    arrival at the server to its response, queue wait included) and, where declared, of each
+    stage (online feature fetch, transforms, inference, post-processing). A stage with no
+    declared budget is measured and reported, never called over. The fetch's hard limit is
+    the online store's timeout (``[serving] fetch_timeout_ms``): a store that has not
     answered by then, or is down, makes the model's fallback answer."""
 
     p99_ms: float = 50.0
-    fetch_ms: float = 15.0
-    transform_ms: float = 5.0
-    inference_ms: float = 30.0
-    post_ms: float = 5.0
+    fetch_ms: float | None = None
+    transform_ms: float | None = None
+    inference_ms: float | None = None
+    post_ms: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("p99_ms", "fetch_ms", "transform_ms", "inference_ms", "post_ms"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and value > 0):
+            if value is None and name != "p99_ms":
+                continue
+            if not (isinstance(value, int | float) and not isinstance(value, bool)
+                    and value > 0):
                 raise DefinitionError(f"budget {name}={value!r} is not a positive number of "
                                       "milliseconds", fix=f"set {name}=15, say")
 
     def stages(self) -> dict[str, float]:
-        """Each stage's p99 budget in milliseconds, in path order."""
-        return {s: float(getattr(self, f"{s}_ms")) for s in STAGES}
+        """Each declared stage's p99 budget in milliseconds, in path order."""
+        return {s: float(v) for s in STAGES if (v := getattr(self, f"{s}_ms")) is not None}
 
     def spec(self) -> dict[str, float]:
         return {"p99_ms": float(self.p99_ms), **{f"{k}_ms": v for k, v in self.stages().items()}}
