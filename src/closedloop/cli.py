@@ -571,18 +571,23 @@ def materialize(
     view: Annotated[list[str] | None, typer.Argument(help="Views (default: all).")] = None,
     at: Annotated[str | None, typer.Option(help="As of this instant (default: now).")] = None,
     full: Annotated[bool, typer.Option("--full", help="Recompute every entity.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per view.")] = False,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Write the offline store's state into the online store: incremental (only entities with
     rows that became visible since the last run, late rows included), idempotent, atomic per
-    batch of entities."""
+    batch of entities. An --at before the last run's instant rebuilds the view as of it; the
+    last run's instant itself has nothing to do, and says so."""
+    when = _when(at)
     with _open(project) as p, _progress() as bar:
         task = bar.add_task("materializing", total=None)
-        reports = p.features.materialize(view or None, at=_when(at), incremental=not full,
+        reports = p.features.materialize(view or None, at=when, incremental=not full,
                                          progress=_stepper(bar, task))
     for r in reports:
-        since = "everything" if r.since is None else f"since {r.since}"
-        out.print(f"{r.view}: {r.entities} entities ({since})")
+        if as_json:
+            out.print_json(json.dumps(r.to_dict()))
+        else:
+            out.print(r.summary(), soft_wrap=True)
 
 
 @app.command()

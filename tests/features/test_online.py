@@ -187,3 +187,34 @@ s = cl.FeatureView("s", entity=user, source=seen,
         for i, vector in enumerate(got):
             assert vector.values == {r: train[r][i].as_py() for r in refs}
         assert all(r.match_rate == 1.0 for r in q.features.consistency())
+
+
+def test_materializing_before_the_last_run_rebuilds_as_of_that_instant(  # type: ignore[no-untyped-def]
+        online_project) -> None:
+    """An --at the watermark has passed is never silently nothing: the view is rebuilt as of
+    it (an entity with no row yet then has no record), and the same instant again says it is
+    current. The CLI prints instants as ISO UTC."""
+    later, earlier = T0 + timedelta(hours=5), T0 + timedelta(minutes=20)
+    first = online_project.features.materialize(at=later)
+    assert {r.mode for r in first} == {"full"}
+    rewound = online_project.features.materialize(at=earlier)
+    assert {r.mode for r in rewound} == {"rewound"}
+    assert all(r.entities > 0 for r in rewound)
+    rows = [{"user_id": f"u{u}", "amount": 1.0} for u in range(50)]
+    served = online_project.features.online(rows, FEATURES, at=earlier)
+    want = online_project.features.training_set(
+        pa.table({"user_id": [r["user_id"] for r in rows], "amount": [1.0] * 50,
+                  "t": pa.array([earlier] * 50, pa.timestamp("us", tz="UTC"))}), FEATURES)
+    for i, vector in enumerate(served):
+        for f in FEATURES:
+            assert vector.values[f] == want[f][i].as_py(), (i, f)
+    assert served[30].missing == ("user_txn@1", "last_txn@1")   # u30's first row is later
+    again = online_project.features.materialize(at=earlier)
+    assert {(r.mode, r.entities) for r in again} == {("current", 0)}
+    assert "already materialized as of 2026-02-01T00:20:00Z" in again[0].summary()
+    online_project.close()
+    cli = subprocess.run([sys.executable, "-m", "closedloop", "materialize", "--at",
+                          later.isoformat(), "-p", str(online_project.root)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert cli.returncode == 0, cli.stderr
+    assert "as of 2026-02-01T05:00:00Z (changed since 2026-02-01T00:20:00Z)" in cli.stdout

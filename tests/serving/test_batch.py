@@ -40,6 +40,8 @@ def test_every_entity_is_scored_as_offline(served: cl.Project) -> None:
         assert stored.score == pytest.approx(want[user], rel=1e-12, abs=1e-12)
         assert stored.version == 1
         assert stored.as_of == int(END.timestamp() * 1_000_000)
+        # What GET /v1/models/risk/scores/KEY answers: instants as ISO UTC.
+        assert stored.to_dict()["as_of"] == END.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert served.serving.stored_score("risk", "nobody") is None
     # risk is calibrated: its scores are the raw scores through the version's monotone map.
     loaded = served.registry.load("risk", "production")

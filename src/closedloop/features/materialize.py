@@ -7,6 +7,10 @@ row lands however old its event time — and writes records in atomic batches, t
 with the last one, each batch by an atomic ``update`` that keeps the rows a push left pending
 (not visible yet at ``at``). A run killed half-way leaves the watermark where it was; the rerun
 rewrites the same records with the same values.
+
+A run as of an instant *before* the watermark rewinds: the view's records hold rows that were
+not visible then, so they are cleared and rebuilt as of that instant (reads of the view find
+no record while it runs). A run as of the watermark itself has nothing to do and says so.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
+from closedloop.data.instants import format_instant
 from closedloop.features.definitions import FeatureView
 from closedloop.features.online import decode, encode, namespace, record_values
 from closedloop.features.tiles import TileLayout, WindowRecord
@@ -28,10 +33,36 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class MaterializeReport:
+    """What one view version's run did: ``mode`` is ``full`` (every entity, from nothing),
+    ``incremental`` (entities with rows visible since the watermark ``since``), ``rewound``
+    (``at`` was before the watermark: the view's records were cleared and rebuilt as of
+    ``at``) or ``current`` (the watermark is ``at`` already: nothing to do). Instants are µs."""
+
     view: str
     since: int | None
     at: int
     entities: int
+    mode: str = "full"
+
+    def summary(self) -> str:
+        """One line, instants in ISO UTC."""
+        at = format_instant(self.at)
+        if self.mode == "current":
+            return f"{self.view}: already materialized as of {at}; nothing to do"
+        if self.mode == "rewound":
+            assert self.since is not None
+            return (f"{self.view}: {self.entities:,} entities as of {at}, rebuilt: the earlier "
+                    f"run was as of {format_instant(self.since)}, a later instant")
+        if self.mode == "incremental":
+            assert self.since is not None
+            return (f"{self.view}: {self.entities:,} entities as of {at} (changed since "
+                    f"{format_instant(self.since)})")
+        return f"{self.view}: {self.entities:,} entities as of {at} (every entity)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"view": self.view, "mode": self.mode, "entities": self.entities,
+                "at": format_instant(self.at),
+                "since": None if self.since is None else format_instant(self.since)}
 
 
 #: The layout of windowed online records (2: sums kept as the pair s + c). A watermark
@@ -101,18 +132,23 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
     """Bring one view version's online records up to ``at``."""
     ns = namespace(view)
     mark = watermark_key(view)
-    since = None
-    if incremental:
-        raw = store.read([mark])[0]
-        since, fmt = watermark(raw) if raw is not None else (None, RECORD_FORMAT)
-        if fmt != RECORD_FORMAT and view.aggregations:     # records of an older layout
-            store.clear(ns)
-            since = None
-        elif since is not None and since >= at:
-            return MaterializeReport(ns, since, at, 0)
+    since, mode = None, "full"
+    raw = store.read([mark])[0]
+    earlier, fmt = watermark(raw) if raw is not None else (None, RECORD_FORMAT)
+    if earlier is not None and earlier > at:
+        # Records as of a later instant hold rows not visible at `at` (and entities that had
+        # none yet): they cannot be brought back, only rebuilt.
+        store.clear(ns)
+        since, mode = earlier, "rewound"
+    elif incremental and fmt != RECORD_FORMAT and view.aggregations:   # an older layout
+        store.clear(ns)
+    elif incremental and earlier is not None:
+        if earlier == at:
+            return MaterializeReport(ns, earlier, at, 0, "current")
+        since, mode = earlier, "incremental"
     stamp = f"{at};{RECORD_FORMAT}".encode()
     make = window_records if view.aggregations else snapshot_records
-    records = list(make(view, engine, at, since))
+    records = list(make(view, engine, at, since if mode == "incremental" else None))
     total = len(records)
     done = 0
     for batch in _batches(records, batch_size):
@@ -131,7 +167,7 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
             progress(done, total, f"{ns}: {done}/{total} entities")
     if total == 0:
         store.write([(*mark, stamp)])
-    return MaterializeReport(ns, since, at, total)
+    return MaterializeReport(ns, since, at, total, mode)
 
 
 def _keep_pending(view: FeatureView, record: Any, raw: bytes | None, at: int) -> Any:

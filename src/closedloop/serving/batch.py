@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.data.durable import write_durably
-from closedloop.data.instants import now_micros
+from closedloop.data.instants import format_instant, now_micros
 from closedloop.errors import ServingError
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import LoadedModel
@@ -73,7 +73,8 @@ class StoredScore:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "key": self.key, "score": self.score,
-                "version": self.version, "as_of": self.as_of, "scored_at": self.scored_at}
+                "version": self.version, "as_of": format_instant(self.as_of),
+                "scored_at": format_instant(self.scored_at)}
 
 
 def score_entities(model: str, loaded: LoadedModel, columns: list[str], key: str,

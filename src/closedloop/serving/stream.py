@@ -46,7 +46,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import EventStream
-from closedloop.data.instants import as_instants, now_micros
+from closedloop.data.instants import as_instants, format_instant, now_micros
 from closedloop.data.sources import ARROW_TYPES, EventSource
 from closedloop.errors import ServingError
 from closedloop.features.service import FeatureService
@@ -197,7 +197,8 @@ class StreamScorer:
             key = str(row.get(subject) if subject else rid)
             outs.append({"event": rid, "key": key, "id": p.id, "score": p.score,
                          "decision": p.decision, "version": p.version, "route": p.route,
-                         "fallback": p.fallback, "event_time": et, "written": written,
+                         "fallback": p.fallback, "event_time": format_instant(et),
+                         "written": format_instant(written),
                          "lag_ms": (written - et) / 1000, "consumer": self.consumer})
         store.write([(f"stream:{self.model}", o["key"], orjson.dumps(o)) for o in outs])
         self.log.append(self.model, served.records).result()
