@@ -43,6 +43,7 @@ class OnlineSettings(_Section):
     url: str = "redis://127.0.0.1:6379/0"          # redis
     prefix: str = "cl:"                            # redis: every key starts with this
     log_sample: float = Field(default=0.0, ge=0.0, le=1.0)   # share of served vectors logged
+    log_flush_s: float = Field(default=5.0, gt=0.0)  # a logged vector is on disk within this
     batch_size: int = Field(default=2000, ge=1)    # entities per atomic materialization write
 
 
@@ -128,6 +129,8 @@ store = "sqlite"                 # or "redis"
 path = ".closedloop/online.db"   # sqlite
 # url = "redis://127.0.0.1:6379/0"   # redis
 # prefix = "cl:"
+log_sample = 0.0                 # share of served vectors logged for `closedloop consistency`
+log_flush_s = 5.0                # logged vectors reach disk within this; a crash loses at most it
 
 [metadata]
 url = "sqlite:///.closedloop/metadata.db"   # or postgresql+psycopg://host/db

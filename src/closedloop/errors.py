@@ -10,6 +10,9 @@ True
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class ClosedLoopError(Exception):
     """Base of every error closedloop raises on purpose.
@@ -167,3 +170,13 @@ __all__ = [
     "VersionConflict",
     "VersionNotFound",
 ]
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` — did you mean 'x'?`` for the choice closest to ``name``, or ``""`` when none is.
+
+    >>> did_you_mean("amount_sum_7d", ["amount_sum_1w", "amount_count_1w"])
+    " — did you mean 'amount_sum_1w'?"
+    """
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" — did you mean {close[0]!r}?" if close else ""

@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from types import ModuleType, TracebackType
 
+from closedloop import declarations
 from closedloop.backends.artefacts import LocalArtefactStore
 from closedloop.backends.base import EventStream, OnlineStore
 from closedloop.backends.duckdb import DuckDBEngine
@@ -115,7 +116,8 @@ class Project:
         # Registered versions the code no longer defines stay usable.
         self.catalog.restore(self.metadata.definitions())
         sample = self.settings.online.log_sample
-        self.feature_log = FeatureLog(self.root / ".closedloop" / "feature_log", sample=sample)
+        self.feature_log = FeatureLog(self.root / ".closedloop" / "feature_log", sample=sample,
+                                      flush_s=self.settings.online.log_flush_s)
         keys: dict[str, list[str]] = {}
         for view in self.catalog.views.values():        # rows without a view's key are refused
             keys.setdefault(view.source.name, [])
@@ -173,11 +175,15 @@ class Project:
         return RedisEventStream(stream.url or "redis://127.0.0.1:6379/0", prefix=stream.prefix)
 
     def plan(self) -> Plan:
-        """What ``apply`` would register, without writing anything."""
+        """What ``apply`` would register, without writing anything; every model and serving
+        declaration is checked first (``closedloop.declarations``)."""
+        declarations.check(self.catalog, self.models, self.serving.servings)
         return registration.plan(self.catalog, self.metadata)
 
     def apply(self) -> Plan:
-        """Register the definitions; refuse to change a registered version in place."""
+        """Register the definitions, once every model and serving declaration checks out;
+        refuse to change a registered version in place."""
+        declarations.check(self.catalog, self.models, self.serving.servings)
         return registration.apply(self.catalog, self.metadata)
 
     def close(self) -> None:

@@ -114,3 +114,58 @@ def test_a_registered_version_stays_usable_after_the_code_moves_on(make_project)
         assert out["v.amount_sum_2h"].to_pylist() == [3.0]
     finally:
         p.close()
+
+
+MODELLED = V1.replace('windows=["1h"]', 'windows=["1h", "7d"]') + '''
+labels = cl.LabelSource("chargebacks", path="data/cb.parquet", subject="txn_id",
+                        timestamp="ts", label="is_fraud", settled_at="settled_at",
+                        max_delay="7d", default=False)
+txn_rows = cl.EventSource("txn_rows", path="data/r.parquet", timestamp="ts", id="txn_id",
+                          schema={"user_id": str, "amount": float})
+m = cl.Model("fraud", features=[{features}], label="{label}", rows="{rows}",
+             trainer=cl.LightGBMTrainer(num_boost_round=5))
+s = cl.Serving("{served}", subject="{subject}")
+'''
+
+
+def _modelled(features: str = '"v.amount_sum_1w"', label: str = "chargebacks",
+              rows: str = "txn_rows", served: str = "fraud", subject: str = "txn_id") -> str:
+    text = MODELLED
+    for key, value in {"features": features, "label": label, "rows": rows, "served": served,
+                       "subject": subject}.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def test_apply_checks_models_and_servings_and_suggests_the_closest_name(  # type: ignore[no-untyped-def]
+        make_project) -> None:
+    """A wrong name in a model or a serving declaration fails at apply (and in the plan),
+    every one named with the closest defined name, before anything is registered."""
+    p = make_project(_modelled())
+    assert {i.action for i in p.plan().items} == {"add"}       # all well: the plan goes on
+    cases = [
+        (_modelled(features='"v.amount_sum_7d"'), "did you mean 'amount_sum_1w'?"),
+        (_modelled(features='"vv.amount_sum_1w"'), "did you mean 'v'?"),
+        (_modelled(label="chargeback"), "label 'chargeback' names no source — did you mean "
+                                        "'chargebacks'?"),
+        (_modelled(label="txns"), "label 'txns' is not a LabelSource"),
+        (_modelled(rows="txn_row"), "rows 'txn_row' names no source — did you mean "
+                                    "'txn_rows'?"),
+        (_modelled(subject="txn"), "subject 'txn' is not a column of rows source 'txn_rows' "
+                                   "— did you mean 'txn_id'?"),
+    ]
+    for definitions, message in cases:
+        p = _reopen(p, definitions)
+        for call in (p.plan, p.apply):
+            with pytest.raises(DefinitionError) as refused:
+                call()
+            assert message in refused.value.message, (message, refused.value.message)
+        assert p.metadata.definitions() == []                   # nothing registered
+    # A serving declaration of no model is refused as soon as the project opens.
+    (p.root / "definitions.py").write_text(_modelled(served="frau"))
+    p.close()
+    with pytest.raises(cl.errors.ServingError, match="did you mean 'fraud'"):
+        cl.Project(p.root)
+    p = _reopen(p, _modelled(features='"v.amount_sum_7d"', rows="nope"))
+    with pytest.raises(DefinitionError, match="2 declaration problem"):
+        p.apply()

@@ -404,3 +404,32 @@ def test_load_beyond_capacity_is_shed_with_a_503(served: cl.Project) -> None:
     shed = [(h, json.loads(b)) for s, h, b in results if s == 503]
     assert all(h["retry-after"] == "1" and b["code"] == "CL-702" for h, b in shed)
     assert f"closedloop_shed_total {float(len(shed))}" in metrics.decode()
+
+
+def test_served_vectors_reach_the_feature_log_within_the_flush_bound(served: cl.Project) -> None:
+    """The server writes what it logged every [online] log_flush_s, not only at shutdown: the
+    vectors are on disk while it runs, and a SIGKILL after that loses none of them."""
+    from closedloop.features.consistency import FeatureLog
+
+    config = served.root / "closedloop.toml"
+    text = config.read_text()
+    assert "log_sample = 1.0" in text
+    config.write_text(text.replace("log_sample = 1.0", "log_sample = 1.0\nlog_flush_s = 0.5"))
+    log = FeatureLog(served.root / ".closedloop" / "feature_log")
+    before = log.read().num_rows
+    process, port = start_server(served.root)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in range(5):
+            body = json.dumps({"instances": [{**INSTANCE, "user_id": f"f{i}"}]}).encode()
+            conn.request("POST", "/v1/models/fraud:predict", body=body)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        conn.close()
+        _wait(lambda: log.read().num_rows >= before + 5, "logged vectors on disk")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+    rows = [json.loads(r)["user_id"] for r in log.read()["row"].to_pylist()]
+    assert {f"f{i}" for i in range(5)} <= set(rows)

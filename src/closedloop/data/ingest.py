@@ -132,7 +132,7 @@ def file_format(path: Path) -> FileFormat:
                     fix="name it .parquet, .csv or .jsonl, or pass format=")
 
 
-def _declared(source: AnySource) -> dict[str, LogicalType]:
+def declared_columns(source: AnySource) -> dict[str, LogicalType]:
     """Every column the source declares a type for, its time columns included."""
     types: dict[str, LogicalType] = dict(source.logical_schema)
     for col in source.time_columns:
@@ -380,7 +380,7 @@ def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
     """The file's rows in the declared types, stamped; the rejected rows flagged."""
     table = f.table
     what = f"{str(f.path)!r}"
-    declared = _declared(source)
+    declared = declared_columns(source)
     missing = [c for c in _required(source, not_null) if c not in table.column_names]
     if missing:
         raise SchemaMismatch(f"{what} lacks the column(s) {missing} that source "
@@ -443,7 +443,7 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
     started = time.perf_counter()
     if not files:
         raise DataError(f"nothing to ingest into {source.name!r}", fix="pass at least one file")
-    declared = _declared(source)
+    declared = declared_columns(source)
     accepted: list[pa.Table] = []
     bad: list[dict[str, Any]] = []
     ignored: list[str] = []

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from closedloop.backends.base import RegisteredDefinition
 from closedloop.data.sources import AnySource, Entity, EventSource, LabelSource, TableSource
-from closedloop.errors import DefinitionError, UnknownFeatureError
+from closedloop.errors import DefinitionError, UnknownFeatureError, did_you_mean
 from closedloop.features.definitions import FeatureView, Transform
 
 _REF = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:@([0-9]+))?\.([A-Za-z_][A-Za-z0-9_]*)$")
@@ -162,8 +162,10 @@ class Catalog:
     def view(self, name: str, version: int | None = None) -> FeatureView:
         versions = sorted(v for (n, v) in self.views if n == name)
         if not versions:
-            raise UnknownFeatureError(f"no feature view is named {name!r}",
-                                      fix=f"defined views: {sorted({n for n, _ in self.views})}")
+            names = sorted({n for n, _ in self.views})
+            raise UnknownFeatureError(f"no feature view is named {name!r}"
+                                      f"{did_you_mean(name, names)}",
+                                      fix=f"defined views: {names}")
         if version is None:
             return self.views[(name, versions[-1])]
         if version not in versions:
@@ -217,7 +219,10 @@ class Catalog:
             if feature not in view.feature_names:
                 raise UnknownFeatureError(
                     f"feature view {view.name!r} (version {view.version}) has no feature "
-                    f"{feature!r}", fix=f"its features are {list(view.feature_names)}")
+                    f"{feature!r}{did_you_mean(feature, view.feature_names)}",
+                    fix=f"its features are {list(view.feature_names)} (an aggregate is named "
+                        "column_fn_window, its window in the largest unit that divides it "
+                        "exactly: 7d is 1w, 60m is 1h)")
             fref = FeatureRef(view, feature)
             if fref not in features:
                 features.append(fref)

@@ -31,16 +31,23 @@ _SCHEMA = pa.schema([("at", pa.int64()), ("features", pa.string()), ("row", pa.s
 
 
 class FeatureLog:
-    """Samples served vectors into Parquet files under ``folder``; ``flush`` writes a part."""
+    """Samples served vectors into Parquet files under ``folder``; ``flush`` writes a part.
+
+    Vectors are buffered and written as one part when ``flush_every`` are held or ``flush_s``
+    seconds after the first of them (a timer, so an idle server writes too), and at close:
+    a crash (SIGKILL) loses at most the vectors of the last ``flush_s`` seconds, never more
+    than ``flush_every`` of them."""
 
     def __init__(self, folder: str | Path, sample: float = 1.0, flush_every: int = 10_000,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, flush_s: float = 5.0) -> None:
         self.folder = Path(folder)
         self.sample = sample
         self.flush_every = flush_every
+        self.flush_s = flush_s
         self._random = random.Random(seed)
         self._rows: list[tuple[int, str, str, str]] = []
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
 
     def record(self, at: int, features: tuple[str, ...], row: dict[str, Any],
                values: dict[str, Any]) -> None:
@@ -51,12 +58,24 @@ class FeatureLog:
         with self._lock:
             self._rows.append(item)
             full = len(self._rows) >= self.flush_every
+            if not full and self._timer is None:      # the first of a part: bound its wait
+                self._timer = threading.Timer(self.flush_s, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
         if full:
             self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Vectors held in memory, not yet written."""
+        return len(self._rows)
 
     def flush(self) -> None:
         with self._lock:
             rows, self._rows = self._rows, []
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if not rows:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -99,7 +118,9 @@ def consistency_report(service: FeatureService, log: pa.Table) -> list[FeatureCo
     """Replay logged vectors through the offline path and compare, per feature."""
     if log.num_rows == 0:
         raise DataError("the feature log is empty", fix="serve some vectors with logging on "
-                        "([online] log_sample > 0) before asking for a report")
+                        "([online] log_sample > 0) before asking for a report; a server "
+                        "writes what it logged every [online] log_flush_s seconds, so vectors "
+                        "served in the last few seconds are not there yet")
     groups: dict[str, list[int]] = defaultdict(list)
     for i, features in enumerate(log["features"].to_pylist()):
         groups[features].append(i)

@@ -38,7 +38,7 @@ from closedloop.data.instants import instant_micros, now_micros
 from closedloop.data.labels import known_labels
 from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
 from closedloop.data.tables import as_table
-from closedloop.errors import BackendError, DataError, RequestError, ServingError
+from closedloop.errors import BackendError, DataError, RequestError, ServingError, did_you_mean
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService, OnlineFetch
@@ -308,7 +308,8 @@ class ServingService:
         unknown = sorted(set(self.servings) - set(self.models))
         if unknown:
             raise ServingError(f"serving declarations name models that are not declared: "
-                               f"{unknown}", fix=f"the models are {sorted(self.models)}")
+                               f"{unknown}{did_you_mean(unknown[0], self.models)}",
+                               fix=f"the models are {sorted(self.models)}")
 
     def serving(self, model: str) -> Serving:
         if model not in self.models:

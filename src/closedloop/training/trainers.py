@@ -67,14 +67,20 @@ def _check_xy(X: Matrix, y: np.ndarray[Any, Any]) -> None:
 class LightGBMTrainer:
     """LightGBM's binary objective. Deterministic by default (``deterministic``, one fixed
     ``num_threads``, ``seed``), so a retrain is bit for bit; early stopping on the validation
-    set when ``early_stopping_rounds`` is set."""
+    set when ``early_stopping_rounds`` is set.
+
+    ``num_threads`` defaults to 1: a fit then never costs more than its own work when another
+    process holds a core. Beside a busy core LightGBM's OpenMP threads spin-wait for each
+    other, and two threads took 1.3–2.3× as long as one (docs/architecture.md, "Training
+    threads"). On a machine the fit has to itself, ``num_threads=2`` or more is faster (1.3–1.7×
+    on two cores); it is part of the model's spec, so a retrain uses the same count."""
 
     kind = "lightgbm"
 
     def __init__(self, num_boost_round: int = 200, learning_rate: float = 0.05,
                  num_leaves: int = 31, min_data_in_leaf: int = 20, feature_fraction: float = 1.0,
                  bagging_fraction: float = 1.0, lambda_l2: float = 0.0, seed: int = 0,
-                 num_threads: int = 2, early_stopping_rounds: int | None = None,
+                 num_threads: int = 1, early_stopping_rounds: int | None = None,
                  extra: dict[str, Any] | None = None) -> None:
         self.num_boost_round = num_boost_round
         self.learning_rate = learning_rate
@@ -84,6 +90,10 @@ class LightGBMTrainer:
         self.bagging_fraction = bagging_fraction
         self.lambda_l2 = lambda_l2
         self.seed = seed
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise DefinitionError(f"LightGBMTrainer num_threads={num_threads!r} is not a "
+                                  "positive whole number", fix="use 1, or 2+ on a machine "
+                                  "the fit has to itself")
         self.num_threads = num_threads
         self.early_stopping_rounds = early_stopping_rounds
         self.extra = extra
