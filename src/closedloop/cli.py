@@ -293,12 +293,16 @@ def quarantine(
 @app.command()
 def backfillable(
     feature: Annotated[list[str], typer.Argument(help="Feature references or transforms.")],
+    labels: Annotated[str | None, typer.Option(help="A label source: also say from which "
+                                               "cutoff a model labelled by it could train "
+                                               "on the feature (its max delay later).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Say, for each feature, whether its history can be computed from the raw sources (and
-    from when), or only forward from when rows carrying its columns arrive."""
+    from when: training rows before then get nothing of it), or only forward from when rows
+    carrying its columns arrive."""
     with _open(project) as p:
-        found = [p.features.backfillability(f) for f in feature]
+        found = [p.features.backfillability(f, labels=labels) for f in feature]
     for b in found:
         out.print(b.summary(), soft_wrap=True)
         for reason in b.reasons:

@@ -8,6 +8,8 @@ from typing import Any
 import pyarrow as pa
 
 DEFINITIONS = '''import closedloop as cl
+cb = cl.LabelSource("cb", path="data/cb.parquet", subject="txn", timestamp="ts",
+                    label="is_fraud", settled_at="settled_at", max_delay="30d", default=False)
 
 user = cl.Entity("user", key="user_id")
 txns = cl.EventSource("txns", path="landing/txns", timestamp="ts", id="txn",
@@ -64,3 +66,20 @@ def test_a_source_with_no_data_yet_is_forward_only(make_project: Any) -> None:
     got = p.features.backfillability("spend.amount_sum_1w")
     assert not got.backfillable
     assert "no history" in got.summary()
+
+
+def test_a_late_starting_history_says_what_older_rows_get_and_when_a_model_can_train(
+        make_project: Any) -> None:
+    """A feature whose history begins on day 10 gives older training rows nothing, and with
+    a 30-day label delay a model could first train on it at a cutoff of day 11 + 30 (its
+    1-day window full on day 11)."""
+    p = make_project(DEFINITIONS)
+    p.data.ingest("txns", _rows(0, 10, device=False), at=T0 + timedelta(days=30))
+    p.data.ingest("txns", _rows(10, 5, device=True), at=T0 + timedelta(days=30))
+    device = p.features.backfillability("device.device_last_1d", labels="cb")
+    assert device.first_cutoff == T0 + timedelta(days=11 + 30)
+    text = device.summary()
+    assert "training rows before 2026-01-11T00:00:00Z get nothing of it" in text, text
+    assert "a model can first train on it at a cutoff of 2026-02-11T00:00:00Z" in text, text
+    score = p.features.backfillability("score.score", labels="cb")
+    assert "can train on it only 30d after its rows begin to arrive" in score.summary()

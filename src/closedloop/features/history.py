@@ -17,7 +17,8 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine
-from closedloop.data.instants import format_duration, to_micros
+from closedloop.data.instants import format_duration, format_instant, instant_micros, to_micros
+from closedloop.data.sources import LabelSource
 from closedloop.errors import DataError
 from closedloop.features.catalog import Catalog
 
@@ -37,28 +38,61 @@ class Backfillability:
     complete_from: datetime | None
     request_inputs: tuple[str, ...]
     reasons: tuple[str, ...]
+    labels: str | None = None            # a label source, for when a model could first train
+    label_delay: timedelta | None = None
+
+    @property
+    def first_cutoff(self) -> datetime | None:
+        """With a label source: the earliest training cutoff at which a row that has the
+        feature (from ``since``) also has a matured label — ``since`` + the label's max delay
+        (for a forward-only feature, counted from when its rows begin to arrive)."""
+        if self.labels is None or self.label_delay is None:
+            return None
+        start = self.complete_from or self.since
+        return None if start is None else start + self.label_delay
 
     def summary(self) -> str:
         if not self.backfillable:
-            return (f"{self.feature}: forward only - " + "; ".join(
+            text = (f"{self.feature}: forward only - " + "; ".join(
                 r for r in self.reasons if "no history" in r))
+            if self.labels is not None and self.label_delay is not None:
+                text += (f"; a model labelled by {self.labels!r} can train on it only "
+                         f"{format_duration(self.label_delay // timedelta(microseconds=1))} "
+                         "after its rows begin to arrive (the label's max delay)")
+            return text
         text = f"{self.feature}: backfillable from the raw sources"
         if self.since is not None:
-            text += f" from {self.since:%Y-%m-%d %H:%M}"
+            text += f" from {_iso(self.since)}"
             if self.complete_from is not None and self.complete_from != self.since:
-                text += f" (windows complete from {self.complete_from:%Y-%m-%d %H:%M})"
+                text += f" (windows complete from {_iso(self.complete_from)})"
+            text += (f"; training rows before {_iso(self.since)} get nothing of it "
+                     "(its default, or null)")
+        if self.first_cutoff is not None:
+            text += (f"; with labels from {self.labels!r} (max delay "
+                     f"{format_duration(self.label_delay // timedelta(microseconds=1))}), "  # type: ignore[operator]
+                     f"a model can first train on it at a cutoff of "
+                     f"{_iso(self.first_cutoff)}")
         if self.request_inputs:
             text += (f"; needs training rows that carry {', '.join(self.request_inputs)}")
         return text
+
+
+def _iso(when: datetime) -> str:
+    return format_instant(instant_micros(when))
 
 
 def _instant(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
-def backfillability(catalog: Catalog, engine: OfflineEngine, ref: str) -> Backfillability:
-    """Say whether the feature ``ref`` (a view feature or a transform) can be backfilled."""
+def backfillability(catalog: Catalog, engine: OfflineEngine, ref: str,
+                    labels: str | None = None) -> Backfillability:
+    """Say whether the feature ``ref`` (a view feature or a transform) can be backfilled;
+    with ``labels`` (a LabelSource), from which cutoff a model labelled by it could train."""
     resolution = catalog.resolve([ref])
+    delay = None
+    if labels is not None:
+        delay = timedelta(microseconds=catalog.source_of(labels, LabelSource).max_delay_micros)
     reasons: list[str] = []
     starts: list[int] = []
     longest = 0
@@ -101,4 +135,5 @@ def backfillability(catalog: Catalog, engine: OfflineEngine, ref: str) -> Backfi
     if longest and since is not None:
         reasons.append(f"its longest window ({format_duration(longest)}) is full from "
                        f"{complete:%Y-%m-%d %H:%M}")
-    return Backfillability(ref, ok, since, complete, resolution.request_inputs, tuple(reasons))
+    return Backfillability(ref, ok, since, complete, resolution.request_inputs, tuple(reasons),
+                           labels, delay)

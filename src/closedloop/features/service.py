@@ -315,10 +315,11 @@ class FeatureService:
                 fix="train on older rows, or with a later cutoff")
         return rows
 
-    def backfillability(self, feature: str) -> Backfillability:
+    def backfillability(self, feature: str, *, labels: str | None = None) -> Backfillability:
         """Whether a feature's history can be computed from the raw sources, and from when;
-        or only forward, from when rows carrying its columns arrive."""
-        return backfillability(self.catalog, self.engine, feature)
+        or only forward, from when rows carrying its columns arrive. With ``labels`` (a
+        LabelSource), also the first cutoff at which a model could train on it."""
+        return backfillability(self.catalog, self.engine, feature, labels)
 
     def backfill(self, training_set: Any, features: Sequence[str], *,
                  timestamp: str | None = None, progress: Progress | None = None) -> pa.Table:
