@@ -102,6 +102,16 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert frauds == settled & set(table["txn_id"].to_pylist())
     # The model was trained, registered as production, and its run reproduces bit for bit.
     assert "registered as fraud version 1 (production)" in result.stdout
+    # The project stays, and every next command the demo suggests runs in it.
+    assert f"the project stays in {tmp_path / 'demo'}" in result.stdout
+    suggested = [line.split("#")[0].split() for line in
+                 result.stdout.split("next, try:")[1].strip().splitlines()]
+    assert ["closedloop", "budget", "fraud"] in suggested
+    for command in suggested:
+        if command[1] in ("serve", "reproduce") or command[0] == "cd":
+            continue                             # a server; reproduce is checked below
+        tried = run(*command[1:], cwd=tmp_path / "demo")
+        assert tried.returncode == 0, (command, tried.stderr)
     run_id = result.stdout.split("trained run ")[1].split(":")[0]
     again = run("reproduce", run_id, "-p", str(tmp_path / "demo"))
     assert again.returncode == 0, again.stderr
@@ -221,7 +231,17 @@ v = cl.FeatureView("v", entity=user, source=ev, aggregations=[cl.Agg("x", "sum",
     assert "first trainable 2026-02-04" in delay.stdout
     back = run("backfillable", "v.x_sum_1d", "-p", str(root))
     assert back.returncode == 0, back.stderr
-    assert "backfillable from the raw sources from 2026-01-01 00:00" in back.stdout
+    assert "backfillable from the raw sources from 2026-01-01T00:00:00Z" in back.stdout
     bad = run("labels", "import", "cb", str(tmp_path / "ann.csv"), "--trust", "ann", "-p",
               str(root))
     assert bad.returncode == 2
+
+
+def test_the_demo_folder_is_the_next_free_name(tmp_path: Path) -> None:
+    from closedloop.cli import _free_folder
+
+    base = tmp_path / "closedloop-demo"
+    assert _free_folder(base) == base
+    base.mkdir()
+    (tmp_path / "closedloop-demo-2").mkdir()
+    assert _free_folder(base) == tmp_path / "closedloop-demo-3"

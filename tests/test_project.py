@@ -78,3 +78,21 @@ def double(c):
                                   progress=lambda *s: steps.append(s))
     assert out["double"].to_pylist() == [3.0]
     assert [(d, t) for d, t, _ in steps] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_the_init_template_uncommented_is_a_whole_project_apply_accepts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The template shows every kind of declaration — source, view, label source, model,
+    serving — and, uncommented as it stands, every name in it checks out."""
+    from closedloop.project import init_project
+
+    root = init_project(tmp_path / "p")
+    text = (root / "definitions.py").read_text()
+    for kind in ("cl.EventSource", "cl.FeatureView", "cl.LabelSource", "cl.Model",
+                 "cl.Serving", "log_sample"):
+        assert kind in text + (root / "closedloop.toml").read_text(), kind
+    lines = [line[2:] if line.startswith("# ") else ("" if line == "#" else line)
+             for line in text.splitlines()]
+    (root / "definitions.py").write_text("\n".join(lines) + "\n")
+    with cl.Project(root) as p:
+        assert set(p.models) == {"fraud"}
+        assert {i.action for i in p.apply().items} == {"add"}

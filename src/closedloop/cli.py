@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -680,6 +679,15 @@ def render_consistency(report: list[FeatureConsistency]) -> None:
     out.print(table)
 
 
+def _free_folder(base: Path) -> Path:
+    """``base``, or ``base-2``, ``base-3``… — the first that does not exist yet."""
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
 def _number(text: str) -> object:
     for kind in (int, float):
         try:
@@ -695,7 +703,8 @@ def demo(
                                                      "500 users, so the held-out weeks hold "
                                                      "frauds to evaluate on).")] = 2000,
     folder: Annotated[Path | None, typer.Option(
-        "--dir", help="Where to write the demo project (default: a temporary folder).")] = None,
+        "--dir", help="Where to write the demo project (default: ./closedloop-demo, or the "
+        "next free closedloop-demo-N), kept there to explore.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated world.")] = 0,
 ) -> None:
     """Run the main job on the embedded defaults, no server to install: generate a fraud
@@ -704,7 +713,7 @@ def demo(
     latency against its budget and the cost."""
     from closedloop.demo import run_demo
 
-    target = folder or Path(tempfile.mkdtemp(prefix="closedloop-demo-"))
+    target = folder or _free_folder(Path("closedloop-demo"))
     with _progress() as bar:
         task = bar.add_task("starting", total=None)
         report = run_demo(target, n_users=users, seed=seed, progress=_stepper(bar, task))
@@ -753,7 +762,19 @@ def demo(
 
         render_budget(report.budget)
         render_cost([report.cost])
-    out.print(f"next: cd {report.folder} && closedloop reproduce {report.run_id}")
+    out.print(f"\n[bold]the project stays in {report.folder}[/]; next, try:")
+    for command, what in [
+            (f"cd {report.folder}", ""),
+            ("closedloop features", "every feature, by view and version"),
+            (f"closedloop reproduce {report.run_id}", "rebuild and retrain: identical"),
+            ("closedloop runs list", "the runs, with their AUC"),
+            ("closedloop models show fraud", "the registered versions and aliases"),
+            ("closedloop online user_id=u1 amount=12.5 -f user_txn.amount_sum_1h",
+             "one online vector"),
+            ("closedloop serve", "the model over HTTP on 127.0.0.1:8000"),
+            ("closedloop budget fraud", "latency by stage against the budget")]:
+        out.print(f"  {command}" + (f"   # {what}" if what else ""), soft_wrap=True,
+                  markup=False)
 
 
 def main() -> None:

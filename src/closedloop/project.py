@@ -41,15 +41,37 @@ from closedloop.serving.spec import servings_from_module
 from closedloop.training.model import models_from_module
 from closedloop.training.service import TrainingService
 
-DEFAULT_DEFINITIONS = '''"""Definitions of this closedloop project: entities, sources, features."""
+DEFAULT_DEFINITIONS = '''"""Definitions of this closedloop project: entities, sources, features,
+labels, models and how they are served. Uncomment and edit; `closedloop apply` checks every
+name."""
 
 import closedloop as cl
 
 # user = cl.Entity("user", key="user_id")
 # txns = cl.EventSource("transactions", path="data/transactions", timestamp="event_time",
-#                       arrival="ingested_at", schema={"user_id": str, "amount": float})
+#                       arrival="ingested_at", id="txn_id",
+#                       schema={"txn_id": str, "user_id": str, "amount": float})
+# # Features are named column_fn_window, the window in its largest exact unit ("7d" -> 1w).
 # user_txn = cl.FeatureView("user_txn", entity=user, source=txns, version=1,
-#                           aggregations=[cl.Agg("amount", "sum", windows=["1h", "30d"])])
+#                           aggregations=[cl.Agg("amount", "sum", windows=["1h", "7d"]),
+#                                         cl.Agg("amount", "count", windows=["1d"])])
+#
+# # Labels arrive late: a chargeback settles up to 60 days after its transaction.
+# chargebacks = cl.LabelSource("chargebacks", path="data/chargebacks", subject="txn_id",
+#                              timestamp="event_time", label="is_fraud",
+#                              settled_at="settled_at", max_delay="60d", default=False)
+#
+# # One prediction per transaction, trained only on rows whose label window has closed.
+# fraud = cl.Model("fraud", features=["user_txn.amount_sum_1h", "user_txn.amount_sum_1w",
+#                                     "user_txn.amount_count_1d"],
+#                  label="chargebacks", rows="transactions",
+#                  trainer=cl.LightGBMTrainer(seed=7))
+#
+# # Served over HTTP by `closedloop serve`: sticky routes by user, decisions, a fallback
+# # score when the online store cannot answer in time, and a latency budget.
+# serving = cl.Serving("fraud", unit="user_id", subject="txn_id",
+#                      decisions=[("block", 0.9), ("review", 0.5)], default_decision="allow",
+#                      fallback=0.01, budget=cl.Budget(p99_ms=50, fetch_ms=15))
 '''
 
 
