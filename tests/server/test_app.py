@@ -195,6 +195,17 @@ def test_health_models_schema_and_metrics_answer(server: Server) -> None:
     for stage in ("fetch", "transform", "inference", "post"):
         assert f'closedloop_stage_seconds_count{{model="fraud",stage="{stage}"}} 3.0' in text
     assert 'closedloop_request_seconds_count{model="fraud"} 3.0' in text
+    # A request for an entity the online store does not hold: its features are counted
+    # missing, by feature and why, and the response says so.
+    status, body = server.predict([{**INSTANCE, "user_id": "nobody-at-all"}])
+    assert status == 200
+    missing = body["predictions"][0]["missing"]
+    assert missing
+    assert set(missing.values()) <= {"no_record", "no_value"}
+    text = server.request("GET", "/metrics")[2].decode()
+    for feature, why in missing.items():
+        assert (f'closedloop_missing_features_total{{feature="{feature}",model="fraud",'
+                f'reason="{why}"}}') in text
 
 
 def test_batch_scores_are_served_by_lookup(server: Server) -> None:

@@ -3,6 +3,8 @@ the same instant, decisions follow the declaration, bad requests name their fiel
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -118,7 +120,8 @@ def test_the_budget_report_reads_the_prediction_log(served: cl.Project) -> None:
     report = served.serving.budget("fraud")
     assert report["predictions"] == 100
     assert set(report["stages"]) == {"fetch", "transform", "inference", "post"}
-    assert report["stages"]["fetch"]["budget_ms"] == 15.0
+    assert report["stages"]["fetch"]["budget_ms"] is None          # no stage budget declared
+    assert report["total"]["budget_ms"] == 50.0                   # the default p99
     assert report["stages"]["inference"]["p99_ms"] >= report["stages"]["inference"]["p50_ms"]
     assert report["total"]["p99_ms"] > 0
     table = served.prediction_log.read("fraud")
@@ -153,3 +156,52 @@ def test_predictions_join_their_labels_when_they_arrive(served: cl.Project) -> N
                     strict=True))["never-labelled"] is False
     assert table["shadow_version"].to_pylist() == [2] * len(rows)
     assert table["shadow_score"].to_pylist() == [r["score"] for r in shadows]
+
+
+def _declare(project: cl.Project, extra: str) -> cl.Project:
+    """The project reopened with its fraud serving declaration given ``extra`` arguments."""
+    definitions = project.root / "definitions.py"
+    text = definitions.read_text()
+    declared = re.search(r'default_decision="allow", fallback=0\.01[^)]*\)', text)
+    assert declared is not None
+    definitions.write_text(text.replace(declared.group(0),
+                                        f'default_decision="allow", fallback=0.01, {extra})'))
+    project.close()
+    return cl.Project(project.root)
+
+
+def test_each_prediction_says_which_features_were_missing_and_why(served: cl.Project) -> None:
+    known = _instances(served, 1)[0]
+    unknown = {**known, "user_id": "nobody-at-all"}
+    out = served.serving.predictor("fraud").predict([known, unknown], at=END)
+    seen, unseen = out.predictions
+    columns = served.serving.predictor("fraud").versions["production"].columns
+    view_columns = [c for c in columns if c.startswith("user_")]
+    assert view_columns
+    assert set(unseen.missing or {}) >= set(view_columns)
+    assert {unseen.missing[c] for c in view_columns} == {"no_record"}   # type: ignore[index]
+    assert all(seen.missing is None or seen.missing.get(c) != "no_record" for c in columns)
+    assert not unseen.fallback                         # the default: score it anyway
+    assert out.records[1]["missing"] == unseen.missing
+    assert unseen.to_dict()["missing"] == unseen.missing
+
+
+def test_the_declaration_says_what_too_much_missing_does(served: cl.Project) -> None:
+    known = _instances(served, 1)[0]
+    unknown = {**known, "user_id": "nobody-at-all"}
+    project = _declare(served, 'on_missing="fallback", max_missing=0.3')
+    out = project.serving.predictor("fraud").predict([known, unknown], at=END)
+    seen, unseen = out.predictions
+    assert not seen.fallback
+    assert unseen.fallback
+    assert unseen.score == 0.01
+    assert "features missing" in (unseen.fallback_reason or "")
+    assert out.records[1]["fallback_reason"] == unseen.fallback_reason
+    project = _declare(project, 'on_missing="reject"')
+    with pytest.raises(RequestError, match=r"instance 1: .* features missing"):
+        project.serving.predictor("fraud").predict([known, unknown], at=END)
+    project.close()
+    with pytest.raises(cl.errors.DefinitionError, match="on_missing"):
+        cl.Serving("fraud", on_missing="drop")
+    with pytest.raises(cl.errors.DefinitionError, match="max_missing"):
+        cl.Serving("fraud", max_missing=1.5)

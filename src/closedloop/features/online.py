@@ -93,6 +93,7 @@ class ViewReader:
         """``outputs[i]`` lists the keys under which feature ``names[i]`` is written."""
         self.view = view
         self.namespace = namespace(view)
+        self.written = tuple(out for outs in outputs for out in outs)   # the keys it fills
         self.key_column = view.entity.key
         self.key_dtype = view.entity.spec()["dtype"]
         # Outputs whose values are instants: kept as µs, served as datetimes.

@@ -3,7 +3,8 @@
 Routes:
 
 * ``POST /v1/models/{name}:predict`` — ``{"instances": [{...}, ...]}`` → ``{"model",
-  "predictions": [{"id", "score", "decision", "version", "route", "fallback"}]}``. The
+  "predictions": [{"id", "score", "decision", "version", "route", "fallback",
+  "fallback_reason", "missing"}]}``. The
   response is sent once every prediction is in the prediction log (durable mode);
 * ``GET /v1/models/{name}/scores/{key}`` — the entity's batch score (``closedloop score``):
   ``{"model", "key", "score", "version", "as_of", "scored_at"}``, or 404;
@@ -259,9 +260,12 @@ class ServingApp:
         request.observe(time.perf_counter() - start)
         for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
+            if p.fallback:
+                m.fallbacks.labels(name).inc()
+            if p.missing:
+                for feature, why in p.missing.items():
+                    m.missing.labels(name, feature, why).inc()
         self._made[name] = self._made.get(name, 0) + len(mine)
-        if served.fallback_reason is not None:
-            m.fallbacks.labels(name).inc(len(mine))
 
     def _batcher(self, name: str) -> _Batcher:
         found = self._batchers.get(name)

@@ -48,6 +48,10 @@ class ServerMetrics:
         self.fallbacks = Counter("closedloop_fallbacks_total",
                                  "Predictions answered by the model's fallback", ["model"],
                                  registry=kw)
+        self.missing = Counter("closedloop_missing_features_total",
+                               "Features a prediction was served without, by why: no_record "
+                               "(the online store holds nothing for the entity), no_value",
+                               ["model", "feature", "reason"], registry=kw)
         self.shed = Counter("closedloop_shed_total", "Requests refused with a 503 (overload)",
                             registry=kw)
         self.shadow_dropped = Counter("closedloop_shadow_dropped_total",

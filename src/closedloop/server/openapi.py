@@ -11,10 +11,14 @@ _ERROR = {"type": "object", "required": ["error", "code"], "properties": {
     "error": {"type": "string"}, "code": {"type": "string"},
     "field": {"type": ["string", "null"]}, "fix": {"type": ["string", "null"]}}}
 _PREDICTION = {"type": "object",
-               "required": ["id", "score", "decision", "version", "route", "fallback"],
+               "required": ["id", "score", "decision", "version", "route", "fallback",
+                            "fallback_reason", "missing"],
                "properties": {"id": {"type": "string"}, "score": {"type": "number"},
                               "decision": {"type": "string"}, "version": {"type": "integer"},
-                              "route": {"type": "string"}, "fallback": {"type": "boolean"}}}
+                              "route": {"type": "string"}, "fallback": {"type": "boolean"},
+                              "fallback_reason": {"type": ["string", "null"]},
+                              "missing": {"type": "object", "additionalProperties": {
+                                  "type": "string", "enum": ["no_record", "no_value"]}}}}
 
 
 def _errors(*codes: int) -> dict[str, Any]:

@@ -63,10 +63,13 @@ class Prediction:
     version: int
     route: str
     fallback: bool = False
+    missing: dict[str, str] | None = None      # feature -> why (no_record, no_value)
+    fallback_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, "decision": self.decision,
-                "version": self.version, "route": self.route, "fallback": self.fallback}
+                "version": self.version, "route": self.route, "fallback": self.fallback,
+                "fallback_reason": self.fallback_reason, "missing": self.missing or {}}
 
 
 @dataclass
@@ -197,6 +200,26 @@ class Predictor:
             raise RequestError(exc.message, fix=exc.fix) from exc
         return self._finish(rows, routes, aliases, t0, fetched, None)
 
+    def _short(self, rows: list[dict[str, Any]], aliases: list[str],
+               missing: list[dict[str, str]]) -> dict[int, str]:
+        """Instances with more than ``max_missing`` of their features missing, and why, when
+        the declaration does not score them (``on_missing``); a reject raises."""
+        serving = self.serving
+        if serving.on_missing == "score":
+            return {}
+        short: dict[int, str] = {}
+        for i, alias in enumerate(aliases):
+            n = len(self.versions[alias].columns)
+            if n and len(missing[i]) / n > serving.max_missing:
+                short[i] = (f"{len(missing[i])} of {n} features missing: "
+                            + ", ".join(f"{c} ({w})" for c, w in missing[i].items()))
+        if short and serving.on_missing == "reject":
+            i, why = next(iter(short.items()))
+            raise RequestError(f"instance {i}: {why}", field=f"instances[{i}]",
+                               fix="send an entity the online store knows, or declare "
+                                   "on_missing='fallback' to answer with the fallback")
+        return short
+
     def _begin(self, instances: Any, checked: bool = False,
                ) -> tuple[list[dict[str, Any]], list[str], list[str], float]:
         rows = instances if checked else self.check(instances)
@@ -218,9 +241,16 @@ class Predictor:
                 raise RequestError(exc.message, fix=exc.fix) from exc
         t2 = time.perf_counter()
         scores = np.empty(len(rows), dtype=np.float64)
+        missing = ([_missing(fetched, i, vectors[i], self.versions[a].columns)
+                    for i, a in enumerate(aliases)] if fetched is not None
+                   else [{} for _ in rows])
+        short = self._short(rows, aliases, missing) if reason is None else {}
         if reason is None:
             groups: dict[str, list[int]] = {}
             for i, alias in enumerate(aliases):
+                if i in short:
+                    scores[i] = self.serving.fallback_score(rows[i])
+                    continue
                 groups.setdefault(alias, []).append(i)
             for alias, idx in groups.items():
                 version = self.versions[alias]
@@ -237,9 +267,10 @@ class Predictor:
         for i, row in enumerate(rows):
             score = float(scores[i])
             decision = holdout if routes[i] == "holdout" else serving.decide(score, row)
+            why = reason or short.get(i)
             predictions.append(Prediction(uuid.uuid4().hex, score, decision,
                                           self.versions[aliases[i]].number, routes[i],
-                                          reason is not None))
+                                          why is not None, missing[i], why))
         t4 = time.perf_counter()
         latency = {"fetch": (t1 - t0) * 1e3, "transform": (t2 - t1) * 1e3,
                    "inference": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
@@ -256,12 +287,29 @@ class Predictor:
                 "features": (None if reason else
                              {c: vectors[i][c] for c in version.columns}),
                 "score": p.score, "decision": p.decision, "fallback": p.fallback,
-                "fallback_reason": reason, "latency_ms": latency})
+                "fallback_reason": p.fallback_reason, "missing": p.missing or {},
+                "latency_ms": latency})
         after = None
         shadow = self.versions.get("shadow")
         if shadow is not None and reason is None and serving.shadow:
             after = _ShadowJob(shadow, vectors, predictions, self.model)
         return Served(predictions, latency, records, reason, after)
+
+
+def _missing(fetched: OnlineFetch, i: int, vector: dict[str, Any],
+             columns: Sequence[str]) -> dict[str, str]:
+    """Row ``i``'s features of ``columns`` that were missing, and why."""
+    out: dict[str, str] = {}
+    gone = fetched.missing[i]
+    if gone:
+        for reader in fetched.plan[1]:
+            if reader.namespace in gone:
+                for key in reader.written:
+                    out[key] = "no_record"
+    for c in columns:
+        if c not in out and vector.get(c) is None:
+            out[c] = "no_value"
+    return {c: out[c] for c in columns if c in out}
 
 
 def _text(value: Any) -> str | None:

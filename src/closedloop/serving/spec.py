@@ -81,6 +81,14 @@ class Serving:
     names the request field that identifies what is predicted (a transaction id), so the
     prediction log joins its labels. A request carries at most ``max_instances``
     instances.
+
+    Every prediction says which of its features were missing and why (``no_record``: the
+    online store holds nothing for the entity — unknown, or a null key; ``no_value``: the
+    record had no value, e.g. an empty window without a default). An instance with more than
+    ``max_missing`` of its version's features missing (a share; 0.0: any) is handled by
+    ``on_missing``: ``"score"`` (the default: score it anyway, as training would),
+    ``"fallback"`` (the fallback score answers, the response says why) or ``"reject"`` (the
+    request is refused with a 422 naming the instance and its missing features).
     """
 
     model: str
@@ -97,6 +105,8 @@ class Serving:
     fallback: float | Callable[[Mapping[str, Any]], float] = 0.0
     budget: Budget = field(default_factory=Budget)
     max_instances: int = 1000
+    on_missing: str = "score"
+    max_missing: float = 0.0
 
     def __post_init__(self) -> None:
         check_name("model", self.model)
@@ -136,6 +146,13 @@ class Serving:
             raise DefinitionError(f"serving {self.model!r}: max_instances "
                                   f"{self.max_instances!r} is not a positive integer",
                                   fix="use 1000, say")
+        if self.on_missing not in ("score", "fallback", "reject"):
+            raise DefinitionError(f"serving {self.model!r}: on_missing {self.on_missing!r} "
+                                  "is not score, fallback or reject", fix='use "fallback"')
+        if (isinstance(self.max_missing, bool) or not isinstance(self.max_missing, int | float)
+                or not 0.0 <= self.max_missing < 1.0):
+            raise DefinitionError(f"serving {self.model!r}: max_missing {self.max_missing!r} "
+                                  "is not a share in [0, 1)", fix="use 0.5, say")
 
     @property
     def aliases(self) -> list[str]:
@@ -173,7 +190,8 @@ class Serving:
                 "rules": [getattr(r, "__name__", repr(r)) for r in self.rules],
                 "fallback": (getattr(self.fallback, "__name__", "function")
                              if callable(self.fallback) else self.fallback),
-                "budget": self.budget.spec(), "max_instances": self.max_instances}
+                "budget": self.budget.spec(), "max_instances": self.max_instances,
+                "on_missing": self.on_missing, "max_missing": self.max_missing}
 
 
 def servings_from_module(module: ModuleType) -> dict[str, Serving]:
