@@ -245,3 +245,29 @@ def test_the_demo_folder_is_the_next_free_name(tmp_path: Path) -> None:
     base.mkdir()
     (tmp_path / "closedloop-demo-2").mkdir()
     assert _free_folder(base) == tmp_path / "closedloop-demo-3"
+
+
+def test_terminal_output_wraps_tables_prices_money_and_keeps_brackets() -> None:
+    """Tables fold long cells instead of cutting them; money is never in e-notation; help
+    text keeps words in brackets; table cells are not read as markup."""
+    from rich.console import Console
+
+    from closedloop.cli import Table, _cell
+    from closedloop.cli_serving import _money
+
+    assert _money(6.83e-05, "USD") == "0.0000683 USD"
+    assert _money(0.5, "USD") == "0.500 USD"
+    assert _money(1234.5, "EUR") == "1,234.50 EUR"
+    assert _money(0.0, "USD") == "0.00 USD"
+    assert _money(None, "USD") == "-"
+    payload = '{"amount": "abc", "note": "' + "x" * 90 + '", "tags": [1, 2]}'
+    console = Console(width=60, record=True, color_system=None)
+    view = Table("row", "payload")
+    view.add_row("3", _cell(payload))
+    console.print(view)
+    lines = console.export_text().splitlines()
+    folded = "".join(line.replace("│", "").replace("┃", "").strip().removeprefix("3").strip()
+                     for line in lines[3:] if line.strip() and not line.startswith("└"))
+    assert "".join(payload.split()) in "".join(folded.split()), folded     # whole, wrapped
+    helped = run("cost", "--help")
+    assert "[cost] cpu_hour" in " ".join(helped.stdout.split())

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import typer
+from rich import table as _rich_table
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -24,7 +25,6 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from closedloop.errors import ClosedLoopError, DataError, UsageError, VersionConflict
 from closedloop.features.consistency import FeatureConsistency
@@ -49,12 +49,21 @@ class _App(typer.Typer):
 
 
 app = _App(
-    name="closedloop", no_args_is_help=True, add_completion=False,
+    name="closedloop", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     help="closedloop: features, training, serving and feedback for production ML. "
          "Start with `closedloop demo`, or `closedloop init` for a project of your own.")
 console = Console(stderr=True)
 # A terminal gets its own width; a pipe or file gets a wide page, so tables keep their ids.
 out = Console(width=None if sys.stdout.isatty() else 160)
+
+class Table(_rich_table.Table):
+    """A Rich table whose cells wrap onto more lines when the terminal is narrow, never cut
+    with an ellipsis (an id, a payload, a diffed value is only useful whole)."""
+
+    def add_column(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("overflow", "fold")
+        super().add_column(*args, **kwargs)
+
 
 ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="The project folder.")]
 
@@ -284,8 +293,8 @@ def quarantine(
     view = Table("source", "file", "row", "reason", "payload", title=f"{table.num_rows:,} "
                  "quarantined rows")
     for r in table.slice(0, limit).to_pylist():
-        view.add_row(r["source"], Path(r["file"]).name, str(r["row"]), r["reason"],
-                     r["payload"][:80])
+        view.add_row(r["source"], Path(r["file"]).name, str(r["row"]), escape(r["reason"]),
+                     escape(r["payload"]))          # whole: the table wraps it
     out.print(view)
 
 
@@ -308,7 +317,8 @@ def backfillable(
             out.print(f"  {reason}", soft_wrap=True)
 
 
-labels_app = typer.Typer(no_args_is_help=True, help="The label store: import human labels, "
+labels_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The label store: import human labels, "
                          "report label delay.")
 app.add_typer(labels_app, name="labels")
 
@@ -426,7 +436,8 @@ def reproduce(
         raise typer.Exit(1)
 
 
-runs_app = typer.Typer(no_args_is_help=True, help="Training runs: list, show, compare.")
+runs_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                       help="Training runs: list, show, compare.")
 app.add_typer(runs_app, name="runs")
 
 
@@ -449,7 +460,7 @@ def runs_list(
         view.add_row(r.id, r.status, f"{r.started_at:%Y-%m-%d %H:%M:%S}",
                      str(r.record.get("cutoff", ""))[:16],
                      f"{r.record.get('lineage', {}).get('training_set_rows', '')}",
-                     f"{m['auc']:.4f}" if "auc" in m else "", (r.error or "")[:60])
+                     f"{m['auc']:.4f}" if "auc" in m else "", escape(r.error or ""))
     out.print(view)
 
 
@@ -485,12 +496,14 @@ def runs_compare(
 
 
 def _cell(value: object) -> str:
+    """A value as a table shows it: whole (the table wraps it), markup escaped."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    return "" if value is None else str(value)[:40]
+    return "" if value is None else escape(str(value))
 
 
-models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions and aliases.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                         help="The model registry: versions and aliases.")
 app.add_typer(models_app, name="models")
 
 

@@ -3,6 +3,7 @@ app of ``closedloop.cli``)."""
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from datetime import datetime
@@ -11,10 +12,10 @@ from typing import Annotated, Any
 
 import pyarrow.parquet as pq
 import typer
-from rich.table import Table
 
 from closedloop.cli import (
     ProjectOpt,
+    Table,
     _open,
     _progress,
     _stepper,
@@ -188,7 +189,14 @@ def cost(
 
 
 def _money(value: float | None, currency: str) -> str:
-    return "-" if value is None else f"{value:.3g} {currency}"
+    """An amount with its currency and three significant digits, never in e-notation:
+    ``6.83e-05`` is ``0.0000683 USD``, ``1234.5`` is ``1,234.50 USD``."""
+    if value is None:
+        return "-"
+    if value == 0 or abs(value) >= 1:
+        return f"{value:,.2f} {currency}"
+    digits = min(12, 2 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{digits}f} {currency}"
 
 
 def render_cost(reports: list[Any]) -> None:
