@@ -156,7 +156,8 @@ class Project:
         self.training = TrainingService(
             self.models, self.catalog, self.engine, self.features, self.metadata,
             self.metadata, self.artefacts, self.root,
-            definitions_hash=lambda: hashlib.sha256(definitions.read_bytes()).hexdigest())
+            definitions_hash=lambda: hashlib.sha256(definitions.read_bytes()).hexdigest(),
+            decision_thresholds=lambda name: [t for _, t in self.serving.serving(name).decisions])
         self.registry = RegistryService(self.metadata, self.artefacts, self.training,
                                         self.features)
         serving = self.settings.serving

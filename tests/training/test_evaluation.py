@@ -266,3 +266,40 @@ def test_an_isotonic_map_calibrates_overconfident_scores() -> None:
     with pytest.raises(DefinitionError, match="calibration"):
         Model("m", features=["v.f"], label="l", rows="r", trainer=LightGBMTrainer(),
               calibration="platt")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 20)), min_size=2, max_size=80))
+def test_roc_curve_auc_and_confusion_agree_with_scikit_learn(pairs: list[tuple[int, int]]) -> None:
+    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    from closedloop.training.evaluation import auc, confusion, roc_curve
+
+    y = np.array([a for a, _ in pairs])
+    p = np.array([b / 20 for _, b in pairs])
+    if 0 < y.sum() < y.size:
+        fpr, tpr, _ = sk_roc_curve(y, p, drop_intermediate=False)
+        ours = roc_curve(y, p, points=10_000)
+        want = list(zip(fpr, tpr, strict=True))
+        assert [(c["fpr"], c["tpr"]) for c in ours] == pytest.approx(want)
+        assert auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    for c in confusion(y, p, [0.5, 0.25]):
+        tn, fp, fn, tp = confusion_matrix(y, p >= c["threshold"], labels=[0, 1]).ravel()
+        assert (c["tn"], c["fp"], c["fn"], c["tp"]) == (tn, fp, fn, tp)
+
+
+def test_permutation_importance_is_zero_for_a_feature_the_model_ignores() -> None:
+    from closedloop.training.evaluation import permutation_importance
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=3000), rng.normal(size=3000)
+    y = (a + rng.normal(scale=0.5, size=3000) > 0).astype(int)
+    X = pa.table({"a": a, "b": b})
+
+    def score(table: pa.Table) -> np.ndarray:             # reads only a
+        return 1 / (1 + np.exp(-table["a"].to_numpy()))
+
+    got = permutation_importance(score, X, y, seed=3, max_rows=2000)
+    assert got["b"] == 0.0
+    assert got["a"] > 0.3

@@ -221,6 +221,23 @@ def test_the_report_writes_json_and_html(project: cl.Project, tmp_path: Path) ->
     assert "Slices by country" in page
     assert "Fairness by country" in page
     assert run.report.test["auc"]["low"] < run.report.test["auc"]["value"]
+    # What MLflow and Evidently users look for first: the ROC curve, the confusion matrix at
+    # the model's threshold and its serving's decision thresholds, feature importance.
+    roc = run.report.test["roc_curve"]
+    assert roc[0] == {"fpr": 0.0, "tpr": 0.0}
+    assert roc[-1] == {"fpr": 1.0, "tpr": 1.0}
+    decisions = [t for _, t in project.serving.serving("fraud").decisions]
+    assert decisions
+    assert [c["threshold"] for c in run.report.confusion] == sorted(
+        {project.models["fraud"].threshold, *decisions})
+    assert all(c["tp"] + c["fp"] + c["fn"] + c["tn"] == run.report.rows
+               for c in run.report.confusion)
+    features = set(project.models["fraud"].features)
+    assert set(run.report.importance["gain"]) == features
+    assert set(run.report.importance["permutation"]) == features
+    assert max(run.report.importance["permutation"].values()) > 0
+    for title in ("ROC", "Confusion matrix", "Feature importance"):
+        assert title in page
 
 
 def test_reproduce_names_the_code_when_the_model_changed(project: cl.Project) -> None:

@@ -175,6 +175,71 @@ def pr_curve(y: Any, p: Any, points: int = 100) -> tuple[float, list[dict[str, f
     return ap, curve
 
 
+def roc_curve(y: Any, p: Any, points: int = 100) -> list[dict[str, float]]:
+    """The ROC curve — false-positive rate against true-positive rate at each distinct
+    threshold, from (0, 0) to (1, 1), as scikit-learn's ``roc_curve`` lists it — thinned to at
+    most ``points`` points."""
+    yy, pp = _checked(y, p)
+    order = np.argsort(-pp, kind="stable")
+    scores, hits = pp[order], yy[order]
+    last = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]   # each threshold's end
+    tp = np.cumsum(hits)[last].astype(np.float64)
+    fp = (last + 1) - tp
+    positives, negatives = tp[-1], fp[-1]
+    tpr = np.r_[0.0, tp / positives if positives else np.zeros_like(tp)]
+    fpr = np.r_[0.0, fp / negatives if negatives else np.zeros_like(fp)]
+    keep = np.unique(np.linspace(0, tpr.size - 1, min(points, tpr.size)).astype(np.int64))
+    return [{"fpr": float(fpr[i]), "tpr": float(tpr[i])} for i in keep]
+
+
+def confusion(y: Any, p: Any, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """The confusion matrix at each threshold (a score at or above it is a positive), with
+    precision, recall and the false-positive rate."""
+    yy, pp = _checked(y, p)
+    out = []
+    for t in sorted(set(float(x) for x in thresholds)):
+        predicted = pp >= t
+        tp = int((predicted & (yy == 1)).sum())
+        fp = int((predicted & (yy == 0)).sum())
+        fn = int((~predicted & (yy == 1)).sum())
+        tn = int(yy.size - tp - fp - fn)
+        out.append({"threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+                    "precision": tp / (tp + fp) if tp + fp else None,
+                    "recall": tp / (tp + fn) if tp + fn else None,
+                    "false_positive_rate": fp / (fp + tn) if fp + tn else None})
+    return out
+
+
+def auc(y: Any, p: Any) -> float:
+    """The AUC (the Mann–Whitney statistic, ties counted half)."""
+    yy, pp = _checked(y, p)
+    ranks = _midrank(pp)
+    positives = int(yy.sum())
+    negatives = yy.size - positives
+    return float((ranks[yy == 1].sum() - positives * (positives + 1) / 2)
+                 / (positives * negatives))
+
+
+def permutation_importance(score: Any, X: pa.Table, y: Any, *, seed: int = 0,
+                           max_rows: int = 10_000) -> dict[str, float]:
+    """Each feature's permutation importance: the test AUC lost when the feature's values
+    are shuffled among the rows (seeded), on at most ``max_rows`` rows. ``score`` maps a
+    feature table to scores."""
+    yy = np.asarray(y, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    if X.num_rows > max_rows:
+        keep = np.sort(rng.choice(X.num_rows, max_rows, replace=False))
+        X, yy = X.take(pa.array(keep)), yy[keep]
+    if not 0 < yy.sum() < yy.size:
+        return {}
+    base = auc(yy, score(X))
+    out = {}
+    for i, name in enumerate(X.column_names):
+        shuffled = X.set_column(i, name, X.column(i).take(pa.array(rng.permutation(X.num_rows))))
+        out[name] = base - auc(yy, score(shuffled))
+    return out
+
+
 @dataclass(frozen=True)
 class Metrics:
     """The headline metrics of one set of rows."""
@@ -188,6 +253,7 @@ class Metrics:
     average_precision: float | None
     reliability: list[dict[str, float]] = field(default_factory=list)
     pr_curve: list[dict[str, float]] = field(default_factory=list)
+    roc_curve: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -199,9 +265,10 @@ def metrics(y: Any, p: Any, *, curves: bool = True, level: float = 0.95) -> Metr
     both = 0 < yy.sum() < yy.size
     ece, curve = reliability(yy, pp)
     ap, pr = pr_curve(yy, pp) if both else (None, [])
+    roc = roc_curve(yy, pp) if both and curves else []
     return Metrics(int(yy.size), int(yy.sum()), delong(yy, pp, level) if both else None,
                    log_loss(yy, pp, level), brier(yy, pp, level), ece, ap,
-                   curve if curves else [], pr if curves else [])
+                   curve if curves else [], pr if curves else [], roc)
 
 
 def _groups(values: Sequence[Any] | pa.Array | pa.ChunkedArray,

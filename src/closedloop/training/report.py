@@ -25,6 +25,8 @@ class EvaluationReport:
     warnings: list[str] = field(default_factory=list)
     threshold: float = 0.5
     min_slice_size: int = 200
+    confusion: list[dict[str, Any]] = field(default_factory=list)
+    importance: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,7 +73,26 @@ class EvaluationReport:
             "Reliability", [(b["mean_score"], b["positive_rate"]) for b in t["reliability"]],
             "mean score", "positive rate", diagonal=True) + _svg_curve(
             "Precision–recall", [(p["recall"], p["precision"]) for p in t["pr_curve"]],
-            "recall", "precision") + "</div>")
+            "recall", "precision") + _svg_curve(
+            "ROC", [(p["fpr"], p["tpr"]) for p in t.get("roc_curve", [])],
+            "false-positive rate", "true-positive rate", diagonal=True) + "</div>")
+        if self.confusion:
+            parts.append("<h2>Confusion matrix at the decision thresholds (test set)</h2>"
+                         + _table(["score ≥", "true pos.", "false pos.", "false neg.",
+                                   "true neg.", "precision", "recall", "FP rate"],
+                                  [[f"{c['threshold']:g}", f"{c['tp']:,}", f"{c['fp']:,}",
+                                    f"{c['fn']:,}", f"{c['tn']:,}", _num(c["precision"]),
+                                    _num(c["recall"]), _num(c["false_positive_rate"])]
+                                   for c in self.confusion]))
+        if self.importance:
+            kinds = [k for k in ("gain", "permutation") if k in self.importance]
+            names = sorted({n for k in kinds for n in self.importance[k]},
+                           key=lambda n: -self.importance.get("permutation", {}).get(n, 0.0))
+            parts.append("<h2>Feature importance</h2><p>gain: total split gain in the trees; "
+                         "permutation: test AUC lost when the feature is shuffled</p>"
+                         + _table(["feature", *kinds],
+                                  [[n, *(_num(self.importance[k].get(n)) for k in kinds)]
+                                   for n in names]))
         if self.comparison:
             c = self.comparison
             rows = [["log loss (ours − production)", *_interval(c["log_loss_difference"])]]

@@ -245,6 +245,7 @@ class TrainingService:
     def __init__(self, models: Mapping[str, Model], catalog: Catalog, engine: OfflineEngine,
                  features: FeatureService, metadata: MetadataStore, runs: RunStore,
                  artefacts: ArtefactStore, root: Path,
+                 decision_thresholds: Callable[[str], list[float]] = lambda _: [],
                  definitions_hash: Callable[[], str] | None = None) -> None:
         self.models = models
         self.catalog = catalog
@@ -255,6 +256,7 @@ class TrainingService:
         self.artefacts = artefacts
         self.root = root
         self.definitions_hash = definitions_hash
+        self.decision_thresholds = decision_thresholds    # a model's serving thresholds
 
     def model(self, name: str) -> Model:
         try:
@@ -440,7 +442,8 @@ class TrainingService:
                                         fix="train on a longer history, or widen the split")
                 mapping = evaluation.isotonic_map(y_valid, valid_scores)
             scores = evaluation.calibrate(fitted.predict_proba(built.features_of(2)), mapping)
-            report = self._evaluate(model, built, scores, y_valid, valid_scores, baseline)
+            report = self._evaluate(model, built, scores, y_valid, valid_scores, baseline,
+                                    fitted)
             step("store")
             blob = fitted.to_bytes()
             record.update(self._lineage(model, built, blob, when))
@@ -498,11 +501,21 @@ class TrainingService:
 
     def _evaluate(self, model: Model, built: _Built, scores: np.ndarray[Any, Any],
                   y_valid: np.ndarray[Any, Any], valid_scores: np.ndarray[Any, Any] | None,
-                  baseline: Baseline | None) -> EvaluationReport:
+                  baseline: Baseline | None, fitted: Any) -> EvaluationReport:
         """The report: test metrics on ``scores`` (calibrated when the model is), validation
-        metrics on the uncalibrated ``valid_scores`` the map was fitted on."""
+        metrics on the uncalibrated ``valid_scores`` the map was fitted on; the confusion
+        matrix at the model's threshold and its serving's decision thresholds; feature
+        importance by gain (when the trainer has it) and by permutation on the test rows."""
         test = built.rows(2)
         y_test = built.y[test]
+        thresholds = [model.threshold, *self.decision_thresholds(model.name)]
+        importance: dict[str, dict[str, float]] = {}
+        gain = getattr(fitted, "importance", None)
+        if gain is not None:                       # in the matrix's column order
+            importance["gain"] = dict(zip(built.features_of(2).column_names, gain(),
+                                          strict=True))
+        importance["permutation"] = evaluation.permutation_importance(
+            fitted.predict_proba, built.features_of(2), y_test, seed=0)
         table_test = built.table_of(2)
         slices = {}
         for column in model.slices:
@@ -535,7 +548,9 @@ class TrainingService:
             test=evaluation.metrics(y_test, scores).to_dict(), validation=validation,
             slices=slices, fairness=fairness, comparison=compared,
             univariate_auc=built.univariate, warnings=list(built.warnings),
-            threshold=model.threshold, min_slice_size=model.min_slice_size)
+            threshold=model.threshold, min_slice_size=model.min_slice_size,
+            confusion=evaluation.confusion(y_test, scores, thresholds),
+            importance=importance)
 
     # -- reproduction ------------------------------------------------------------------------
     def run(self, run_id: str) -> Any:

@@ -160,6 +160,11 @@ class LightGBMTrainer:
         return np.asarray(self.booster_.predict(
             X, num_iteration=self.booster_.best_iteration or None, num_threads=threads))
 
+    def importance(self) -> list[float]:
+        """Each feature's total gain over the trees (LightGBM's ``importance_type="gain"``),
+        in the order of the fitted matrix's columns."""
+        return [float(g) for g in self.booster_.feature_importance(importance_type="gain")]
+
     def to_bytes(self) -> bytes:
         text: str = self.booster_.model_to_string(
             num_iteration=self.booster_.best_iteration or None)
