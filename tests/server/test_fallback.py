@@ -84,6 +84,7 @@ def test_the_fallback_answers_while_redis_is_down(served: cl.Project,
             assert p["fallback"] is True
             assert p["score"] == 0.01                      # the declared fallback score
             assert p["decision"] == "allow"
+            assert "online store" in p["fallback_reason"]   # the response says why
         _, _, raw = client.request("GET", "/metrics")
         assert 'closedloop_fallbacks_total{model="fraud"} 2.0' in raw.decode()
         private_redis.start()                             # back (empty: defaults served)
