@@ -252,8 +252,9 @@ def test_terminal_output_wraps_tables_prices_money_and_keeps_brackets() -> None:
     text keeps words in brackets; table cells are not read as markup."""
     from rich.console import Console
 
-    from closedloop.cli import Table, _cell
+    from closedloop.cli import Table
     from closedloop.cli_serving import _money
+    from closedloop.cli_training import _cell
 
     assert _money(6.83e-05, "USD") == "0.0000683 USD"
     assert _money(0.5, "USD") == "0.500 USD"
