@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_public_api_is_curated() -> None:
     assert sorted(cl.__all__) == sorted([
-        "Agg", "Budget", "ClosedLoopError", "Entity", "EventSource", "FeatureView",
+        "Agg", "Budget", "Clock", "ClosedLoopError", "Entity", "EventSource", "FeatureView",
         "LabelSource", "LightGBMTrainer", "Model", "Project", "Serving", "SklearnTrainer",
         "TableSource", "TimeSplit",
         "Transform", "XGBoostTrainer", "init_project", "transform"])

@@ -2,9 +2,10 @@
 
 >>> import closedloop as cl
 >>> sorted(cl.__all__)[:3]
-['Agg', 'Budget', 'ClosedLoopError']
+['Agg', 'Budget', 'Clock']
 """
 
+from closedloop.data.clock import Clock
 from closedloop.data.sources import Entity, EventSource, LabelSource, TableSource
 from closedloop.errors import ClosedLoopError
 from closedloop.features.definitions import Agg, FeatureView, Transform, transform
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Agg",
     "Budget",
+    "Clock",
     "ClosedLoopError",
     "Entity",
     "EventSource",

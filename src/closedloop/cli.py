@@ -273,17 +273,21 @@ def push(
                                               "columns (arrival is stamped now if absent).")],
     batch: Annotated[int, typer.Option(min=1, help="Events per push; each is durable and "
                                                    "applied whole.")] = 10_000,
+    at: Annotated[str | None, typer.Option(help="The push's instant: the arrival stamped on "
+                                           "rows without one, and what is visible (default: "
+                                           "now on the project's clock).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
     """Append events to a source's event log durably and fold them into the online features,
     so a read right after sees them. A large file goes in batches, each whole or not at all:
     after a failure, the batches reported done are in."""
+    when = _when(at)
     with _open(project) as p, _progress() as bar:
         table = _read_rows(rows, "events", "the source's key, timestamp and value columns")
         task = bar.add_task("pushing", total=table.num_rows)
         done, pending, views = 0, 0, ()
         for start in range(0, max(table.num_rows, 1), batch):
-            report = p.features.push(source, table.slice(start, batch))
+            report = p.features.push(source, table.slice(start, batch), at=when)
             done += report.rows
             pending += report.pending
             views = report.views
@@ -298,9 +302,13 @@ def push(
 def online(
     keys: Annotated[list[str], typer.Argument(help="Entity keys and request values: k=v ...")],
     feature: Annotated[list[str], typer.Option("--feature", "-f", help="Feature(s) to serve.")],
+    at: Annotated[str | None, typer.Option(help="As of this instant (ISO 8601 with a zone; "
+                                           "default: now on the project's clock).")] = None,
     project: ProjectOpt = Path("."),
 ) -> None:
-    """Serve one online feature vector, as JSON (values that look like numbers are numbers)."""
+    """Serve one online feature vector, as JSON (values that look like numbers are numbers).
+    An --at must not be before the view's last materialization instant."""
+    when = _when(at)
     row: dict[str, object] = {}
     for item in keys:
         name, sep, value = item.partition("=")
@@ -308,7 +316,7 @@ def online(
             raise UsageError(f"{item!r} is not key=value", fix="write e.g. user_id=u1")
         row[name] = _number(value)
     with _open(project) as p:
-        vector = p.features.online(row, feature)
+        vector = p.features.online(row, feature, at=when)
     assert not isinstance(vector, list)
     out.print_json(json.dumps({"values": vector.values, "missing": list(vector.missing)},
                               default=str))

@@ -24,6 +24,8 @@ from closedloop.cli import (
     console,
     out,
 )
+from closedloop.data.clock import Clock, clock_text
+from closedloop.data.instants import instant_micros
 from closedloop.errors import ServingError
 
 
@@ -37,15 +39,29 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port ([serving] port).")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Worker processes ([serving] "
                                                 "workers).")] = None,
+    at: Annotated[str | None, typer.Option(help="Serve features as of this instant (ISO 8601 "
+                                           "with a zone; default: [clock] at, else now).")
+                  ] = None,
+    replay: Annotated[bool, typer.Option(help="Replay history: each instance carries its own "
+                                         "instant ([clock] field; default: the model's rows "
+                                         "source's timestamp column) and is served as of "
+                                         "it ([clock] replay).")] = False,
 ) -> None:
     """Serve models over HTTP: POST /v1/models/NAME:predict, GET /healthz, /readyz, /metrics,
     /openapi.json. Every prediction is in the prediction log before its response is sent;
-    a moved alias is picked up without dropping a request."""
+    a moved alias is picked up without dropping a request. Features are read as of now on
+    the project's clock: --at fixes it, --replay reads each request's own instant."""
     import os
 
     import uvicorn
 
+    when = _when(at)
     with _open(project) as p:
+        clock = p.clock
+        if when is not None or replay:
+            clock = Clock(clock.at if when is None else instant_micros(when),
+                          replay or clock.replay, clock.field)
+            p.serving.features.clock = clock
         settings = p.settings.serving
         for name in model or []:
             p.serving.predictor(name)                # refuse an unservable model now
@@ -55,13 +71,15 @@ def serve(
                            "alias one (closedloop models alias NAME production V)")
     os.environ["CLOSEDLOOP_PROJECT"] = str(project.resolve())
     os.environ["CLOSEDLOOP_MODELS"] = ",".join(names)
+    os.environ["CLOSEDLOOP_CLOCK"] = clock_text(clock)
     count = workers or settings.workers
     if count > 1:
         metrics = Path(tempfile.mkdtemp(prefix="closedloop-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     bind_host, bind_port = host or settings.host, settings.port if port is None else port
     console.print(f"serving {', '.join(names)} on http://{bind_host}:{bind_port} "
-                  f"({count} worker{'s' if count > 1 else ''}); Ctrl-C stops")
+                  f"({count} worker{'s' if count > 1 else ''}; clock: {clock.describe()}); "
+                  "Ctrl-C stops")
     uvicorn.run("closedloop.server.app:create_app", factory=True, host=bind_host,
                 port=bind_port, workers=count, loop="uvloop" if sys.platform != "win32"
                 else "asyncio", http="httptools", log_level="warning", access_log=False)
@@ -74,7 +92,9 @@ def budget(
     last: Annotated[int, typer.Option(min=1, help="How many recent predictions.")] = 10_000,
 ) -> None:
     """The measured latency of each serving stage (p50, p99 over the last predictions in the
-    prediction log) against the model's budget, naming the stage over it."""
+    prediction log) against the model's budget, naming the stage over it; the queue (a
+    request's wait behind the batch ahead) and the total (a request's whole time on the
+    server, arrival to the log), named when over p99_ms."""
     with _open(project) as p:
         report = p.serving.budget(model, last=last)
     render_budget(report)
@@ -89,10 +109,11 @@ def render_budget(report: dict[str, Any]) -> None:
                   "predictions", box=None, header_style="bold")
     for col in ("stage", "p50 ms", "p99 ms", "budget ms", ""):
         table.add_column(col, justify="left" if col == "stage" else "right")
-    for name, row in [*stages.items(), ("total", total)]:
+    queue = report.get("queue") or {"p50_ms": None, "p99_ms": None, "budget_ms": None}
+    for name, row in [*stages.items(), ("queue", queue), ("total", total)]:
         declared = row["budget_ms"] is not None
         over = declared and row["p99_ms"] is not None and row["p99_ms"] > row["budget_ms"]
-        verdict = ("" if row["p99_ms"] is None else "[red]over[/]" if over
+        verdict = ("" if row["p99_ms"] is None or name == "queue" else "[red]over[/]" if over
                    else "[green]ok[/]" if declared else "[dim]not declared[/]")
         table.add_row(name, ms(row["p50_ms"]), ms(row["p99_ms"]), ms(row["budget_ms"]), verdict)
     out.print(table)
@@ -100,6 +121,9 @@ def render_budget(report: dict[str, Any]) -> None:
         out.print(f"over budget: {', '.join(report['over'])}")
     elif report["predictions"]:
         out.print("every stage is within its budget")
+    if report["predictions"] and report.get("served", 0) < report["predictions"]:
+        out.print(f"{report['predictions'] - report.get('served', 0):,} predictions were made "
+                  "in process: their total is the stages added up (no queue)")
     if report["fallbacks"]:
         out.print(f"{report['fallbacks']:,} predictions were answered by the fallback")
 

@@ -14,9 +14,10 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from closedloop.errors import ConfigError
+from closedloop.data.clock import parse_instant
+from closedloop.errors import ClosedLoopError, ConfigError
 
 CONFIG_FILE = "closedloop.toml"
 
@@ -80,6 +81,22 @@ class CostSettings(_Section):
     currency: str = "USD"
 
 
+class ClockSettings(_Section):
+    at: str | None = None      # "now" for every command and the server (ISO 8601, with a zone)
+    replay: bool = False       # the server reads each request's own instant from `field`
+    field: str | None = None   # replay: default, the model's rows source's timestamp column
+
+    @field_validator("at")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_instant(value, "the instant")
+            except ClosedLoopError as exc:
+                raise ValueError(f"{exc.message} ({exc.fix})") from None
+        return value
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -94,6 +111,7 @@ class Settings(_Section):
     serving: ServingSettings = ServingSettings()
     stream: StreamSettings = StreamSettings()
     cost: CostSettings = CostSettings()
+    clock: ClockSettings = ClockSettings()
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -142,4 +160,9 @@ workers = 1
 log_mode = "durable"             # acknowledge a prediction once it is fsync-ed; or "buffered"
 # flush_ms = 5                   # buffered: a crash loses at most this much
 fetch_timeout_ms = 100           # the online fetch's hard limit: beyond it, the fallback
+
+[clock]                          # where "now" comes from (default: the wall clock)
+# at = "2025-06-01T00:00:00Z"    # serve, score, materialize... as of this instant (historical data)
+# replay = true                  # the server reads each request's own instant from `field`
+# field = "event_time"           # default: the model's rows source's timestamp column
 '''

@@ -26,6 +26,7 @@ from closedloop.backends.metadata import SQLMetadataStore
 from closedloop.backends.sqlite import SQLiteOnlineStore
 from closedloop.backends.sqlite_stream import SQLiteEventStream
 from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
+from closedloop.data.clock import Clock
 from closedloop.data.ingest import QuarantineStore
 from closedloop.data.service import DataService
 from closedloop.errors import ClosedLoopError, ConfigError, DefinitionError
@@ -119,13 +120,16 @@ def _load_module(path: Path) -> ModuleType:
 class Project:
     """A closedloop project folder: its settings, its definitions, its stores."""
 
-    def __init__(self, path: str | Path = ".") -> None:
+    def __init__(self, path: str | Path = ".", *, clock: Clock | None = None) -> None:
         self.root = Path(path)
         if not self.root.is_dir():
             raise ConfigError(f"project folder {str(path)!r} does not exist",
                               fix="create one with `closedloop init`")
         self.settings: Settings = load_settings(self.root / CONFIG_FILE)
         module = _load_module(self.root / self.settings.project.definitions)
+        c = self.settings.clock
+        #: Where every "now" comes from (closedloop.data.clock): ``clock``, else [clock].
+        self.clock = clock or Clock.of(c.at, replay=c.replay, field=c.field)
         self.catalog = Catalog.from_module(module)
         offline = self.settings.offline
         temp = Path(offline.temp_directory)
@@ -146,10 +150,12 @@ class Project:
             if view.entity.key not in keys[view.source.name]:
                 keys[view.source.name].append(view.entity.key)
         self.data = DataService(self.catalog.sources, self.engine,
-                                QuarantineStore(self.root / ".closedloop" / "quarantine"), keys)
+                                QuarantineStore(self.root / ".closedloop" / "quarantine"), keys,
+                                clock=self.clock)
         self.features = FeatureService(self.catalog, self.engine, self.online_store,
                                        self.feature_log if sample > 0 else None,
-                                       batch_size=self.settings.online.batch_size)
+                                       batch_size=self.settings.online.batch_size,
+                                       clock=self.clock)
         self.models = models_from_module(module)
         self.artefacts = LocalArtefactStore(self.root / ".closedloop" / "artefacts")
         definitions = self.root / self.settings.project.definitions

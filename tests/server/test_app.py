@@ -110,7 +110,10 @@ def test_a_prediction_is_logged_before_its_response(server: Server) -> None:
     record = logged[ids[0]]
     assert record["subject"] == "t1"
     assert record["unit"] == "u1"
-    assert set(record["latency_ms"]) == {"fetch", "transform", "inference", "post"}
+    assert set(record["latency_ms"]) == {"fetch", "transform", "inference", "post", "queue",
+                                         "request"}
+    stages = sum(record["latency_ms"][s] for s in ("fetch", "transform", "inference", "post"))
+    assert record["latency_ms"]["request"] >= record["latency_ms"]["queue"] + stages
     assert len(record["features"]) == 16
 
 
@@ -192,7 +195,7 @@ def test_health_models_schema_and_metrics_answer(server: Server) -> None:
     text = raw.decode()
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
-    for stage in ("fetch", "transform", "inference", "post"):
+    for stage in ("fetch", "transform", "inference", "post", "queue"):
         assert f'closedloop_stage_seconds_count{{model="fraud",stage="{stage}"}} 3.0' in text
     assert 'closedloop_request_seconds_count{model="fraud"} 3.0' in text
     # A request for an entity the online store does not hold: its features are counted

@@ -11,7 +11,7 @@ import pytest
 
 import closedloop as cl
 from closedloop.errors import RequestError
-from closedloop.server.app import ServingApp
+from closedloop.server.app import MERGE_INSTANCES, ServingApp
 
 
 def _instances(users: list[str], n: int, first: int = 0) -> list[list[dict[str, Any]]]:
@@ -78,3 +78,30 @@ def test_a_request_failing_inside_a_merged_batch_fails_alone(served: cl.Project,
             assert last - first == 1
             assert batch.predictions[first].score == predictor.predict(
                 requests[i]).predictions[0].score
+
+
+def test_the_wait_behind_the_batch_ahead_is_measured_and_reported(served: cl.Project,
+                                                                  app: ServingApp) -> None:
+    """Two requests arrive together; the first fills a batch, so the second waits it out.
+    The second's record says so — its queue holds the whole first batch — its total holds
+    its queue, and ``budget`` reports the queue and names the total when it is over."""
+    predictor = app.predictors["fraud"]
+    full = [row for [row] in _instances(_users(served), MERGE_INSTANCES)]
+    alone = _instances(_users(served), 1, first=500)[0]
+
+    async def go() -> list[Any]:
+        batcher = app._batcher("fraud")
+        return list(await asyncio.gather(batcher.submit(predictor, full),
+                                         batcher.submit(predictor, alone)))
+    (first, _, _), (second, at, _) = asyncio.run(go())
+    assert first is not second, "the first filled its batch: the second went next"
+    ahead = first.records[0]["latency_ms"]
+    mine = second.records[at]["latency_ms"]
+    stages = ("fetch", "transform", "inference", "post")
+    assert mine["queue"] >= sum(ahead[s] for s in stages)    # it waited out the batch ahead
+    assert mine["request"] >= mine["queue"] + sum(mine[s] for s in stages)
+    assert ahead["queue"] <= mine["queue"]
+    report = served.serving.budget("fraud")
+    assert report["served"] == report["predictions"] == MERGE_INSTANCES + 1
+    assert report["queue"]["p99_ms"] >= ahead["queue"]
+    assert report["total"]["p99_ms"] >= report["queue"]["p99_ms"]

@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -99,3 +100,54 @@ def test_the_fallback_answers_while_redis_is_down(served: cl.Project,
     assert all("Redis" in r["fallback_reason"] for r in down)
     assert all(r["features"] is None for r in down)
     assert json.dumps(records)          # plain data throughout
+
+
+def test_the_fetch_timeout_holds_from_each_requests_arrival(served: cl.Project,
+                                                           private_redis: PrivateRedis) -> None:
+    """A hung store (a real Redis, paused): the batch ahead waits out its fetch timeout; a
+    request queued behind it does not then wait out a timeout of its own — its deadline ran
+    from its arrival, so the fallback answers it at once, and says why."""
+    import asyncio
+
+    from closedloop.server.app import MERGE_INSTANCES, ServingApp
+
+    root = served.root
+    config = root / "closedloop.toml"
+    config.write_text(config.read_text().replace(
+        "[online]\n", f'[online]\nstore = "redis"\nurl = "redis://127.0.0.1:'
+        f'{private_redis.port}/0"\nprefix = "deadline-test:"\n'))
+    with cl.Project(root) as p:
+        p.features.materialize(at=END)
+        users = p.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:50]
+    full = [{**INSTANCE, "user_id": users[i % len(users)], "txn_id": f"d{i}"}
+            for i in range(MERGE_INSTANCES)]
+    behind = [{**INSTANCE, "txn_id": "late"}]
+    with cl.Project(root) as project:
+        app = ServingApp(project, ["fraud"])
+        app.start()
+        try:
+            predictor = app.predictors["fraud"]
+            pauser = redis.Redis(port=private_redis.port)
+            pauser.execute_command("CLIENT", "PAUSE", 600_000, "ALL")   # hung, not down
+            pauser.close()
+
+            async def go() -> list[Any]:
+                batcher = app._batcher("fraud")
+                try:
+                    return list(await asyncio.gather(batcher.submit(predictor, full),
+                                                     batcher.submit(predictor, behind)))
+                finally:
+                    await project.online_store.aclose()      # as the server's shutdown does
+            (first, _, _), (second, at, _) = asyncio.run(go())
+        finally:
+            private_redis.stop()                   # paused until then: only a stop ends it
+            app.stop()
+    assert first is not second
+    assert all(p.fallback for p in first.predictions)
+    late = second.predictions[at]
+    assert late.fallback
+    assert late.fallback_reason is not None
+    assert "of the request's arrival" in late.fallback_reason
+    timing = second.records[at]["latency_ms"]
+    assert timing["queue"] >= first.records[0]["latency_ms"]["fetch"]   # it waited, then
+    assert timing["fetch"] <= timing["queue"]                          # did not wait again

@@ -73,7 +73,10 @@ def _bad_inputs(root: str, rows: str) -> list[list[str]]:
                    ["train", "fraud", "--cutoff", "yesterday"],
                    ["materialize", "--at", "yesterday"],
                    ["materialize", "--at", "2026-01-01T00:00"],             # no zone
-                   ["score", "risk", "--at", "yesterday"]]
+                   ["score", "risk", "--at", "yesterday"],
+                   ["online", "user_id=u1", "-f", "user_txn.amount_sum_1h", "--at", "noon"],
+                   ["push", "transactions", rows, "--at", "2026-01-01T00:00"],
+                   ["serve", "--at", "yesterday"]]
     nowhere = "/nonexistent/closedloop/x.parquet"
     bad_path = [["training-set", nowhere, "-f", "user_txn.amount_sum_1h", "-o", rows + ".o"],
                 ["backfill", nowhere, "-f", "user_txn.amount_sum_1h", "-o", rows + ".o"],

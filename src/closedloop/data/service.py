@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from closedloop.data import ingest as _ingest
 from closedloop.data import labels as _labels
 from closedloop.data import strategies
+from closedloop.data.clock import WALL, Clock
 from closedloop.data.ingest import (
     PROVENANCE,
     FileFormat,
@@ -21,7 +22,7 @@ from closedloop.data.ingest import (
     QuarantineStore,
     SourceStore,
 )
-from closedloop.data.instants import format_duration, instant_micros, now_micros, to_micros
+from closedloop.data.instants import format_duration, to_micros
 from closedloop.data.labeling import FunctionSummary, HumanLabels, LabelingFunction
 from closedloop.data.labels import DelayReport, MaturityReport
 from closedloop.data.sources import AnySource, LabelSource
@@ -34,8 +35,9 @@ class DataService:
 
     def __init__(self, sources: Mapping[str, AnySource], engine: SourceStore,
                  quarantine: QuarantineStore,
-                 keys: Mapping[str, Sequence[str]] | None = None) -> None:
+                 keys: Mapping[str, Sequence[str]] | None = None, clock: Clock = WALL) -> None:
         self.sources = sources
+        self.clock = clock
         self.engine = engine
         self.quarantine_store = quarantine
         self.keys = keys or {}
@@ -61,7 +63,7 @@ class DataService:
         paths = [f if isinstance(f, str | Path) else as_table(f, "rows to ingest")
                  for f in items]
         src = self.source(source)
-        now = instant_micros(at, "at") if at is not None else now_micros()
+        now = self.clock.instant(at)
         return _ingest.ingest(src, paths, self.engine, self.quarantine_store, now=now,
                               not_null=self.keys.get(source, ()), file_format_=format,
                               progress=progress, max_quarantined=max_quarantined)
@@ -130,7 +132,7 @@ class DataService:
         each function's coverage, overlap and conflict, and the write."""
         src = self.label_source(source)
         table = as_table(rows, "rows")
-        when = instant_micros(at, "at") if at is not None else now_micros()
+        when = self.clock.instant(at)
         out, summary = strategies.weak_label_rows(
             table, src, functions, at=when, n_classes=n_classes,
             model=model,  # type: ignore[arg-type]  # an unknown model is refused there
@@ -149,7 +151,7 @@ class DataService:
         right = as_table(events, "events")
         rows = strategies.implicit_label_rows(left, right, src, key=key, window=window,
                                               event_time=event_time, qualifies=qualifies)
-        now = instant_micros(at, "at") if at is not None else now_micros()
+        now = self.clock.instant(at)
         rows = rows.filter(pc.less_equal(to_micros(rows[src.settled_at], "settled_at"), now))
         span = format_duration(window // timedelta(microseconds=1))
         return self.write_labels(source, rows, provenance=f"implicit:{span}", at=at)
@@ -170,7 +172,7 @@ class DataService:
         share of ``population`` (a source's name, or rows) still maturing at ``at`` (default:
         now), and when a feature added now can first be trained on."""
         src = self.label_source(source)
-        when = at or datetime.now(UTC)
+        when = self.clock.datetime(at)
         held = self.engine.read(src, [src.timestamp, src.settled_at])
         times = None
         if population is not None:

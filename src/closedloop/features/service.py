@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -12,11 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS, OfflineEngine, OnlineStore
+from closedloop.data.clock import WALL, Clock
 from closedloop.data.instants import (
     as_instants,
     format_instant,
-    instant_micros,
-    now_micros,
     to_micros,
 )
 from closedloop.data.labels import SETTLED, mature
@@ -66,13 +65,19 @@ _OnlinePlan = tuple[Resolution, list[ViewReader], dict[str, pa.DataType]]
 
 @dataclass(frozen=True, slots=True)
 class OnlineFetch:
-    """Rows' view features as read from the online store at ``t`` (µs), before transforms:
-    what ``FeatureService.fetch`` hands to ``finish``."""
+    """Rows' view features as read from the online store at ``t`` (µs) — or each row at its
+    own instant, ``times`` (a replay) — before transforms: what ``FeatureService.fetch`` hands
+    to ``finish``."""
 
     plan: _OnlinePlan
     t: int
     vectors: list[dict[str, Any]]
     missing: list[tuple[str, ...]]
+    times: Sequence[int] | None = None
+
+    def at(self, i: int) -> int:
+        """The instant row ``i`` was read at."""
+        return self.t if self.times is None else self.times[i]
 
 
 class FeatureService:
@@ -80,8 +85,9 @@ class FeatureService:
 
     def __init__(self, catalog: Catalog, engine: OfflineEngine,
                  online_store: OnlineStore | None = None, log: FeatureLog | None = None,
-                 batch_size: int = 2000) -> None:
+                 batch_size: int = 2000, clock: Clock = WALL) -> None:
         self.catalog = catalog
+        self.clock = clock
         self.engine = engine
         self.online_store = online_store
         self.log = log
@@ -107,7 +113,7 @@ class FeatureService:
         Incremental (only entities with rows that became visible since the last run), late-data
         aware and idempotent; see ``closedloop.features.materialize``.
         """
-        t = now_micros() if at is None else instant_micros(at)
+        t = self.clock.instant(at)
         chosen = [v for v in self.catalog.views.values()
                   if views is None or v.name in views or f"{v.name}@{v.version}" in views]
         if views is not None and not chosen:
@@ -120,59 +126,70 @@ class FeatureService:
 
     def online(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                features: Sequence[str], *, at: datetime | None = None,
-               ) -> OnlineVector | list[OnlineVector]:
-        """Feature vectors as served now (or at ``at``): one dict of entity keys and request
-        values gives one ``OnlineVector``, a list gives a list. One store round trip.
+               times: Sequence[int] | None = None) -> OnlineVector | list[OnlineVector]:
+        """Feature vectors as served now on the project's clock (or at ``at``; or each row at
+        its own instant in µs, ``times``, as a replay serves them): one dict of entity keys
+        and request values gives one ``OnlineVector``, a list gives a list. One store round
+        trip.
 
         Unknown entity keys get the declared defaults, and the vector's ``missing`` names the
         views that had no record; a malformed key or an unknown feature is an error.
         """
         single = type(rows) is dict or isinstance(rows, Mapping)   # dict first: the hot path
         batch: Sequence[Mapping[str, Any]] = [rows] if single else rows  # type: ignore[list-item,assignment]  # narrowed by `single`
-        result = self.finish(batch, self.fetch(batch, features, at=at))
+        result = self.finish(batch, self.fetch(batch, features, at=at, times=times))
         return result[0] if single else result
 
     def fetch(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str], *,
-              at: datetime | None = None) -> OnlineFetch:
+              at: datetime | None = None, times: Sequence[int] | None = None) -> OnlineFetch:
         """The first half of ``online``: the view features of every row, read in one store
         round trip (``finish`` runs the transforms). Serving times the two apart."""
-        plan, t, keys = self._fetch_keys(batch, features, at)
+        plan, t, keys, marks = self._fetch_keys(batch, features, at, times)
         wanted = _present(keys)
         raw = self._store().read(wanted)
-        return self._decode(batch, plan, t, _spread(keys, wanted, raw), at is not None)
+        return self._decode(batch, plan, t, _spread(keys, wanted, raw), marks, times)
 
     async def fetch_async(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
-                          *, at: datetime | None = None) -> OnlineFetch:
+                          *, at: datetime | None = None, times: Sequence[int] | None = None,
+                          ) -> OnlineFetch:
         """``fetch`` awaiting the store's reply on the running event loop (the server's)."""
-        plan, t, keys = self._fetch_keys(batch, features, at)
+        plan, t, keys, marks = self._fetch_keys(batch, features, at, times)
         wanted = _present(keys)
         raw = await self._store().read_async(wanted)
-        return self._decode(batch, plan, t, _spread(keys, wanted, raw), at is not None)
+        return self._decode(batch, plan, t, _spread(keys, wanted, raw), marks, times)
 
     def _fetch_keys(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
-                    at: datetime | None) -> tuple[_OnlinePlan, int, list[tuple[str, str | None]]]:
-        """The plan, the instant and the store keys: one per row and view (None: a null
-        entity key, not read), then, for a read at a given instant, each view's watermark."""
+                    at: datetime | None, times: Sequence[int] | None,
+                    ) -> tuple[_OnlinePlan, int, list[tuple[str, str | None]], bool]:
+        """The plan, the instant, the store keys — one per row and view (None: a null entity
+        key, not read), then, for a read at an instant not the wall clock's, each view's
+        watermark — and whether those marks are there."""
         plan = self._plans.get(tuple(features))
         if plan is None:
             plan = self._plans[tuple(features)] = self._online_plan(features)
-        t = now_micros() if at is None else instant_micros(at)
+        if times is not None and len(times) != len(batch):
+            raise DataError(f"{len(times)} instants for {len(batch)} rows",
+                            fix="pass one instant per row")
+        t = min(times) if times else self.clock.instant(at)
         keys: list[tuple[str, str | None]] = [(r.namespace, r.key(row)) for row in batch
                                               for r in plan[1]]
-        if at is not None:
+        marks = at is not None or times is not None or self.clock.fixed
+        if marks:
             keys += [watermark_key(r.view) for r in plan[1]]
-        return plan, t, keys
+        return plan, t, keys, marks
 
     @staticmethod
     def _decode(batch: Sequence[Mapping[str, Any]], plan: _OnlinePlan, t: int,
-                raw: list[bytes | None], marks: bool) -> OnlineFetch:
+                raw: list[bytes | None], marks: bool,
+                times: Sequence[int] | None = None) -> OnlineFetch:
         readers = plan[1]
-        if marks:                             # a read at a given instant: not before a mark
-            _check_marks(readers, raw[len(raw) - len(readers):], t)
+        if marks:                     # a read at a given instant: not before a mark (t: the
+            _check_marks(readers, raw[len(raw) - len(readers):], t)   # earliest row's)
         vectors: list[dict[str, Any]] = []
         missing: list[tuple[str, ...]] = []
         i = 0
-        for _row in batch:
+        for n, _row in enumerate(batch):
+            at = t if times is None else times[n]
             values: dict[str, Any] = {}
             gone: tuple[str, ...] = ()
             for reader in readers:
@@ -180,15 +197,15 @@ class FeatureService:
                 i += 1
                 if data is None:
                     gone = (*gone, reader.namespace)
-                reader.read(data, t, values)
+                reader.read(data, at, values)
             vectors.append(values)
             missing.append(gone)
-        return OnlineFetch(plan, t, vectors, missing)
+        return OnlineFetch(plan, t, vectors, missing, times)
 
     def finish(self, batch: Sequence[Mapping[str, Any]], fetched: OnlineFetch,
                ) -> list[OnlineVector]:
         """The second half of ``online``: the transforms over the fetched features."""
-        (resolution, _, types), t, vectors = fetched.plan, fetched.t, fetched.vectors
+        (resolution, _, types), vectors = fetched.plan, fetched.vectors
         for tr in resolution.transforms:
             inputs = {}
             for inp in tr.inputs:
@@ -212,10 +229,11 @@ class FeatureService:
                 v[tr.name] = value
         if resolution.transforms:      # drop the transforms' inputs that were not asked for
             vectors = [{ref: v[ref] for ref in resolution.requested} for v in vectors]
-        result = [OnlineVector(v, m, t) for v, m in zip(vectors, fetched.missing, strict=True)]
+        result = [OnlineVector(v, m, fetched.at(i))
+                  for i, (v, m) in enumerate(zip(vectors, fetched.missing, strict=True))]
         if self.log is not None:
             for row, vector in zip(batch, result, strict=True):
-                self.log.record(t, resolution.requested, dict(row), vector.values)
+                self.log.record(vector.at, resolution.requested, dict(row), vector.values)
         return result
 
     def _online_plan(self, features: Sequence[str]) -> _OnlinePlan:
@@ -249,7 +267,7 @@ class FeatureService:
                                       fix=f"sources: {sorted(self.catalog.sources)}")
         src = self.catalog.sources[source]
         views = [v for v in self.catalog.views.values() if v.source.name == source]
-        t = now_micros() if at is None else instant_micros(at)
+        t = self.clock.instant(at)
         report = push_rows(src, views, as_table(rows, "pushed rows"), self.engine, self._store(), t)
         self._compactor.pushed(src)           # every so many pushes, merge their parts
         return report
@@ -303,7 +321,7 @@ class FeatureService:
     def _matured(self, table: pa.Table, labels: str, cutoff: datetime | None,
                  subject: str | None, timestamp: str | None) -> pa.Table:
         source = self.catalog.source_of(labels, LabelSource)
-        when = cutoff or datetime.now(UTC)
+        when = self.clock.datetime(cutoff)
         held = self.engine.read(source, [source.subject, source.timestamp, source.label,
                                          source.settled_at])
         rows, report = mature(table, held, source, when, subject=subject, timestamp=timestamp)

@@ -61,6 +61,7 @@ class ServingApp:
         settings = project.settings.serving
         self.max_inflight = settings.max_inflight
         self.max_body = settings.max_body_bytes
+        self.fetch_timeout_s = settings.fetch_timeout_ms / 1000
         self.reload_s = settings.reload_s
         self.metrics = ServerMetrics()
         self.predictors: dict[str, Any] = {}
@@ -238,7 +239,7 @@ class ServingApp:
                 raise RequestError(f"there is no served model {name!r}", field="name",
                                    fix=f"the models are {sorted(self.predictors)}", status=404)
             rows = predictor.check(_parse(body)["instances"])
-            served, first, last = await self._batcher(name).submit(predictor, rows)
+            served, first, last = await self._batcher(name).submit(predictor, rows, start)
         except RequestError as exc:
             self.metrics.errors.labels(str(exc.status)).inc()
             await _send(send, exc.status, _error(exc))
@@ -255,8 +256,9 @@ class ServingApp:
             p.to_dict() for p in mine]}), _JSON)
         m = self.metrics
         stages, request = m.of(name)
-        for stage, ms in served.latency_ms.items():
-            stages[stage].observe(ms / 1e3)
+        for stage, ms in served.records[first]["latency_ms"].items():
+            if stage != "request":
+                stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
         for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
@@ -295,6 +297,7 @@ class _Queued:
     predictor: Any
     rows: list[dict[str, Any]]
     done: asyncio.Future[tuple[Any, int, int]]
+    arrived: float                         # time.perf_counter() when the request came in
 
 
 class _Batcher:
@@ -314,10 +317,13 @@ class _Batcher:
         self.queue: list[_Queued] = []
         self.running = False
 
-    def submit(self, predictor: Any, rows: list[dict[str, Any]],
+    def submit(self, predictor: Any, rows: list[dict[str, Any]], arrived: float | None = None,
                ) -> asyncio.Future[tuple[Any, int, int]]:
+        """Queue a checked request that came in at ``arrived`` (``time.perf_counter()``;
+        default: now); its future gives the batch served and the request's slice of it."""
         done: asyncio.Future[tuple[Any, int, int]] = asyncio.get_running_loop().create_future()
-        self.queue.append(_Queued(predictor, rows, done))
+        self.queue.append(_Queued(predictor, rows, done,
+                                  time.perf_counter() if arrived is None else arrived))
         if not self.running:
             self.running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -344,8 +350,10 @@ class _Batcher:
 
     async def _serve(self, predictor: Any, batch: list[_Queued]) -> None:
         rows = batch[0].rows if len(batch) == 1 else [r for q in batch for r in q.rows]
+        began = time.perf_counter()
+        deadline = min(q.arrived for q in batch) + self.app.fetch_timeout_s
         try:
-            served = await predictor.predict_async(rows, checked=True)
+            served = await predictor.predict_async(rows, checked=True, deadline=deadline)
         except Exception as exc:
             if len(batch) > 1:
                 for item in batch:              # find the bad one: each request alone
@@ -355,6 +363,7 @@ class _Batcher:
                 log.exception("serving a request of %s failed", self.name)
             _fail(batch[0].done, exc)
             return
+        _timed(served, batch, began, time.perf_counter())
         try:
             await asyncio.wrap_future(self.app.project.prediction_log.append(self.name,
                                                                              served.records))
@@ -368,6 +377,20 @@ class _Batcher:
                 item.done.set_result((served, at, at + len(item.rows)))
             at += len(item.rows)
         self.app.after_batch(self.name, served)
+
+
+def _timed(served: Any, batch: list[_Queued], began: float, handed: float) -> None:
+    """Each request's queue wait (arrival to its batch's start: reading the body, checking
+    it, waiting behind the batch ahead) and its whole time on the server up to the log
+    (arrival to the records handed to the prediction log), in its records' ``latency_ms``
+    beside the batch's stages."""
+    at = 0
+    for item in batch:
+        timing = {**served.latency_ms, "queue": (began - item.arrived) * 1e3,
+                  "request": (handed - item.arrived) * 1e3}
+        for record in served.records[at:at + len(item.rows)]:
+            record["latency_ms"] = timing
+        at += len(item.rows)
 
 
 def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
@@ -434,9 +457,13 @@ async def _raw(send: Send, status: int, body: bytes, headers: list[tuple[bytes, 
 
 def create_app() -> ServingApp:
     """The app of the project named by ``CLOSEDLOOP_PROJECT`` (uvicorn's factory, one per
-    worker process), serving ``CLOSEDLOOP_MODELS`` (comma-separated) or every model."""
+    worker process), serving ``CLOSEDLOOP_MODELS`` (comma-separated) or every model, on the
+    clock ``CLOSEDLOOP_CLOCK`` (``closedloop.data.clock.clock_text``) or the project's."""
+    from closedloop.data.clock import clock_from_text
     from closedloop.project import Project
 
     root = Path(os.environ.get("CLOSEDLOOP_PROJECT", "."))
     models = [m for m in os.environ.get("CLOSEDLOOP_MODELS", "").split(",") if m] or None
-    return ServingApp(Project(root), models)
+    clock = os.environ.get("CLOSEDLOOP_CLOCK")      # serve --at / --replay
+    return ServingApp(Project(root, clock=None if clock is None else clock_from_text(clock)),
+                      models)

@@ -62,12 +62,14 @@ class ServerMetrics:
         self._children: dict[str, tuple[dict[str, Any], Any]] = {}
 
     def of(self, model: str) -> tuple[dict[str, Any], Any]:
-        """A model's stage histograms by stage, and its request histogram — looked up once
-        per model, not on every request."""
+        """A model's stage histograms by stage (and ``queue``: the wait before its batch
+        began), and its request histogram — looked up once per model, not on every
+        request."""
         found = self._children.get(model)
         if found is None:
             found = self._children[model] = (
-                {s: self.stage.labels(model, s) for s in STAGES}, self.request.labels(model))
+                {s: self.stage.labels(model, s) for s in (*STAGES, "queue")},
+                self.request.labels(model))
         return found
 
     def render(self) -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ declared and aliased) scores the same vectors after the response, off the reques
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -34,11 +35,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import EventStream
-from closedloop.data.instants import instant_micros, now_micros
+from closedloop.data.clock import parse_instant
+from closedloop.data.instants import now_micros
 from closedloop.data.labels import known_labels
 from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
 from closedloop.data.tables import as_table
-from closedloop.errors import BackendError, DataError, RequestError, ServingError, did_you_mean
+from closedloop.errors import (
+    BackendError,
+    DataError,
+    PointInTimeError,
+    RequestError,
+    ServingError,
+    did_you_mean,
+)
 from closedloop.features.catalog import Catalog
 from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService, OnlineFetch
@@ -122,6 +131,7 @@ class Predictor:
     required: tuple[str, ...]
     types: dict[str, str]                # field -> its JSON type, where it is declared
     nullable: frozenset[str] = frozenset()   # required fields that may be null: entity keys
+    replay: str | None = None        # a replay clock: the field carrying each instance's instant
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -159,7 +169,7 @@ class Predictor:
                     raise RequestError(f"instance {i} has a field {name!r} this model does "
                                        f"not read", field=f"instances[{i}].{name}",
                                        fix=f"send only {sorted(self.fields)}")
-                if value is None:
+                if value is None or name == self.replay:    # the instant: parsed in _begin
                     continue
                 kind = type(value)
                 want = self.types.get(name)
@@ -178,27 +188,44 @@ class Predictor:
     def predict(self, instances: Any, at: datetime | None = None) -> Served:
         """Serve a batch (see module) with the features as of now (or ``at``); raises
         ``RequestError`` for a bad request."""
-        rows, routes, aliases, t0 = self._begin(instances)
+        rows, routes, aliases, t0, times = self._begin(instances)
         try:
-            fetched = self.features.fetch(rows, self.fetch_columns, at=at)
+            fetched = self.features.fetch(rows, self.fetch_columns, at=at, times=times)
         except BackendError as exc:
-            return self._finish(rows, routes, aliases, t0, None, exc)
+            return self._finish(rows, routes, aliases, t0, None, exc, times)
         except DataError as exc:                  # a key of the wrong type
             raise RequestError(exc.message, fix=exc.fix) from exc
-        return self._finish(rows, routes, aliases, t0, fetched, None)
+        return self._finish(rows, routes, aliases, t0, fetched, None, times)
 
-    async def predict_async(self, instances: Any, *, checked: bool = False) -> Served:
+    async def predict_async(self, instances: Any, *, checked: bool = False,
+                            deadline: float | None = None) -> Served:
         """``predict`` awaiting the online store on the running event loop (the server's):
         other requests run while the store's reply is on its way. ``checked``: the
-        instances already passed ``check`` (the server merges checked requests)."""
-        rows, routes, aliases, t0 = self._begin(instances, checked)
+        instances already passed ``check`` (the server merges checked requests).
+        ``deadline`` (``time.perf_counter()`` seconds): the fetch gives up then — at once if
+        it has passed — and the fallback answers; the server sets it ``fetch_timeout_ms``
+        after the request's arrival, so time spent queued counts against it."""
+        rows, routes, aliases, t0, times = self._begin(instances, checked)
         try:
-            fetched = await self.features.fetch_async(rows, self.fetch_columns)
+            fetch = self.features.fetch_async(rows, self.fetch_columns, times=times)
+            if deadline is None:
+                fetched = await fetch
+            else:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    fetch.close()
+                    raise TimeoutError
+                async with asyncio.timeout(left):       # no task, unlike wait_for
+                    fetched = await fetch
+        except TimeoutError:
+            late = BackendError("no answer within fetch_timeout_ms of the request's arrival "
+                                "(queue wait included)", fix="see closedloop budget")
+            return self._finish(rows, routes, aliases, t0, None, late, times)
         except BackendError as exc:
-            return self._finish(rows, routes, aliases, t0, None, exc)
+            return self._finish(rows, routes, aliases, t0, None, exc, times)
         except DataError as exc:
             raise RequestError(exc.message, fix=exc.fix) from exc
-        return self._finish(rows, routes, aliases, t0, fetched, None)
+        return self._finish(rows, routes, aliases, t0, fetched, None, times)
 
     def _short(self, rows: list[dict[str, Any]], aliases: list[str],
                missing: list[dict[str, str]]) -> dict[int, str]:
@@ -221,16 +248,32 @@ class Predictor:
         return short
 
     def _begin(self, instances: Any, checked: bool = False,
-               ) -> tuple[list[dict[str, Any]], list[str], list[str], float]:
+               ) -> tuple[list[dict[str, Any]], list[str], list[str], float, list[int] | None]:
         rows = instances if checked else self.check(instances)
         t0 = time.perf_counter()
+        times = None if self.replay is None else self._instants(rows, self.replay)
         routes = [self.router.route(r) for r in rows]
         aliases = [r if r in self.versions else "production" for r in routes]
         routes = [r if r in self.versions or r == "holdout" else "production" for r in routes]
-        return rows, routes, aliases, t0
+        return rows, routes, aliases, t0, times
+
+    @staticmethod
+    def _instants(rows: list[dict[str, Any]], name: str) -> list[int]:
+        """A replay: each instance's own instant, from its field ``name``."""
+        times = []
+        for i, row in enumerate(rows):
+            try:
+                times.append(parse_instant(row[name], f"instance {i}: {name!r}"))
+            except PointInTimeError as exc:
+                raise RequestError(exc.message, field=f"instances[{i}].{name}",
+                                   fix=f"send {name!r} as an ISO 8601 instant with its zone, "
+                                       "e.g. 2026-03-01T12:00:00Z (the server replays "
+                                       "history: [clock] replay)") from None
+        return times
 
     def _finish(self, rows: list[dict[str, Any]], routes: list[str], aliases: list[str],
-                t0: float, fetched: OnlineFetch | None, down: BackendError | None) -> Served:
+                t0: float, fetched: OnlineFetch | None, down: BackendError | None,
+                times: list[int] | None = None) -> Served:
         reason = None if down is None else f"online store: {down.message}"
         vectors: list[dict[str, Any]] = []
         t1 = time.perf_counter()
@@ -274,12 +317,14 @@ class Predictor:
         t4 = time.perf_counter()
         latency = {"fetch": (t1 - t0) * 1e3, "transform": (t2 - t1) * 1e3,
                    "inference": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
-        now = int(time.time() * 1_000_000)
+        clock = self.features.clock           # a prediction's time is on the project's clock
+        now = clock.now()
         records = []
         for i, (row, p) in enumerate(zip(rows, predictions, strict=True)):
             version = self.versions[aliases[i]]
             records.append({
-                "kind": "prediction", "id": p.id, "time": now, "model": self.model,
+                "kind": "prediction", "id": p.id, "model": self.model,
+                "time": now if times is None else times[i],
                 "version": p.version, "route": p.route,
                 "unit": None if serving.unit is None else _text(row.get(serving.unit)),
                 "subject": None if serving.subject is None else _text(row.get(serving.subject)),
@@ -401,8 +446,19 @@ class ServingService:
         # A null entity key is no error, as offline: its views' defaults, named as missing.
         # The routing unit and the transforms' request inputs must have values.
         nullable = frozenset(keys) - {serving.unit, *resolution.request_inputs}
+        replay = None
+        clock = self.features.clock
+        if clock.replay:        # each instance carries its instant: required, an ISO string
+            replay = clock.field or (rows.timestamp if rows is not None else None)
+            if replay is None:
+                raise ServingError(f"the replay clock needs a field for the instant of each "
+                                   f"instance of {model!r}, whose rows source is not a source",
+                                   fix="set [clock] field")
+            required = (*required, replay)
+            fields = frozenset([*fields, replay])
+            types[replay] = "string"
         return Predictor(serving, versions, self.features, columns, fields, required, types,
-                         nullable)
+                         nullable, replay)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""
@@ -451,7 +507,7 @@ class ServingService:
         key_type = ARROW_TYPES[entity.spec()["dtype"]]
         wanted = (batch.entity_keys(self.features, views, key, key_type) if keys is None
                   else list(keys))
-        t = now_micros() if at is None else instant_micros(at)
+        t = self.features.clock.instant(at)
         cpu0 = time.process_time()
         report = batch.score_entities(model, loaded, columns, key, key_type, wanted,
                                       self.features, t, self.scoring / f"{model}.json",
@@ -546,7 +602,7 @@ class ServingService:
             return table
         held = self.features.engine.read(source, [source.subject, source.timestamp,
                                                   source.label, source.settled_at])
-        t = now_micros() if at is None else instant_micros(at)
+        t = self.features.clock.instant(at)
         known = known_labels(held, source, t)
         if known is None:
             return table.append_column("label", pa.nulls(table.num_rows)).append_column(
@@ -571,25 +627,29 @@ class ServingService:
 
     def budget(self, model: str, last: int = 10_000) -> dict[str, Any]:
         """The measured latency decomposition of the last ``last`` logged predictions
-        against the model's budget: per stage p50 and p99 (ms), the budget, and which stages
-        are over it."""
+        against the model's budget: per stage p50 and p99 (ms) and its budget; the ``queue``
+        (a served request's wait before its batch began: behind the batch ahead); the
+        ``total`` — a served request's whole time on the server, arrival to the log, where
+        the server measured it, else the stages added up (an in-process predict) — against
+        ``p99_ms``; and which of them are over."""
         serving = self.serving(model)
         records = [r for r in self.log.records(model) if r.get("kind") == "prediction"]
         records = records[-last:]
-        stages: dict[str, Any] = {}
         budget = serving.budget.stages()
-        totals = np.array([sum(r["latency_ms"].values()) for r in records]) if records else None
-        for stage in STAGES:
-            values = np.array([r["latency_ms"][stage] for r in records]) if records else None
-            stages[stage] = {
-                "p50_ms": None if values is None else float(np.percentile(values, 50)),
-                "p99_ms": None if values is None else float(np.percentile(values, 99)),
-                "budget_ms": budget.get(stage)}
-        total = {"p50_ms": None if totals is None else float(np.percentile(totals, 50)),
-                 "p99_ms": None if totals is None else float(np.percentile(totals, 99)),
-                 "budget_ms": float(serving.budget.p99_ms)}
+
+        def row(values: list[float], budget_ms: float | None) -> dict[str, Any]:
+            return {"p50_ms": float(np.percentile(values, 50)) if values else None,
+                    "p99_ms": float(np.percentile(values, 99)) if values else None,
+                    "budget_ms": budget_ms}
+
+        stages = {s: row([r["latency_ms"][s] for r in records], budget.get(s)) for s in STAGES}
+        queue = row([r["latency_ms"]["queue"] for r in records if "queue" in r["latency_ms"]],
+                    None)
+        total = row([r["latency_ms"].get("request", sum(r["latency_ms"][s] for s in STAGES))
+                     for r in records], float(serving.budget.p99_ms))
         over = [s for s, v in [*stages.items(), ("total", total)] if v["p99_ms"] is not None
                 and v["budget_ms"] is not None and v["p99_ms"] > v["budget_ms"]]
         fallbacks = sum(1 for r in records if r.get("fallback"))
-        return {"model": model, "predictions": len(records), "stages": stages, "total": total,
-                "over": over, "fallbacks": fallbacks}
+        return {"model": model, "predictions": len(records), "stages": stages, "queue": queue,
+                "total": total, "over": over, "fallbacks": fallbacks,
+                "served": sum(1 for r in records if "request" in r["latency_ms"])}

@@ -395,10 +395,11 @@ class TrainingService:
     # -- a run ------------------------------------------------------------------------------
     def train(self, name: str, *, cutoff: datetime | None = None, baseline: Baseline | None = None,
               progress: Progress | None = None) -> TrainingRun:
-        """Train model ``name`` on the labels matured by ``cutoff`` (default: now); see the
-        module's docstring. Returns the finished run; a failed run raises after recording."""
+        """Train model ``name`` on the labels matured by ``cutoff`` (default: now on the
+        project's clock); see the module's docstring. Returns the finished run; a failed run
+        raises after recording."""
         model = self.model(name)
-        when = cutoff or datetime.now(UTC)
+        when = self.features.clock.datetime(cutoff)      # the project's clock
         if when.tzinfo is None:
             raise TrainingError(f"cutoff {when!r} is naive", fix="pass an aware datetime")
         run_id = f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
