@@ -273,13 +273,41 @@ def test_push_is_idempotent_on_the_declared_id(make_project) -> None:  # type: i
 def test_push_stamps_a_missing_or_null_arrival_and_created_as_ingest_does(make_project) -> None:  # type: ignore[no-untyped-def]
     p = make_project(LATE.replace('timestamp="ts",\n                        schema',
                                   'timestamp="ts", arrival="arr",\n                        schema'))
+    before = datetime.now(UTC)
     p.features.push("clicks", _table(user_id=["u1", "u2"], ts=[_at(10)] * 2, n=[1.0, 2.0],
                                      arr=pa.array([_at(10.5), None], STAMP)), at=_at(11))
     p.features.push("profiles", _table(user_id=["u1"], ts=[_at(10)], spend=[1.0]), at=_at(11))
     clicks = p.data.read("clicks").sort_by("user_id")
     assert clicks["arr"].to_pylist() == [_at(10.5), _at(11)]
-    assert clicks["_ingested_at"].to_pylist() == [_at(11)] * 2
+    stamps = clicks["_ingested_at"].to_pylist()       # when the store was given them: the
+    assert stamps[0] == stamps[1] >= before              # wall clock's, whatever the push's at
     assert p.data.read("profiles")["created"].to_pylist() == [_at(11)]
+
+
+def test_rows_given_after_a_run_at_the_same_instant_are_materialized(make_project) -> None:  # type: ignore[no-untyped-def]
+    """A fixed clock materializes again and again at one instant: rows ingested or pushed
+    between two such runs — visible at it, so as old as it or older — land in the second (by
+    their wall-clock ingest stamp), which is not "current"; a third, given nothing, is."""
+    clock = cl.Clock.of(_at(12))
+    p = cl.Project(make_project(LATE).root, clock=clock)
+    try:
+        p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])])
+        p.data.ingest("profiles", [_table(user_id=["u1"], ts=[_at(9)], spend=[5.0])])
+        views = ["click", "profile"]
+        wanted = ["profile.spend", "click.n_sum_1d"]
+        assert {r.mode for r in p.features.materialize(views)} == {"full"}
+        p.data.ingest("clicks", [_table(user_id=["u1", "u2"], ts=[_at(11)] * 2, n=[2.0, 4.0])])
+        p.data.ingest("profiles", [_table(user_id=["u2"], ts=[_at(8)], spend=[7.0])])
+        again = {r.view: r for r in p.features.materialize(views)}
+        assert again["click@1"].mode == again["profile@1"].mode == "incremental"
+        assert (again["click@1"].entities, again["profile@1"].entities) == (2, 1)
+        _agree(p, wanted, ["u1", "u2"], _at(12))
+        served = p.features.online({"user_id": "u2"}, wanted)
+        assert served.values["click.n_sum_1d"] == 4.0
+        assert served.values["profile.spend"] == 7.0
+        assert {r.mode for r in p.features.materialize(views)} == {"current"}
+    finally:
+        p.close()
 
 
 def test_an_online_read_before_the_materialization_instant_is_refused(make_project) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from closedloop.backends.duckdb import DuckDBEngine
+from closedloop.data.instants import now_micros
 from closedloop.data.sources import INGESTED_AT
 from closedloop.features.catalog import Catalog
 from closedloop.features.definitions import transform
@@ -89,7 +90,7 @@ def test_online_at_t_equals_offline_at_t(online_store, evs, snaps, use_arrival, 
                                      online_store)
             if split is not None:       # an earlier incremental run
                 service.materialize(at=_dt(at - split))
-                ev, tab = _late(late_ev, late_snaps, at - split + 1)
+                ev, tab = _late(late_ev, late_snaps, now_micros())   # given after the run
                 if ev.num_rows:
                     engine.append(h.views["w"].source, ev)
                 if tab.num_rows:

@@ -38,19 +38,22 @@ class OfflineEngine(Protocol):
         """Feature values of ``view`` as known at each row's time."""
         ...
 
-    def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
+    def latest(self, view: FeatureView, at: int, since: int | None = None,
+               written: int | None = None) -> pa.Table:
         """Per entity (``key`` as a string), the snapshot row visible at ``at``: ``et``,
         ``tie``, then the view's ``row_columns`` (its source's delete flag, if it has one, then
         its features); only entities with a row that became visible in
-        (``since``, ``at``] when ``since`` is given."""
+        (``since``, ``at``] when ``since`` is given, or that the store was given after
+        ``since`` (its created instant) or after the wall-clock instant ``written`` (its
+        ``_ingested_at``; without ``written``, after ``since``)."""
         ...
 
     def tiles(self, view: FeatureView, hop: int, span: int, at: int,
-              since: int | None = None) -> pa.Table:
+              since: int | None = None, written: int | None = None) -> pa.Table:
         """Per entity and hop bucket ``b`` ≥ ``at // hop - span``, every aggregated column's
         partials over the rows visible at ``at``: ``n{i}, s{i}, c{i}, m{i}, lo{i}, hi{i},
         l{i}, o{i}`` (count; the sum as the pair s + c, exact to the engine's grid; M2; min,
-        max, last, last's order)."""
+        max, last, last's order); with ``since``, only the entities ``latest`` would take."""
         ...
 
     def append(self, source: AnySource, rows: pa.Table,

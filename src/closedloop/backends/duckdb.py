@@ -637,19 +637,24 @@ class DuckDBEngine:
         return compression, scales
 
     # -- materialization ---------------------------------------------------------------------
-    def _changed(self, view: FeatureView, at: int, since: int | None) -> str:
+    def _changed(self, view: FeatureView, at: int, since: int | None,
+                 written: int | None = None) -> str:
         """The filter to the entities an incremental run redoes: those with a row that became
         visible after ``since`` (its arrival, or its event time where the source records no
-        arrival), or that the store was given after ``since`` — by its ``created`` instant or
-        its ingest stamp, which every row ingested or pushed carries — so a late row lands
-        whatever its times, in every kind of source."""
+        arrival), or that the store was given after the last run — by its ``created`` instant
+        (after ``since``) or its ingest stamp, the wall-clock instant every row ingested or
+        pushed carries (after ``written``, the wall-clock instant the last run began; after
+        ``since`` for a run that did not record it) — so a late row lands whatever its times,
+        in every kind of source, and whatever the project's clock."""
         if since is None:
             return ""
         source = view.source
         cols = self.columns(source)
-        written = [us(q(c)) for c in dict.fromkeys([source.tie_column, INGESTED_AT])
-                   if c is not None and cols.get(c) == "timestamp"]
-        late = "".join(f" OR {w} > {since}" for w in written)
+        # A run at its watermark's own instant: only what the store was given since counts.
+        given = {c: since for c in [source.tie_column] if c is not None and since < at}
+        given[INGESTED_AT] = since if written is None else written
+        late = "".join(f" OR {us(q(c))} > {after}" for c, after in given.items()
+                       if cols.get(c) == "timestamp")
         ts = us(q(source.timestamp))
         vis = source.visibility_column
         v = f"greatest({ts}, {us(q(vis))})" if vis else ts
@@ -658,7 +663,8 @@ class DuckDBEngine:
                 f"{q(source.timestamp)} IS NOT NULL AND (({v} > {since} AND {v} <= {at})"
                 f"{late}))")
 
-    def latest(self, view: FeatureView, at: int, since: int | None = None) -> pa.Table:
+    def latest(self, view: FeatureView, at: int, since: int | None = None,
+               written: int | None = None) -> pa.Table:
         """Per entity, the snapshot row visible at ``at`` (for entities with rows that became
         visible after ``since``, when given): key, event time, tie, then the features."""
         cols = list(view.row_columns)
@@ -674,11 +680,12 @@ class DuckDBEngine:
         sql = (f"WITH src AS ({self._source_cte(view, cols)}) "
                f"SELECT CAST(__k AS VARCHAR) AS key, {outs} "
                f"FROM (SELECT __k, arg_max(struct_pack({payload}), struct_pack({order})) AS b "
-               f"FROM src WHERE __v <= {at}{self._changed(view, at, since)} GROUP BY __k)")
+               f"FROM src WHERE __v <= {at}{self._changed(view, at, since, written)} "
+               "GROUP BY __k)")
         return self._query(sql)
 
     def tiles(self, view: FeatureView, hop: int, span: int, at: int,
-              since: int | None = None) -> pa.Table:
+              since: int | None = None, written: int | None = None) -> pa.Table:
         """Per entity and hop bucket, the partial aggregates of every aggregated column over
         the rows visible at ``at``, for the buckets a window of ``span`` hops can still read
         (for entities with rows that became visible after ``since``, when given)."""
@@ -726,7 +733,7 @@ class DuckDBEngine:
         sql = (f"WITH src AS ({self._source_cte(view, columns)}) "
                f"SELECT CAST(__k AS VARCHAR) AS key, {b} AS b, {', '.join(parts)} FROM src "
                f"WHERE __v <= {at} AND {b} >= {fdiv(str(at), hop)} - {span}"
-               f"{self._changed(view, at, since)} GROUP BY ALL")
+               f"{self._changed(view, at, since, written)} GROUP BY ALL")
         if sums:
             drop = ", ".join(f"h{i}" for i, c in enumerate(columns)
                              if c in summed and (c in ints or scales.get(c) is not None))

@@ -13,8 +13,9 @@ the project's ``Clock`` unless it is handed an instant of its own (``at=``, ``--
   with its events pushed in arrival order beside it, is served exactly as training saw it.
   Everything that is not a request keeps the fixed instant, or the wall clock.
 
-Physical facts stay on the wall clock whatever the mode: when a batch score or a stream
-prediction was written (its lag), CPU usage, run ids.
+Physical facts stay on the wall clock whatever the mode: when the store was given a row
+(``_ingested_at``), when a materialization began, when a batch score or a stream prediction
+was written (its lag), CPU usage, run ids.
 """
 
 from __future__ import annotations

@@ -9,8 +9,11 @@ One call is one batch, all or nothing:
    number column, a timestamp without a zone or finer than a microsecond, a null id or
    time, a NaN) goes to the **quarantine** with its reason, its file and row number, and
    its original payload — never dropped silently;
-3. every accepted row is stamped with the instant it was ingested (``_ingested_at``) and, when
-   the source declares an arrival (or created) column the file leaves empty, with that too;
+3. every accepted row is stamped with the wall-clock instant it was ingested
+   (``_ingested_at``: a physical fact, whatever the project's clock — incremental
+   materialization finds what it was given since its last run by it) and, when the source
+   declares an arrival (or created) column the file leaves empty, with the ingest's instant
+   (``at``: the project's clock);
 4. rows are deduplicated — within the batch and against everything the source already holds —
    by the source's declared ``id``, or by the whole row where it declares none, so ingesting
    a file again, or a replay of a stream, changes nothing;
@@ -38,7 +41,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from closedloop.data.durable import write_durably
-from closedloop.data.instants import as_instants, sub_micro
+from closedloop.data.instants import as_instants, now_micros, sub_micro
 from closedloop.data.sources import (
     ARROW_TYPES,
     INGESTED_AT,
@@ -418,7 +421,9 @@ def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
         flag = columns.get(source.deleted)
         columns[source.deleted] = (pa.chunked_array([pa.array(np.zeros(table.num_rows, bool))])
                                    if flag is None else pc.fill_null(flag, False))
-    columns[INGESTED_AT] = stamp
+    columns[INGESTED_AT] = pa.chunked_array([pa.array(np.full(table.num_rows, now_micros(),
+                                                              dtype=np.int64))]
+                                            ).cast(ARROW_TYPES["timestamp"])
     return pa.table(columns), rejects, ignored
 
 

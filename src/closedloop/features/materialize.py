@@ -1,16 +1,20 @@
 """Materialization: the offline store's state as of a time, written into the online store.
 
 Incremental and idempotent: each view version keeps a watermark (the ``at`` of its last
-complete run) in the online store. A run recomputes, from the offline store, the whole record
-of every entity with a row that became *visible* (arrival ≤ t) after the watermark — so a late
-row lands however old its event time — and writes records in atomic batches, the watermark
-with the last one, each batch by an atomic ``update`` that keeps the rows a push left pending
-(not visible yet at ``at``). A run killed half-way leaves the watermark where it was; the rerun
-rewrites the same records with the same values.
+complete run, and the wall-clock instant that run began) in the online store. A run
+recomputes, from the offline store, the whole record of every entity with a row that became
+*visible* (arrival ≤ t) after the watermark, or that the store was given after the last run
+began (its ``_ingested_at``, a wall-clock stamp) — so a late row lands however old its event
+time, and rows ingested under a fixed clock at the watermark's own instant land too — and
+writes records in atomic batches, the watermark with the last one, each batch by an atomic
+``update`` that keeps the rows a push left pending (not visible yet at ``at``). A run killed
+half-way leaves the watermark where it was; the rerun rewrites the same records with the same
+values.
 
 A run as of an instant *before* the watermark rewinds: the view's records hold rows that were
 not visible then, so they are cleared and rebuilt as of that instant (reads of the view find
-no record while it runs). A run as of the watermark itself has nothing to do and says so.
+no record while it runs). A run as of the watermark itself redoes only the entities the store
+was given rows of since; with none, it has nothing to do and says so.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
-from closedloop.data.instants import format_instant
+from closedloop.data.instants import format_instant, now_micros
 from closedloop.features.definitions import FeatureView
 from closedloop.features.online import decode, encode, namespace, record_values
 from closedloop.features.tiles import TileLayout, WindowRecord
@@ -74,16 +78,19 @@ def watermark_key(view: FeatureView) -> tuple[str, str]:
     return (META, f"watermark:{namespace(view)}")
 
 
-def watermark(raw: bytes) -> tuple[int, int]:
-    """A stored watermark: (instant in µs, record format) — ``"<µs>;<format>"``, or the bare
-    instant an earlier build wrote (format 1)."""
-    at, _, fmt = raw.decode().partition(";")
-    return int(at), int(fmt or 1)
+def watermark(raw: bytes) -> tuple[int, int, int | None]:
+    """A stored watermark: (instant in µs, record format, the wall-clock instant its run
+    began) — ``"<µs>;<format>;<wall µs>"``; an earlier build wrote ``"<µs>;<format>"`` or
+    the bare instant (format 1), with no wall instant."""
+    at, _, rest = raw.decode().partition(";")
+    fmt, _, wall = rest.partition(";")
+    return int(at), int(fmt or 1), int(wall) if wall else None
 
 
 def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
-                     since: int | None) -> Iterator[tuple[str, Any]]:
-    table = engine.latest(view, at, since).sort_by("key")
+                     since: int | None, written: int | None = None,
+                     ) -> Iterator[tuple[str, Any]]:
+    table = engine.latest(view, at, since, written).sort_by("key")
     keys, ets, ties = (table[c].to_pylist() for c in ("key", "et", "tie"))
     values = [record_values(table[c]) for c in view.row_columns]
     for i, key in enumerate(keys):
@@ -92,11 +99,12 @@ def snapshot_records(view: FeatureView, engine: OfflineEngine, at: int,
 
 
 def window_records(view: FeatureView, engine: OfflineEngine, at: int,
-                   since: int | None) -> Iterator[tuple[str, Any]]:
+                   since: int | None, written: int | None = None,
+                   ) -> Iterator[tuple[str, Any]]:
     layout = TileLayout.of(view)
     records: dict[str, list[list[list[Any]]]] = {}      # key -> per hop -> tiles
     for h, (hop, span) in enumerate(layout.hops):
-        table = engine.tiles(view, hop, span, at, since)
+        table = engine.tiles(view, hop, span, at, since, written)
         keys, buckets = table["key"].to_pylist(), table["b"].to_pylist()
         # Each kept field as a column of the engine's output, in tile order.
         fields: list[list[Any]] = []
@@ -133,8 +141,9 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
     ns = namespace(view)
     mark = watermark_key(view)
     since, mode = None, "full"
+    began = now_micros()                  # rows the store is given from now on: the next run's
     raw = store.read([mark])[0]
-    earlier, fmt = watermark(raw) if raw is not None else (None, RECORD_FORMAT)
+    earlier, fmt, written = watermark(raw) if raw is not None else (None, RECORD_FORMAT, None)
     if earlier is not None and earlier > at:
         # Records as of a later instant hold rows not visible at `at` (and entities that had
         # none yet): they cannot be brought back, only rebuilt.
@@ -143,13 +152,15 @@ def materialize_view(view: FeatureView, engine: OfflineEngine, store: OnlineStor
     elif incremental and fmt != RECORD_FORMAT and view.aggregations:   # an older layout
         store.clear(ns)
     elif incremental and earlier is not None:
-        if earlier == at:
-            return MaterializeReport(ns, earlier, at, 0, "current")
         since, mode = earlier, "incremental"
-    stamp = f"{at};{RECORD_FORMAT}".encode()
+    stamp = f"{at};{RECORD_FORMAT};{began}".encode()
     make = window_records if view.aggregations else snapshot_records
-    records = list(make(view, engine, at, since if mode == "incremental" else None))
+    records = list(make(view, engine, at, since if mode == "incremental" else None, written)
+                   if mode == "incremental" else make(view, engine, at, None))
     total = len(records)
+    if mode == "incremental" and earlier == at and total == 0:
+        # Nothing became visible, and the store was given nothing since the last run.
+        return MaterializeReport(ns, earlier, at, 0, "current")
     done = 0
     for batch in _batches(records, batch_size):
         done += len(batch)

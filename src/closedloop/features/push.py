@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.backends.base import OfflineEngine, OnlineStore
-from closedloop.data.instants import INSTANT, as_instants
+from closedloop.data.instants import INSTANT, as_instants, now_micros
 from closedloop.data.sources import ARROW_TYPES, INGESTED_AT, AnySource, LabelSource, TableSource
 from closedloop.errors import ClosedLoopError, DataError, PointInTimeError, SchemaMismatch
 from closedloop.features.definitions import FeatureView
@@ -58,7 +58,7 @@ def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
     """Check pushed rows against the source and its views and stamp them as ingestion does:
     every timestamp column as UTC instants in µs (naive or sub-microsecond ones refused), a
     missing or null arrival (event source) or created (table source) stamped with ``now``,
-    and every row's ``_ingested_at`` = ``now``."""
+    and every row's ``_ingested_at`` with the wall clock (as ingestion does)."""
     if rows.num_rows == 0:
         raise DataError(f"nothing to push to {source.name!r}", fix="push at least one row")
     needed = {source.timestamp, *(v.entity.key for v in views),
@@ -106,7 +106,8 @@ def prepare(source: AnySource, views: Sequence[FeatureView], rows: pa.Table,
             [False] * out.num_rows)
         out = (out.set_column(out.column_names.index(flag), flag, column) if present
                else out.append_column(flag, column))
-    return out.append_column(INGESTED_AT, stamp)
+    written = pa.array(np.full(out.num_rows, now_micros(), dtype=np.int64)).cast(INSTANT)
+    return out.append_column(INGESTED_AT, written)          # the wall clock's: see ingest
 
 
 def latest(record: Any, events: Sequence[tuple[int, Any, Sequence[Any], int]],
