@@ -238,7 +238,7 @@ v = cl.FeatureView("v", entity=user, source=ev, aggregations=[cl.Agg("x", "sum",
 
 
 def test_the_demo_folder_is_the_next_free_name(tmp_path: Path) -> None:
-    from closedloop.cli import _free_folder
+    from closedloop.cli.features import _free_folder
 
     base = tmp_path / "closedloop-demo"
     assert _free_folder(base) == base
@@ -253,8 +253,8 @@ def test_terminal_output_wraps_tables_prices_money_and_keeps_brackets() -> None:
     from rich.console import Console
 
     from closedloop.cli import Table
-    from closedloop.cli_serving import _money
-    from closedloop.cli_training import _cell
+    from closedloop.cli.serving import _money
+    from closedloop.cli.training import _cell
 
     assert _money(6.83e-05, "USD") == "0.0000683 USD"
     assert _money(0.5, "USD") == "0.500 USD"

@@ -53,7 +53,7 @@ class ServingSettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     log: Literal["files", "redis"] = "files"               # redis: a stream per model
-    log_mode: Literal["durable", "buffered"] = "durable"   # see serving/log.py
+    log_mode: Literal["durable", "buffered"] = "durable"   # see backends/predictions.py
     flush_ms: float = Field(default=5.0, gt=0)             # buffered: the loss window
     fetch_timeout_ms: float = Field(default=100.0, gt=0)   # the online fetch's hard limit
     reload_s: float = Field(default=1.0, gt=0)             # how often aliases are checked

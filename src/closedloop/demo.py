@@ -37,6 +37,7 @@ from closedloop.features.consistency import FeatureConsistency
 from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
 from closedloop.project import Project
+from closedloop.serving.budget import BudgetReport
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, FEATURES, write_fraud_project
 
@@ -65,7 +66,7 @@ class DemoReport:
     http_requests: int = 0
     http_failed: int = 0
     http_per_s: float = 0.0
-    budget: dict[str, Any] | None = None
+    budget: BudgetReport | None = None
     cost: Any = None
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:

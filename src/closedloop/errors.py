@@ -132,14 +132,14 @@ class ServingError(ClosedLoopError):
 
 class RequestError(ServingError):
     """A prediction request is malformed: bad JSON, a missing or extra field, a wrong type,
-    a value out of range, too many instances. Served as a 4xx naming the field."""
+    a value out of range, too many instances. Served as a 4xx naming the field (the server
+    decides which: ``closedloop.server.app.STATUS``)."""
 
     code = "CL-701"
 
-    def __init__(self, message: str, *, field: str | None = None, fix: str | None = None,
-                 status: int = 400) -> None:
+    def __init__(self, message: str, *, field: str | None = None,
+                 fix: str | None = None) -> None:
         self.field = field
-        self.status = status
         super().__init__(message, fix=fix)
 
 

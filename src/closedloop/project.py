@@ -20,9 +20,10 @@ from types import ModuleType, TracebackType
 
 from closedloop import declarations
 from closedloop.backends.artefacts import LocalArtefactStore
-from closedloop.backends.base import EventStream, OnlineStore
+from closedloop.backends.base import EventStream, OnlineStore, PredictionLog
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
+from closedloop.backends.predictions import FilePredictionLog, StreamPredictionLog
 from closedloop.backends.sqlite import SQLiteOnlineStore
 from closedloop.backends.sqlite_stream import SQLiteEventStream
 from closedloop.config import CONFIG_FILE, DEFAULT_CONFIG, Settings, load_settings
@@ -36,7 +37,6 @@ from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import RegistryService
-from closedloop.serving.log import PredictionLog, StreamPredictionLog
 from closedloop.serving.service import ServingService
 from closedloop.serving.spec import servings_from_module
 from closedloop.training.model import models_from_module
@@ -176,7 +176,7 @@ class Project:
             self.prediction_log = StreamPredictionLog(stream, mode=serving.log_mode,
                                                       flush_ms=serving.flush_ms)
         else:
-            self.prediction_log = PredictionLog(self.root / ".closedloop" / "predictions",
+            self.prediction_log = FilePredictionLog(self.root / ".closedloop" / "predictions",
                                                 mode=serving.log_mode, flush_ms=serving.flush_ms)
         self.serving = ServingService(servings_from_module(module), self.models,
                                       self.registry, self.features, self.catalog,
@@ -216,6 +216,7 @@ class Project:
         return registration.apply(self.catalog, self.metadata)
 
     def close(self) -> None:
+        self.serving.close()
         self.prediction_log.close()
         if self.serving.events is not None:
             self.serving.events.close()

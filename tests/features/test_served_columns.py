@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closedloop.features.service import _column
+from closedloop.features.transforms import _column
 
 _values = st.lists(st.none() | st.floats(allow_nan=False) | st.text(max_size=5)
                    | st.integers(-5, 5) | st.booleans(), min_size=1, max_size=8)

@@ -351,10 +351,10 @@ def test_a_slow_shadow_stays_off_the_request_path(served: cl.Project) -> None:
         deadline = time.monotonic() + 60
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
-        predictor = app.predictors["fraud"]
-        shadow = predictor.versions["shadow"]          # (the canary serves the same version)
+        predictor = app.online["fraud"]
+        shadow = predictor.predictor.versions["shadow"]   # (the canary serves that version)
         held = _HeldTrainer()
-        predictor.versions["shadow"] = dataclasses.replace(
+        predictor.predictor.versions["shadow"] = dataclasses.replace(
             shadow, loaded=LoadedModel(shadow.loaded.version, held))  # type: ignore[arg-type]
         client = Server(port, served, None)  # type: ignore[arg-type]
         ids = []

@@ -35,7 +35,7 @@ def _users(project: cl.Project) -> list[str]:
 
 def test_queued_requests_merge_and_each_gets_its_own_answer(served: cl.Project,
                                                             app: ServingApp) -> None:
-    predictor = app.predictors["fraud"]
+    predictor = app.online["fraud"]
     requests = _instances(_users(served), 30)
     requests[7] = requests[7] + _instances(_users(served), 2, first=100)[0]  # 2 instances
 
@@ -49,7 +49,7 @@ def test_queued_requests_merge_and_each_gets_its_own_answer(served: cl.Project,
     for rows, (batch, first, last) in zip(requests, results, strict=True):
         mine = batch.predictions[first:last]
         assert len(mine) == len(rows)
-        alone = predictor.predict(rows).predictions
+        alone = predictor.predictor.predict(rows).predictions
         assert [(p.score, p.route, p.decision, p.version) for p in mine] == [
             (p.score, p.route, p.decision, p.version) for p in alone]
     logged = [r for r in served.prediction_log.records("fraud") if r["kind"] == "prediction"]
@@ -60,7 +60,7 @@ def test_queued_requests_merge_and_each_gets_its_own_answer(served: cl.Project,
 
 def test_a_request_failing_inside_a_merged_batch_fails_alone(served: cl.Project,
                                                              app: ServingApp) -> None:
-    predictor = app.predictors["fraud"]
+    predictor = app.online["fraud"]
     requests = _instances(_users(served), 12)
     # Passed the request check in the handler, yet its transform cannot take it.
     requests[5] = [{**requests[5][0], "amount": "a lot"}]
@@ -76,7 +76,7 @@ def test_a_request_failing_inside_a_merged_batch_fails_alone(served: cl.Project,
         if i != 5:
             batch, first, last = result
             assert last - first == 1
-            assert batch.predictions[first].score == predictor.predict(
+            assert batch.predictions[first].score == predictor.predictor.predict(
                 requests[i]).predictions[0].score
 
 
@@ -85,7 +85,7 @@ def test_the_wait_behind_the_batch_ahead_is_measured_and_reported(served: cl.Pro
     """Two requests arrive together; the first fills a batch, so the second waits it out.
     The second's record says so — its queue holds the whole first batch — its total holds
     its queue, and ``budget`` reports the queue and names the total when it is over."""
-    predictor = app.predictors["fraud"]
+    predictor = app.online["fraud"]
     full = [row for [row] in _instances(_users(served), MERGE_INSTANCES)]
     alone = _instances(_users(served), 1, first=500)[0]
 
@@ -95,13 +95,13 @@ def test_the_wait_behind_the_batch_ahead_is_measured_and_reported(served: cl.Pro
                                          batcher.submit(predictor, alone)))
     (first, _, _), (second, at, _) = asyncio.run(go())
     assert first is not second, "the first filled its batch: the second went next"
-    ahead = first.records[0]["latency_ms"]
-    mine = second.records[at]["latency_ms"]
+    ahead = first.records[0].latency_ms
+    mine = second.records[at].latency_ms
     stages = ("fetch", "transform", "inference", "post")
     assert mine["queue"] >= sum(ahead[s] for s in stages)    # it waited out the batch ahead
     assert mine["request"] >= mine["queue"] + sum(mine[s] for s in stages)
     assert ahead["queue"] <= mine["queue"]
     report = served.serving.budget("fraud")
-    assert report["served"] == report["predictions"] == MERGE_INSTANCES + 1
-    assert report["queue"]["p99_ms"] >= ahead["queue"]
-    assert report["total"]["p99_ms"] >= report["queue"]["p99_ms"]
+    assert report.served == report.predictions == MERGE_INSTANCES + 1
+    assert report.queue.p99_ms >= ahead["queue"]
+    assert report.total.p99_ms >= report.queue.p99_ms

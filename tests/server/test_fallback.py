@@ -126,7 +126,7 @@ def test_the_fetch_timeout_holds_from_each_requests_arrival(served: cl.Project,
         app = ServingApp(project, ["fraud"])
         app.start()
         try:
-            predictor = app.predictors["fraud"]
+            predictor = app.online["fraud"]
             pauser = redis.Redis(port=private_redis.port)
             pauser.execute_command("CLIENT", "PAUSE", 600_000, "ALL")   # hung, not down
             pauser.close()
@@ -148,6 +148,42 @@ def test_the_fetch_timeout_holds_from_each_requests_arrival(served: cl.Project,
     assert late.fallback
     assert late.fallback_reason is not None
     assert "of the request's arrival" in late.fallback_reason
-    timing = second.records[at]["latency_ms"]
-    assert timing["queue"] >= first.records[0]["latency_ms"]["fetch"]   # it waited, then
+    timing = second.records[at].latency_ms
+    assert timing["queue"] >= first.records[0].latency_ms["fetch"]   # it waited, then
     assert timing["fetch"] <= timing["queue"]                          # did not wait again
+
+
+def test_the_redis_prediction_log_serves_again_once_redis_is_back(
+        served: cl.Project, private_redis: PrivateRedis) -> None:
+    """A short Redis outage under the Redis prediction log: requests that cannot be logged
+    are refused (503, never answered unlogged) and ``/readyz`` says the log is failing; once
+    Redis is back the server is ready and answers again, without a restart."""
+    root = served.root
+    config = root / "closedloop.toml"
+    config.write_text(config.read_text() + f'\n[serving]\nlog = "redis"\n\n[stream]\nurl = '
+                      f'"redis://127.0.0.1:{private_redis.port}/0"\nprefix = "log-outage:"\n')
+    process, port = start_server(root)
+    client = Server(port, served, process)
+    try:
+        status, body = client.predict([INSTANCE])
+        assert status == 200, body
+        private_redis.stop()
+        status, body = client.predict([INSTANCE])
+        assert status == 503, body
+        assert "Redis" in body["fix"]
+        status, _, raw = client.request("GET", "/readyz")
+        assert status == 503
+        assert json.loads(raw)["log"] == "failing"
+        private_redis.start()
+        deadline = time.monotonic() + 120           # the log probes Redis while idle
+        while client.request("GET", "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.request("GET", "/readyz")[0] == 200
+        status, body = client.predict([INSTANCE, {**INSTANCE, "txn_id": "t2"}])
+        assert status == 200, body
+        answered = [p["id"] for p in body["predictions"]]
+    finally:
+        stop_server(process)
+    with cl.Project(root) as p:
+        logged = {r["id"] for r in p.prediction_log.records("fraud") if r["kind"] == "prediction"}
+    assert set(answered) <= logged

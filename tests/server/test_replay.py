@@ -188,7 +188,7 @@ def test_a_fixed_clock_is_every_commands_now(history: Path, tmp_path: Path) -> N
             "user_txn.amount_count_30d"][0].as_py()
         served = p.serving.predictor("fraud").predict(
             [{"user_id": user, "txn_id": "x1", "amount": 5.0, "country": "US"}])
-        assert served.records[0]["time"] == instant_micros(DAY0)
+        assert served.records[0].time == instant_micros(DAY0)
     earlier = cl.Clock(instant_micros(DAY0) - 1)                      # an earlier "now"
     with cl.Project(root, clock=earlier) as p, pytest.raises(PointInTimeError,
                                                              match="materialization instant"):

@@ -3,6 +3,7 @@ bar) and `closedloop budget` (the decomposition against the budget, naming a sta
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -30,9 +31,9 @@ def test_score_and_budget_commands(served: cl.Project) -> None:
     assert "0 predictions" in empty.stdout
     predictor = served.serving.predictor("fraud")
     out = predictor.predict([{"user_id": "u1", "amount": 3.0, "country": "US"}], at=END)
-    for record in out.records:                    # a fetch far over its 15 ms budget
-        record["latency_ms"] = {**record["latency_ms"], "fetch": 40.0}
-    served.prediction_log.append("fraud", out.records).result()
+    slow = [dataclasses.replace(r, latency_ms={**r.latency_ms, "fetch": 40.0})
+            for r in out.records]                 # a fetch far over its 15 ms budget
+    served.prediction_log.append("fraud", slow).result()
     definitions = served.root / "definitions.py"
     text = definitions.read_text()
     declared = 'fallback=0.01, budget=cl.Budget(p99_ms=50, fetch_ms=15))'

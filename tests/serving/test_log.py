@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from closedloop.backends.predictions import FilePredictionLog as PredictionLog
 from closedloop.errors import BackendError, ConfigError
-from closedloop.serving.log import PredictionLog
 
 WRITER = textwrap.dedent('''
     import sys, threading, time, uuid
-    from closedloop.serving.log import PredictionLog
+    from closedloop.backends.predictions import FilePredictionLog as PredictionLog
     log = PredictionLog(sys.argv[1], mode=sys.argv[2], flush_ms=float(sys.argv[3]))
     out = threading.Lock()
     def load():
@@ -91,7 +91,7 @@ def test_commits_are_grouped_and_every_record_is_read_back(
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr("closedloop.serving.log.os.fsync", counting)
+    monkeypatch.setattr("closedloop.backends.predictions.os.fsync", counting)
     log = PredictionLog(tmp_path / "log")
 
     def load(k: int) -> None:
@@ -122,14 +122,28 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     assert again.read("m").column("id").to_pylist() == ["a", "b"]
 
 
-def test_a_log_that_cannot_write_says_so(tmp_path: Path) -> None:
+def test_a_log_that_cannot_write_says_so_and_recovers(tmp_path: Path) -> None:
+    """A failed write fails its own appends and marks the log unhealthy; the log stays open:
+    it probes the backend while idle, is healthy again once the disk is back, and writes."""
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    log = PredictionLog(blocked)
-    with pytest.raises(BackendError, match="could not write"):
-        log.append("m", [{"id": "a"}]).result(timeout=10)
-    with pytest.raises(BackendError, match="failed"):
-        log.append("m", [{"id": "b"}])
+    log = PredictionLog(blocked, probe_s=0.01)
+    try:
+        with pytest.raises(BackendError, match="could not write") as caught:
+            log.append("m", [{"id": "a"}]).result(timeout=10)
+        assert "check the disk" in caught.value.fix
+        assert not log.healthy
+        with pytest.raises(BackendError, match="could not write"):   # tried again, still down
+            log.append("m", [{"id": "b"}]).result(timeout=10)
+        blocked.unlink()                      # the disk is back; the idle log's probe finds
+        deadline = time.monotonic() + 60      # out, and the next append is written
+        while not log.healthy and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.healthy
+        log.append("m", [{"id": "c"}]).result(timeout=10)
+        assert [r["id"] for r in log.records("m")] == ["c"]
+    finally:
+        log.close()
     with pytest.raises(ConfigError):
         PredictionLog(tmp_path, mode="eventually")  # type: ignore[arg-type]
 
@@ -140,8 +154,8 @@ def test_the_redis_stream_log_keeps_what_it_acknowledged() -> None:
 
     import redis as redis_py
 
+    from closedloop.backends.predictions import StreamPredictionLog
     from closedloop.backends.redis_stream import RedisEventStream
-    from closedloop.serving.log import StreamPredictionLog
     from tests.conftest import _redis_or_skip
 
     _redis_or_skip()

@@ -11,6 +11,7 @@ import pytest
 
 import closedloop as cl
 from closedloop.errors import RequestError, ServingError
+from closedloop.server.app import status_of
 from tests.serving.world import END
 
 
@@ -55,12 +56,12 @@ def test_served_scores_are_the_offline_scores_of_the_routed_version(served: cl.P
     assert set(out.latency_ms) == {"fetch", "transform", "inference", "post"}
     assert all(v >= 0 for v in out.latency_ms.values())
     # Every record carries what was served; the shadow scores the same vectors afterwards.
-    assert [r["id"] for r in out.records] == [p.id for p in out.predictions]
-    assert all(r["features"] is not None and len(r["features"]) == 16 for r in out.records)
+    assert [r.id for r in out.records] == [p.id for p in out.predictions]
+    assert all(r.features is not None and len(r.features) == 16 for r in out.records)
     assert out.after is not None
     shadow = out.after()
-    assert [r["id"] for r in shadow] == [p.id for p in out.predictions]
-    assert [r["score"] for r in shadow] == pytest.approx(list(canary), rel=1e-12, abs=1e-12)
+    assert [r.id for r in shadow] == [p.id for p in out.predictions]
+    assert [r.score for r in shadow] == pytest.approx(list(canary), rel=1e-12, abs=1e-12)
 
 
 def test_routing_is_sticky_per_unit(served: cl.Project) -> None:
@@ -90,18 +91,18 @@ def test_a_bad_request_names_its_field(served: cl.Project, instances: object,
     with pytest.raises(RequestError) as caught:
         predictor.predict(instances)
     assert caught.value.field == field
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 def test_a_wrong_key_type_and_an_oversized_batch_are_refused(served: cl.Project) -> None:
     predictor = served.serving.predictor("fraud")
     with pytest.raises(RequestError, match="user_id") as caught:
         predictor.predict([{"user_id": 7, "amount": 1.0, "country": "US"}])
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
     many = [{"user_id": "u1", "amount": 1.0, "country": "US"}] * 1001
     with pytest.raises(RequestError, match="more than this model takes") as caught:
         predictor.predict(many)
-    assert caught.value.status == 400
+    assert status_of(caught.value) == 400
 
 
 def test_a_model_without_production_is_not_served(served: cl.Project) -> None:
@@ -118,12 +119,12 @@ def test_the_budget_report_reads_the_prediction_log(served: cl.Project) -> None:
         out = predictor.predict(_instances(served, 20), at=END)
         served.prediction_log.append("fraud", out.records).result()
     report = served.serving.budget("fraud")
-    assert report["predictions"] == 100
-    assert set(report["stages"]) == {"fetch", "transform", "inference", "post"}
-    assert report["stages"]["fetch"]["budget_ms"] is None          # no stage budget declared
-    assert report["total"]["budget_ms"] == 50.0                   # the default p99
-    assert report["stages"]["inference"]["p99_ms"] >= report["stages"]["inference"]["p50_ms"]
-    assert report["total"]["p99_ms"] > 0
+    assert report.predictions == 100
+    assert set(report.stages) == {"fetch", "transform", "inference", "post"}
+    assert report.stages["fetch"].budget_ms is None          # no stage budget declared
+    assert report.total.budget_ms == 50.0                   # the default p99
+    assert report.stages["inference"].p99_ms >= report.stages["inference"].p50_ms
+    assert report.total.p99_ms > 0
     table = served.prediction_log.read("fraud")
     assert table.num_rows == 100
     assert {"id", "score", "decision", "route", "version", "latency_ms"} <= set(
@@ -155,7 +156,7 @@ def test_predictions_join_their_labels_when_they_arrive(served: cl.Project) -> N
     assert dict(zip(later["subject"].to_pylist(), later["label"].to_pylist(),
                     strict=True))["never-labelled"] is False
     assert table["shadow_version"].to_pylist() == [2] * len(rows)
-    assert table["shadow_score"].to_pylist() == [r["score"] for r in shadows]
+    assert table["shadow_score"].to_pylist() == [r.score for r in shadows]
 
 
 def _declare(project: cl.Project, extra: str) -> cl.Project:
@@ -182,7 +183,7 @@ def test_each_prediction_says_which_features_were_missing_and_why(served: cl.Pro
     assert {unseen.missing[c] for c in view_columns} == {"no_record"}   # type: ignore[index]
     assert all(seen.missing is None or seen.missing.get(c) != "no_record" for c in columns)
     assert not unseen.fallback                         # the default: score it anyway
-    assert out.records[1]["missing"] == unseen.missing
+    assert out.records[1].missing == unseen.missing
     assert unseen.to_dict()["missing"] == unseen.missing
 
 
@@ -196,7 +197,7 @@ def test_the_declaration_says_what_too_much_missing_does(served: cl.Project) -> 
     assert unseen.fallback
     assert unseen.score == 0.01
     assert "features missing" in (unseen.fallback_reason or "")
-    assert out.records[1]["fallback_reason"] == unseen.fallback_reason
+    assert out.records[1].fallback_reason == unseen.fallback_reason
     project = _declare(project, 'on_missing="reject"')
     with pytest.raises(RequestError, match=r"instance 1: .* features missing"):
         project.serving.predictor("fraud").predict([known, unknown], at=END)

@@ -121,7 +121,7 @@ def test_univariate_auc_finds_a_feature_that_is_the_label() -> None:
 def test_table_hash_is_of_the_values_not_the_buffers() -> None:
     import pyarrow as pa
 
-    from closedloop.training.service import table_hash
+    from closedloop.training.lineage import table_hash
 
     t = pa.table({"x": [1.0, None, 3.0], "s": ["a", None, "ccc"],
                   "t": pa.array([1, 2, None], pa.timestamp("us", tz="UTC"))})
@@ -227,7 +227,7 @@ def _reference_hash(table: pa.Table) -> str:
                                 st.booleans(), st.booleans()), min_size=1, max_size=20),
        cut=st.integers(0, 20))
 def test_table_hash_ignores_bytes_under_nulls_and_chunks(cells, cut) -> None:  # type: ignore[no-untyped-def]
-    from closedloop.training.service import table_hash
+    from closedloop.training.lineage import table_hash
 
     null = np.array([c[3] for c in cells])
     columns = {

@@ -185,7 +185,7 @@ def test_registry_versions_aliases_and_loading(project: cl.Project) -> None:
     test_rows = second.report.rows
     assert test_rows > 0
     diff = project.registry.diff("fraud", 1, 2)
-    assert "label_cutoff" in diff["data"]
+    assert "label_cutoff" in diff.data
     with pytest.raises(VersionNotFound, match="no alias 'canary'"):
         project.registry.load("fraud", "canary")
     with pytest.raises(VersionNotFound):
@@ -206,10 +206,11 @@ def test_runs_compare_side_by_side(project: cl.Project) -> None:
     a = project.training.train("fraud", cutoff=END)
     b = project.training.train("fraud", cutoff=END - timedelta(days=3))
     got = project.training.compare(a.id, b.id)
-    assert got["sections"]["data"]["label_cutoff"][0] != got["sections"]["data"][
-        "label_cutoff"][1]
-    assert got["sections"]["params"]["seed"] == (7, 7)
-    assert "auc" in got["sections"]["metrics"]
+    assert got.sections["data"]["label_cutoff"][0] != got.sections["data"]["label_cutoff"][1]
+    assert got.sections["params"]["seed"] == (7, 7)
+    assert "auc" in got.sections["metrics"]
+    assert "label_cutoff" in got.differences()["data"]
+    assert "seed" not in got.differences()["params"]
 
 
 def test_the_report_writes_json_and_html(project: cl.Project, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Rows cross these boundaries as Arrow tables. Times are int64 microseconds since 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -243,6 +244,44 @@ def check_values(keys: Sequence[str], values: Sequence[bytes]) -> None:
     if len(keys) != len(values):
         raise BackendError(f"write_values got {len(keys)} keys for {len(values)} values",
                            fix="pass one value per key")
+
+
+class PredictionLog(Protocol):
+    """Every served prediction, appended durably per model; see ``backends/predictions.py``.
+
+    ``append`` returns a future that resolves once the records are durable (``durable``
+    mode) — a caller answers only then — or fails with a ``BackendError``; a failed write
+    fails only its own appends, and the log stays open and tries again with the next one.
+    Records of one writer are read back in the order they were appended."""
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until a write or a probe of the backend succeeds."""
+        ...
+
+    def append(self, model: str, records: Sequence[Any]) -> Future[None]:
+        """Queue records (dataclasses or mappings, JSON-serializable) of one model."""
+        ...
+
+    def flush(self) -> None:
+        """Wait until everything appended so far is written."""
+        ...
+
+    def records(self, model: str) -> Iterator[dict[str, Any]]:
+        """Every whole record of a model, each writer's in append order."""
+        ...
+
+    def read(self, model: str) -> pa.Table:
+        """A model's records as an Arrow table (empty when nothing was logged)."""
+        ...
+
+    def size(self, model: str) -> int:
+        """Bytes the model's log holds."""
+        ...
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer."""
+        ...
 
 
 class EventStream(Protocol):

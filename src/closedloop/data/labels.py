@@ -15,9 +15,10 @@ feature that only starts today: when the first rows that carry it have matured.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +53,19 @@ class MaturityReport:
     @property
     def taken(self) -> int:
         return self.labelled + self.defaulted
+
+
+class LabelReader(Protocol):
+    """What reading a label source needs: the offline store's ``read``."""
+
+    def read(self, source: LabelSource, columns: Sequence[str] | None = None) -> pa.Table: ...
+
+
+def held_labels(store: LabelReader, source: LabelSource) -> pa.Table:
+    """Every label a source holds, as the label functions here read them: its subject, event
+    time, label and settled instant — the one way every stage reads labels."""
+    return store.read(source, [source.subject, source.timestamp, source.label,
+                               source.settled_at])
 
 
 def known_labels(labels: pa.Table, source: LabelSource, cutoff: int) -> pa.Table | None:

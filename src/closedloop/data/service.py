@@ -163,7 +163,7 @@ class DataService:
         the label known at ``cutoff`` (see ``closedloop.data.labels``)."""
         table = as_table(rows, "rows")
         src = self.label_source(source)
-        held = self.engine.read(src, [src.subject, src.timestamp, src.label, src.settled_at])
+        held = _labels.held_labels(self.engine, src)
         return _labels.mature(table, held, src, cutoff, subject=subject, timestamp=timestamp)
 
     def label_delay(self, source: str, *, population: str | pa.Table | None = None,

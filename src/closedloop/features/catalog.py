@@ -42,7 +42,7 @@ class FeatureRef:
     feature: str
 
     def __str__(self) -> str:
-        return f"{self.view.name}@{self.view.version}.{self.feature}"
+        return f"{self.view.key}.{self.feature}"
 
 
 @dataclass(frozen=True)

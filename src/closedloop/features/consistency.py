@@ -14,17 +14,15 @@ import random
 import threading
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from closedloop.errors import DataError
-
-if TYPE_CHECKING:
-    from closedloop.features.service import FeatureService
 
 _SCHEMA = pa.schema([("at", pa.int64()), ("features", pa.string()), ("row", pa.string()),
                      ("values", pa.string())])
@@ -114,7 +112,8 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def consistency_report(service: FeatureService, log: pa.Table) -> list[FeatureConsistency]:
+def consistency_report(training_set: Callable[..., pa.Table], log: pa.Table,
+                       ) -> list[FeatureConsistency]:
     """Replay logged vectors through the offline path and compare, per feature."""
     if log.num_rows == 0:
         raise DataError("the feature log is empty", fix="serve some vectors with logging on "
@@ -138,7 +137,7 @@ def consistency_report(service: FeatureService, log: pa.Table) -> list[FeatureCo
         columns["__at"] = [ats[i] for i in idx]
         table = pa.table({k: (pa.array(v, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
                               if k == "__at" else pa.array(v)) for k, v in columns.items()})
-        offline = service.training_set(table, features, timestamp="__at")
+        offline = training_set(table, features, timestamp="__at")
         for f in features:
             # Offline values as the log keeps served ones (JSON; instants as their text).
             want = [json.loads(json.dumps(v, default=str)) for v in offline[f].to_pylist()]

@@ -225,6 +225,11 @@ class FeatureView:
         }
 
     @property
+    def key(self) -> str:
+        """``name@version``: how pins, online namespaces and served columns name it."""
+        return f"{self.name}@{self.version}"
+
+    @property
     def hash(self) -> str:
         return content_hash(self.spec())
 
@@ -277,6 +282,11 @@ class Transform:
             code = getattr(self.fn, "__qualname__", repr(self.fn))
         return {"kind": "transform", "name": self.name, "version": self.version,
                 "inputs": list(self.inputs), "code": code, "default": self.default}
+
+    @property
+    def key(self) -> str:
+        """``name@version``: how a model's pins name it."""
+        return f"{self.name}@{self.version}"
 
     @property
     def hash(self) -> str:

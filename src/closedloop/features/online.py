@@ -56,7 +56,7 @@ def snapshot_order(rec: Sequence[Any]) -> tuple[Any, ...]:
 
 def namespace(view: FeatureView) -> str:
     """The online store namespace of a view version."""
-    return f"{view.name}@{view.version}"
+    return view.key
 
 
 class _PlainUnpickler(pickle.Unpickler):

@@ -186,24 +186,20 @@ class RegistryService:
         return self.store.aliases(model)
 
     # -- comparing ---------------------------------------------------------------------------
-    def diff(self, model: str, a: int | str, b: int | str) -> dict[str, Any]:
+    def diff(self, model: str, a: int | str, b: int | str) -> VersionDiff:
         """Two versions side by side: features, definition hashes, parameters, metrics,
         training data."""
         va, vb = self.version(model, a), self.version(model, b)
         fa, fb = set(va.features), set(vb.features)
         views_a = va.manifest["definitions"]["views"]
         views_b = vb.manifest["definitions"]["views"]
-        return {
-            "model": model, "a": va.version, "b": vb.version,
-            "features_added": sorted(fb - fa), "features_removed": sorted(fa - fb),
-            "definitions_changed": sorted(k for k in set(views_a) | set(views_b)
-                                          if views_a.get(k) != views_b.get(k)),
-            "params": _changed(va.manifest.get("params", {}), vb.manifest.get("params", {})),
-            "metrics": _changed(va.metrics, vb.metrics),
-            "data": _changed({k: v for k, v in va.manifest["lineage"].items() if k != "columns"},
-                             {k: v for k, v in vb.manifest["lineage"].items()
-                              if k != "columns"}),
-        }
+        return VersionDiff(
+            model, va.version, vb.version, sorted(fb - fa), sorted(fa - fb),
+            sorted(k for k in set(views_a) | set(views_b) if views_a.get(k) != views_b.get(k)),
+            _changed(va.manifest.get("params", {}), vb.manifest.get("params", {})),
+            _changed(va.metrics, vb.metrics),
+            _changed({k: v for k, v in va.manifest["lineage"].items() if k != "columns"},
+                     {k: v for k, v in vb.manifest["lineage"].items() if k != "columns"}))
 
     def baseline(self, model: str, rows: pa.Table,
                  ) -> tuple[int, np.ndarray[Any, Any], str | None] | None:
@@ -220,6 +216,22 @@ class RegistryService:
             table = self.features.training_set(rows, needed, timestamp=source.timestamp)
         unseen = loaded.version.manifest["lineage"].get("split", {}).get("test_from")
         return loaded.version.version, loaded.predict(table), unseen
+
+
+@dataclass(frozen=True, slots=True)
+class VersionDiff:
+    """What differs between versions ``a`` and ``b`` of a model; each of ``params``,
+    ``metrics`` and ``data`` maps a key that differs to its (a, b) values."""
+
+    model: str
+    a: int
+    b: int
+    features_added: list[str]
+    features_removed: list[str]
+    definitions_changed: list[str]
+    params: dict[str, tuple[Any, Any]]
+    metrics: dict[str, tuple[Any, Any]]
+    data: dict[str, tuple[Any, Any]]
 
 
 def _changed(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -9,7 +9,8 @@ Routes:
 * ``GET /v1/models/{name}/scores/{key}`` — the entity's batch score (``closedloop score``):
   ``{"model", "key", "score", "version", "as_of", "scored_at"}``, or 404;
 * ``GET /v1/models`` — the served models, their versions by alias;
-* ``GET /healthz`` (alive), ``GET /readyz`` (every model loaded), ``GET /metrics``
+* ``GET /healthz`` (alive), ``GET /readyz`` (every model loaded and the prediction log
+  writable: 503 while its last write failed), ``GET /metrics``
   (Prometheus), ``GET /openapi.json`` (the schema, from the models' declared fields).
 
 A bad request is a 4xx whose body names the field — ``{"error", "code", "field", "fix"}`` —
@@ -17,9 +18,10 @@ never a 500. More than ``max_inflight`` requests in flight on a worker are shed 
 and ``Retry-After``. The requests already queued for a model are served as one batch
 (``_Batcher``), never held back for more to come. Aliases are polled every ``reload_s``: a
 moved alias loads the new version off the event loop and swaps it in; requests in flight
-finish on the version they started on, so none is dropped. The shadow version scores on a
-worker thread after the response (a bounded queue: when the shadow falls behind, its work is
-dropped and counted, never queued without end).
+finish on the version they started on, so none is dropped. Each model is served through its
+``OnlineModel`` (``closedloop.serving.online``), as the stream scorer and the in-process API
+are: predicted, logged before the response, the shadow queued for the project's shadow worker
+(bounded: when the shadow falls behind, its work is dropped and counted here).
 """
 
 from __future__ import annotations
@@ -28,19 +30,22 @@ import asyncio
 import gc
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from closedloop.errors import ClosedLoopError, RequestError, ServingError
+from closedloop.errors import ClosedLoopError, Overloaded, RequestError
 from closedloop.server.metrics import ServerMetrics
 from closedloop.server.openapi import openapi
+from closedloop.serving.online import NotLogged, OnlineModel
+from closedloop.serving.predictor import Served
+
+if TYPE_CHECKING:
+    from closedloop.project import Project
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -55,7 +60,7 @@ class ServingApp:
     """The ASGI application over one project (see module). ``models``: the models to serve
     (default: every model with a production version)."""
 
-    def __init__(self, project: Any, models: list[str] | None = None) -> None:
+    def __init__(self, project: Project, models: list[str] | None = None) -> None:
         self.project = project
         self.models = models
         settings = project.settings.serving
@@ -64,12 +69,11 @@ class ServingApp:
         self.fetch_timeout_s = settings.fetch_timeout_ms / 1000
         self.reload_s = settings.reload_s
         self.metrics = ServerMetrics()
-        self.predictors: dict[str, Any] = {}
+        #: The served models by name (swapped whole when an alias moves).
+        self.online: dict[str, OnlineModel] = {}
         self.inflight = 0
         self.ready = False
         self._reloader: asyncio.Task[None] | None = None
-        self._shadow: queue.Queue[tuple[str, Any] | None] = queue.Queue(maxsize=1024)
-        self._shadow_thread: threading.Thread | None = None
         self._made: dict[str, int] = {}            # predictions since the last usage record
         self._batchers: dict[str, _Batcher] = {}
         self._cpu = time.process_time()
@@ -82,27 +86,20 @@ class ServingApp:
             names = [m for m in self.project.serving.models
                      if "production" in self.project.registry.aliases(m)]
         for name in names:
-            self.predictors[name] = self.project.serving.predictor(name)
-        self._shadow_thread = threading.Thread(target=self._shadow_loop, daemon=True,
-                                               name="closedloop-shadow")
-        self._shadow_thread.start()
+            self.online[name] = self.project.serving.online(name)
+        self.project.serving.shadow.on_drop = self._dropped
         self.ready = True
         gc.collect()
         gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
 
+    def _dropped(self, model: str, predictions: int) -> None:
+        self.metrics.shadow_dropped.labels(model).inc(predictions)
+
     def stop(self) -> None:
-        """Drop the shadow work not begun (shutting down is not worth a production delay),
-        let the shadow in progress finish, log the last usage, close the project."""
-        while True:
-            try:
-                item = self._shadow.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self.metrics.shadow_dropped.labels(item[0]).inc()
-        self._shadow.put(None)
-        if self._shadow_thread is not None:
-            self._shadow_thread.join(timeout=10)
+        """Drop the shadow work not begun (shutting down is not worth a production delay;
+        counted), let the shadow in progress finish, log the last usage, close the
+        project."""
+        self.project.serving.shadow.close()
         self.record_usage()
         self.project.close()
 
@@ -125,26 +122,15 @@ class ServingApp:
             if ticks * self.reload_s >= _USAGE_EVERY_S:
                 ticks = 0
                 await asyncio.to_thread(self.record_usage)
-            for name, current in list(self.predictors.items()):
+            for name, current in list(self.online.items()):
                 try:
                     aliases = await asyncio.to_thread(serving.aliases, name)
                     if aliases != current.aliases:
-                        fresh = await asyncio.to_thread(serving.predictor, name)
-                        self.predictors[name] = fresh
+                        fresh = await asyncio.to_thread(serving.online, name)
+                        self.online[name] = fresh
                         log.warning("model %s now serves %s", name, fresh.aliases)
                 except ClosedLoopError as exc:    # keep serving what is loaded
                     log.warning("reloading %s failed: %s", name, exc)
-
-    def _shadow_loop(self) -> None:
-        while True:
-            item = self._shadow.get()
-            if item is None:
-                return
-            model, job = item
-            try:
-                self.project.prediction_log.append(model, job())
-            except Exception:                     # the shadow never harms production
-                log.exception("shadow scoring of %s failed", model)
 
     # -- ASGI --------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,7 +159,7 @@ class ServingApp:
         if path.startswith(_PREFIX) and "/scores/" in path:
             name, _, key = path[len(_PREFIX):].partition("/scores/")
             found = (self.project.serving.stored_score(name, key)
-                     if name in self.predictors and key else None)
+                     if name in self.online and key else None)
             if found is None:
                 await _send(send, 404, {"error": f"no batch score of {name!r} for {key!r}",
                                         "code": "CL-501", "field": "key",
@@ -183,18 +169,20 @@ class ServingApp:
             return
         if path == "/healthz":
             await _send(send, 200, {"status": "ok"})
-        elif path == "/readyz":
-            await _send(send, 200 if self.ready else 503,
-                        {"ready": self.ready, "models": {n: p.aliases for n, p in
-                                                         self.predictors.items()}})
+        elif path == "/readyz":          # loaded, and the prediction log can be written
+            logged = self.project.prediction_log.healthy
+            ready = self.ready and logged
+            await _send(send, 200 if ready else 503,
+                        {"ready": ready, "log": "ok" if logged else "failing",
+                         "models": {n: m.aliases for n, m in self.online.items()}})
         elif path == "/metrics":
             body, ctype = self.metrics.render()
             await _raw(send, 200, body, [(b"content-type", ctype.encode())])
         elif path == "/openapi.json":
-            await _send(send, 200, openapi(self.predictors))
+            await _send(send, 200, openapi({n: m.predictor for n, m in self.online.items()}))
         elif path == "/v1/models":
             await _send(send, 200, {"models": [
-                {"name": n, "versions": p.aliases} for n, p in self.predictors.items()]})
+                {"name": n, "versions": m.aliases} for n, m in self.online.items()]})
         else:
             await _send(send, 404, {"error": f"no route GET {path}", "code": "CL-701"})
 
@@ -221,8 +209,8 @@ class ServingApp:
         start = time.perf_counter()
         if self.inflight >= self.max_inflight:
             self.metrics.shed.inc()
-            await _send(send, 503, {"error": "the server is at capacity", "code": "CL-702",
-                                    "fix": "retry after a moment"}, [(b"retry-after", b"1")])
+            shed = Overloaded("the server is at capacity", fix="retry after a moment")
+            await _send(send, status_of(shed), _error(shed), [(b"retry-after", b"1")])
             return
         self.inflight += 1
         try:
@@ -234,29 +222,24 @@ class ServingApp:
                            start: float) -> None:
         try:
             body = await _body(receive, self.max_body)
-            predictor = self.predictors.get(name)
-            if predictor is None:
-                raise RequestError(f"there is no served model {name!r}", field="name",
-                                   fix=f"the models are {sorted(self.predictors)}", status=404)
-            rows = predictor.check(_parse(body)["instances"])
-            served, first, last = await self._batcher(name).submit(predictor, rows, start)
-        except RequestError as exc:
-            self.metrics.errors.labels(str(exc.status)).inc()
-            await _send(send, exc.status, _error(exc))
-            return
-        except _NotLogged as exc:              # a prediction that is not logged is not served
-            await _send(send, 503, _error(exc))
-            return
+            model = self.online.get(name)
+            if model is None:
+                raise UnknownModel(f"there is no served model {name!r}", field="name",
+                                   fix=f"the models are {sorted(self.online)}")
+            rows = model.check(_parse(body)["instances"])
+            served, first, last = await self._batcher(name).submit(model, rows, start)
         except ClosedLoopError as exc:
-            self.metrics.errors.labels("422").inc()
-            await _send(send, 422, _error(exc))
+            status = status_of(exc)
+            if status < 500:
+                self.metrics.errors.labels(str(status)).inc()
+            await _send(send, status, _error(exc))
             return
         mine = served.predictions[first:last]
         await _raw(send, 200, orjson.dumps({"model": name, "predictions": [
             p.to_dict() for p in mine]}), _JSON)
         m = self.metrics
         stages, request = m.of(name)
-        for stage, ms in served.records[first]["latency_ms"].items():
+        for stage, ms in served.records[first].latency_ms.items():
             if stage != "request":
                 stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
@@ -275,28 +258,15 @@ class ServingApp:
             found = self._batchers[name] = _Batcher(self, name)
         return found
 
-    def after_batch(self, name: str, served: Any) -> None:
-        """Hand a served batch's shadow work to the shadow thread, or count it dropped."""
-        if served.after is not None:
-            try:
-                self._shadow.put_nowait((name, served.after))
-            except queue.Full:
-                self.metrics.shadow_dropped.labels(name).inc(len(served.predictions))
-
-
-class _NotLogged(ServingError):
-    """The prediction log refused a batch: its requests are answered 503."""
-
-
 #: The most instances served as one merged batch.
 MERGE_INSTANCES = 256
 
 
 @dataclass
 class _Queued:
-    predictor: Any
+    model: OnlineModel
     rows: list[dict[str, Any]]
-    done: asyncio.Future[tuple[Any, int, int]]
+    done: asyncio.Future[tuple[Served, int, int]]
     arrived: float                         # time.perf_counter() when the request came in
 
 
@@ -317,12 +287,13 @@ class _Batcher:
         self.queue: list[_Queued] = []
         self.running = False
 
-    def submit(self, predictor: Any, rows: list[dict[str, Any]], arrived: float | None = None,
-               ) -> asyncio.Future[tuple[Any, int, int]]:
+    def submit(self, model: OnlineModel, rows: list[dict[str, Any]],
+               arrived: float | None = None,
+               ) -> asyncio.Future[tuple[Served, int, int]]:
         """Queue a checked request that came in at ``arrived`` (``time.perf_counter()``;
         default: now); its future gives the batch served and the request's slice of it."""
-        done: asyncio.Future[tuple[Any, int, int]] = asyncio.get_running_loop().create_future()
-        self.queue.append(_Queued(predictor, rows, done,
+        done: asyncio.Future[tuple[Served, int, int]] = asyncio.get_running_loop().create_future()
+        self.queue.append(_Queued(model, rows, done,
                                   time.perf_counter() if arrived is None else arrived))
         if not self.running:
             self.running = True
@@ -332,13 +303,13 @@ class _Batcher:
     async def _drain(self) -> None:
         try:
             while self.queue:
-                head = self.queue[0].predictor     # a reload mid-queue: one version per batch
-                cap = min(MERGE_INSTANCES, head.serving.max_instances)
+                head = self.queue[0].model         # a reload mid-queue: one version per batch
+                cap = min(MERGE_INSTANCES, head.predictor.serving.max_instances)
                 batch: list[_Queued] = []
                 rest: list[_Queued] = []
                 size = 0
                 for item in self.queue:
-                    if item.predictor is head and (not batch or size + len(item.rows) <= cap):
+                    if item.model is head and (not batch or size + len(item.rows) <= cap):
                         batch.append(item)
                         size += len(item.rows)
                     else:
@@ -348,48 +319,46 @@ class _Batcher:
         finally:
             self.running = False
 
-    async def _serve(self, predictor: Any, batch: list[_Queued]) -> None:
+    async def _serve(self, model: OnlineModel, batch: list[_Queued]) -> None:
         rows = batch[0].rows if len(batch) == 1 else [r for q in batch for r in q.rows]
         began = time.perf_counter()
         deadline = min(q.arrived for q in batch) + self.app.fetch_timeout_s
         try:
-            served = await predictor.predict_async(rows, checked=True, deadline=deadline)
+            served = await model.serve_async(
+                rows, checked=True, deadline=deadline,
+                before_log=lambda s: _timed(s, batch, began, time.perf_counter()))
+        except NotLogged as exc:               # predicted, but the log refused: all 503
+            for item in batch:
+                _fail(item.done, exc)
+            return
         except Exception as exc:
             if len(batch) > 1:
                 for item in batch:              # find the bad one: each request alone
-                    await self._serve(predictor, [item])
+                    await self._serve(model, [item])
                 return
             if not isinstance(exc, ClosedLoopError):    # a bug: a 500 for this one request
                 log.exception("serving a request of %s failed", self.name)
             _fail(batch[0].done, exc)
-            return
-        _timed(served, batch, began, time.perf_counter())
-        try:
-            await asyncio.wrap_future(self.app.project.prediction_log.append(self.name,
-                                                                             served.records))
-        except ClosedLoopError as exc:
-            for item in batch:
-                _fail(item.done, _NotLogged(exc.message, fix=exc.fix))
             return
         at = 0
         for item in batch:
             if not item.done.done():            # a client that went away is skipped
                 item.done.set_result((served, at, at + len(item.rows)))
             at += len(item.rows)
-        self.app.after_batch(self.name, served)
 
 
-def _timed(served: Any, batch: list[_Queued], began: float, handed: float) -> None:
+def _timed(served: Served, batch: list[_Queued], began: float, handed: float) -> None:
     """Each request's queue wait (arrival to its batch's start: reading the body, checking
     it, waiting behind the batch ahead) and its whole time on the server up to the log
     (arrival to the records handed to the prediction log), in its records' ``latency_ms``
     beside the batch's stages."""
+    records = served.records
     at = 0
     for item in batch:
         timing = {**served.latency_ms, "queue": (began - item.arrived) * 1e3,
                   "request": (handed - item.arrived) * 1e3}
-        for record in served.records[at:at + len(item.rows)]:
-            record["latency_ms"] = timing
+        for i in range(at, at + len(item.rows)):
+            records[i] = replace(records[i], latency_ms=timing)
         at += len(item.rows)
 
 
@@ -428,15 +397,42 @@ async def _body(receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise RequestError("the client went away", field="body", status=400)
+            raise RequestError("the client went away", field="body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise RequestError(f"the body is larger than {limit} bytes", field="body",
-                               fix="send fewer instances per request", status=413)
+            raise BodyTooLarge(f"the body is larger than {limit} bytes", field="body",
+                               fix="send fewer instances per request")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class UnknownModel(RequestError):
+    """A request for a model this server does not serve."""
+
+
+class BodyTooLarge(RequestError):
+    """A request body over ``[serving] max_body_bytes``."""
+
+
+#: The one table of HTTP statuses: an error's status is its nearest class here.
+STATUS: dict[type[ClosedLoopError], int] = {
+    UnknownModel: 404,
+    BodyTooLarge: 413,
+    RequestError: 400,           # a bad request, naming its field
+    NotLogged: 503,              # a prediction that is not logged is not served
+    Overloaded: 503,
+    ClosedLoopError: 422,        # well-formed, but it cannot be served (e.g. a bad key type)
+}
+
+
+def status_of(exc: ClosedLoopError) -> int:
+    """The HTTP status of an error (``STATUS``)."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
 
 
 def _error(exc: ClosedLoopError) -> dict[str, Any]:

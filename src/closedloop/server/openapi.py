@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from closedloop.serving.predictor import Predictor
+
 _SCALAR = {"type": ["string", "number", "integer", "boolean", "null"]}
 _ERROR = {"type": "object", "required": ["error", "code"], "properties": {
     "error": {"type": "string"}, "code": {"type": "string"},
@@ -28,7 +30,7 @@ def _errors(*codes: int) -> dict[str, Any]:
             for c in codes}
 
 
-def _field(p: Any, name: str) -> dict[str, Any]:
+def _field(p: Predictor, name: str) -> dict[str, Any]:
     """A field's schema: its declared type (nullable, unless it is required and not an entity
     key), else any scalar."""
     kind = p.types.get(name)
@@ -37,7 +39,7 @@ def _field(p: Any, name: str) -> dict[str, Any]:
     return {"type": kind if name in p.required and name not in p.nullable else [kind, "null"]}
 
 
-def openapi(predictors: dict[str, Any]) -> dict[str, Any]:
+def openapi(predictors: dict[str, Predictor]) -> dict[str, Any]:
     """The schema of every route, one predict path per served model."""
     paths: dict[str, Any] = {}
     for name, p in predictors.items():

@@ -38,7 +38,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import orjson
@@ -50,7 +49,7 @@ from closedloop.data.instants import as_instants, format_instant, now_micros
 from closedloop.data.sources import ARROW_TYPES, EventSource
 from closedloop.errors import ServingError
 from closedloop.features.service import FeatureService
-from closedloop.serving.log import PredictionLog
+from closedloop.serving.online import OnlineModel
 
 Progress = Callable[[int, int, str], None]
 
@@ -119,17 +118,17 @@ class StreamReport:
 class StreamScorer:
     """One consumer of a group scoring a model's events (see module)."""
 
-    def __init__(self, model: str, predictor: Any, features: FeatureService,
-                 stream: EventStream, source: EventSource, log: PredictionLog,
+    def __init__(self, online: OnlineModel, features: FeatureService,
+                 stream: EventStream, source: EventSource,
                  group: str = "closedloop", consumer: str = "scorer-1",
                  usage: Callable[[str, str, float, int], None] | None = None,
                  observe: Callable[[list[float]], None] | None = None) -> None:
-        self.model = model
-        self.predictor = predictor
+        self.online = online
+        self.model = online.model
+        self.predictor = online.predictor
         self.features = features
         self.stream = stream
         self.source = source
-        self.log = log
         self.group = group
         self.consumer = consumer
         self.usage = usage
@@ -180,7 +179,7 @@ class StreamScorer:
         fold_first = self.source.arrival is None
         if fold_first:
             self.features.push(self.source.name, events)
-        served = self.predictor.predict(instances)
+        served = self.online.serve(instances)             # predicted, logged, shadowed
         if not fold_first:
             self.features.push(self.source.name, events)
         subject = self.predictor.serving.subject or self.source.id
@@ -201,7 +200,6 @@ class StreamScorer:
                          "written": format_instant(written),
                          "lag_ms": (written - et) / 1000, "consumer": self.consumer})
         store.write([(f"stream:{self.model}", o["key"], orjson.dumps(o)) for o in outs])
-        self.log.append(self.model, served.records).result()
         self.stream.publish(predictions_stream(self.model), [{"p": orjson.dumps(o)}
                                                              for o in outs])
         self.stream.ack(events_stream(self.source.name), self.group, [r for r, _ in records])

@@ -80,5 +80,5 @@ def created_after_row(view: FeatureView, source_rows: pa.Table, keys: pa.Chunked
             worst = max(worst, int(created[j] - t))
     if not leaked:
         return None
-    return LeakFinding(f"{view.name}@{view.version}", source.created, leaked, len(row_keys),
+    return LeakFinding(view.key, source.created, leaked, len(row_keys),
                        worst)

@@ -21,11 +21,8 @@ if they differ it names the inputs that changed: data, code, environment.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
-import platform
 import resource
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,9 +36,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from closedloop.backends.base import ArtefactStore, MetadataStore, OfflineEngine, RunStore
+from closedloop.backends.base import (
+    ArtefactStore,
+    MetadataStore,
+    OfflineEngine,
+    RunRecord,
+    RunStore,
+)
 from closedloop.data.instants import to_micros
-from closedloop.data.labels import mature
+from closedloop.data.labels import held_labels, mature
 from closedloop.data.sources import LabelSource
 from closedloop.errors import (
     ClosedLoopError,
@@ -54,6 +57,7 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
 from closedloop.training import evaluation
 from closedloop.training.leakage import created_after_row
+from closedloop.training.lineage import code_version, environment, table_hash
 from closedloop.training.matrix import feature_matrix, feature_table
 from closedloop.training.model import Model
 from closedloop.training.report import EvaluationReport
@@ -63,9 +67,6 @@ Progress = Callable[[int, int, str], None]
 #: its version, the scores, and the first instant it did not learn from (its test split).
 Baseline = Callable[[str, pa.Table], tuple[int, np.ndarray[Any, Any], str | None] | None]
 
-_PACKAGES = ("closedloop", "numpy", "pyarrow", "duckdb", "scikit-learn", "lightgbm",
-             "xgboost", "scipy")
-_HASH_BLOCK = 1 << 16                # values per block when hashing a column
 _STEPS = ("rows", "labels", "training set", "checks", "fit", "evaluate", "store")
 
 
@@ -148,89 +149,6 @@ def _part(table: pa.Table, where: slice | np.ndarray[Any, Any]) -> pa.Table:
     return table.filter(pa.array(where))
 
 
-def table_hash(table: pa.Table, threads: int = 2) -> str:
-    """The content hash of a table's values: SHA-256 over, per column, its name, type and
-    length and the SHA-256 of its content — which rows are null and the values (nulls as
-    zero, strings as their UTF-8 bytes and lengths), not the Arrow buffers, whose chunking and
-    bytes under nulls are not part of the content. Columns are hashed on ``threads`` threads
-    (hashlib releases the GIL); the result does not depend on it."""
-    columns = list(zip(table.column_names, table.columns, strict=True))
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        digests = list(pool.map(_column_digest, (c for _, c in columns)))
-    top = hashlib.sha256()
-    for (name, column), digest in zip(columns, digests, strict=True):
-        top.update(f"{name}\x1f{column.type}\x1f{len(column)}\x1e".encode())
-        top.update(digest)
-    return top.hexdigest()
-
-
-def _column_digest(column: pa.ChunkedArray) -> bytes:
-    """SHA-256 of one column's content (see ``table_hash``)."""
-    digest = hashlib.sha256()
-    nulls = pc.is_null(column).to_numpy(zero_copy_only=False)
-    digest.update(np.packbits(nulls).tobytes())
-    kind = column.type
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind) or pa.types.is_duration(kind):
-        column = pc.cast(column, pa.int64())
-        kind = column.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        # The values as one byte stream, chunks in order, nulls as zero: zeroed a block at a
-        # time, so no copy of the whole column is made.
-        at = 0
-        for chunk in column.chunks:
-            if pa.types.is_boolean(kind):           # bits: as one byte each
-                chunk = pc.fill_null(chunk, False)
-            values = (chunk.to_numpy(zero_copy_only=False) if not chunk.null_count
-                      else np.frombuffer(chunk.buffers()[1], dtype=kind.to_pandas_dtype(),
-                                         count=chunk.offset + len(chunk))[chunk.offset:])
-            for a in range(0, values.size, _HASH_BLOCK):
-                block = values[a:a + _HASH_BLOCK]
-                hole = nulls[at + a:at + a + block.size]
-                if hole.any():
-                    block = np.where(hole, np.zeros(1, block.dtype), block)
-                digest.update(np.ascontiguousarray(block).data.cast("B"))
-            at += values.size
-    else:
-        text = pc.fill_null(pc.cast(column, pa.large_string()), "")
-        combined = text.combine_chunks()
-        offsets, data = combined.buffers()[1], combined.buffers()[2]
-        start = combined.offset
-        offs = np.frombuffer(offsets, dtype=np.int64)[start:start + len(combined) + 1]
-        digest.update((offs - offs[0]).tobytes())
-        if data is not None:
-            digest.update(memoryview(data)[offs[0]:offs[-1]])
-    return digest.digest()
-
-
-def environment() -> dict[str, Any]:
-    """Python, the platform and the versions of the packages a run depends on."""
-    packages = {}
-    for name in _PACKAGES:
-        try:
-            packages[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "packages": packages}
-
-
-def code_version(root: Path) -> dict[str, Any]:
-    """The git commit of the project folder and whether its tree is dirty (when it is a git
-    checkout), and the hash of its definitions module."""
-    out: dict[str, Any] = {"git_commit": None, "git_dirty": None}
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=10, check=False)
-        if commit.returncode == 0:
-            out["git_commit"] = commit.stdout.strip()
-            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain"],
-                                    capture_output=True, text=True, timeout=10, check=False)
-            out["git_dirty"] = bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return out
-
-
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -274,15 +192,15 @@ class TrainingService:
         pins: dict[str, Any] = {"views": {}, "transforms": {}, "sources": {}}
         missing = []
         for view, _ in resolution.by_view():
-            key = f"{view.name}@{view.version}"
+            key = view.key
             pins["views"][key] = view.hash
             if registered.get(("feature_view", view.name, view.version)) != view.hash:
                 missing.append(f"feature view {key}")
             pins["sources"][view.source.name] = view.source.hash
         for t in resolution.transforms:
-            pins["transforms"][f"{t.name}@{t.version}"] = t.hash
+            pins["transforms"][t.key] = t.hash
             if registered.get(("transform", t.name, t.version)) != t.hash:
-                missing.append(f"transform {t.name}@{t.version}")
+                missing.append(f"transform {t.key}")
         pins["sources"][label.name] = label.hash
         if missing:
             raise TrainingError(
@@ -325,8 +243,7 @@ class TrainingService:
         rows = _time_ordered(self.engine.read(source, row_columns), source.timestamp,
                              label.subject)
         step("labels")
-        labels = self.engine.read(label, [label.subject, label.timestamp, label.label,
-                                          label.settled_at])
+        labels = held_labels(self.engine, label)
         matured, report = mature(rows, labels, label, cutoff, timestamp=source.timestamp)
         if matured.num_rows == 0:
             raise TrainingError(
@@ -554,7 +471,8 @@ class TrainingService:
             importance=importance)
 
     # -- reproduction ------------------------------------------------------------------------
-    def run(self, run_id: str) -> Any:
+    def run(self, run_id: str) -> RunRecord:
+        """The recorded run ``run_id``: its status, times, record (lineage) and error."""
         for r in self.runs_store.runs():
             if r.id == run_id:
                 return r
@@ -613,7 +531,7 @@ class TrainingService:
                             time.perf_counter() - started)
 
     # -- experiment tracking ------------------------------------------------------------------
-    def compare(self, a: str, b: str) -> dict[str, Any]:
+    def compare(self, a: str, b: str) -> RunComparison:
         """Two runs side by side: parameters, metrics, data and code, and what differs."""
         ra, rb = self.run(a), self.run(b)
 
@@ -638,7 +556,23 @@ class TrainingService:
                               ("environment", lambda r: r.record.get("environment", {}))):
             fa, fb = flat(pick(ra)), flat(pick(rb))
             sections[section] = {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb))}
-        return {"a": a, "b": b, "status": (ra.status, rb.status), "sections": sections}
+        return RunComparison(a, b, (ra.status, rb.status), sections)
+
+
+@dataclass(frozen=True, slots=True)
+class RunComparison:
+    """Runs ``a`` and ``b`` side by side: per section (params, metrics, data, code,
+    environment), every key's (a, b) values, equal or not."""
+
+    a: str
+    b: str
+    status: tuple[str, str]
+    sections: dict[str, dict[str, tuple[Any, Any]]]
+
+    def differences(self) -> dict[str, dict[str, tuple[Any, Any]]]:
+        """Only the keys whose values differ, by section."""
+        return {s: {k: v for k, v in rows.items() if v[0] != v[1]}
+                for s, rows in self.sections.items()}
 
 
 def _fit(model: Model, built: _Built) -> Any:

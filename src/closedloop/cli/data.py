@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import typer
 from rich.markup import escape
 
-from closedloop.cli import ProjectOpt, Table, _open, _progress, _stepper, _when, app, out
+from closedloop.cli.common import ProjectOpt, Table, _open, _progress, _stepper, _when, app, out
 from closedloop.errors import UsageError
 
 

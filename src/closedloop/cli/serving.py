@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import pyarrow.parquet as pq
 import typer
 
-from closedloop.cli import (
+from closedloop.cli.common import (
     ProjectOpt,
     Table,
     _open,
@@ -27,6 +27,7 @@ from closedloop.cli import (
 from closedloop.data.clock import Clock, clock_text
 from closedloop.data.instants import instant_micros
 from closedloop.errors import ServingError
+from closedloop.serving.budget import BudgetReport
 
 
 @app.command()
@@ -100,32 +101,28 @@ def budget(
     render_budget(report)
 
 
-def render_budget(report: dict[str, Any]) -> None:
+def render_budget(report: BudgetReport) -> None:
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    stages, total = report["stages"], report["total"]
-    table = Table(title=f"latency budget of {report['model']}: {report['predictions']:,} "
+    table = Table(title=f"latency budget of {report.model}: {report.predictions:,} "
                   "predictions", box=None, header_style="bold")
     for col in ("stage", "p50 ms", "p99 ms", "budget ms", ""):
         table.add_column(col, justify="left" if col == "stage" else "right")
-    queue = report.get("queue") or {"p50_ms": None, "p99_ms": None, "budget_ms": None}
-    for name, row in [*stages.items(), ("queue", queue), ("total", total)]:
-        declared = row["budget_ms"] is not None
-        over = declared and row["p99_ms"] is not None and row["p99_ms"] > row["budget_ms"]
-        verdict = ("" if row["p99_ms"] is None or name == "queue" else "[red]over[/]" if over
-                   else "[green]ok[/]" if declared else "[dim]not declared[/]")
-        table.add_row(name, ms(row["p50_ms"]), ms(row["p99_ms"]), ms(row["budget_ms"]), verdict)
+    for name, row in [*report.stages.items(), ("queue", report.queue), ("total", report.total)]:
+        verdict = ("" if row.p99_ms is None or name == "queue" else "[red]over[/]" if row.over
+                   else "[green]ok[/]" if row.declared else "[dim]not declared[/]")
+        table.add_row(name, ms(row.p50_ms), ms(row.p99_ms), ms(row.budget_ms), verdict)
     out.print(table)
-    if report["over"]:
-        out.print(f"over budget: {', '.join(report['over'])}")
-    elif report["predictions"]:
+    if report.over:
+        out.print(f"over budget: {', '.join(report.over)}")
+    elif report.predictions:
         out.print("every stage is within its budget")
-    if report["predictions"] and report.get("served", 0) < report["predictions"]:
-        out.print(f"{report['predictions'] - report.get('served', 0):,} predictions were made "
-                  "in process: their total is the stages added up (no queue)")
-    if report["fallbacks"]:
-        out.print(f"{report['fallbacks']:,} predictions were answered by the fallback")
+    if report.served < report.predictions:
+        out.print(f"{report.predictions - report.served:,} predictions were made in process: "
+                  "their total is the stages added up (no queue)")
+    if report.fallbacks:
+        out.print(f"{report.fallbacks:,} predictions were answered by the fallback")
 
 
 @app.command()

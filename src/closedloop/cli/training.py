@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from closedloop.cli import ProjectOpt, Table, _open, _progress, _stepper, _when, app, out
+from closedloop.cli.common import ProjectOpt, Table, _open, _progress, _stepper, _when, app, out
 from closedloop.errors import UsageError
 
 
@@ -124,7 +124,7 @@ def runs_compare(
     with _open(project) as p:
         got = p.training.compare(a, b)
     view = Table("section", "key", a, b, "")
-    for section, rows in got["sections"].items():
+    for section, rows in got.sections.items():
         for key, (va, vb) in rows.items():
             if va == vb and not all_:
                 continue
@@ -186,12 +186,15 @@ def models_diff(
     """What differs between two versions: features, definitions, parameters, metrics, data."""
     with _open(project) as p:
         got = p.registry.diff(model, a, b)
-    out.print(f"{model}: version {got['a']} -> {got['b']}")
-    for key in ("features_added", "features_removed", "definitions_changed"):
-        if got[key]:
-            out.print(f"  {key.replace('_', ' ')}: {', '.join(got[key])}", soft_wrap=True)
-    for section in ("params", "metrics", "data"):
-        for k, (va, vb) in got[section].items():
+    out.print(f"{model}: version {got.a} -> {got.b}")
+    for what, names in (("features added", got.features_added),
+                        ("features removed", got.features_removed),
+                        ("definitions changed", got.definitions_changed)):
+        if names:
+            out.print(f"  {what}: {', '.join(names)}", soft_wrap=True)
+    for section, changed in (("params", got.params), ("metrics", got.metrics),
+                             ("data", got.data)):
+        for k, (va, vb) in changed.items():
             out.print(f"  {section}.{k}: {_cell(va)} -> {_cell(vb)}", soft_wrap=True)
 
 

@@ -14,16 +14,27 @@ torn line was never acknowledged — readers skip it. In the opt-in ``buffered``
 ``append`` acknowledges at once and the writer commits every ``flush_ms``: a crash loses at
 most the records acknowledged in the last ``flush_ms`` plus one ``fsync``.
 
-Records are plain dicts (see ``closedloop.serving.service``); kinds are ``prediction`` and
-``shadow`` (a shadow version's score for a prediction id, written after the response).
+**A failed write** fails only the records of its commit (their waiters hear why; in
+``buffered`` mode the loss is logged) and the log stays open: the next append tries again, so
+a log whose disk or Redis comes back serves again without a restart. Meanwhile ``healthy`` is
+False (the server's ``/readyz`` answers 503) and the writer probes the backend every
+``probe_s``; the first commit or probe that succeeds makes it healthy again. A file log starts
+a new segment after a failed write, so a torn line is only ever a segment's last.
+
+Records are whatever the serving stage appends — its ``PredictionRecord`` and
+``ShadowRecord`` dataclasses and ``usage`` dicts, one JSON object per line — and read back as
+dicts (``closedloop.serving.records.served`` types them). Both logs satisfy
+``closedloop.backends.base.PredictionLog`` and pass ``closedloop.testing.check_prediction_log``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
@@ -36,13 +47,14 @@ from closedloop.backends.base import EventStream
 from closedloop.errors import BackendError, ConfigError
 
 Mode = Literal["durable", "buffered"]
+log = logging.getLogger("closedloop.log")
 
 
-class PredictionLog:
+class FilePredictionLog:
     """Append-only, group-committed files of prediction records (see module)."""
 
     def __init__(self, root: str | Path, *, mode: Mode = "durable", flush_ms: float = 5.0,
-                 segment_bytes: int = 64 << 20) -> None:
+                 segment_bytes: int = 64 << 20, probe_s: float = 1.0) -> None:
         if mode not in ("durable", "buffered"):
             raise ConfigError(f"prediction log mode {mode!r} is unknown",
                               fix="use 'durable' (the default) or 'buffered'")
@@ -56,20 +68,26 @@ class PredictionLog:
         self._files: dict[str, tuple[Any, int]] = {}
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._failed: BaseException | None = None
+        self._failed: BaseException | None = None     # the last write's error, until one works
         self._seq = 0
+        self.probe_s = probe_s
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until a write or a probe of the backend succeeds."""
+        return self._failed is None
+
+    def _fix(self) -> str:
+        return f"check the disk under {self.root}; the log retries with every write"
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, model: str, records: Sequence[Mapping[str, Any]]) -> Future[None]:
+    def append(self, model: str, records: Sequence[Any]) -> Future[None]:
         """Queue records of one model; the future resolves once they are durable (in
         ``buffered`` mode: at once)."""
         data = b"".join(orjson.dumps(r, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                         for r in records)
         done: Future[None] = Future()
         with self._lock:
-            if self._failed is not None:
-                raise BackendError(f"the prediction log at {self.root} failed: "
-                                   f"{self._failed}", fix="check the disk; restart the server")
             if self._closing:
                 raise BackendError("the prediction log is closed", fix="open a new one")
             if self._thread is None:
@@ -86,22 +104,34 @@ class PredictionLog:
         while True:
             with self._lock:
                 while not self._queue and not self._closing:
-                    self._wake.wait()
+                    if self._failed is None:
+                        self._wake.wait()
+                    elif not self._wake.wait(self.probe_s):
+                        break                   # unhealthy and idle: probe the backend
                 if not self._queue and self._closing:
                     return
                 batch, self._queue = self._queue, []
+            if not batch:
+                with contextlib.suppress(Exception):          # still down: probe again later
+                    self._probe()
+                    self._failed = None
+                continue
             try:
                 self._commit(batch)
-            except BaseException as exc:  # a failed disk: every waiter hears of it
-                with self._lock:
-                    self._failed = exc
-                    waiting, self._queue = self._queue, []
-                for _, _, done in batch + waiting:
-                    if done is not None and not done.done():
+            except Exception as exc:    # the disk or Redis failed: this commit's waiters hear
+                self._failed = exc      # of it; the next append tries again
+                self._abandon()
+                lost = 0
+                for _, _, done in batch:
+                    if done is None:
+                        lost += 1
+                    elif not done.done():
                         done.set_exception(BackendError(
-                            f"the prediction log could not write: {exc}",
-                            fix="check the disk under the project's .closedloop folder"))
-                return
+                            f"the prediction log could not write: {exc}", fix=self._fix()))
+                if lost:
+                    log.error("the prediction log lost %d buffered appends: %s", lost, exc)
+                continue
+            self._failed = None
             for _, _, done in batch:
                 if done is not None:
                     done.set_result(None)
@@ -122,6 +152,20 @@ class PredictionLog:
                 view = view[written:]
             os.fsync(fd)
             self._files[model] = (fd, size + len(data))
+
+    def _abandon(self) -> None:
+        """After a failed write: the next write starts new segments (a torn line stays the
+        last of its segment, where readers skip it)."""
+        for fd, _ in self._files.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._files.clear()
+
+    def _probe(self) -> None:
+        """Raise unless the backend can be written to."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not os.access(self.root, os.W_OK):
+            raise BackendError(f"{self.root} is not writable", fix=self._fix())
 
     def _segment(self, model: str) -> tuple[int, int]:
         current = self._files.get(model)
@@ -200,7 +244,7 @@ class PredictionLog:
                             parse_options=pj.ParseOptions(newlines_in_values=False))
 
 
-class StreamPredictionLog(PredictionLog):
+class StreamPredictionLog(FilePredictionLog):
     """The scale-out prediction log: one Redis Stream per model (``predictions-log:<model>``),
     group-committed as the file log is — a writer thread sends every waiting record in one
     pipelined round trip. **The guarantee:** a record is acknowledged once Redis has replied
@@ -208,9 +252,18 @@ class StreamPredictionLog(PredictionLog):
     persistence (``appendonly yes`` with ``appendfsync always`` for every write)."""
 
     def __init__(self, stream: EventStream, *, mode: Mode = "durable",
-                 flush_ms: float = 5.0) -> None:
-        super().__init__(Path("."), mode=mode, flush_ms=flush_ms)
+                 flush_ms: float = 5.0, probe_s: float = 1.0) -> None:
+        super().__init__(Path("."), mode=mode, flush_ms=flush_ms, probe_s=probe_s)
         self.stream = stream
+
+    def _fix(self) -> str:
+        return "check Redis ([stream] url); the log retries with every write"
+
+    def _abandon(self) -> None:
+        pass
+
+    def _probe(self) -> None:
+        self.stream.read_all(self.name("__probe__"))      # a round trip to an empty key
 
     @staticmethod
     def name(model: str) -> str:

@@ -1,0 +1,139 @@
+"""The checks every prediction log must pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from closedloop.backends.base import (
+    PredictionLog,
+)
+
+#: What a check is handed: a maker of logs over one backend, and the model it may write to.
+LogMaker = Callable[[], PredictionLog]
+Outage = Callable[[], AbstractContextManager[None]]
+
+
+def _record(id_: str, n: int) -> dict[str, Any]:
+    return {"kind": "check", "id": id_, "n": n}
+
+
+def log_durable_on_acknowledge(make: LogMaker, model: str) -> None:
+    """What an acknowledged append holds, another log over the backend reads back, whole."""
+    log = make()
+    try:
+        assert log.healthy
+        log.append(model, [_record("a", 0), _record("b", 1)]).result(timeout=60)
+        other = make()
+        try:
+            assert [r["id"] for r in other.records(model)] == ["a", "b"], \
+                "durable on acknowledge"
+        finally:
+            other.close()
+    finally:
+        log.close()
+
+
+def log_order_per_writer(make: LogMaker, model: str) -> None:
+    """Appends not awaited in between read back in their order; concurrent writers' records
+    each in their own writer's order."""
+    import threading
+
+    log = make()
+    try:
+        futures = [log.append(model, [_record(f"o{i}", i)]) for i in range(200)]
+        for f in futures:
+            f.result(timeout=60)
+        assert [r["id"] for r in log.records(model)] == [f"o{i}" for i in range(200)], \
+            "one writer's order"
+
+        def writer(w: int) -> None:
+            for i in range(50):
+                log.append(model, [_record(f"w{w}-{i}", i)]).result(60)
+        threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        records = list(log.records(model))
+        for w in range(4):
+            mine = [r["n"] for r in records if str(r["id"]).startswith(f"w{w}-")]
+            assert mine == list(range(50)), f"writer {w}'s records in its order"
+    finally:
+        log.close()
+
+
+def log_reads_back(make: LogMaker, model: str) -> None:
+    """``records``, ``read`` (a table) and ``size`` agree; a model with no records reads as
+    nothing."""
+    log = make()
+    try:
+        assert list(log.records(model)) == []
+        assert log.read(model).num_rows == 0
+        log.append(model, [_record(f"r{i}", i) for i in range(25)]).result(timeout=60)
+        records = list(log.records(model))
+        table = log.read(model)
+        assert table.num_rows == len(records) == 25
+        assert table.column("id").to_pylist() == [r["id"] for r in records]
+        assert log.size(model) > 0
+    finally:
+        log.close()
+
+
+def log_recovers_after_an_outage(make: LogMaker, model: str, outage: Outage) -> None:
+    """An append during the outage fails with a ``BackendError`` and ``healthy`` is False;
+    after it the log becomes healthy again by itself (probing) and the next append is
+    written — no restart."""
+    import time
+
+    from closedloop.errors import BackendError
+
+    log = make()
+    try:
+        log.append(model, [_record("before", 0)]).result(timeout=60)
+        with outage():
+            try:
+                log.append(model, [_record("lost", -1)]).result(60)
+            except BackendError:
+                pass
+            else:
+                raise AssertionError("an append during the outage was acknowledged")
+            assert not log.healthy, "healthy during an outage"
+        deadline = time.monotonic() + 120
+        while not log.healthy and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.healthy, "the log did not recover once its backend was back"
+        log.append(model, [_record("after", 1)]).result(timeout=60)
+        ids = [r["id"] for r in log.records(model)]      # ("before" is the backend's to
+        assert ids[-1] == "after"                        # keep: a Redis without persistence
+        assert "lost" not in ids                         # restarts empty)
+    finally:
+        log.close()
+
+
+#: The prediction log's named checks; each writes to a model of its own (``model:name``).
+PREDICTION_LOG_CHECKS: dict[str, Callable[[LogMaker, str], None]] = {
+    "durable_on_acknowledge": log_durable_on_acknowledge,
+    "order_per_writer": log_order_per_writer,
+    "reads_back": log_reads_back,
+}
+
+
+def check_prediction_log(make: LogMaker, model: str = "__check-log", *,
+                         outage: Outage | None = None, only: str | None = None) -> None:
+    """Raise AssertionError unless the logs ``make()`` opens (each over the same backend)
+    behave as the PredictionLog protocol says (``PREDICTION_LOG_CHECKS``, and with
+    ``outage`` — a context manager during which the backend is unreachable —
+    ``recovers_after_an_outage``); ``only`` runs one of them. Each check writes to its own
+    model, ``<model>:<check>``, which the caller removes. (The SIGKILL case — an acknowledged
+    record survives the writer's death — needs a process to kill: each log's tests run it.)"""
+    checks: dict[str, Callable[[LogMaker, str], None]] = dict(PREDICTION_LOG_CHECKS)
+    if outage is not None:
+        checks["recovers_after_an_outage"] = (
+            lambda mk, m: log_recovers_after_an_outage(mk, m, outage))
+    if only is not None and only not in checks:
+        raise AssertionError(f"no prediction-log check {only!r}: {sorted(checks)}")
+    for name, check in checks.items():
+        if only is None or name == only:
+            check(make, f"{model}:{name}")
