@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from closedloop.backends.sqlite_stream import SQLiteEventStream, pack, unpack
-from closedloop.testing import check_event_stream
+from closedloop.testing import EVENT_STREAM_CHECKS, check_event_stream
 from tests.conftest import _redis_or_skip
 
 
@@ -30,8 +30,9 @@ def event_stream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[obj
     stream.close()  # type: ignore[attr-defined]
 
 
-def test_check_event_stream(event_stream: object) -> None:
-    check_event_stream(event_stream)
+@pytest.mark.parametrize("check", list(EVENT_STREAM_CHECKS))
+def test_check_event_stream(event_stream: object, check: str) -> None:
+    check_event_stream(event_stream, only=check)
 
 
 class _Unfair:
@@ -54,7 +55,8 @@ class _Unfair:
 
 def test_check_catches_a_stream_that_delivers_twice(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="each once"):
-        check_event_stream(_Unfair(SQLiteEventStream(tmp_path / "s.db")))
+        check_event_stream(_Unfair(SQLiteEventStream(tmp_path / "s.db")),
+                           only="groups_share_and_each_sees_all")
 
 
 def test_record_bytes_round_trip() -> None:

@@ -173,7 +173,7 @@ def test_window_sums_are_the_same_bits_on_one_thread_or_two(tmp_path: Path) -> N
     from closedloop.backends.duckdb import DuckDBEngine
     from closedloop.features.catalog import Catalog
     from closedloop.features.service import FeatureService
-    from closedloop.training.service import table_hash
+    from closedloop.training.lineage import table_hash
 
     rng = np.random.default_rng(0)
     n = 200_000

@@ -191,7 +191,7 @@ def test_feature_matrix_is_each_value_as_a_float_nulls_nan(columns, cut, offset)
                      max_size=12), presort=st.booleans())
 def test_rows_in_time_order_are_the_sorted_rows(rows, presort) -> None:  # type: ignore[no-untyped-def]
     """Rows already in (time, subject) order are kept as they are; any others are sorted."""
-    from closedloop.training.service import _time_ordered
+    from closedloop.training.build import _time_ordered
 
     if presort:
         rows = sorted(rows)

@@ -26,22 +26,20 @@ then gives exactly the state of a clean run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from closedloop.data.durable import write_durably
+from closedloop.data.files import FileFormat, SourceFile, file_format, read_file, read_table
 from closedloop.data.instants import as_instants, now_micros, sub_micro
+from closedloop.data.quarantine import QuarantineStore
 from closedloop.data.sources import (
     ARROW_TYPES,
     INGESTED_AT,
@@ -56,8 +54,11 @@ from closedloop.errors import DataError, SchemaMismatch
 #: how sure their strategy was.
 PROVENANCE, CONFIDENCE = "provenance", "confidence"
 
-FileFormat = Literal["parquet", "csv", "jsonl"]
 Progress = Callable[[int, int, str], None]
+
+__all__ = ["CONFIDENCE", "PROVENANCE", "FileFormat", "IngestReport", "Progress",
+           "QuarantineStore", "SourceStore", "declared_columns", "file_format", "ingest",
+           "read_table"]
 
 _CHUNK = 65_536
 
@@ -124,17 +125,6 @@ class _Rejects:
         return rejected
 
 
-def file_format(path: Path) -> FileFormat:
-    """The format a file's name says: ``.parquet``/``.pq``, ``.csv``, ``.jsonl``/``.ndjson``."""
-    name = path.name.lower()
-    for suffixes, fmt in (((".parquet", ".pq"), "parquet"), ((".csv", ".csv.gz"), "csv"),
-                          ((".jsonl", ".ndjson", ".json"), "jsonl")):
-        if name.endswith(suffixes):
-            return fmt  # type: ignore[return-value]  # one of the three literals
-    raise DataError(f"{str(path)!r}: cannot tell its format from its name",
-                    fix="name it .parquet, .csv or .jsonl, or pass format=")
-
-
 def declared_columns(source: AnySource) -> dict[str, LogicalType]:
     """Every column the source declares a type for, its time columns included."""
     types: dict[str, LogicalType] = dict(source.logical_schema)
@@ -175,118 +165,6 @@ def _required(source: AnySource, not_null: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(c for c in cols if c not in _stamped(source)))
 
 
-# -- reading ----------------------------------------------------------------------------------
-@dataclass
-class _File:
-    path: Path
-    table: pa.Table                          # as read: CSV columns as strings
-    ragged: list[tuple[int, str]]            # rows that did not parse: (line, text)
-    lines: list[int] | None = None           # JSON lines: each row's line in the file
-    header: int = 0                          # CSV: lines before the first row
-
-    def row_number(self, index: int) -> int:
-        """Where the row at ``index`` is in the file, as people count: its line for CSV and
-        JSON lines, its 1-based position for Parquet."""
-        if self.lines is not None:
-            return self.lines[index]
-        if not self.header:
-            return index + 1
-        line = index + self.header + 1
-        for skipped, _ in sorted(self.ragged):      # every unparsed line before it shifts it
-            if skipped <= line:
-                line += 1
-        return line
-
-
-def _read(path: Path, fmt: FileFormat, declared: dict[str, LogicalType]) -> _File:
-    if not path.is_file():
-        raise DataError(f"{str(path)!r} does not exist or is not a file",
-                        fix="pass the path of a Parquet, CSV or JSON-lines file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{str(path)!r} is empty (0 bytes)",
-                        fix="check the export that wrote it; nothing was ingested")
-    try:
-        if fmt == "parquet":
-            return _File(path, pq.read_table(path), [])
-        if fmt == "csv":
-            return _read_csv(path, declared)
-        return _read_jsonl(path, declared)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        what = {"parquet": "a readable Parquet file (truncated, or not Parquet?)",
-                "csv": "readable CSV", "jsonl": "readable JSON lines"}[fmt]
-        raise DataError(f"{str(path)!r} is not {what}: {exc}",
-                        fix="check the file; nothing was ingested") from exc
-
-
-def read_table(path: Path, fmt: FileFormat | None = None) -> pa.Table:
-    """A Parquet, CSV or JSON-lines file as an Arrow table, types as the file gives them."""
-    f = _read(path, fmt or file_format(path), {})
-    if f.ragged:
-        line, text = f.ragged[0]
-        raise DataError(f"{str(path)!r} line {line} does not parse: {text[:80]!r}",
-                        fix="fix or drop the line")
-    return f.table
-
-
-def _read_csv(path: Path, declared: dict[str, LogicalType]) -> _File:
-    ragged: list[tuple[int, str]] = []
-
-    def bad_row(row: Any) -> str:
-        ragged.append((int(row.number or 0), str(row.text)))
-        return "skip"
-
-    # Every declared column as text: converting it is ours to do, row by row.
-    # One thread, so that a row that does not parse is reported with its line number.
-    table = pacsv.read_csv(
-        path, read_options=pacsv.ReadOptions(use_threads=False),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=bad_row),
-        convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in declared}, strings_can_be_null=True))
-    return _File(path, table, ragged, header=1)
-
-
-def _read_jsonl(path: Path, declared: dict[str, LogicalType]) -> _File:
-    rows: list[dict[str, Any]] = []
-    lines: list[int] = []
-    ragged: list[tuple[int, str]] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                ragged.append((number, line.rstrip("\n")))
-                continue
-            if not isinstance(value, dict):
-                ragged.append((number, line.rstrip("\n")))
-                continue
-            rows.append(value)
-            lines.append(number)
-    names = list(dict.fromkeys(k for r in rows for k in r))
-    columns: dict[str, pa.Array] = {}
-    for name in names:
-        values = [r.get(name) for r in rows]
-        want = declared.get(name)
-        if want in ("timestamp", "bool") or want is None:
-            # Times (and flags) arrive as text in JSON; undeclared columns are kept as text.
-            values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
-            columns[name] = pa.array(values, pa.string())
-        else:
-            columns[name] = _python_column(values)
-    return _File(path, pa.table(columns) if columns else pa.table({}), ragged, lines=lines)
-
-
-def _python_column(values: list[Any]) -> pa.Array:
-    """JSON values as one Arrow column: their own type when they agree, else JSON text."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([v if v is None or isinstance(v, str) else json.dumps(v)
-                         for v in values], pa.string())
-
-
-#: The quarantine reason of an instant finer than a microsecond (never rounded).
 SUB_MICRO = "instant finer than a microsecond (floor it to the microsecond)"
 
 
@@ -378,7 +256,7 @@ def _instants(col: pa.ChunkedArray, name: str, rejects: _Rejects, what: str,
     return as_instants(col, f"{what}: column {name!r}")
 
 
-def _conform(f: _File, source: AnySource, not_null: Sequence[str], now: int,
+def _conform(f: SourceFile, source: AnySource, not_null: Sequence[str], now: int,
              ) -> tuple[pa.Table, _Rejects, list[str]]:
     """The file's rows in the declared types, stamped; the rejected rows flagged."""
     table = f.table
@@ -457,12 +335,12 @@ def ingest(source: AnySource, files: Sequence[str | Path | pa.Table], writer: So
     stamped: set[str] = set()          # time columns some file left out: ingestion's own
     for i, item in enumerate(files):
         if isinstance(item, pa.Table):               # rows already in memory: a table
-            f = _File(Path(f"<table {i}>"), item, [])
+            f = SourceFile(Path(f"<table {i}>"), item, [])
         else:
             path = Path(item)
             if progress:
                 progress(i, len(files) + 1, f"reading {path.name}")
-            f = _read(path, file_format_ or file_format(path), declared)
+            f = read_file(path, file_format_ or file_format(path), declared)
         path = f.path
         names.append(str(path))
         stamped |= {c for c in _stamped(source) if c not in f.table.column_names}
@@ -516,56 +394,3 @@ def _check_quarantined(source: str, bad: int, rows: int, limit: float | None,
                         "the batch was refused, nothing was appended",
                         fix=f"see the rows with `closedloop quarantine {source}`, fix the "
                             "files and ingest them again (or raise --max-quarantined)")
-
-
-# -- the quarantine ---------------------------------------------------------------------------
-_QUARANTINE_SCHEMA = pa.schema([
-    ("source", pa.string()), ("file", pa.string()), ("row", pa.int64()),
-    ("reason", pa.string()), ("payload", pa.string()),
-    ("quarantined_at", pa.timestamp("us", tz="UTC"))])
-
-
-class QuarantineStore:
-    """Rows that failed validation, kept as Parquet under ``folder/<source>/``: the source, the
-    file and row they came from (the line for CSV and JSON lines, the 1-based position for
-    Parquet), the reason, and the original payload (JSON, or the raw text of
-    a row that did not parse). Each batch's rejects are one file named by their content, so
-    ingesting a file again does not quarantine its bad rows twice.
-
-    >>> import tempfile
-    >>> q = QuarantineStore(tempfile.mkdtemp())
-    >>> bad = [{"file": "a.csv", "row": 3, "reason": "amount: not a float64", "payload": "{}"}]
-    >>> q.write("txns", bad, now=0); q.write("txns", bad, now=5)
-    >>> q.read("txns").num_rows
-    1
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-
-    def write(self, source: str, rows: Sequence[dict[str, Any]], now: int) -> None:
-        digest = hashlib.sha256(json.dumps(
-            [[r["file"], r["row"], r["reason"], r["payload"]] for r in rows]).encode())
-        path = self.folder / source / f"q-{digest.hexdigest()[:24]}.parquet"
-        if path.exists():
-            return
-        table = pa.table({
-            "source": [source] * len(rows), "file": [r["file"] for r in rows],
-            "row": [r["row"] for r in rows], "reason": [r["reason"] for r in rows],
-            "payload": [r["payload"] for r in rows],
-            "quarantined_at": pa.array([now] * len(rows), pa.int64()).cast(
-                _QUARANTINE_SCHEMA.field("quarantined_at").type)}, schema=_QUARANTINE_SCHEMA)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_durably(path, table)
-
-    def read(self, source: str | None = None) -> pa.Table:
-        """The quarantined rows of one source (or all), oldest first."""
-        folders = [self.folder / source] if source else sorted(
-            p for p in self.folder.glob("*") if p.is_dir())
-        parts = [pq.read_table(p) for folder in folders for p in sorted(folder.glob("q-*.parquet"))]
-        if not parts:
-            return _QUARANTINE_SCHEMA.empty_table()
-        table = pa.concat_tables(parts)
-        return table.sort_by([("quarantined_at", "ascending"), ("file", "ascending"),
-                              ("row", "ascending")])
-

@@ -112,6 +112,61 @@ def log_recovers_after_an_outage(make: LogMaker, model: str, outage: Outage) -> 
         log.close()
 
 
+_WRITER = """
+import sys, threading, time
+{child}
+log = make()
+out = threading.Lock()
+def load(w):
+    i = 0
+    while True:
+        rid = f"{{w}}-{{i}}"
+        log.append(sys.argv[1], [{{"kind": "check", "id": rid, "n": i}}]).result()
+        with out:
+            sys.stdout.write(rid + "\\n")
+            sys.stdout.flush()
+        i += 1
+for w in range(4):
+    threading.Thread(target=load, args=(w,), daemon=True).start()
+time.sleep(600)
+"""
+
+
+def log_survives_a_killed_writer(make: LogMaker, model: str, child: str) -> None:
+    """A writer process appending from four threads is SIGKILLed under load: every record
+    it had acknowledged is read back (``child``: Python source defining ``make()``, the log
+    as the writer opens it)."""
+    import signal
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", _WRITER.format(child=child), model],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout is not None
+    acked: set[str] = set()
+    try:
+        for line in writer.stdout:
+            acked.add(line.strip())
+            if len(acked) >= 500:
+                break
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=60)
+        acked |= {line.strip() for line in writer.stdout if line.strip()}
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait(timeout=60)
+        writer.stdout.close()
+    log = make()
+    try:
+        logged = {r["id"] for r in log.records(model)}
+    finally:
+        log.close()
+    assert len(acked) >= 500, "the writer acknowledged too little before it was killed"
+    lost = acked - logged
+    assert not lost, f"{len(lost)} acknowledged records lost when the writer was killed"
+
+
 #: The prediction log's named checks; each writes to a model of its own (``model:name``).
 PREDICTION_LOG_CHECKS: dict[str, Callable[[LogMaker, str], None]] = {
     "durable_on_acknowledge": log_durable_on_acknowledge,
@@ -121,17 +176,21 @@ PREDICTION_LOG_CHECKS: dict[str, Callable[[LogMaker, str], None]] = {
 
 
 def check_prediction_log(make: LogMaker, model: str = "__check-log", *,
-                         outage: Outage | None = None, only: str | None = None) -> None:
+                         outage: Outage | None = None, child: str | None = None,
+                         only: str | None = None) -> None:
     """Raise AssertionError unless the logs ``make()`` opens (each over the same backend)
     behave as the PredictionLog protocol says (``PREDICTION_LOG_CHECKS``, and with
     ``outage`` — a context manager during which the backend is unreachable —
-    ``recovers_after_an_outage``); ``only`` runs one of them. Each check writes to its own
-    model, ``<model>:<check>``, which the caller removes. (The SIGKILL case — an acknowledged
-    record survives the writer's death — needs a process to kill: each log's tests run it.)"""
+    ``recovers_after_an_outage``; with ``child`` — Python source defining ``make()`` for a
+    writer process — ``survives_a_killed_writer``); ``only`` runs one of them. Each check
+    writes to its own model, ``<model>:<check>``, which the caller removes."""
     checks: dict[str, Callable[[LogMaker, str], None]] = dict(PREDICTION_LOG_CHECKS)
     if outage is not None:
         checks["recovers_after_an_outage"] = (
             lambda mk, m: log_recovers_after_an_outage(mk, m, outage))
+    if child is not None:
+        checks["survives_a_killed_writer"] = (
+            lambda mk, m: log_survives_a_killed_writer(mk, m, child))
     if only is not None and only not in checks:
         raise AssertionError(f"no prediction-log check {only!r}: {sorted(checks)}")
     for name, check in checks.items():

@@ -262,47 +262,92 @@ def check_metadata_store(store: Any) -> None:
         raise AssertionError(f"alias history is {history}")
 
 
-def check_event_stream(stream: Any, name: str = "__check-stream") -> None:
-    """Raise AssertionError unless ``stream`` behaves as the EventStream protocol says:
-    records come back in order with their bytes; each goes to one consumer of a group and
-    to every group; an unacknowledged record stays pending and can be claimed once idle;
-    ``block_ms`` waits and an empty read returns nothing. ``name`` (and only it) is
-    deleted before and after."""
+_BLOB = bytes(range(256))
+
+
+def _published(stream: Any, name: str) -> list[str]:
+    """Ten records on a fresh stream ``name``, the first with every byte value."""
+    return list(stream.publish(name, [{"e": b"0", "blob": _BLOB}] + [
+        {"e": str(i).encode()} for i in range(1, 10)]))
+
+
+def stream_records_come_back_in_order(stream: Any, name: str) -> None:
+    """Published records come back in order, with their bytes; an empty publish is
+    nothing."""
+    assert stream.read_all(name) == []
+    ids = _published(stream, name)
+    assert len(ids) == len(set(ids)) == 10
+    assert stream.publish(name, []) == []
+    assert [r for _, r in stream.read_all(name)][:1] == [{"e": b"0", "blob": _BLOB}]
+    assert [i for i, _ in stream.read_all(name)] == ids, "read_all keeps order"
+
+
+def stream_groups_share_and_each_sees_all(stream: Any, name: str) -> None:
+    """Each record goes to one consumer of a group, in order, and to every group."""
+    stream.ensure_group(name, "g")
+    stream.ensure_group(name, "g")                          # twice is fine
+    stream.ensure_group(name, "h")
+    _published(stream, name)
+    first = stream.read_group(name, "g", "c1", 4, 0)
+    second = stream.read_group(name, "g", "c2", 100, 0)
+    assert [r["e"] for _, r in first + second] == [str(i).encode() for i in range(10)], \
+        "a group's consumers share the records, each once, in order"
+    assert stream.read_group(name, "g", "c1", 100, 0) == []
+    assert len(stream.read_group(name, "h", "c1", 100, 0)) == 10, "every group sees all"
+
+
+def stream_block_ms_waits(stream: Any, name: str) -> None:
+    """A read with ``block_ms`` on an empty group waits (at least about that long), and
+    returns nothing."""
     import time
 
-    stream.delete(name)
-    try:
-        assert stream.read_all(name) == []
-        stream.ensure_group(name, "g")
-        stream.ensure_group(name, "g")                          # twice is fine
-        stream.ensure_group(name, "h")
-        blob = bytes(range(256))
-        ids = stream.publish(name, [{"e": b"0", "blob": blob}] + [
-            {"e": str(i).encode()} for i in range(1, 10)])
-        assert len(ids) == len(set(ids)) == 10
-        assert stream.publish(name, []) == []
-        assert [r for _, r in stream.read_all(name)][:1] == [{"e": b"0", "blob": blob}]
-        assert [i for i, _ in stream.read_all(name)] == ids, "read_all keeps order"
-        first = stream.read_group(name, "g", "c1", 4, 0)
-        second = stream.read_group(name, "g", "c2", 100, 0)
-        assert [r["e"] for _, r in first + second] == [str(i).encode() for i in range(10)], \
-            "a group's consumers share the records, each once, in order"
-        assert stream.read_group(name, "g", "c1", 100, 0) == []
-        assert len(stream.read_group(name, "h", "c1", 100, 0)) == 10, "every group sees all"
-        t0 = time.monotonic()
-        assert stream.read_group(name, "g", "c1", 10, 150) == []
-        assert time.monotonic() - t0 >= 0.12, "block_ms waits"
-        stream.ack(name, "g", [i for i, _ in second])
-        time.sleep(0.05)
-        # c1 died with ``first`` pending: once idle, another consumer claims them.
-        assert stream.claim(name, "g", "c3", 60.0) == [], "not yet idle long enough"
-        claimed = stream.claim(name, "g", "c3", 0.02)
-        assert [i for i, _ in claimed] == [i for i, _ in first], "the unacknowledged ones"
-        assert claimed[0][1] == {"e": b"0", "blob": blob}
-        stream.ack(name, "g", [i for i, _ in claimed])
-        time.sleep(0.05)
-        assert stream.claim(name, "g", "c3", 0.0) == [], "acknowledged: nothing pending"
-        later = stream.publish(name, [{"e": b"10"}])
-        assert [i for i, _ in stream.read_group(name, "g", "c1", 10, 0)] == later
-    finally:
-        stream.delete(name)
+    stream.ensure_group(name, "g")
+    t0 = time.monotonic()
+    assert stream.read_group(name, "g", "c1", 10, 150) == []
+    assert time.monotonic() - t0 >= 0.12, "block_ms waits"
+
+
+def stream_pending_records_are_claimed_once_idle(stream: Any, name: str) -> None:
+    """A record read but not acknowledged stays pending: once idle long enough another
+    consumer claims it (not before); acknowledged, nothing is pending."""
+    import time
+
+    stream.ensure_group(name, "g")
+    _published(stream, name)
+    first = stream.read_group(name, "g", "c1", 4, 0)         # c1 dies with these pending
+    stream.ack(name, "g", [i for i, _ in stream.read_group(name, "g", "c2", 100, 0)])
+    time.sleep(0.05)                                          # idle for at least 50 ms
+    assert stream.claim(name, "g", "c3", 60.0) == [], "not yet idle long enough"
+    claimed = stream.claim(name, "g", "c3", 0.02)
+    assert [i for i, _ in claimed] == [i for i, _ in first], "the unacknowledged ones"
+    assert claimed[0][1] == {"e": b"0", "blob": _BLOB}
+    stream.ack(name, "g", [i for i, _ in claimed])
+    time.sleep(0.05)
+    assert stream.claim(name, "g", "c3", 0.0) == [], "acknowledged: nothing pending"
+    later = stream.publish(name, [{"e": b"10"}])
+    assert [i for i, _ in stream.read_group(name, "g", "c1", 10, 0)] == later
+
+
+#: The event stream's named checks, each on a stream of its own.
+EVENT_STREAM_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "records_come_back_in_order": stream_records_come_back_in_order,
+    "groups_share_and_each_sees_all": stream_groups_share_and_each_sees_all,
+    "block_ms_waits": stream_block_ms_waits,
+    "pending_records_are_claimed_once_idle": stream_pending_records_are_claimed_once_idle,
+}
+
+
+def check_event_stream(stream: Any, name: str = "__check-stream",
+                       only: str | None = None) -> None:
+    """Raise AssertionError unless ``stream`` behaves as the EventStream protocol says
+    (``EVENT_STREAM_CHECKS``; ``only`` runs one of them). Each check uses the stream
+    ``<name>:<check>`` only, deleted before and after."""
+    for check, run in EVENT_STREAM_CHECKS.items():
+        if only is not None and check != only:
+            continue
+        own = f"{name}:{check}"
+        stream.delete(own)
+        try:
+            run(stream, own)
+        finally:
+            stream.delete(own)
