@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from closedloop.backends.metadata import SQLMetadataStore
-from closedloop.testing import check_metadata_store
+from closedloop.testing import METADATA_STORE_CHECKS, check_metadata_store
 from tests.conftest import postgres_database
 
 
@@ -24,10 +24,11 @@ def metadata_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-def test_metadata_store_conformance(metadata_url: str) -> None:
+@pytest.mark.parametrize("check", [None, *METADATA_STORE_CHECKS])
+def test_metadata_store_conformance(metadata_url: str, check: str | None) -> None:
     store = SQLMetadataStore(metadata_url)
     try:
-        check_metadata_store(store)
+        check_metadata_store(store, only=check)
     finally:
         store.close()
 

@@ -14,7 +14,6 @@ non-quadratic plans:
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections.abc import Collection, Sequence
@@ -24,23 +23,19 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from closedloop.backends import ranges
+from closedloop.backends import duckdb_ranges, ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
 from closedloop.backends.windowsql import (
-    double,
-    fdiv,
     hop_ctes,
     nulls_low,
+    profile,
     q,
-    scale,
-    sum_exponent,
     us,
 )
 from closedloop.data.instants import FLOOR_FIX
-from closedloop.data.sources import ARROW_TYPES, INGESTED_AT, AnySource, LogicalType
+from closedloop.data.sources import AnySource, LogicalType
 from closedloop.errors import (
     BackendError,
     ConfigError,
@@ -78,8 +73,6 @@ def _logical(duck_type: str) -> str:
 
 
 _PLANS = ("auto", "sql", "ranges")
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10,
-          "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 _COMPATIBLE = {
     "string": {"string"}, "int64": {"int64"}, "float64": {"float64", "int64"},
@@ -91,24 +84,6 @@ _COMPATIBLE = {
 
 def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
-
-
-def _bytes(setting: str) -> int:
-    """DuckDB's memory_limit setting ("18.6 GiB") in bytes."""
-    number, _, unit = setting.strip().partition(" ")
-    try:
-        return int(float(number) * _UNITS.get(unit.upper() or "B", 1))
-    except ValueError:
-        return 0
-
-
-def _no_rows(names: Sequence[str]) -> pa.Table:
-    """An empty result with these columns."""
-    return pa.table({n: pa.array([], pa.null()) for n in names})
-
-
-def _ascending(ids: np.ndarray[Any, Any]) -> bool:
-    return bool(ids.size < 2 or (ids[1:] >= ids[:-1]).all())
 
 
 class DuckDBEngine:
@@ -357,10 +332,10 @@ class DuckDBEngine:
             w for w in wanted if w.fn in ranges.FNS and (
                 w.fn == "count" or types.get(w.column) in ("int64", "float64"))]
         if fast:
-            fast = self._ranges_fit(view, fast, rows.num_rows)
+            fast = duckdb_ranges.ranges_fit(self, view, fast, rows.num_rows)
         parts = []
         if fast:
-            part, done = self._ranges(view, fast, rows, types)
+            part, done = duckdb_ranges.windows(self, view, fast, rows, types)
             if done:                              # the rest go to the SQL plan, in one query
                 parts.append(part)
                 wanted = [w for w in wanted if w not in done]
@@ -371,113 +346,6 @@ class DuckDBEngine:
             for name in part.column_names[1:]:
                 out = out.append_column(name, part[name])
         return out
-
-    # -- windows as ranges (backends/ranges.py) ------------------------------------------------
-    def _ranges_fit(self, view: FeatureView, fast: list[WindowedFeature],
-                    rows: int) -> list[WindowedFeature]:
-        """``fast`` if the range plan's arrays fit in half the memory limit (or the plan is
-        forced), else none."""
-        if self.window_plan == "ranges":
-            return fast
-        with self._lock:
-            con = self._connection()
-            # fetchall: a result left half-read blocks the connection's next statement.
-            events = int(con.execute(f"SELECT count(*) FROM {self._scan(view.source)}")
-                         .fetchall()[0][0])
-            limit = str(con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0])
-        columns = {w.column for w in fast}
-        extremes = sum(1 for w in fast if w.fn in ("min", "max"))
-        # code, time, visibility, running max; per column values, validity, counts and limbs;
-        # a sparse table of ~16 levels per min/max; per row ~12 arrays.
-        need = 8 * (events * (4 + 6 * len(columns) + 16 * extremes) + rows * 12)
-        return fast if need <= _bytes(limit) // 2 else []
-
-    def _ranges(self, view: FeatureView, fast: list[WindowedFeature], rows: pa.Table,
-                types: dict[str, str]) -> tuple[pa.Table, list[WindowedFeature]]:
-        """The ``fast`` windows the range plan computes, ordered by row id like every
-        point-in-time result, and which they are: not those over columns holding NaN or
-        infinities, nor any if the slow path would list too many events."""
-        events, at, codes, t = self._range_inputs(view, fast, rows, types)
-        odd = {c for c, col in events.columns.items() if col.values.dtype.kind == "f"
-               and not np.isfinite(col.values).all()}
-        easy = [w for w in fast if w.fn == "count" or w.column not in odd]
-        n = rows.num_rows
-        try:
-            values = (ranges.aggregate(events, codes, t, easy, at, n,
-                                       depth=self._range_depth, limit=self._range_limit,
-                                       chunk=self._range_chunk,
-                                       threads=self.threads or os.cpu_count() or 1)
-                      if easy else {})
-        except ranges.TooDeep:
-            easy, values = [], {}
-        ids = rows[ROW_ID].to_numpy(zero_copy_only=False)
-        order = None
-        if not _ascending(ids):                   # row i of the result: the i-th smallest id
-            order = np.argsort(ids, kind="stable")
-            ids = ids[order]
-        columns: dict[str, pa.Array] = {ROW_ID: pa.array(ids)}
-        for w in easy:
-            full, mask = values[w.name]
-            if order is not None:
-                full, mask = full[order], None if mask is None else mask[order]
-            kind = (pa.float64() if w.fn in ("sum", "mean") else pa.int64() if w.fn == "count"
-                    else events.columns[w.column].arrow_type)
-            columns[w.name] = pa.array(full, type=kind, mask=mask)
-        return pa.table(columns), easy
-
-    def _range_inputs(self, view: FeatureView, fast: list[WindowedFeature], rows: pa.Table,
-                      types: dict[str, str],
-                      ) -> tuple[ranges.Events, np.ndarray[Any, Any], np.ndarray[Any, Any],
-                                 np.ndarray[Any, Any]]:
-        """The view's events sorted by (entity code, event time) with the columns ``fast``
-        reads; and the rows whose entity has events, sorted by (code, time): their positions
-        in ``rows``, codes and times. ``types``: the source's logical column types."""
-        values = {w.column for w in fast if w.fn != "count"}
-        columns = list(dict.fromkeys(w.column for w in fast))
-        cast = {c: ("BIGINT" if types.get(c) == "int64" else "DOUBLE") for c in values}
-        picks = "".join(
-            f", e.{q(c)}::{cast[c]} AS {q('x' + str(i))}" if c in cast else
-            f", (e.{q(c)} IS NOT NULL) AS {q('x' + str(i))}" for i, c in enumerate(columns))
-        with self._lock:
-            con = self._connection()
-            self._seq += 1
-            ev, ks, name = f"__ev_{self._seq}", f"__ks_{self._seq}", f"__rk_{self._seq}"
-            keys = pa.table({"__i": pa.array(np.arange(rows.num_rows, dtype=np.int64)),
-                             "__k": rows[ROW_KEY], "__t": rows[ROW_TS]})
-            con.register(name, keys)
-            try:
-                con.execute(f"CREATE TEMP TABLE {ev} AS "
-                            f"{self._source_cte(view, columns)}")
-                con.execute(f"CREATE TEMP TABLE {ks} AS SELECT __k, (row_number() OVER () "
-                            f"- 1)::BIGINT AS __c FROM (SELECT DISTINCT __k FROM {ev})")
-                sorted_events = con.sql(
-                    f"SELECT k.__c, e.__et, e.__v{picks} FROM {ev} e JOIN {ks} k "
-                    f"USING (__k) ORDER BY k.__c, e.__et").to_arrow_table()
-                found = con.sql(f"SELECT r.__i, k.__c, r.__t::BIGINT AS __t FROM {name} r "
-                                f"JOIN {ks} k ON r.__k = k.__k ORDER BY k.__c, r.__t"
-                                ).to_arrow_table()
-            except duckdb.Error as exc:
-                raise DataError(f"the offline query failed: {exc}",
-                                fix="check the source files against their definitions") from exc
-            finally:
-                con.unregister(name)
-                con.execute(f"DROP TABLE IF EXISTS {ev}")
-                con.execute(f"DROP TABLE IF EXISTS {ks}")
-        cols: dict[str, ranges.Column] = {}
-        for i, c in enumerate(columns):
-            arr = sorted_events[f"x{i}"]
-            if c in cast:
-                zero = pa.scalar(0, arr.type)
-                cols[c] = ranges.Column(
-                    pc.fill_null(arr, zero).to_numpy(), pc.is_valid(arr).to_numpy(),
-                    ARROW_TYPES[types[c]])
-            else:
-                valid = arr.to_numpy(zero_copy_only=False)
-                cols[c] = ranges.Column(np.zeros(valid.size, np.int64), valid, pa.int64())
-        events = ranges.Events(sorted_events["__c"].to_numpy(), sorted_events["__et"].to_numpy(),
-                               sorted_events["__v"].to_numpy(), cols)
-        return (events, found["__i"].to_numpy(), found["__c"].to_numpy(),
-                found["__t"].to_numpy())
 
     def _run(self, sql: str, rows: pa.Table) -> pa.Table:
         result = self._over(sql, rows)
@@ -592,153 +460,27 @@ class DuckDBEngine:
     def _profile(self, view: FeatureView, hops: list[int], summed: list[str],
                  ints: Collection[str] = (),
                  ) -> tuple[dict[int, float], dict[str, tuple[float, float] | None]]:
-        """One scan of the source: events per tile at each hop (HyperLogLog), and for each
-        summed column the scales that make its float sums exact.
+        """One scan of the source: tiles' compression and the sums' scales
+        (``windowsql.profile``)."""
+        def first_row(sql: str) -> tuple[Any, ...]:
+            with self._lock:
+                return tuple(self._connection().execute(sql).fetchall()[0])
+        return profile(view, hops, summed, ints, self._scan(view.source), first_row)
 
-        Where tiles would hold fewer than two events on average, grouping costs more than it
-        saves, and each event serves as its own tile: the same partial aggregates, so the
-        same results, and each row still reads at most the rows of two blocks of hops.
-
-        Float sums (sum, mean, stddev) are added as 128-bit integers: each value times 2^k,
-        with k as large as lets every sum of the column fit (from its largest magnitude and
-        the row count). Integer addition is exact and has no order, so the result is the same
-        bits whatever the threads did — a rebuilt training set hashes the same — and is the
-        exact sum rounded once, not a float sum's accumulated error. An int64 column (in
-        ``ints``) is summed as its integers, scale 1: exact whatever its magnitude. A column
-        holding NaN or infinities falls back to float sums in a fixed order (``None``).
-        stddev's deviations from a tile's smallest value lie in [0, 2m]: the second scale
-        (their squares are float sums in a fixed order, see ``windowsql.hop_ctes``).
-        """
-        source = view.source
-        ts = us(q(source.timestamp))
-        key = q(view.entity.key)
-        parts = [f"approx_count_distinct(hash({key}, {fdiv(ts, h)}))" for h in hops]
-        for c in summed:
-            x = f"{q(c)}::DOUBLE"
-            parts += [f"max(abs({x}))", f"bool_or(isnan({x}) OR isinf({x}))"]
-        # The rows every plan aggregates (a key and a time): the range plan sizes its grid
-        # by the same count and largest value, so both plans round values alike.
-        sql = (f"SELECT count(*), {', '.join(parts)} FROM {self._scan(source)} "
-               f"WHERE {key} IS NOT NULL AND {q(source.timestamp)} IS NOT NULL")
-        with self._lock:
-            row = self._connection().execute(sql).fetchall()[0]
-        total = max(int(row[0]), 1)
-        compression = {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=False)}
-        scales: dict[str, tuple[float, float] | None] = {}
-        rest = row[1 + len(hops):]
-        for i, c in enumerate(summed):
-            largest, odd = rest[2 * i], rest[2 * i + 1]
-            if odd:
-                scales[c] = None
-                continue
-            m = float(largest or 0.0)
-            grid = 1.0 if c in ints else math.ldexp(1.0, sum_exponent(m, int(row[0])))
-            scales[c] = (grid, scale(2 * m, total))
-        return compression, scales
-
-    # -- materialization ---------------------------------------------------------------------
-    def _changed(self, view: FeatureView, at: int, since: int | None,
-                 written: int | None = None) -> str:
-        """The filter to the entities an incremental run redoes: those with a row that became
-        visible after ``since`` (its arrival, or its event time where the source records no
-        arrival), or that the store was given after the last run — by its ``created`` instant
-        (after ``since``) or its ingest stamp, the wall-clock instant every row ingested or
-        pushed carries (after ``written``, the wall-clock instant the last run began; after
-        ``since`` for a run that did not record it) — so a late row lands whatever its times,
-        in every kind of source, and whatever the project's clock."""
-        if since is None:
-            return ""
-        source = view.source
-        cols = self.columns(source)
-        # A run at its watermark's own instant: only what the store was given since counts.
-        given = {c: since for c in [source.tie_column] if c is not None and since < at}
-        given[INGESTED_AT] = since if written is None else written
-        late = "".join(f" OR {us(q(c))} > {after}" for c, after in given.items()
-                       if cols.get(c) == "timestamp")
-        ts = us(q(source.timestamp))
-        vis = source.visibility_column
-        v = f"greatest({ts}, {us(q(vis))})" if vis else ts
-        return (f" AND __k IN (SELECT CAST({q(view.entity.key)} AS {self._key_sql(view)}) "
-                f"FROM {self._scan(source)} WHERE {q(view.entity.key)} IS NOT NULL AND "
-                f"{q(source.timestamp)} IS NOT NULL AND (({v} > {since} AND {v} <= {at})"
-                f"{late}))")
-
+    # -- materialization (backends/duckdb_materialize.py) ----------------------------------
     def latest(self, view: FeatureView, at: int, since: int | None = None,
                written: int | None = None) -> pa.Table:
-        """Per entity, the snapshot row visible at ``at`` (for entities with rows that became
-        visible after ``since``, when given): key, event time, tie, then the features."""
-        cols = list(view.row_columns)
-        if not self._has_data(view.source):      # nothing ingested or pushed yet: no entity
-            return _no_rows(["key", "et", "tie", *cols])
-        self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"], cols)
-        keys = [nulls_low("__tie"), *(nulls_low(q(c)) for c in cols)]
-        order = ", ".join(f"o{j} := {k}" for j, k in enumerate(["__et", *keys]))
-        payload = ", ".join(["et := __et", "tie := __tie",
-                             *(f"{q('f_' + c)} := {q(c)}" for c in cols)])
-        outs = ", ".join(["b.et AS et", "b.tie AS tie",
-                          *(f"b.{q('f_' + c)} AS {q(c)}" for c in cols)])
-        sql = (f"WITH src AS ({self._source_cte(view, cols)}) "
-               f"SELECT CAST(__k AS VARCHAR) AS key, {outs} "
-               f"FROM (SELECT __k, arg_max(struct_pack({payload}), struct_pack({order})) AS b "
-               f"FROM src WHERE __v <= {at}{self._changed(view, at, since, written)} "
-               "GROUP BY __k)")
-        return self._query(sql)
+        """Per entity, the snapshot row visible at ``at`` (see ``duckdb_materialize``)."""
+        from closedloop.backends import duckdb_materialize
+
+        return duckdb_materialize.latest(self, view, at, since, written)
 
     def tiles(self, view: FeatureView, hop: int, span: int, at: int,
               since: int | None = None, written: int | None = None) -> pa.Table:
-        """Per entity and hop bucket, the partial aggregates of every aggregated column over
-        the rows visible at ``at``, for the buckets a window of ``span`` hops can still read
-        (for entities with rows that became visible after ``since``, when given)."""
-        columns = list(dict.fromkeys(a.column for a in view.aggregations))
-        if not self._has_data(view.source):
-            return _no_rows(["key", "b", *(f"{f}{i}" for i in range(len(columns))
-                                           for f in ("n", "s", "c", "m", "lo", "hi", "l", "o"))])
-        types = self.check_source(view.source, view.entity.key, view.entity.spec()["dtype"],
-                                  columns)
-        summed = [c for c in columns if types[c] in ("int64", "float64", "bool")]
-        ints = {c for c in summed if types[c] != "float64"}
-        _, scales = self._profile(view, [], [c for c in summed if c not in ints], ints)
-        parts = []
-        sums = []
-        for i, c in enumerate(columns):
-            qc = q(c)
-            numeric = c in summed
-            order = "struct_pack(et := __et, tp := __tie IS NOT NULL, tie := coalesce(__tie, 0))"
-            # Float sums in a fixed order, so that a rerun writes the same bits.
-            fixed = f"ORDER BY __et, __tie, {qc}"
-            if not numeric:
-                parts += [f"0.0 AS s{i}", f"0.0 AS c{i}"]
-            elif c in ints or scales.get(c) is not None:
-                # The tile's exact sum H (a 128-bit integer: the values, or the values × 2^k
-                # as the training-set plans add them) as the pair s + c the online tiles keep.
-                k = 1.0 if c in ints else scales[c][0]  # type: ignore[index]  # not None
-                term = (f"CAST(CAST({qc} AS BIGINT) AS HUGEINT)" if c in ints
-                        else f"CAST({qc}::DOUBLE * {double(k)} AS HUGEINT)")
-                parts.append(f"sum({term}) AS h{i}")
-                sums.append(f"coalesce(CAST(h{i} AS DOUBLE) / {double(k)}, 0.0) AS s{i}, "
-                            f"coalesce(CAST(h{i} - CAST(CAST(h{i} AS DOUBLE) AS HUGEINT) AS "
-                            f"DOUBLE) / {double(k)}, 0.0) AS c{i}")
-            else:                      # NaN or infinities: a float sum in a fixed order
-                parts += [f"sum({qc}::DOUBLE {fixed}) AS s{i}", f"0.0 AS c{i}"]
-            parts += [
-                f"count({qc}) AS n{i}",
-                f"coalesce(var_pop({qc}::DOUBLE {fixed}) * count({qc}), 0) AS m{i}" if numeric
-                else f"0.0 AS m{i}",
-                f"min({qc}) AS lo{i}", f"max({qc}) AS hi{i}",
-                f"arg_max({qc}, struct_pack(o := {order}, v := {qc})) "
-                f"FILTER (WHERE {qc} IS NOT NULL) AS l{i}",
-                f"max({order}) FILTER (WHERE {qc} IS NOT NULL) AS o{i}",
-            ]
-        b = fdiv("__et", hop)
-        sql = (f"WITH src AS ({self._source_cte(view, columns)}) "
-               f"SELECT CAST(__k AS VARCHAR) AS key, {b} AS b, {', '.join(parts)} FROM src "
-               f"WHERE __v <= {at} AND {b} >= {fdiv(str(at), hop)} - {span}"
-               f"{self._changed(view, at, since, written)} GROUP BY ALL")
-        if sums:
-            drop = ", ".join(f"h{i}" for i, c in enumerate(columns)
-                             if c in summed and (c in ints or scales.get(c) is not None))
-            sql = f"SELECT * EXCLUDE ({drop}), {', '.join(sums)} FROM ({sql})"
-        return self._query(sql)
+        """Per entity and hop bucket, the partial aggregates (see ``duckdb_materialize``)."""
+        from closedloop.backends import duckdb_materialize
+
+        return duckdb_materialize.tiles(self, view, hop, span, at, since, written)
 
     def _query(self, sql: str) -> pa.Table:
         with self._lock:

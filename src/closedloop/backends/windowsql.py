@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
+from typing import Any
 
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
-from closedloop.features.definitions import WindowedFeature
+from closedloop.features.definitions import FeatureView, WindowedFeature
 
 
 def q(name: str) -> str:
@@ -237,3 +239,51 @@ def _chan_cte(i: int, hop: int, stddevs: list[WindowedFeature],
         shares.append(f"CASE WHEN {inside} AND {cnt} > 0 THEN {share} END AS m2_{j}")
     return (f"v{i} AS (SELECT *, {', '.join(shares)} FROM (SELECT *, {', '.join(means)} "
             f"FROM p{i}))")
+
+
+def profile(view: FeatureView, hops: list[int], summed: list[str], ints: Collection[str],
+            scan: str, first_row: Callable[[str], tuple[Any, ...]],
+            ) -> tuple[dict[int, float], dict[str, tuple[float, float] | None]]:
+    """One scan of the source (``scan``, its first row fetched by ``first_row``): events per
+    tile at each hop (HyperLogLog), and for each summed column the scales that make its float
+    sums exact.
+
+    Where tiles would hold fewer than two events on average, grouping costs more than it
+    saves, and each event serves as its own tile: the same partial aggregates, so the
+    same results, and each row still reads at most the rows of two blocks of hops.
+
+    Float sums (sum, mean, stddev) are added as 128-bit integers: each value times 2^k,
+    with k as large as lets every sum of the column fit (from its largest magnitude and
+    the row count). Integer addition is exact and has no order, so the result is the same
+    bits whatever the threads did — a rebuilt training set hashes the same — and is the
+    exact sum rounded once, not a float sum's accumulated error. An int64 column (in
+    ``ints``) is summed as its integers, scale 1: exact whatever its magnitude. A column
+    holding NaN or infinities falls back to float sums in a fixed order (``None``).
+    stddev's deviations from a tile's smallest value lie in [0, 2m]: the second scale
+    (their squares are float sums in a fixed order, see ``windowsql.hop_ctes``).
+    """
+    source = view.source
+    ts = us(q(source.timestamp))
+    key = q(view.entity.key)
+    parts = [f"approx_count_distinct(hash({key}, {fdiv(ts, h)}))" for h in hops]
+    for c in summed:
+        x = f"{q(c)}::DOUBLE"
+        parts += [f"max(abs({x}))", f"bool_or(isnan({x}) OR isinf({x}))"]
+    # The rows every plan aggregates (a key and a time): the range plan sizes its grid
+    # by the same count and largest value, so both plans round values alike.
+    sql = (f"SELECT count(*), {', '.join(parts)} FROM {scan} "
+           f"WHERE {key} IS NOT NULL AND {q(source.timestamp)} IS NOT NULL")
+    row = first_row(sql)
+    total = max(int(row[0]), 1)
+    compression = {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=False)}
+    scales: dict[str, tuple[float, float] | None] = {}
+    rest = row[1 + len(hops):]
+    for i, c in enumerate(summed):
+        largest, odd = rest[2 * i], rest[2 * i + 1]
+        if odd:
+            scales[c] = None
+            continue
+        m = float(largest or 0.0)
+        grid = 1.0 if c in ints else math.ldexp(1.0, sum_exponent(m, int(row[0])))
+        scales[c] = (grid, scale(2 * m, total))
+    return compression, scales

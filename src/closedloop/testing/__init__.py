@@ -5,7 +5,7 @@ parametrize line in ``tests/conformance/``.
   (``semantics.py``);
 * ``check_online_store`` (``ONLINE_STORE_CHECKS``), ``check_event_stream``
   (``EVENT_STREAM_CHECKS``),
-  ``check_metadata_store`` (``stores.py``);
+  ``check_metadata_store`` (``METADATA_STORE_CHECKS``) (``stores.py``);
 * ``check_prediction_log`` (``PREDICTION_LOG_CHECKS``; ``logs.py``);
 * ``check_trainer`` (``trainers.py``).
 
@@ -23,6 +23,7 @@ from closedloop.testing.semantics import (
 )
 from closedloop.testing.stores import (
     EVENT_STREAM_CHECKS,
+    METADATA_STORE_CHECKS,
     ONLINE_STORE_CHECKS,
     check_event_stream,
     check_metadata_store,
@@ -30,7 +31,8 @@ from closedloop.testing.stores import (
 )
 from closedloop.testing.trainers import check_trainer
 
-__all__ = ["EVENT_STREAM_CHECKS", "ONLINE_STORE_CHECKS", "PREDICTION_LOG_CHECKS", "SemanticCase",
+__all__ = ["EVENT_STREAM_CHECKS", "METADATA_STORE_CHECKS", "ONLINE_STORE_CHECKS",
+           "PREDICTION_LOG_CHECKS", "SemanticCase",
            "check_event_stream", "check_metadata_store", "check_offline_engine",
            "check_online_store", "check_prediction_log", "check_trainer", "run_case",
            "same_value", "semantic_cases"]

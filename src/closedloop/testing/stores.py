@@ -193,34 +193,46 @@ def _check_update(store: OnlineStore, ns: str) -> None:
     assert got == [str(3 * rounds).encode()] * 2, f"an update was lost: {got}"
 
 
-def check_metadata_store(store: Any) -> None:
-    """The shared checks every metadata store must pass, on an empty store: definitions,
-    runs, model versions numbered once each, aliases moved atomically with their history."""
+def metadata_definitions(store: Any, p: str = "") -> None:
+    """Definitions round-trip; registering a registered version again is a
+    ``VersionConflict`` that leaves nothing of itself behind. (``p`` prefixes every name.)"""
     from closedloop.backends.base import RegisteredDefinition
-    from closedloop.errors import VersionConflict, VersionNotFound
+    from closedloop.errors import VersionConflict
 
-    if store.definitions() != []:
-        raise AssertionError("the store is not empty")
-    d1 = RegisteredDefinition("entity", "user", 1, "h1", {"kind": "entity", "name": "user"})
-    d2 = RegisteredDefinition("feature_view", "v", 1, "h2", {"nested": {"a": [1, 2]}})
+    def mine() -> list[Any]:
+        return sorted((d for d in store.definitions() if d.name.startswith(p)),
+                      key=lambda d: d.kind)
+
+    d1 = RegisteredDefinition("entity", f"{p}user", 1, "h1", {"kind": "entity", "name": "u"})
+    d2 = RegisteredDefinition("feature_view", f"{p}v", 1, "h2", {"nested": {"a": [1, 2]}})
     store.register([d1, d2])
-    if sorted(store.definitions(), key=lambda d: d.kind) != [d1, d2]:
-        raise AssertionError(f"definitions did not round-trip: {store.definitions()}")
+    if mine() != [d1, d2]:
+        raise AssertionError(f"definitions did not round-trip: {mine()}")
     try:
-        store.register([RegisteredDefinition("entity", "other", 1, "h3", {}), d1])
+        store.register([RegisteredDefinition("entity", f"{p}other", 1, "h3", {}), d1])
     except VersionConflict:
         pass
     else:
         raise AssertionError("registering a version twice did not raise VersionConflict")
-    if len(store.definitions()) != 2:
+    if len(mine()) != 2:
         raise AssertionError("a refused register left part of itself behind")
-    # Runs: running, then finished or failed; records round-trip as JSON.
-    store.start_run("r1", "fraud", {"params": {"lr": 0.1}})
-    store.start_run("r2", "fraud", {})
-    store.start_run("r3", "churn", {})
-    store.end_run("r1", "finished", {"params": {"lr": 0.1}, "metrics": {"auc": 0.9}})
-    store.end_run("r2", "failed", {}, error="TrainingError: boom")
-    runs = {r.id: r for r in store.runs()}
+
+
+def _runs(store: Any, p: str) -> None:
+    store.start_run(f"{p}r1", f"{p}fraud", {"params": {"lr": 0.1}})
+    store.start_run(f"{p}r2", f"{p}fraud", {})
+    store.start_run(f"{p}r3", f"{p}churn", {})
+
+
+def metadata_runs(store: Any, p: str = "") -> None:
+    """Runs are running, then finished or failed; records round-trip as JSON, times are
+    aware, ``runs(model)`` filters, ending an unknown run is ``VersionNotFound``."""
+    from closedloop.errors import VersionNotFound
+
+    _runs(store, p)
+    store.end_run(f"{p}r1", "finished", {"params": {"lr": 0.1}, "metrics": {"auc": 0.9}})
+    store.end_run(f"{p}r2", "failed", {}, error="TrainingError: boom")
+    runs = {r.id.removeprefix(p): r for r in store.runs() if r.id.startswith(p)}
     if (runs["r1"].status, runs["r2"].status, runs["r3"].status) != (
             "finished", "failed", "running"):
         raise AssertionError(f"run statuses are wrong: {runs}")
@@ -228,38 +240,73 @@ def check_metadata_store(store: Any) -> None:
         raise AssertionError("run records or errors did not round-trip")
     if runs["r1"].started_at.tzinfo is None or runs["r1"].ended_at is None:
         raise AssertionError("run times must be aware datetimes")
-    if [r.id for r in store.runs("churn")] != ["r3"]:
+    if [r.id for r in store.runs(f"{p}churn")] != [f"{p}r3"]:
         raise AssertionError("runs(model) did not filter")
     try:
-        store.end_run("nope", "finished", {})
+        store.end_run(f"{p}nope", "finished", {})
     except VersionNotFound:
         pass
     else:
         raise AssertionError("ending an unknown run did not raise VersionNotFound")
-    # Versions: 1, 2, … per model.
-    numbers = [store.add_version("fraud", f"b{i}", "r1") for i in range(3)]
-    if numbers != [1, 2, 3] or store.add_version("churn", "c", "r3") != 1:
+
+
+def _versions(store: Any, p: str) -> list[int]:
+    _runs(store, p)
+    return [store.add_version(f"{p}fraud", f"b{i}", f"{p}r1") for i in range(3)]
+
+
+def metadata_versions(store: Any, p: str = "") -> None:
+    """Versions are numbered 1, 2, … per model and round-trip."""
+    numbers = _versions(store, p)
+    if numbers != [1, 2, 3] or store.add_version(f"{p}churn", "c", f"{p}r3") != 1:
         raise AssertionError(f"versions were numbered {numbers}")
-    if [v.bundle for v in store.versions("fraud")] != ["b0", "b1", "b2"]:
+    if [v.bundle for v in store.versions(f"{p}fraud")] != ["b0", "b1", "b2"]:
         raise AssertionError("versions did not round-trip")
-    # Aliases: atomic moves, a missing version refused with nothing moved, history kept.
-    store.move_aliases("fraud", {"production": 1})
-    store.move_aliases("fraud", {"production": 2, "previous": 1, "shadow": 3})
+
+
+def metadata_aliases(store: Any, p: str = "") -> None:
+    """Aliases move atomically: a move naming a missing version is refused with nothing
+    moved; a removed alias is gone; every move is in the history."""
+    from closedloop.errors import VersionNotFound
+
+    _versions(store, p)
+    model = f"{p}fraud"
+    store.move_aliases(model, {"production": 1})
+    store.move_aliases(model, {"production": 2, "previous": 1, "shadow": 3})
     try:
-        store.move_aliases("fraud", {"canary": 3, "production": 9})
+        store.move_aliases(model, {"canary": 3, "production": 9})
     except VersionNotFound:
         pass
     else:
         raise AssertionError("an alias to a missing version did not raise VersionNotFound")
-    if store.aliases("fraud") != {"previous": 1, "production": 2, "shadow": 3}:
-        raise AssertionError(f"aliases are {store.aliases('fraud')} after a refused move")
-    store.move_aliases("fraud", {"shadow": None})
-    if "shadow" in store.aliases("fraud"):
+    if store.aliases(model) != {"previous": 1, "production": 2, "shadow": 3}:
+        raise AssertionError(f"aliases are {store.aliases(model)} after a refused move")
+    store.move_aliases(model, {"shadow": None})
+    if "shadow" in store.aliases(model):
         raise AssertionError("removing an alias left it in place")
-    history = [(m.alias, m.version, m.previous) for m in store.alias_history("fraud")]
+    history = [(m.alias, m.version, m.previous) for m in store.alias_history(model)]
     if history != [("production", 1, None), ("production", 2, 1), ("previous", 1, None),
                    ("shadow", 3, None), ("shadow", None, 3)]:
         raise AssertionError(f"alias history is {history}")
+
+
+#: The metadata store's named checks; each names what it writes with a prefix of its own.
+METADATA_STORE_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "definitions": metadata_definitions,
+    "runs": metadata_runs,
+    "versions": metadata_versions,
+    "aliases": metadata_aliases,
+}
+
+
+def check_metadata_store(store: Any, only: str | None = None) -> None:
+    """The shared checks every metadata store must pass (``METADATA_STORE_CHECKS``; ``only``
+    runs one), on an empty store."""
+    if store.definitions() != []:
+        raise AssertionError("the store is not empty")
+    for name, check in METADATA_STORE_CHECKS.items():
+        if only is None or name == only:
+            check(store, f"{name}-")
 
 
 _BLOB = bytes(range(256))
