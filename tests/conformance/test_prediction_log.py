@@ -1,8 +1,12 @@
-"""Both prediction logs pass the shared check — the Redis one through a real outage of a
-private Redis server, stopped and started again under it."""
+"""Both prediction logs pass the shared check, each through a real outage of its backend: the
+Redis log's private Redis server is stopped and started again under it; the file log's disk
+(a small tmpfs of its own) fills up and is freed again."""
 
 from __future__ import annotations
 
+import errno
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +25,57 @@ def test_the_file_log_passes_the_check(tmp_path: Path, check: str) -> None:
              f"def make(): return FilePredictionLog({str(tmp_path / 'log')!r})")
     check_prediction_log(lambda: FilePredictionLog(tmp_path / "log", probe_s=0.02),
                          child=child, only=check)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs of the test's own, unmounted after it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        message = f"cannot mount a tmpfs for the full-disk outage: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":      # CI runs as root on this kind of machine
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _fill(fd: int) -> int | None:
+    """Write to ``fd`` until the disk refuses; the refusal's errno."""
+    while True:
+        try:
+            os.write(fd, b"\0" * 4096)
+        except OSError as exc:
+            return exc.errno
+
+
+def test_the_file_log_passes_the_check_through_a_full_disk(small_disk: Path) -> None:
+    """The outage fills the disk to ENOSPC and frees it after. ``segment_bytes=1`` starts a
+    segment per commit, so every write needs a new page of the full disk (a write into an
+    open segment's last page still fits there, and is then durable); the probe writes and
+    fsyncs a byte, so the log is not called healthy while the disk is full."""
+    filler = small_disk / "filler"
+
+    @contextmanager
+    def outage() -> Iterator[None]:
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            assert _fill(fd) == errno.ENOSPC
+        finally:
+            os.close(fd)
+        try:
+            yield
+        finally:
+            filler.unlink()
+
+    check_prediction_log(lambda: FilePredictionLog(small_disk / "log", probe_s=0.02,
+                                                   segment_bytes=1),
+                         outage=outage, only="recovers_after_an_outage")
 
 
 def test_the_redis_log_passes_the_check_through_an_outage(private_redis: PrivateRedis,  # noqa: F811

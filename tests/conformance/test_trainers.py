@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from closedloop.testing import check_trainer
+from closedloop.testing import TRAINER_CHECKS, check_trainer
 from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, XGBoostTrainer
 
 TRAINERS: list[Any] = [
@@ -29,6 +29,14 @@ TRAINERS: list[Any] = [
 ]
 
 
+@pytest.mark.parametrize("check", list(TRAINER_CHECKS))
 @pytest.mark.parametrize("trainer", TRAINERS)
-def test_trainer_conformance(trainer: Any) -> None:
-    check_trainer(trainer)
+def test_trainer_conformance(trainer: Any, check: str) -> None:
+    check_trainer(trainer, only=check)
+
+
+def test_the_check_catches_a_trainer_that_is_not_reproducible() -> None:
+    """A forest with no fixed seed fits differently each time, and the check says so."""
+    forest = SklearnTrainer(RandomForestClassifier(n_estimators=5))
+    with pytest.raises(AssertionError, match="not reproducible"):
+        check_trainer(forest, only="is_reproducible")

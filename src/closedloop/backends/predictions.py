@@ -162,10 +162,20 @@ class FilePredictionLog:
         self._files.clear()
 
     def _probe(self) -> None:
-        """Raise unless the backend can be written to."""
+        """Raise unless the backend can be written to: a byte is written to a probe file and
+        fsync-ed (a full disk still lets a folder be made and a file be opened), then the
+        file is removed."""
         self.root.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.root, os.W_OK):
-            raise BackendError(f"{self.root} is not writable", fix=self._fix())
+        path = self.root / f".probe-{os.getpid()}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            if os.write(fd, b"\n") != 1:
+                raise BackendError(f"{self.root} took no byte", fix=self._fix())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _segment(self, model: str) -> tuple[int, int]:
         current = self._files.get(model)

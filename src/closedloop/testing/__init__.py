@@ -7,7 +7,7 @@ parametrize line in ``tests/conformance/``.
   (``EVENT_STREAM_CHECKS``),
   ``check_metadata_store`` (``METADATA_STORE_CHECKS``) (``stores.py``);
 * ``check_prediction_log`` (``PREDICTION_LOG_CHECKS``; ``logs.py``);
-* ``check_trainer`` (``trainers.py``).
+* ``check_trainer`` (``TRAINER_CHECKS``; ``trainers.py``).
 
 The checks with several concerns are named checks, each runnable alone (the tests give each
 its own id); ``check_*`` runs them all. Each calls only its protocol's methods.
@@ -29,10 +29,10 @@ from closedloop.testing.stores import (
     check_metadata_store,
     check_online_store,
 )
-from closedloop.testing.trainers import check_trainer
+from closedloop.testing.trainers import TRAINER_CHECKS, check_trainer
 
 __all__ = ["EVENT_STREAM_CHECKS", "METADATA_STORE_CHECKS", "ONLINE_STORE_CHECKS",
-           "PREDICTION_LOG_CHECKS", "SemanticCase",
+           "PREDICTION_LOG_CHECKS", "TRAINER_CHECKS", "SemanticCase",
            "check_event_stream", "check_metadata_store", "check_offline_engine",
            "check_online_store", "check_prediction_log", "check_trainer", "run_case",
            "same_value", "semantic_cases"]

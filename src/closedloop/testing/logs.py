@@ -82,8 +82,9 @@ def log_reads_back(make: LogMaker, model: str) -> None:
 
 
 def log_recovers_after_an_outage(make: LogMaker, model: str, outage: Outage) -> None:
-    """An append during the outage fails with a ``BackendError`` and ``healthy`` is False;
-    after it the log becomes healthy again by itself (probing) and the next append is
+    """An append during the outage fails with a ``BackendError`` and ``healthy`` is False,
+    and stays False while the outage lasts (the probe does not pass a backend that cannot
+    write); after it the log becomes healthy again by itself (probing) and the next append is
     written — no restart."""
     import time
 
@@ -100,6 +101,12 @@ def log_recovers_after_an_outage(make: LogMaker, model: str, outage: Outage) -> 
             else:
                 raise AssertionError("an append during the outage was acknowledged")
             assert not log.healthy, "healthy during an outage"
+            # Probing must not call the log healthy while the backend is still down: watch
+            # it through many probe intervals (a correct log passes however long this is).
+            watch = time.monotonic() + max(0.5, 20 * float(getattr(log, "probe_s", 0.0)))
+            while time.monotonic() < watch:
+                assert not log.healthy, "a probe called the log healthy during the outage"
+                time.sleep(0.01)
         deadline = time.monotonic() + 120
         while not log.healthy and time.monotonic() < deadline:
             time.sleep(0.02)
