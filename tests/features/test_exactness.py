@@ -321,6 +321,41 @@ def test_an_online_read_before_the_materialization_instant_is_refused(make_proje
                              at=_at(12)).values["click.n_sum_1d"] == 1.0
 
 
+def test_marks_are_read_once_and_every_materialization_is_seen(make_project) -> None:  # type: ignore[no-untyped-def]
+    """Reads at an instant check each view's mark without reading it every time: the first
+    read fetches it, the next reads only records; this process's materialization is seen at
+    once, and another process's once the kept mark is ``ttl_s`` old; a refusal is made on a
+    mark just read."""
+    p = make_project(LATE)
+    p.data.ingest("clicks", [_table(user_id=["u1"], ts=[_at(10)], n=[1.0])], at=_at(10))
+    p.features.materialize(at=_at(12))
+    store = p.online_store
+    asked: list[int] = []
+    real_read = store.read
+
+    def counting_read(keys):  # type: ignore[no-untyped-def]
+        asked.append(len(keys))
+        return real_read(keys)
+
+    store.read = counting_read  # type: ignore[method-assign]  # a spy on the real store
+    feature = ["click.n_sum_1d"]
+    p.features._marks.ttl_s = 3600.0                  # no read here waits on the clock
+    assert p.features.online({"user_id": "u1"}, feature, at=_at(13)).values[feature[0]] == 1.0
+    assert p.features.online({"user_id": "u1"}, feature, at=_at(13)).values[feature[0]] == 1.0
+    assert asked == [2, 1]                            # record + mark, then the record alone
+    p.features.materialize(at=_at(14))                # here: seen at once
+    with pytest.raises(PointInTimeError, match="materialization instant 2026-03-01T14"):
+        p.features.online({"user_id": "u1"}, feature, at=_at(13))
+    other = cl.Project(p.root)                        # another process's run, later
+    try:
+        other.features.materialize(at=_at(16))
+    finally:
+        other.close()
+    p.features._marks.ttl_s = 0.0                     # the kept mark is now too old
+    with pytest.raises(PointInTimeError, match="materialization instant 2026-03-01T16"):
+        p.features.online({"user_id": "u1"}, feature, at=_at(15))
+
+
 def test_a_default_on_sum_or_count_is_refused_as_it_would_never_apply() -> None:
     for fn in ("sum", "count"):
         with pytest.raises(DefinitionError, match="never apply"):

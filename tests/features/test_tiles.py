@@ -151,3 +151,20 @@ def test_the_compiled_merge_is_the_columns_merge(fns: list[str], seed: int) -> N
         c.merge(want, 0, b, 0)
     layout.merge(a, 0, b, 0)
     assert a == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(fns=st.lists(st.sampled_from(NUMERIC_FNS), unique=True, min_size=1, max_size=5),
+       last=st.booleans(),
+       x=st.one_of(st.none(), st.floats(allow_nan=False), st.integers(-2**63, 2**63 - 1)),
+       tag=st.one_of(st.none(), st.sampled_from(["a", "b"])),
+       et=st.integers(-2**40, 2**40), tie=st.one_of(st.none(), st.integers(0, 10)))
+def test_the_compiled_fields_are_the_columns_fields(fns: list[str], last: bool, x: Any,
+                                                    tag: Any, et: int, tie: Any) -> None:
+    """The straight-line ``fields`` compiled per layout gives what every column's ``one``
+    gives, value and type (an exact int sum's remainder, the int 0 for an exact c)."""
+    layout = TileLayout(_view(Path("x.parquet"), fns, ["last"] if last else []))
+    values = [x, tag] if last else [x]
+    got, want = layout.fields(values, et, tie), layout.fields_of(values, et, tie)
+    assert got == want
+    assert [type(v) for v in got] == [type(v) for v in want]

@@ -19,6 +19,7 @@ from closedloop.errors import ConfigError, DataError, SchemaMismatch, UnknownFea
 from closedloop.features.catalog import Catalog
 from closedloop.features.consistency import FeatureConsistency, FeatureLog, consistency_report
 from closedloop.features.fetch import (
+    Marks,
     OnlineFetch,
     OnlinePlan,
     decode,
@@ -29,7 +30,7 @@ from closedloop.features.fetch import (
 )
 from closedloop.features.history import Backfillability, backfillability
 from closedloop.features.materialize import MaterializeReport, Progress, materialize_view
-from closedloop.features.online import OnlineVector
+from closedloop.features.online import OnlineVector, namespace
 from closedloop.features.push import BackgroundCompactor, PushReport
 from closedloop.features.push import push as push_rows
 from closedloop.features.training_sets import compute, timestamp_column
@@ -48,6 +49,7 @@ class FeatureService:
         self.log = log
         self.batch_size = batch_size
         self._plans: dict[tuple[str, ...], OnlinePlan] = {}
+        self._marks = Marks()
         self._compactor = BackgroundCompactor(engine)
 
     def close(self) -> None:
@@ -76,8 +78,14 @@ class FeatureService:
             raise UnknownFeatureError(f"no feature view matches {list(views)}",
                                       fix=f"the views are {names}")
         self.compact(sorted({v.source.name for v in chosen}))   # fewer files to read
-        return [materialize_view(v, self.engine, self._store(), t, incremental=incremental,
-                                 batch_size=self.batch_size, progress=progress) for v in chosen]
+        reports = []
+        for v in chosen:
+            self._marks.forget(namespace(v))
+            reports.append(materialize_view(v, self.engine, self._store(), t,
+                                            incremental=incremental,
+                                            batch_size=self.batch_size, progress=progress))
+            self._marks.forget(namespace(v))
+        return reports
 
     def online(self, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
                features: Sequence[str], *, at: datetime | None = None,
@@ -99,21 +107,27 @@ class FeatureService:
               at: datetime | None = None, times: Sequence[int] | None = None) -> OnlineFetch:
         """The first half of ``online``: the view features of every row, read in one store
         round trip (``finish`` runs the transforms). Serving times the two apart."""
-        plan, t, keys, marks = fetch_keys(self._plans, self.catalog, self.clock, batch,
-                                          features, at, times)
+        planned = fetch_keys(self._plans, self.catalog, self.clock, self._marks, batch,
+                             features, at, times)
+        keys = planned[2]
         wanted = present(keys)
         raw = self._store().read(wanted)
-        return decode(batch, plan, t, spread(keys, wanted, raw), marks, times)
+        if wanted is not keys:                          # null keys were not read
+            raw = spread(keys, wanted, raw)
+        return decode(batch, planned, self._marks, raw, times)
 
     async def fetch_async(self, batch: Sequence[Mapping[str, Any]], features: Sequence[str],
                           *, at: datetime | None = None, times: Sequence[int] | None = None,
                           ) -> OnlineFetch:
         """``fetch`` awaiting the store's reply on the running event loop (the server's)."""
-        plan, t, keys, marks = fetch_keys(self._plans, self.catalog, self.clock, batch,
-                                          features, at, times)
+        planned = fetch_keys(self._plans, self.catalog, self.clock, self._marks, batch,
+                             features, at, times)
+        keys = planned[2]
         wanted = present(keys)
         raw = await self._store().read_async(wanted)
-        return decode(batch, plan, t, spread(keys, wanted, raw), marks, times)
+        if wanted is not keys:                          # null keys were not read
+            raw = spread(keys, wanted, raw)
+        return decode(batch, planned, self._marks, raw, times)
 
     def finish(self, batch: Sequence[Mapping[str, Any]], fetched: OnlineFetch,
                ) -> list[OnlineVector]:

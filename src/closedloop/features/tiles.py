@@ -21,7 +21,7 @@ disagree on the arithmetic.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from closedloop.errors import DataError
@@ -165,6 +165,8 @@ class TileLayout:
             pos += slots.width
         self.width = pos
         self._merge = _compiled_merge(self.columns)
+        self.fields: Callable[[Sequence[Any], int, Any], list[Any]] = (
+            _compiled_fields(self.columns))
 
     @classmethod
     def of(cls, view: FeatureView) -> TileLayout:
@@ -201,8 +203,10 @@ class TileLayout:
         for this layout (``_compiled_merge``) — the hot loop of pushes and reads."""
         self._merge(a, i, b, j)
 
-    def fields(self, values: Sequence[Any], et: int, tie: Any) -> list[Any]:
-        """The fields of a tile holding one event (``values`` by column, in layout order)."""
+    def fields_of(self, values: Sequence[Any], et: int, tie: Any) -> list[Any]:
+        """The fields of a tile holding one event (``values`` by column, in layout order):
+        every column's ``ColumnSlots.one``. ``fields`` is the same, compiled for this layout
+        (``_compiled_fields``) — it runs once per pushed event."""
         out: list[Any] = []
         for c, x in zip(self.columns, values, strict=True):
             out += c.one(x, et, tie)
@@ -258,6 +262,8 @@ class TileLayout:
         if record is not None:
             self.check(record)
         waiting = record[n] if record is not None and len(record) > n else []
+        if not waiting and all(e[3] <= now for e in events):     # the usual case: all visible
+            return self.fold(record, [(e[0], e[1], e[2]) for e in events], now, checked=True)
         ready: list[tuple[int, Any, Sequence[Any]]] = []
         later: list[Any] = []
         for vis, et, tie, values in [*map(tuple, waiting),
@@ -367,6 +373,35 @@ def _compiled_merge(columns: Sequence[ColumnSlots]) -> Any:
     namespace: dict[str, Any] = dict(calls)
     exec("\n".join(lines), namespace)  # our own text: offsets are ints
     return namespace["merge"]
+
+
+def _compiled_fields(columns: Sequence[ColumnSlots]) -> Any:
+    """``TileLayout.fields_of`` as one straight-line function: each column's ``one`` (or
+    ``empty`` for a null) inlined, its slots known (a property test holds the two equal)."""
+    lines = ["def fields(values, et, tie):", " out = []"]
+    for k, c in enumerate(columns):
+        one: list[str] = []
+        empty: list[str] = []
+        for slot, full, zero in ((c.n, "1", "0"), (c.s, "h", "0.0"),
+                                 (c.c, "((float(x - int(h)) or 0) if type(x) is int else 0)",
+                                  "0"),
+                                 (c.m2, "0.0", "0.0"), (c.lo, "x", "None"), (c.hi, "x", "None"),
+                                 (c.last, "x", "None"), (c.oet, "et", "None"),
+                                 (c.otie, "tie", "None")):
+            if slot >= 0:
+                one.append(full)
+                empty.append(zero)
+        lines += [f" x = values[{k}]",
+                  " if x is None:",
+                  f"  out += ({', '.join(empty)},)",
+                  " else:"]
+        if c.s >= 0:
+            lines.append("  h = float(x)")
+        lines.append(f"  out += ({', '.join(one)},)")
+    lines.append(" return out")
+    namespace: dict[str, Any] = {}
+    exec("\n".join(lines), namespace)  # our own text: slots are fixed
+    return namespace["fields"]
 
 
 class _LastOnly:
