@@ -149,6 +149,13 @@ class Overloaded(ServingError):
     code = "CL-702"
 
 
+class ExperimentError(ClosedLoopError):
+    """An experiment's statistics cannot be computed from what was given: too few units, a
+    zero control mean for a relative effect, an invalid alpha, power or prior."""
+
+    code = "CL-800"
+
+
 __all__ = [
     "ArtefactCorrupted",
     "BackendError",
@@ -157,6 +164,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DefinitionError",
+    "ExperimentError",
     "LeakageError",
     "Overloaded",
     "PointInTimeError",
