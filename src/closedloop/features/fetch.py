@@ -37,10 +37,6 @@ class OnlineFetch:
     missing: list[tuple[str, ...]]
     times: Sequence[int] | None = None
 
-    def at(self, i: int) -> int:
-        """The instant row ``i`` was read at."""
-        return self.t if self.times is None else self.times[i]
-
 
 def online_plan(catalog: Catalog, features: Sequence[str]) -> OnlinePlan:
     """Resolve once per feature list: each view feature is written straight under the
