@@ -10,6 +10,16 @@ from closedloop.data.sources import Entity, EventSource, LabelSource, TableSourc
 from closedloop.errors import ClosedLoopError
 from closedloop.features.definitions import Agg, FeatureView, Transform, transform
 from closedloop.project import Project, init_project
+from closedloop.registry.ladder import (
+    ABTest,
+    Canary,
+    Gate,
+    Guardrails,
+    Ladder,
+    Metric,
+    Ramp,
+    Shadow,
+)
 from closedloop.serving.spec import Budget, Serving
 from closedloop.training.model import Model, TimeSplit
 from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, XGBoostTrainer
@@ -17,18 +27,26 @@ from closedloop.training.trainers import LightGBMTrainer, SklearnTrainer, XGBoos
 __version__ = "0.1.0"
 
 __all__ = [
+    "ABTest",
     "Agg",
     "Budget",
+    "Canary",
     "Clock",
     "ClosedLoopError",
     "Entity",
     "EventSource",
     "FeatureView",
+    "Gate",
+    "Guardrails",
     "LabelSource",
+    "Ladder",
     "LightGBMTrainer",
+    "Metric",
     "Model",
     "Project",
+    "Ramp",
     "Serving",
+    "Shadow",
     "SklearnTrainer",
     "TableSource",
     "TimeSplit",

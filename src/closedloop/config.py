@@ -56,7 +56,7 @@ class ServingSettings(_Section):
     log_mode: Literal["durable", "buffered"] = "durable"   # see backends/predictions.py
     flush_ms: float = Field(default=5.0, gt=0)             # buffered: the loss window
     fetch_timeout_ms: float = Field(default=100.0, gt=0)   # the online fetch's hard limit
-    reload_s: float = Field(default=1.0, gt=0)             # how often aliases are checked
+    reload_s: float = Field(default=0.25, gt=0)   # how often aliases and ladders are checked
     max_inflight: int = Field(default=512, ge=1)           # per worker; beyond it a 503
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
@@ -97,6 +97,11 @@ class ClockSettings(_Section):
         return value
 
 
+class LadderSettings(_Section):
+    controller: Literal["serve", "separate"] = "serve"   # separate: `closedloop ladder run`
+    every_s: float = Field(default=5.0, gt=0)             # how often the controller measures
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -112,6 +117,7 @@ class Settings(_Section):
     stream: StreamSettings = StreamSettings()
     cost: CostSettings = CostSettings()
     clock: ClockSettings = ClockSettings()
+    ladder: LadderSettings = LadderSettings()
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -160,6 +166,11 @@ workers = 1
 log_mode = "durable"             # acknowledge a prediction once it is fsync-ed; or "buffered"
 # flush_ms = 5                   # buffered: a crash loses at most this much
 fetch_timeout_ms = 100           # the online fetch's hard limit: beyond it, the fallback
+# reload_s = 0.25                # how often workers check aliases and ladders (shares move)
+
+[ladder]                         # the promotion ladders' controller
+controller = "serve"             # inside `closedloop serve`; "separate": `closedloop ladder run`
+every_s = 5.0                    # how often it measures each running ladder's evidence
 
 [clock]                          # where "now" comes from (default: the wall clock)
 # at = "2025-06-01T00:00:00Z"    # serve, score, materialize... as of this instant (historical data)

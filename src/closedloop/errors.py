@@ -118,6 +118,12 @@ class PromotionBlocked(RegistryError):
     code = "CL-502"
 
 
+class LadderMoved(PromotionBlocked):
+    """Another controller or command moved the ladder first: read it again."""
+
+    code = "CL-504"
+
+
 class ArtefactCorrupted(RegistryError):
     """A stored artefact does not match its content hash."""
 
@@ -165,6 +171,7 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "ExperimentError",
+    "LadderMoved",
     "LeakageError",
     "Overloaded",
     "PointInTimeError",

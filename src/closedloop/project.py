@@ -36,7 +36,9 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
+from closedloop.registry.ladder import ladders_from_module
 from closedloop.registry.service import RegistryService
+from closedloop.serving.controller import LadderService
 from closedloop.serving.service import ServingService
 from closedloop.serving.spec import servings_from_module
 from closedloop.training.model import models_from_module
@@ -182,7 +184,11 @@ class Project:
                                       self.registry, self.features, self.catalog,
                                       self.prediction_log,
                                       scoring=self.root / ".closedloop" / "scoring",
-                                      events=self._event_stream())
+                                      events=self._event_stream(),
+                                      ladders=ladders_from_module(module),
+                                      ladder_store=self.metadata)
+        #: The promotion ladders: commands, controller, evidence (``serving/controller.py``).
+        self.ladder = LadderService(self.serving, self.registry, self.metadata)
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online

@@ -252,3 +252,12 @@ def test_bad_input_is_a_clear_error(call: Any) -> None:
     with pytest.raises(ExperimentError) as raised:
         call()
     assert raised.value.fix
+
+
+def test_a_huge_sequential_effect_is_certain_not_an_overflow() -> None:
+    control = Mean(5000, 50.0, 50.0)            # 1% of units act...
+    treatment = Mean(5000, 4950.0, 4950.0)      # ...against 99%
+    found = sequential(control, treatment, relative=False)
+    assert found.e_value == math.inf
+    assert found.p_value == 0.0
+    assert found.ci[0] > 0.9

@@ -145,12 +145,15 @@ def test_predictions_join_their_labels_when_they_arrive(served: cl.Project) -> N
     served.prediction_log.append("fraud", out.records).result()
     shadows = out.after() if out.after else []
     served.prediction_log.append("fraud", shadows).result()
-    table = served.serving.predictions("fraud")
+    table = served.serving.predictions("fraud", at=END)
     assert table.num_rows == len(rows)
     assert table["id"].to_pylist() == [p.id for p in out.predictions]
+    # A prediction's time is the instant its features were read at.
+    assert set(table["time"].to_pylist()) == {END}
     by_subject = dict(zip(table["subject"].to_pylist(), table["label"].to_pylist(), strict=True))
     assert all(by_subject[t] is True for t in wanted)
-    # Predicted just now: its 60-day window is open, so no label yet — not a negative.
+    # Predicted at END and looked at then: its 60-day window is open, so no label yet — not
+    # a negative.
     assert by_subject["never-labelled"] is None
     later = served.serving.predictions("fraud", at=datetime(2099, 1, 1, tzinfo=UTC))
     assert dict(zip(later["subject"].to_pylist(), later["label"].to_pylist(),

@@ -189,6 +189,82 @@ class ModelStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LadderRecord:
+    """A model's promotion ladder as it stands: ``candidate`` climbing against ``baseline``
+    (production when it started), at ``step`` (``gate`` … ``ramp``, or ``done``) with
+    ``status`` (``running``; ``waiting``: for an approval; ``held``: on evidence, for a person;
+    ``paused``; ``promoted`` or ``rolled_back``: finished), the candidate's ``share`` of the
+    units, the policy it runs (``spec``), when the step began, and ``generation``, which
+    every move increments (a move names the generation it read: a stale one is refused)."""
+
+    model: str
+    candidate: int
+    baseline: int | None
+    step: str
+    status: str
+    share: float
+    spec: dict[str, Any]
+    step_started_at: datetime
+    generation: int
+    ramp_index: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status not in ("promoted", "rolled_back")
+
+
+@dataclass(frozen=True)
+class LadderEvent:
+    """One audited transition of a ladder: from (step, status) to (step, status), the
+    action (``start``, ``advance``, ``hold``, ``wait``, ``approve``, ``pause``, ``resume``,
+    ``rollback``, ``promote``), who took it, and the evidence it was taken on."""
+
+    id: int
+    model: str
+    candidate: int
+    action: str
+    from_step: str | None
+    to_step: str
+    status: str
+    share: float
+    actor: str
+    evidence: dict[str, Any]
+    at: datetime
+
+
+class LadderStore(Protocol):
+    """The ladders' state, audit and the controllers' lease. Every change of a ladder is one
+    transaction with its audit record (and the alias moves it makes): a process killed at any
+    point leaves the ladder as it was before the change or after it, never between."""
+
+    def ladder(self, model: str) -> LadderRecord | None:
+        """The model's current (or last) ladder."""
+        ...
+
+    def ladders(self) -> list[LadderRecord]:
+        ...
+
+    def put_ladder(self, record: LadderRecord, event: LadderEvent, *, expect: int | None,
+                   aliases: dict[str, int | None] | None = None) -> LadderRecord:
+        """Write ``record`` (its generation one above ``expect``; ``expect`` None: the model
+        has no active ladder) with its ``event`` and alias moves, atomically; a ``LadderMoved``
+        when another writer changed the ladder since ``expect`` was read."""
+        ...
+
+    def ladder_events(self, model: str) -> list[LadderEvent]:
+        """Every transition of the model's ladders, oldest first."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl_s`` seconds: True when ``holder`` holds
+        it now, False when another holder's lease has not expired."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        ...
+
+
 #: One online write: (namespace, key, value); a value of None deletes the key.
 OnlineItem = tuple[str, str, bytes | None]
 

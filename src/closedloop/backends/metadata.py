@@ -22,6 +22,8 @@ import sqlalchemy as sa
 
 from closedloop.backends.base import (
     AliasMove,
+    LadderEvent,
+    LadderRecord,
     RegisteredDefinition,
     RunRecord,
     VersionRecord,
@@ -29,6 +31,8 @@ from closedloop.backends.base import (
 from closedloop.errors import (
     BackendError,
     BackendUnavailable,
+    LadderMoved,
+    PromotionBlocked,
     RegistryError,
     VersionConflict,
     VersionNotFound,
@@ -79,6 +83,41 @@ alias_moves_table = sa.Table(
     sa.Column("version", sa.Integer),
     sa.Column("previous", sa.Integer),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+ladders_table = sa.Table(
+    "cl_ladders", _meta,
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("candidate", sa.Integer, nullable=False),
+    sa.Column("baseline", sa.Integer),
+    sa.Column("step", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("ramp_index", sa.Integer, nullable=False),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("step_started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("generation", sa.Integer, nullable=False),
+)
+ladder_events_table = sa.Table(
+    "cl_ladder_events", _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(200), nullable=False, index=True),
+    sa.Column("candidate", sa.Integer, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("from_step", sa.String(16)),
+    sa.Column("to_step", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("share", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(200), nullable=False),
+    sa.Column("evidence", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+)
+leases_table = sa.Table(
+    "cl_leases", _meta,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(200), nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),     # seconds since the epoch
 )
 
 
@@ -155,7 +194,7 @@ class SQLMetadataStore:
         try:
             with self._db().begin() as con:
                 yield con
-        except (RegistryError, VersionConflict):
+        except (RegistryError, VersionConflict, PromotionBlocked):
             raise
         except sa.exc.IntegrityError:
             raise
@@ -227,39 +266,7 @@ class SQLMetadataStore:
                 for r in rows]
 
     def move_aliases(self, model: str, moves: dict[str, int | None]) -> list[AliasMove]:
-        def step(con: sa.Connection) -> list[AliasMove]:
-            now = datetime.now(UTC)
-            known = set(con.execute(sa.select(versions_table.c.version).where(
-                versions_table.c.model == model)).scalars())
-            # Lock the rows of the aliases being moved (PostgreSQL; SQLite holds its write lock
-            # already), so a concurrent move waits and then sees this one as its previous.
-            current = dict(con.execute(
-                sa.select(aliases_table.c.alias, aliases_table.c.version)
-                .where(aliases_table.c.model == model,
-                       aliases_table.c.alias.in_(list(moves)))
-                .with_for_update()).all())
-            done = []
-            for alias, version in moves.items():
-                if version is not None and version not in known:
-                    raise VersionNotFound(
-                        f"model {model!r} has no version {version} for alias {alias!r}",
-                        fix=f"its versions are {sorted(known)}")
-                previous = current.get(alias)
-                where = (aliases_table.c.model == model) & (aliases_table.c.alias == alias)
-                if version is None:
-                    con.execute(aliases_table.delete().where(where))
-                elif previous is None:
-                    con.execute(aliases_table.insert().values(
-                        model=model, alias=alias, version=version, updated_at=now))
-                else:
-                    con.execute(aliases_table.update().where(where).values(
-                        version=version, updated_at=now))
-                current[alias] = version
-                con.execute(alias_moves_table.insert().values(
-                    model=model, alias=alias, version=version, previous=previous, at=now))
-                done.append(AliasMove(model, alias, version, previous, now))
-            return done
-        return self._retrying(step)
+        return self._retrying(lambda con: _move_aliases(con, model, moves))
 
     def aliases(self, model: str) -> dict[str, int]:
         with self._db().connect() as con:
@@ -275,10 +282,138 @@ class SQLMetadataStore:
                           _utc(r.at))  # type: ignore[arg-type]
                 for r in rows]
 
+    # -- ladders ------------------------------------------------------------------------------
+    def ladder(self, model: str) -> LadderRecord | None:
+        with self._db().connect() as con:
+            row = con.execute(sa.select(ladders_table).where(
+                ladders_table.c.model == model)).first()
+        return None if row is None else _ladder(row)
+
+    def ladders(self) -> list[LadderRecord]:
+        with self._db().connect() as con:
+            rows = con.execute(sa.select(ladders_table).order_by(ladders_table.c.model)).all()
+        return [_ladder(r) for r in rows]
+
+    def put_ladder(self, record: LadderRecord, event: LadderEvent, *, expect: int | None,
+                   aliases: dict[str, int | None] | None = None) -> LadderRecord:
+        def step(con: sa.Connection) -> LadderRecord:
+            found = con.execute(sa.select(ladders_table).where(
+                ladders_table.c.model == record.model).with_for_update()).first()
+            values = {"candidate": record.candidate, "baseline": record.baseline,
+                      "step": record.step, "status": record.status, "share": record.share,
+                      "ramp_index": record.ramp_index, "spec": _dump(record.spec),
+                      "step_started_at": record.step_started_at}
+            if expect is None:
+                if found is not None and _ladder(found).active:
+                    raise LadderMoved(
+                        f"model {record.model!r} is already in a ladder (version "
+                        f"{found.candidate}, {found.step}, {found.status})",
+                        fix=f"finish it first: closedloop ladder rollback {record.model}")
+                generation = 1 if found is None else int(found.generation) + 1
+                if found is None:
+                    con.execute(ladders_table.insert().values(
+                        model=record.model, generation=generation, **values))
+                else:
+                    con.execute(ladders_table.update().where(
+                        ladders_table.c.model == record.model).values(
+                        generation=generation, **values))
+            else:
+                if found is None or int(found.generation) != expect:
+                    raise LadderMoved(f"the ladder of {record.model!r} moved while this change "
+                                      "was being decided", fix="read it again and retry")
+                generation = expect + 1
+                con.execute(ladders_table.update().where(
+                    ladders_table.c.model == record.model).values(
+                    generation=generation, **values))
+            if aliases:
+                _move_aliases(con, record.model, aliases)
+            con.execute(ladder_events_table.insert().values(
+                model=event.model, candidate=event.candidate, action=event.action,
+                from_step=event.from_step, to_step=event.to_step, status=event.status,
+                share=event.share, actor=event.actor, evidence=_dump(event.evidence),
+                at=event.at))
+            row = con.execute(sa.select(ladders_table).where(
+                ladders_table.c.model == record.model)).one()
+            return _ladder(row)
+        return self._retrying(step)
+
+    def ladder_events(self, model: str) -> list[LadderEvent]:
+        with self._db().connect() as con:
+            rows = con.execute(sa.select(ladder_events_table).where(
+                ladder_events_table.c.model == model).order_by(ladder_events_table.c.id)).all()
+        return [LadderEvent(r.id, r.model, r.candidate, r.action, r.from_step, r.to_step,
+                            r.status, float(r.share), r.actor, json.loads(r.evidence),
+                            _utc(r.at))  # type: ignore[arg-type]
+                for r in rows]
+
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        def step(con: sa.Connection) -> bool:
+            now = time.time()
+            found = con.execute(sa.select(leases_table).where(
+                leases_table.c.name == name).with_for_update()).first()
+            if found is None:
+                con.execute(leases_table.insert().values(name=name, holder=holder,
+                                                         expires=now + ttl_s))
+                return True
+            if found.holder != holder and found.expires > now:
+                return False
+            con.execute(leases_table.update().where(leases_table.c.name == name).values(
+                holder=holder, expires=now + ttl_s))
+            return True
+        return self._retrying(step)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._write() as con:
+            con.execute(leases_table.delete().where(leases_table.c.name == name,
+                                                    leases_table.c.holder == holder))
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+
+def _move_aliases(con: sa.Connection, model: str,
+                  moves: dict[str, int | None]) -> list[AliasMove]:
+    """Alias moves inside a write transaction (see ``move_aliases``)."""
+    now = datetime.now(UTC)
+    known = set(con.execute(sa.select(versions_table.c.version).where(
+        versions_table.c.model == model)).scalars())
+    # Lock the rows of the aliases being moved (PostgreSQL; SQLite holds its write lock
+    # already), so a concurrent move waits and then sees this one as its previous.
+    current = dict(con.execute(
+        sa.select(aliases_table.c.alias, aliases_table.c.version)
+        .where(aliases_table.c.model == model, aliases_table.c.alias.in_(list(moves)))
+        .with_for_update()).all())
+    done = []
+    for alias, version in moves.items():
+        if version is not None and version not in known:
+            raise VersionNotFound(f"model {model!r} has no version {version} for alias "
+                                  f"{alias!r}", fix=f"its versions are {sorted(known)}")
+        previous = current.get(alias)
+        where = (aliases_table.c.model == model) & (aliases_table.c.alias == alias)
+        if version is None:
+            if previous is None:
+                continue
+            con.execute(aliases_table.delete().where(where))
+        elif previous is None:
+            con.execute(aliases_table.insert().values(
+                model=model, alias=alias, version=version, updated_at=now))
+        else:
+            con.execute(aliases_table.update().where(where).values(
+                version=version, updated_at=now))
+        current[alias] = version
+        con.execute(alias_moves_table.insert().values(
+            model=model, alias=alias, version=version, previous=previous, at=now))
+        done.append(AliasMove(model, alias, version, previous, now))
+    return done
+
+
+def _ladder(row: Any) -> LadderRecord:
+    return LadderRecord(row.model, row.candidate, row.baseline, row.step, row.status,
+                        float(row.share), json.loads(row.spec),
+                        _utc(row.step_started_at),  # type: ignore[arg-type]
+                        int(row.generation), int(row.ramp_index))
 
 
 def _create_tables(engine: sa.Engine) -> None:

@@ -306,10 +306,11 @@ def sequential(control: Arm, treatment: Arm, *, tuning: float = 5000.0,
     halfwidth = math.sqrt(se ** 2 * total) * math.sqrt(
         2.0 * spread * math.log(math.sqrt(spread) / alpha) / (total ** 2 * rho ** 2))
     st2 = expected ** 2 * total / se ** 2
-    e_value = math.exp(rho ** 2 * st2 / (2.0 * spread)) / math.sqrt(spread)
+    log_e = rho ** 2 * st2 / (2.0 * spread) - 0.5 * math.log(spread)   # in logs: a huge
+    e_value = math.exp(log_e) if log_e < 700.0 else math.inf           # effect overflows
     return SequentialEffect(expected, se, rho, halfwidth,
                             (expected - halfwidth, expected + halfwidth), e_value,
-                            min(1.0, 1.0 / e_value), relative, alpha)
+                            min(1.0, math.exp(-log_e)), relative, alpha)
 
 
 def bayesian(control: Arm, treatment: Arm, *, prior: Prior | None = None,

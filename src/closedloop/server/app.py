@@ -18,7 +18,10 @@ never a 500. More than ``max_inflight`` requests in flight on a worker are shed 
 and ``Retry-After``. The requests already queued for a model are served as one batch
 (``_Batcher``), never held back for more to come. Aliases are polled every ``reload_s``: a
 moved alias loads the new version off the event loop and swaps it in; requests in flight
-finish on the version they started on, so none is dropped. Each model is served through its
+finish on the version they started on, so none is dropped. A running promotion ladder's
+split of the traffic is polled with them, and swapped in place when only it moved; the
+ladder's controller runs in a thread of the server when ``[ladder] controller = "serve"``
+(its lease keeps it to one worker at a time). Each model is served through its
 ``OnlineModel`` (``closedloop.serving.online``), as the stream scorer and the in-process API
 are: predicted, logged before the response, the shadow queued for the project's shadow worker
 (bounded: when the shadow falls behind, its work is dropped and counted here).
@@ -30,6 +33,7 @@ import asyncio
 import gc
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -77,6 +81,8 @@ class ServingApp:
         self._made: dict[str, int] = {}            # predictions since the last usage record
         self._batchers: dict[str, _Batcher] = {}
         self._cpu = time.process_time()
+        self._stopping = threading.Event()
+        self._controller: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,6 +94,13 @@ class ServingApp:
         for name in names:
             self.online[name] = self.project.serving.online(name)
         self.project.serving.shadow.on_drop = self._dropped
+        ladder = self.project.settings.ladder
+        if self.project.serving.ladders and ladder.controller == "serve":
+            self._controller = threading.Thread(
+                target=self.project.ladder.run, name="closedloop-ladder", daemon=True,
+                kwargs={"every_s": ladder.every_s, "stop": self._stopping.is_set,
+                        "say": lambda t: log.warning("ladder: %s", t.describe())})
+            self._controller.start()
         self.ready = True
         gc.collect()
         gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
@@ -99,6 +112,9 @@ class ServingApp:
         """Drop the shadow work not begun (shutting down is not worth a production delay;
         counted), let the shadow in progress finish, log the last usage, close the
         project."""
+        self._stopping.set()
+        if self._controller is not None:
+            self._controller.join(timeout=30)
         self.project.serving.shadow.close()
         self.record_usage()
         self.project.close()
@@ -124,11 +140,16 @@ class ServingApp:
                 await asyncio.to_thread(self.record_usage)
             for name, current in list(self.online.items()):
                 try:
-                    aliases = await asyncio.to_thread(serving.aliases, name)
+                    aliases, split = await asyncio.to_thread(serving.routing, name)
                     if aliases != current.aliases:
                         fresh = await asyncio.to_thread(serving.online, name)
                         self.online[name] = fresh
                         log.warning("model %s now serves %s", name, fresh.aliases)
+                    elif split != current.predictor.split:   # the ladder moved: swap its split
+                        current.predictor.split = split
+                        log.warning("model %s: ladder %s", name,
+                                    "ended" if split is None else
+                                    f"{split.step}, {split.share:.0%} on v{split.candidate}")
                 except ClosedLoopError as exc:    # keep serving what is loaded
                     log.warning("reloading %s failed: %s", name, exc)
 

@@ -43,7 +43,7 @@ from closedloop.features.online import EPOCH
 from closedloop.features.service import FeatureService
 from closedloop.registry.service import LoadedModel
 from closedloop.serving.records import PredictionRecord, ShadowRecord
-from closedloop.serving.router import Router
+from closedloop.serving.router import LadderSplit, Router
 from closedloop.serving.spec import Serving
 
 _JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
@@ -119,6 +119,11 @@ class Predictor:
     types: dict[str, str]                # field -> its JSON type, where it is declared
     nullable: frozenset[str] = frozenset()   # required fields that may be null: entity keys
     replay: str | None = None        # a replay clock: the field carrying each instance's instant
+    #: A running ladder's hold on the traffic (its candidate is loaded as ``candidate``);
+    #: the server swaps it whole when the ladder moves.
+    split: LadderSplit | None = None
+    #: Every version loaded for this model, ``previous`` included (never routed to).
+    loaded: dict[str, LoadedVersion] = field(default_factory=dict)
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -130,7 +135,8 @@ class Predictor:
 
     @property
     def aliases(self) -> dict[str, int]:
-        return {alias: v.number for alias, v in self.versions.items()}
+        """The versions loaded, by alias (``previous`` and ``candidate`` included)."""
+        return {alias: v.number for alias, v in (self.loaded or self.versions).items()}
 
     # -- the request path --------------------------------------------------------------------
     def check(self, instances: Any) -> list[dict[str, Any]]:
@@ -176,13 +182,14 @@ class Predictor:
         """Serve a batch (see module) with the features as of now (or ``at``); raises
         ``RequestError`` for a bad request."""
         rows, routes, aliases, t0, times = self._begin(instances)
+        read_at = None if at is None else self.features.clock.instant(at)   # records' time
         try:
             fetched = self.features.fetch(rows, self.fetch_columns, at=at, times=times)
         except BackendError as exc:
-            return self._finish(rows, routes, aliases, t0, None, exc, times)
+            return self._finish(rows, routes, aliases, t0, None, exc, times, read_at)
         except DataError as exc:                  # a key of the wrong type
             raise RequestError(exc.message, fix=exc.fix) from exc
-        return self._finish(rows, routes, aliases, t0, fetched, None, times)
+        return self._finish(rows, routes, aliases, t0, fetched, None, times, read_at)
 
     async def predict_async(self, instances: Any, *, checked: bool = False,
                             deadline: float | None = None) -> Served:
@@ -239,9 +246,16 @@ class Predictor:
         rows = instances if checked else self.check(instances)
         t0 = time.perf_counter()
         times = None if self.replay is None else self._instants(rows, self.replay)
-        routes = [self.router.route(r) for r in rows]
-        aliases = [r if r in self.versions else "production" for r in routes]
-        routes = [r if r in self.versions or r == "holdout" else "production" for r in routes]
+        split = self.split
+        if split is not None and "candidate" not in self.versions:
+            split = None
+        route = self.router.route
+        routes = [route(r, split) for r in rows]
+        ladder = None if split is None or split.share <= 0 else split.step
+        aliases = ["candidate" if r == ladder else r if r in self.versions else "production"
+                   for r in routes]
+        routes = [r if r in self.versions or r == "holdout" or r == ladder else "production"
+                  for r in routes]
         return rows, routes, aliases, t0, times
 
     @staticmethod
@@ -260,7 +274,7 @@ class Predictor:
 
     def _finish(self, rows: list[dict[str, Any]], routes: list[str], aliases: list[str],
                 t0: float, fetched: OnlineFetch | None, down: BackendError | None,
-                times: list[int] | None = None) -> Served:
+                times: list[int] | None = None, read_at: int | None = None) -> Served:
         reason = None if down is None else f"online store: {down.message}"
         vectors: list[dict[str, Any]] = []
         t1 = time.perf_counter()
@@ -305,7 +319,9 @@ class Predictor:
         latency = {"fetch": (t1 - t0) * 1e3, "transform": (t2 - t1) * 1e3,
                    "inference": (t3 - t2) * 1e3, "post": (t4 - t3) * 1e3}
         clock = self.features.clock           # a prediction's time is on the project's clock
-        now = clock.now()
+        now = clock.now() if read_at is None else read_at
+        split = self.split
+        step = None if split is None else split.label
         records = []
         for i, (row, p) in enumerate(zip(rows, predictions, strict=True)):
             version = self.versions[aliases[i]]
@@ -315,10 +331,11 @@ class Predictor:
                 None if serving.unit is None else _text(row.get(serving.unit)),
                 None if serving.subject is None else _text(row.get(serving.subject)),
                 row, None if reason else {c: vectors[i][c] for c in version.columns},
-                p.fallback, p.fallback_reason, p.missing or {}, latency))
+                p.fallback, p.fallback_reason, p.missing or {}, latency, step))
         after = None
-        shadow = self.versions.get("shadow")
-        if shadow is not None and reason is None and serving.shadow:
+        shadow = (self.versions.get("candidate") if split is not None and split.step == "shadow"
+                  else self.versions.get("shadow") if serving.shadow else None)
+        if shadow is not None and reason is None:
             after = _ShadowJob(shadow, vectors, predictions, self.model)
         return Served(predictions, latency, records, reason, after)
 

@@ -18,12 +18,49 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from closedloop.errors import RequestError
 from closedloop.serving.spec import Serving
 
 _SCALE = float(2**64)
+
+
+def position(salt: bytes, unit: str) -> float:
+    """A unit's position in [0, 1) under ``salt``: uniform, and independent across salts."""
+    digest = hashlib.blake2b(salt + unit.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _SCALE
+
+
+#: The traffic steps of a ladder, where a share of the units goes to the candidate.
+TRAFFIC_STEPS = ("canary", "ab", "ramp")
+
+
+@dataclass(frozen=True, slots=True)
+class LadderSplit:
+    """A running ladder's hold on a model's traffic (``closedloop.registry.ladder``): the
+    candidate version, the step (``shadow``: it scores every request after the response;
+    a traffic step: it serves the units whose position under the ladder's own ``salt`` is
+    below ``share``), and the label its predictions' records carry (``step``). The salt is
+    the ladder's, not the model's: a unit's group does not depend on the holdout's, and as
+    the share grows the units already on the candidate stay there."""
+
+    candidate: int
+    step: str
+    share: float
+    label: str
+    salt: bytes
+
+    @classmethod
+    def of(cls, model: str, candidate: int, step: str, share: float, label: str,
+           attempt: int) -> LadderSplit:
+        salt = f"{model}\x1fladder\x1f{attempt}\x1f".encode()
+        return cls(candidate, step, share if step in TRAFFIC_STEPS else 0.0, label, salt)
+
+    def takes(self, unit: str) -> bool:
+        """Whether the unit is on the candidate."""
+        return self.share > 0 and position(self.salt, unit) < self.share
 
 
 class Router:
@@ -44,8 +81,7 @@ class Router:
 
     def position(self, unit: str) -> float:
         """The unit's position in [0, 1)."""
-        digest = hashlib.blake2b(self._salt + unit.encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "big") / _SCALE
+        return position(self._salt, unit)
 
     def unit_of(self, request: Mapping[str, Any]) -> str | None:
         """The request's unit id as text (None when the model routes no traffic)."""
@@ -60,15 +96,18 @@ class Router:
                                "integer", field=self.unit, fix="send the id as text")
         return str(value)
 
-    def route(self, request: Mapping[str, Any]) -> str:
-        """The route of a request: ``holdout``, ``canary``, an arm's alias or
-        ``production``."""
-        if not self._bounds:
+    def route(self, request: Mapping[str, Any], split: LadderSplit | None = None) -> str:
+        """The route of a request: ``holdout``, ``canary``, an arm's alias, the ladder's
+        traffic step (its candidate's units: see ``LadderSplit``) or ``production``."""
+        if not self._bounds and (split is None or split.share <= 0):
             return "production"
         unit = self.unit_of(request)
-        assert unit is not None                      # bounds exist only with a unit
-        at = self.position(unit)
-        for edge, route in self._bounds:
-            if at < edge:
-                return route
+        assert unit is not None                      # routes exist only with a unit
+        if self._bounds:
+            at = self.position(unit)
+            for edge, route in self._bounds:
+                if at < edge:
+                    return route
+        if split is not None and split.takes(unit):
+            return split.step
         return "production"

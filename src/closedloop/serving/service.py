@@ -17,17 +17,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from closedloop.backends.base import EventStream, PredictionLog
+from closedloop.backends.base import EventStream, LadderRecord, LadderStore, PredictionLog
 from closedloop.data.instants import now_micros
 from closedloop.data.labels import held_labels, known_labels
 from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
 from closedloop.data.tables import as_table
 from closedloop.errors import (
+    ClosedLoopError,
     ServingError,
     did_you_mean,
 )
 from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
+from closedloop.registry.ladder import Ladder
 from closedloop.registry.service import LoadedModel, RegistryService
 from closedloop.serving import batch, stream
 from closedloop.serving import cost as costing
@@ -35,10 +37,32 @@ from closedloop.serving.budget import BudgetReport, budget_report
 from closedloop.serving.online import OnlineModel, ShadowQueue
 from closedloop.serving.predictor import LoadedVersion, Prediction, Predictor
 from closedloop.serving.records import PredictionRecord, ShadowRecord, served
+from closedloop.serving.router import LadderSplit
 from closedloop.serving.spec import Serving
 from closedloop.training.model import Model
 
 _JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
+
+
+def _seen_ms(latency: Mapping[str, float]) -> float:
+    """A prediction's latency as its caller saw it (see ``predictions``)."""
+    if "request" in latency:
+        return float(latency["request"])
+    return float(sum(v for k, v in latency.items() if k != "queue"))
+
+
+def split_of(record: LadderRecord) -> LadderSplit:
+    """The traffic split of a running ladder's record."""
+    return LadderSplit.of(record.model, record.candidate, record.step, record.share,
+                          step_label(record), int(record.spec.get("attempt", 1)))
+
+
+def step_label(record: LadderRecord) -> str:
+    """The label a ladder's step puts on its predictions' records (``step``): the attempt,
+    the step and, on the ramp, its index — e.g. ``L2:ramp:1``."""
+    attempt = int(record.spec.get("attempt", 1))
+    suffix = f":{record.ramp_index}" if record.step == "ramp" else ""
+    return f"L{attempt}:{record.step}{suffix}"
 
 
 class ServingService:
@@ -47,8 +71,16 @@ class ServingService:
     def __init__(self, servings: Mapping[str, Serving], models: Mapping[str, Model],
                  registry: RegistryService, features: FeatureService, catalog: Catalog,
                  log: PredictionLog, scoring: Path | None = None,
-                 events: EventStream | None = None) -> None:
+                 events: EventStream | None = None,
+                 ladders: Mapping[str, Ladder] | None = None,
+                 ladder_store: LadderStore | None = None) -> None:
         self.servings = dict(servings)
+        #: The declared promotion ladders, by model, and where their state is kept.
+        self.ladders = dict(ladders or {})
+        self.ladder_store = ladder_store
+        #: Versions loaded once per process, by (model, number): a reload after an alias or
+        #: ladder move loads only what it has not loaded, so ``previous`` is always ready.
+        self._loaded: dict[tuple[str, int], LoadedVersion] = {}
         self.models = dict(models)
         self.registry = registry
         self.features = features
@@ -63,6 +95,21 @@ class ServingService:
             raise ServingError(f"serving declarations name models that are not declared: "
                                f"{unknown}{did_you_mean(unknown[0], self.models)}",
                                fix=f"the models are {sorted(self.models)}")
+        for name in self.ladders:
+            if name not in self.models:
+                raise ServingError(f"a ladder names model {name!r}, which is not declared"
+                                   f"{did_you_mean(name, self.models)}",
+                                   fix=f"the models are {sorted(self.models)}")
+            declared = self.servings.get(name) or Serving(name)
+            if declared.canary or declared.arms or declared.shadow:
+                raise ServingError(f"model {name!r} has a ladder and also fixed canary, arm or "
+                                   "shadow routes; a laddered model's traffic shares are the "
+                                   "ladder's state",
+                                   fix=f"drop canary=, arms= and shadow= from Serving({name!r})")
+            if declared.unit is None:
+                raise ServingError(f"model {name!r} has a ladder but its Serving names no unit "
+                                   "to split traffic by",
+                                   fix=f"declare cl.Serving({name!r}, unit='user_id', ...)")
 
     def serving(self, model: str) -> Serving:
         if model not in self.models:
@@ -71,9 +118,34 @@ class ServingService:
         return self.servings.get(model) or Serving(model)
 
     def aliases(self, model: str) -> dict[str, int]:
-        """The aliases a predictor of ``model`` would load, as the registry has them now."""
-        wanted = self.serving(model).aliases
-        return {a: v for a, v in self.registry.aliases(model).items() if a in wanted}
+        """The aliases a predictor of ``model`` would load, as the registry has them now:
+        its routes', ``previous`` (loaded for an instant rollback) and, while a ladder
+        holds traffic, its candidate (``candidate``)."""
+        return self.routing(model)[0]
+
+    def routing(self, model: str) -> tuple[dict[str, int], LadderSplit | None]:
+        """What a predictor of ``model`` serves now: the versions by alias, and the running
+        ladder's split of the traffic (``closedloop.serving.router.LadderSplit``), if any."""
+        wanted = [*self.serving(model).aliases, "previous"]
+        found = {a: v for a, v in self.registry.aliases(model).items() if a in wanted}
+        split = self.split(model)
+        if split is not None:
+            found["candidate"] = split.candidate
+        return found, split
+
+    def ladder(self, model: str) -> LadderRecord | None:
+        """The model's current (or last) ladder, as the metadata store has it."""
+        if self.ladder_store is None or model not in self.ladders:
+            return None
+        return self.ladder_store.ladder(model)
+
+    def split(self, model: str) -> LadderSplit | None:
+        """The running ladder's hold on the model's traffic, or None."""
+        record = self.ladder(model)
+        if record is None or not record.active or record.step not in (
+                "shadow", "canary", "ab", "ramp"):
+            return None
+        return split_of(record)
 
     def predict(self, model: str, instances: Any, *, at: datetime | None = None,
                 ) -> list[Prediction]:
@@ -96,18 +168,26 @@ class ServingService:
         """Load every version the model's routes name; refuse a model with no production
         version or whose pinned definitions the project no longer defines."""
         serving = self.serving(model)
-        aliases = self.aliases(model)
+        aliases, split = self.routing(model)
         if "production" not in aliases:
             raise ServingError(f"model {model!r} has no production version",
                                fix=f"closedloop models alias {model} production VERSION")
         versions: dict[str, LoadedVersion] = {}
-        loaded_by_number: dict[int, LoadedVersion] = {}
         for alias, number in aliases.items():
-            if number not in loaded_by_number:
-                loaded = self.registry.load(model, number)
-                loaded_by_number[number] = LoadedVersion(loaded, self._pinned(loaded))
-            versions[alias] = loaded_by_number[number]
-        columns = list(dict.fromkeys(c for v in versions.values() for c in v.columns))
+            found = self._loaded.get((model, number))
+            if found is None:
+                try:
+                    loaded = self.registry.load(model, number)
+                    found = LoadedVersion(loaded, self._pinned(loaded))
+                except ClosedLoopError:
+                    if alias == "previous":      # it cannot serve: no instant rollback to it
+                        continue
+                    raise
+                self._loaded[(model, number)] = found
+            versions[alias] = found
+        # "previous" is loaded, never routed to: its columns are not fetched until it serves.
+        versions_served = {a: v for a, v in versions.items() if a != "previous"}
+        columns = list(dict.fromkeys(c for v in versions_served.values() for c in v.columns))
         resolution = self.catalog.resolve(columns)
         # Request fields are typed as training reads them: columns of the model's rows
         # source; entity keys as their entity declares.
@@ -134,8 +214,8 @@ class ServingService:
             required = (*required, replay)
             fields = frozenset([*fields, replay])
             types[replay] = "string"
-        return Predictor(serving, versions, self.features, columns, fields, required, types,
-                         nullable, replay)
+        return Predictor(serving, versions_served, self.features, columns, fields, required,
+                         types, nullable, replay, split, loaded=versions)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""
@@ -242,12 +322,15 @@ class ServingService:
 
     # -- the log -----------------------------------------------------------------------------
     def predictions(self, model: str, *, labels: bool = True, at: datetime | None = None,
-                    ) -> pa.Table:
+                    requests: Sequence[str] = ()) -> pa.Table:
         """The model's served predictions as a table — id, time, version, route, unit,
-        subject, score, decision, fallback, and the shadow's version and score where one
-        scored — joined by subject to the label known now (or at ``at``) with when it
-        settled; a subject whose label window has closed with none takes the source's
-        default; null while its label may still come (the outcome lag)."""
+        subject, score, decision, fallback, the shadow's version and score where one scored,
+        the ladder step that routed it, its latency as the caller saw it (``latency_ms``:
+        from its arrival at the server, queue wait included, when the server served it; the
+        stages' sum otherwise) and each of ``requests`` as ``request.<field>`` — joined by
+        subject to the label known now (or at ``at``) with when it settled; a subject whose
+        label window has closed with none takes the source's default; null while its label
+        may still come (the outcome lag)."""
         self.serving(model)
         rows: list[PredictionRecord] = []
         shadows: dict[str, ShadowRecord] = {}
@@ -268,11 +351,19 @@ class ServingService:
             "score": pa.array([r.score for r in rows], pa.float64()),
             "decision": pa.array([r.decision for r in rows], pa.string()),
             "fallback": pa.array([r.fallback for r in rows], pa.bool_()),
+            "fallback_reason": pa.array([r.fallback_reason for r in rows], pa.string()),
             "shadow_version": pa.array([None if s is None else s.version for s in shadowed],
                                        pa.int64()),
             "shadow_score": pa.array([None if s is None else s.score for s in shadowed],
                                      pa.float64()),
+            "step": pa.array([r.step for r in rows], pa.string()),
+            "latency_ms": pa.array([_seen_ms(r.latency_ms) for r in rows], pa.float64()),
+            "shadow_latency_ms": pa.array([None if s is None else s.latency_ms
+                                           for s in shadowed], pa.float64()),
         })
+        for name in requests:
+            table = table.append_column(f"request.{name}", pa.array(
+                [None if r.request is None else r.request.get(name) for r in rows]))
         declared = self.models[model]
         source = self.catalog.sources.get(declared.label)
         if not labels or not isinstance(source, LabelSource):

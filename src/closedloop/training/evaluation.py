@@ -325,22 +325,32 @@ def slice_metrics(y: Any, p: Any, values: Sequence[Any] | pa.Array | pa.ChunkedA
     """Per slice: rows, positives, and (when large enough) AUC, log loss and Brier with
     their intervals; a slice too small says so."""
     yy, pp = _checked(y, p)
+    out = []
+    for entry, inside in _slices(yy, values, min_size, min_class):
+        if entry["scored"]:
+            entry["auc"] = asdict(delong(yy[inside], pp[inside], level))
+            entry["log_loss"] = asdict(log_loss(yy[inside], pp[inside], level))
+            entry["brier"] = asdict(brier(yy[inside], pp[inside], level))
+        out.append(entry)
+    return out
+
+
+def _slices(yy: np.ndarray[Any, Any], values: Sequence[Any] | pa.Array | pa.ChunkedArray,
+            min_size: int, min_class: int,
+            ) -> list[tuple[dict[str, Any], np.ndarray[Any, Any]]]:
+    """Each slice's entry (name, rows, positives, whether it is large enough to score, and
+    why not) with its rows' mask."""
     names, index = _groups(values)
     out = []
     for i, name in enumerate(names):
         inside = index == i
         n, pos = int(inside.sum()), int(yy[inside].sum())
-        entry: dict[str, Any] = {"slice": name, "rows": n, "positives": pos}
+        entry: dict[str, Any] = {"slice": name, "rows": n, "positives": pos, "scored": True}
         if n < min_size or pos < min_class or n - pos < min_class:
             entry["scored"] = False
             entry["reason"] = (f"too small: needs {min_size} rows with {min_class} of each "
                                "class")
-        else:
-            entry["scored"] = True
-            entry["auc"] = asdict(delong(yy[inside], pp[inside], level))
-            entry["log_loss"] = asdict(log_loss(yy[inside], pp[inside], level))
-            entry["brier"] = asdict(brier(yy[inside], pp[inside], level))
-        out.append(entry)
+        out.append((entry, inside))
     return out
 
 
@@ -374,6 +384,22 @@ def comparison(y: Any, ours: Any, theirs: Any, level: float = 0.95) -> dict[str,
         out["auc_difference"] = asdict(delong_difference(yy, a, b, level))
     out["log_loss_difference"] = asdict(_mean_interval(
         _log_losses(yy, a) - _log_losses(yy, b), level))
+    return out
+
+
+def slice_comparisons(y: Any, ours: Any, theirs: Any,
+                      values: Sequence[Any] | pa.Array | pa.ChunkedArray, *,
+                      min_size: int = 100, min_class: int = 10,
+                      level: float = 0.95) -> list[dict[str, Any]]:
+    """``comparison`` on each slice (as ``slice_metrics`` cuts them) large enough to score:
+    ours − theirs on the same rows of the slice."""
+    yy, a = _checked(y, ours)
+    _, b = _checked(y, theirs)
+    out = []
+    for entry, inside in _slices(yy, values, min_size, min_class):
+        if entry["scored"]:
+            entry.update(comparison(yy[inside], a[inside], b[inside], level))
+        out.append(entry)
     return out
 
 

@@ -316,6 +316,11 @@ class TrainingService:
                 version, theirs, unseen_from = found
                 compared = {"against_version": version,
                             **evaluation.comparison(y_test, scores, theirs)}
+                if model.slices:        # the ladder's gate: non-inferior on every slice
+                    compared["slices"] = {
+                        column: evaluation.slice_comparisons(
+                            y_test, scores, theirs, table_test[column],
+                            min_size=model.min_slice_size) for column in model.slices}
                 first = int(built.times[test].min())
                 limit = (None if unseen_from is None else
                          int(datetime.fromisoformat(unseen_from).timestamp() * 1_000_000))
