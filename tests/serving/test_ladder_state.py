@@ -242,3 +242,21 @@ def test_a_controller_killed_mid_transition_leaves_the_ladder_whole(tmp_path: Pa
         # The traffic split always adds up: the candidate's share is a share.
         assert 0.0 <= record.share <= 1.0
     store.close()
+
+
+def test_two_controllers_never_move_one_ladder(laddered: object) -> None:
+    from closedloop.serving.controller import LadderService
+
+    root = laddered.root  # type: ignore[attr-defined]
+    versions = laddered.versions  # type: ignore[attr-defined]
+    with cl.Project(root) as a, cl.Project(root) as b:
+        a.ladder.promote("fraud", versions["better"])      # the gate: measured and released
+        first = LadderService(a.serving, a.registry, a.metadata, holder="first")
+        second = LadderService(b.serving, b.registry, b.metadata, holder="second")
+        assert a.metadata.acquire_lease("ladder:fraud", "first", 30)
+        assert second.tick() == []                         # the first holds the lease
+        ticked = first.tick(keep=True)
+        assert [t.model for t in ticked] == ["fraud"]      # waits for shadow traffic
+        assert second.tick() == []                         # still the first's
+        a.metadata.release_lease("ladder:fraud", "first")
+        assert [t.model for t in second.tick()] == ["fraud"]

@@ -2,9 +2,10 @@
 and the shared helpers) and the commands of each stage, registered on it by their modules:
 ``features`` (init, apply, features, training sets, materialize, push, online, consistency,
 demo), ``data`` (ingest, quarantine, backfillable, labels), ``training`` (train, reproduce,
-runs, models) and ``serving`` (serve, budget, score, stream, cost)."""
+runs, models), ``serving`` (serve, budget, score, stream, cost) and ``ladder`` (promote, and
+the ladder's status, approve, pause, resume, rollback, run, report)."""
 
-from closedloop.cli import data, features, serving, training  # noqa: F401 - they register
+from closedloop.cli import data, features, ladder, serving, training  # noqa: F401 - they register
 from closedloop.cli.common import Table, app, main, report_error
 
 __all__ = ["Table", "app", "main", "report_error"]

@@ -8,7 +8,8 @@ Routes:
   response is sent once every prediction is in the prediction log (durable mode);
 * ``GET /v1/models/{name}/scores/{key}`` — the entity's batch score (``closedloop score``):
   ``{"model", "key", "score", "version", "as_of", "scored_at"}``, or 404;
-* ``GET /v1/models`` — the served models, their versions by alias;
+* ``GET /v1/models`` — the served models, their versions by alias and the running ladder's
+  split (candidate, step, share) as this worker applies it;
 * ``GET /healthz`` (alive), ``GET /readyz`` (every model loaded and the prediction log
   writable: 503 while its last write failed), ``GET /metrics``
   (Prometheus), ``GET /openapi.json`` (the schema, from the models' declared fields).
@@ -203,7 +204,8 @@ class ServingApp:
             await _send(send, 200, openapi({n: m.predictor for n, m in self.online.items()}))
         elif path == "/v1/models":
             await _send(send, 200, {"models": [
-                {"name": n, "versions": m.aliases} for n, m in self.online.items()]})
+                {"name": n, "versions": m.aliases, "ladder": _split(m)}
+                for n, m in self.online.items()]})
         else:
             await _send(send, 404, {"error": f"no route GET {path}", "code": "CL-701"})
 
@@ -381,6 +383,14 @@ def _timed(served: Served, batch: list[_Queued], began: float, handed: float) ->
         for i in range(at, at + len(item.rows)):
             records[i] = replace(records[i], latency_ms=timing)
         at += len(item.rows)
+
+
+def _split(model: OnlineModel) -> dict[str, Any] | None:
+    """The running ladder's hold on a served model's traffic, as this worker applies it."""
+    split = model.predictor.split
+    if split is None:
+        return None
+    return {"candidate": split.candidate, "step": split.step, "share": split.share}
 
 
 def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:

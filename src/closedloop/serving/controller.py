@@ -148,6 +148,15 @@ class LadderService:
         self.declared(model)
         return self.store.ladder_events(model)
 
+    def report(self, model: str) -> str:
+        """The HTML page of the model's ladders: every transition with its evidence, and
+        charts (``closedloop.serving.ladder_report``)."""
+        from closedloop.serving.ladder_report import render
+
+        record = self.status(model)
+        return render(model, record, self.store.ladder_events(model),
+                      self.serving.predictions(model, labels=False))
+
     def _active(self, model: str) -> LadderRecord:
         record = self.status(model)
         if record is None or not record.active:
@@ -255,24 +264,29 @@ class LadderService:
         return None
 
     # -- the controller ----------------------------------------------------------------------
-    def tick(self, model: str | None = None) -> list[Transition]:
+    def tick(self, model: str | None = None, *, keep: bool = False) -> list[Transition]:
         """Measure each running ladder (or ``model``'s) and move it as its evidence says;
-        a ladder whose lease another controller holds is left alone."""
+        a ladder whose lease another controller holds is left alone. The lease is held for
+        the tick, and after it with ``keep`` (a running controller's, renewed each tick)."""
         names = [model] if model is not None else sorted(self.serving.ladders)
         out = []
         for name in names:
             lease = f"ladder:{name}"
             if not self.store.acquire_lease(lease, self.holder, LEASE_S):
                 continue
-            record = self.store.ladder(name)
-            if record is None or not record.active or record.status != "running":
-                continue
-            evidence = self.evidence(record)
             try:
-                after = self._decide(record, evidence)
-            except LadderMoved:               # a command moved it meanwhile: next tick
-                continue
-            out.append(Transition(name, evidence, record, after))
+                record = self.store.ladder(name)
+                if record is None or not record.active or record.status != "running":
+                    continue
+                evidence = self.evidence(record)
+                try:
+                    after = self._decide(record, evidence)
+                except LadderMoved:           # a command moved it meanwhile: next tick
+                    continue
+                out.append(Transition(name, evidence, record, after))
+            finally:
+                if not keep:
+                    self.store.release_lease(lease, self.holder)
         return out
 
     def run(self, *, every_s: float = 5.0, stop: Callable[[], bool] = lambda: False,
@@ -281,7 +295,7 @@ class LadderService:
         try:
             while not stop():
                 try:
-                    moved = self.tick()
+                    moved = self.tick(keep=True)
                 except Exception:            # a failed measurement: the next tick tries again
                     _log.exception("the ladder controller's tick failed")
                     moved = []

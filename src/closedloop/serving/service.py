@@ -362,8 +362,11 @@ class ServingService:
                                            for s in shadowed], pa.float64()),
         })
         for name in requests:
-            table = table.append_column(f"request.{name}", pa.array(
-                [None if r.request is None else r.request.get(name) for r in rows]))
+            values = pa.array([None if r.request is None else r.request.get(name)
+                               for r in rows])
+            if pa.types.is_null(values.type):     # nothing sent yet: typed, for joins
+                values = pa.nulls(len(values), pa.string())
+            table = table.append_column(f"request.{name}", values)
         declared = self.models[model]
         source = self.catalog.sources.get(declared.label)
         if not labels or not isinstance(source, LabelSource):
