@@ -181,8 +181,9 @@ def test_health_models_schema_and_metrics_answer(server: Server) -> None:
     assert json.loads(raw)["models"]["fraud"] == {"production": 1, "canary": 2, "shadow": 2}
     status, _, raw = server.request("GET", "/v1/models")
     assert json.loads(raw)["models"] == [
-        {"name": "fraud", "versions": {"production": 1, "canary": 2, "shadow": 2}},
-        {"name": "risk", "versions": {"production": 1}}]
+        {"name": "fraud", "versions": {"production": 1, "canary": 2, "shadow": 2},
+         "ladder": None},
+        {"name": "risk", "versions": {"production": 1}, "ladder": None}]
     status, _, raw = server.request("GET", "/openapi.json")
     schema = json.loads(raw)
     body = schema["paths"]["/v1/models/fraud:predict"]["post"]["requestBody"]

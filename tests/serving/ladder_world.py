@@ -9,13 +9,13 @@ simulated traffic whose labels are the world's ground truth.
   map): equal ranking, equal AUC, worse calibration;
 * ``blocker`` — production plus 0.5: it blocks nearly everyone (a guardrail's business metric).
 
-The world's history up to ``DAY0`` (two weeks before its end) is ingested, the models
-trained on it and the online store materialized as of ``DAY0``; the last two weeks are the
-traffic: each transaction is served at its own instant (the replay clock), the events that
-had arrived by then pushed beside it, so the candidates are judged out of time, on
-transactions they never saw. Their labels are the world's chargebacks, ingested at the end;
-the project's clock stands 61 days after the world's end, so every label window has
-closed: the controller sees every prediction matured.
+The world's history up to ``DAY0`` (its 90 days) is ingested, the models trained on it and
+the online store materialized as of ``DAY0``; two more weeks are the live traffic
+(``closedloop.sim.traffic.Replay``): each transaction is served at its own instant (the
+replay clock), the events that had arrived by then pushed beside it, so the candidates are
+judged out of time, on transactions they never saw. Their labels are the world's
+chargebacks, ingested at the end; the project's clock stands 61 days after the world's end,
+so every label window has closed: the controller sees every prediction matured.
 """
 
 from __future__ import annotations
@@ -24,28 +24,39 @@ import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 import closedloop as cl
 from closedloop.sim.fraud import FraudWorld
+from closedloop.sim.fraud_project import EXPORTS, LIVE, write_fraud_project
 from closedloop.sim.fraud_project import SERVING as DEMO_SERVING
-from closedloop.sim.fraud_project import write_fraud_project
+from closedloop.sim.traffic import Replay
 
-WORLD = FraudWorld(n_users=800, seed=5, compromised_share=0.25, days=110)
-END = WORLD.end
-DAY0 = END - timedelta(days=14)
+DAY0 = FraudWorld().end                   # the history's end: the live two weeks follow
+END = DAY0 + timedelta(days=14)
 LATER = END + timedelta(days=61)
-FIELDS = ["user_id", "txn_id", "amount", "country", "event_time"]
 SMALL = ("trainer=cl.LightGBMTrainer(num_boost_round=150, learning_rate=0.05, num_leaves=15, "
          "seed=7)")
-WEAK = "trainer=cl.LightGBMTrainer(num_boost_round=8, learning_rate=0.1, num_leaves=4, seed=7)"
-SLICE_BLIND = "trainer=cl.SklearnTrainer(SliceBlind(column=13, quantile=0.1))"
+WEAK = ("trainer=cl.LightGBMTrainer(num_boost_round=40, learning_rate=0.1, num_leaves=7, "
+        "seed=7)")
+#: Production's features: the slow ones only (a month's spending, the profile) — it cannot
+#: see a burst of fraud coming, which the candidates' full set can.
+SLOW = ["user_txn.amount_sum_30d", "user_txn.amount_count_30d", "user_txn.amount_mean_30d",
+        "user_txn.amount_max_30d", "user_profile.lifetime_spend", "user_profile.lifetime_txns",
+        "user_profile.account_age_days"]
+
+
+def _weak(text: str) -> str:
+    """The definitions with production's model: the slow features, a smaller trainer."""
+    start = text.index('"fraud", features=[') + len('"fraud", features=')
+    end = text.index("]", start) + 1
+    return text[:start] + repr(SLOW) + text[end:].replace(SMALL, WEAK)
+
+
+SLICE_BLIND = "trainer=cl.SklearnTrainer(SliceBlind(column=13, quantile=0.25))"
 
 SERVING = '''
 serving = cl.Serving("fraud", unit="txn_id", subject="txn_id", holdout=0.05,
@@ -164,32 +175,23 @@ def _derive(p: cl.Project, base: int, shift: float) -> int:
     return p.registry.register(run_id).version
 
 
-def _until(table: pa.Table, column: str, t: datetime) -> pa.Table:
-    return table.filter(pc.less_equal(table[column], pa.scalar(t, table[column].type)))
-
-
 def build_world(root: Path) -> LadderWorld:
-    write_fraud_project(root, n_users=800, seed=5)
-    # Many compromised cards, so the matured test split holds enough fraud to tell models apart.
-    data = root / "data"
-    WORLD.write(data)
-    # Slices of at least 1,000 test rows are gated (a smaller one's interval is too wide).
+    # Many compromised cards, so the matured test split holds enough fraud to tell models
+    # apart; two live weeks after the 90 days of history.
+    write_fraud_project(root, n_users=800, seed=5, live_days=14, compromised_share=0.25)
     base = _text(root).replace(DEMO_SERVING, SERVING).replace(
         'protected=["country"],', 'protected=["country"], min_slice_size=1000,').replace(
         "import closedloop as cl\n", "import closedloop as cl\nfrom candidates import SliceBlind\n",
         1)
     (root / "candidates.py").write_text(CANDIDATES)
-    (root / "definitions.py").write_text(base.replace(SMALL, WEAK))
+    (root / "definitions.py").write_text(_weak(base))
     write_ladder(root)
     versions: dict[str, int] = {}
+    data = root / "data"
     with cl.Project(root) as p:
         p.apply()
-        p.data.ingest("transactions", _until(pq.read_table(data / "transactions.parquet"),
-                                             "ingested_at", DAY0), at=DAY0)
-        p.data.ingest("profiles", _until(pq.read_table(data / "profiles.parquet"),
-                                         "created_at", DAY0), at=DAY0)
-        p.data.ingest("chargebacks", _until(pq.read_table(data / "chargebacks.parquet"),
-                                            "settled_at", DAY0), at=DAY0)
+        for source, export in EXPORTS.items():
+            p.data.ingest(source, data / export, at=DAY0)
         first = p.registry.register(p.training.train("fraud", cutoff=DAY0).id).version
         p.registry.set_alias("fraud", "production", first)
         versions["production"] = first
@@ -200,67 +202,22 @@ def build_world(root: Path) -> LadderWorld:
         with cl.Project(root) as p:
             run = p.training.train("fraud", cutoff=DAY0, baseline=p.registry.baseline)
             versions[name] = p.registry.register(run.id).version
-    (root / "definitions.py").write_text(base.replace(SMALL, WEAK))
+    (root / "definitions.py").write_text(_weak(base))
     write_ladder(root)
     with cl.Project(root) as p:
         versions["shifted"] = _derive(p, first, 0.1)
         versions["blocker"] = _derive(p, first, 0.5)
-        # Every label of the world, as it will have settled by the time the ladder looks.
-        p.data.ingest("chargebacks", pq.read_table(data / "chargebacks.parquet"), at=END)
+        # The live weeks' labels, as they will have settled by the time the ladder looks.
+        p.data.ingest("chargebacks", data / LIVE / "chargebacks.parquet", at=LATER)
     text = (root / "closedloop.toml").read_text()
     (root / "closedloop.toml").write_text(text + f'\n[clock]\nat = "{LATER.isoformat()}"\n'
                                           'replay = true\nfield = "event_time"\n')
     return LadderWorld(root, versions)
 
 
-class Traffic:
-    """The world's last two weeks as requests, in event-time order: each served at its own
-    instant, with every event that had arrived by then pushed first (see module)."""
-
-    def __init__(self, project: cl.Project) -> None:
-        data = project.root / "data"
-        txns = pq.read_table(data / "transactions.parquet")
-        after = pa.scalar(DAY0, txns["event_time"].type)
-        self.requests = txns.filter(pc.greater(txns["event_time"], after)).sort_by(
-            "event_time").select(FIELDS)
-        self.arriving = {
-            "transactions": txns.filter(pc.greater(txns["ingested_at"], after)).sort_by(
-                "ingested_at"),
-            "profiles": (lambda t: t.filter(pc.greater(t["created_at"], after)).sort_by(
-                "created_at"))(pq.read_table(data / "profiles.parquet"))}
-        self.arrival = {"transactions": "ingested_at", "profiles": "created_at"}
-        self.pushed = dict.fromkeys(self.arriving, 0)
-        self.project = project
-        self.sent = 0
-
-    @property
-    def left(self) -> int:
-        return self.requests.num_rows - self.sent
-
-    def serve(self, n: int, batch: int = 50) -> int:
-        """Serve the next ``n`` requests (fewer at the end), in batches; how many."""
-        online = self.project.serving.online("fraud")
-        done = 0
-        while done < n and self.left:
-            k = min(batch, n - done, self.left)
-            rows = self.requests.slice(self.sent, k)
-            last = rows["event_time"][k - 1]
-            for source, table in self.arriving.items():   # arrived by the batch's last instant
-                column = table[self.arrival[source]]
-                upto = int(pc.sum(pc.cast(pc.less_equal(column, pa.scalar(
-                    last.as_py(), column.type)), pa.int64())).as_py() or 0)
-                if upto > self.pushed[source]:
-                    self.project.features.push(
-                        source, table.slice(self.pushed[source], upto - self.pushed[source]),
-                        at=last.as_py())
-                    self.pushed[source] = upto
-            instances = [{**r, "event_time": r["event_time"].isoformat()}
-                         for r in rows.to_pylist()]
-            online.serve(instances)
-            self.sent += k
-            done += k
-        self.project.serving.shadow.join()
-        return done
+#: The live two weeks as requests (``closedloop.sim.traffic.Replay``), from DAY0 on.
+def Traffic(project: cl.Project) -> Replay:
+    return Replay(project, since=DAY0)
 
 
 @pytest.fixture(scope="session")

@@ -124,6 +124,9 @@ class Predictor:
     split: LadderSplit | None = None
     #: Every version loaded for this model, ``previous`` included (never routed to).
     loaded: dict[str, LoadedVersion] = field(default_factory=dict)
+    #: The fields a request may carry: ``fields`` (what the versions read) and the rest of
+    #: the rows source's columns (ignored).
+    accepted: frozenset[str] = frozenset()
     router: Router = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,11 +160,12 @@ class Predictor:
                     raise RequestError(f"instance {i} has no {name!r}" if name not in row else
                                        f"instance {i}: {name!r} is null",
                                        field=f"instances[{i}].{name}", fix=f"send {name!r}")
+            allowed = self.accepted or self.fields
             for name, value in row.items():
-                if name not in self.fields:
+                if name not in allowed:
                     raise RequestError(f"instance {i} has a field {name!r} this model does "
                                        f"not read", field=f"instances[{i}].{name}",
-                                       fix=f"send only {sorted(self.fields)}")
+                                       fix=f"send only {sorted(allowed)}")
                 if value is None or name == self.replay:    # the instant: parsed in _begin
                     continue
                 kind = type(value)

@@ -199,7 +199,11 @@ class ServingService:
         required = tuple(dict.fromkeys([*keys, *resolution.request_inputs,
                                         *([serving.unit] if serving.unit else [])]))
         fields = frozenset([*required, *([serving.subject] if serving.subject else [])])
-        types = {f: keys.get(f) or types[f] for f in fields if f in keys or f in types}
+        # A request is a row of the model's rows source: any of its declared columns may be
+        # sent (a version that does not read one ignores it, so clients need not change
+        # with the versions served); nothing else.
+        accepted = fields | frozenset(c for c in declared if c in types)
+        types = {f: keys.get(f) or types[f] for f in accepted if f in keys or f in types}
         # A null entity key is no error, as offline: its views' defaults, named as missing.
         # The routing unit and the transforms' request inputs must have values.
         nullable = frozenset(keys) - {serving.unit, *resolution.request_inputs}
@@ -213,9 +217,10 @@ class ServingService:
                                    fix="set [clock] field")
             required = (*required, replay)
             fields = frozenset([*fields, replay])
+            accepted = accepted | {replay}
             types[replay] = "string"
         return Predictor(serving, versions_served, self.features, columns, fields, required,
-                         types, nullable, replay, split, loaded=versions)
+                         types, nullable, replay, split, loaded=versions, accepted=accepted)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""

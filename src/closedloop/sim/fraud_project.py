@@ -107,14 +107,74 @@ EXPORTS = {"transactions": "transactions.parquet", "profiles": "profiles.parquet
            "chargebacks": "chargebacks.parquet"}
 
 
-def write_fraud_project(folder: str | Path, *, n_users: int = 1000, seed: int = 0) -> Path:
+#: Where ``write_fraud_project(live_days=...)`` puts what happens after the history: the
+#: live traffic's exports (same names as ``EXPORTS``).
+LIVE = "live"
+
+#: The demo's promotion ladder: the business's own metrics (fraud let through, a good
+#: customer blocked) decide the A/B test; the rest is the defaults, sized for the demo.
+LADDER = '''
+# A new version reaches production only by this ladder (`closedloop promote fraud VERSION`):
+# the offline gate, a shadow, a canary, an A/B test on the business's own metrics, a ramp.
+missed_fraud = cl.Metric("missed_fraud", lambda c: (c["label"] == 1) & (c["decision"] == "allow"),
+                         higher_is_better=False)
+false_block = cl.Metric("false_block", lambda c: (c["label"] == 0) & (c["decision"] == "block"),
+                        higher_is_better=False)
+ladder = cl.Ladder(
+    "fraud",
+    gate=cl.Gate(metric="auc", margin=0.04),
+    shadow=cl.Shadow(min_predictions=500),
+    canary=cl.Canary(share=0.1, guardrails=cl.Guardrails(
+        min_predictions=200, metrics={"decision:block": 0.05})),
+    ab=cl.ABTest(share=0.5, primary="false_block", guardrails=["missed_fraud", "brier"],
+                 min_units=500, mde=0.3),
+    ramp=cl.Ramp(steps=(0.5, 1.0), guardrails=cl.Guardrails(min_predictions=200)),
+    metrics=[missed_fraud, false_block],
+)
+'''
+
+
+def write_fraud_project(folder: str | Path, *, n_users: int = 1000, seed: int = 0,
+                        live_days: int = 0, compromised_share: float = 0.03,
+                        ladder: bool = False) -> Path:
     """Write a fraud project: config, definitions and the generated world's Parquet exports
-    under data/, ready for ``closedloop ingest`` (see ``EXPORTS``)."""
+    under data/, ready for ``closedloop ingest`` (see ``EXPORTS``). With ``live_days``, the
+    world runs that many days past its 90 and what arrives after day 90 — transactions,
+    profiles, chargebacks — is written under data/live/ instead: the live traffic to replay
+    (``closedloop.sim.traffic.Replay``). ``ladder``: declare the demo's ``LADDER``."""
     root = Path(folder)
     (root / "data").mkdir(parents=True, exist_ok=True)
-    FraudWorld(n_users=n_users, seed=seed).write(root / "data")
-    (root / "definitions.py").write_text(DEFINITIONS)
+    if live_days:
+        _write_split(root / "data", n_users, seed, live_days, compromised_share)
+    else:
+        FraudWorld(n_users=n_users, seed=seed, compromised_share=compromised_share).write(
+            root / "data")
+    (root / "definitions.py").write_text(DEFINITIONS + (LADDER if ladder else ""))
     (root / "closedloop.toml").write_text(
         '[project]\nname = "fraud"\ndefinitions = "definitions.py"\n\n'
         "[online]\nlog_sample = 1.0   # log every served vector for `closedloop consistency`\n")
     return root
+
+
+#: Each export's arrival column: what had arrived by an instant is what it holds by then.
+ARRIVAL = {"transactions": "ingested_at", "profiles": "created_at",
+           "chargebacks": "settled_at"}
+
+
+def _write_split(data: Path, n_users: int, seed: int, live_days: int,
+                 compromised_share: float) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    history = FraudWorld(n_users=n_users, seed=seed).end
+    world = FraudWorld(n_users=n_users, seed=seed, days=90 + live_days,
+                       compromised_share=compromised_share)
+    (data / LIVE).mkdir(parents=True, exist_ok=True)
+    tables = world.generate()
+    for source, export in EXPORTS.items():
+        table = tables[source]
+        column = table[ARRIVAL[source]]
+        arrived = pc.less_equal(column, pa.scalar(history, column.type))
+        pq.write_table(table.filter(arrived), data / export)
+        pq.write_table(table.filter(pc.invert(arrived)), data / LIVE / export)
