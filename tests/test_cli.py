@@ -102,6 +102,16 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert frauds == settled & set(table["txn_id"].to_pylist())
     # The model was trained, registered as production, and its run reproduces bit for bit.
     assert "registered as fraud version 1 (production)" in result.stdout
+    assert "ladder" in result.stdout
+    # A candidate on the profile alone is stopped at the gate; the full feature set climbs
+    # the ladder over the live weeks to production, every transition with its evidence.
+    assert "version 2, on the profile alone, stopped at gate, rolled_back" in result.stdout
+    for move in ("gate -> shadow", "shadow -> canary", "canary -> ab", "ab -> ramp",
+                 "ramp -> done promoted"):
+        assert f"fraud v3: {move}" in result.stdout
+    assert "missed_fraud" in result.stdout                  # the A/B test's evidence
+    assert "production is version 3 (previous: 1)" in result.stdout
+    assert (tmp_path / "demo" / ".closedloop" / "reports" / "ladder-fraud.html").exists()
     # The project stays, and every next command the demo suggests runs in it.
     assert f"the project stays in {tmp_path / 'demo'}" in result.stdout
     suggested = [line.split("#")[0].split() for line in
@@ -113,12 +123,13 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
         tried = run(*command[1:], cwd=tmp_path / "demo")
         assert tried.returncode == 0, (command, tried.stderr)
     run_id = result.stdout.split("trained run ")[1].split(":")[0]
-    again = run("reproduce", run_id, "-p", str(tmp_path / "demo"))
+    (production_run,) = [c[2] for c in suggested if c[1] == "reproduce"]
+    again = run("reproduce", production_run, "-p", str(tmp_path / "demo"))
     assert again.returncode == 0, again.stderr
     assert "identical" in again.stdout
     listed = run("runs", "list", "-p", str(tmp_path / "demo"))
     assert run_id in listed.stdout
-    shown = run("models", "show", "fraud", "production", "-p", str(tmp_path / "demo"))
+    shown = run("models", "show", "fraud", "previous", "-p", str(tmp_path / "demo"))
     assert '"version": 1' in shown.stdout
     assert '"training_set_hash"' in shown.stdout
     assert (tmp_path / "demo" / ".closedloop" / "reports" / run_id / "report.html").exists()
@@ -130,8 +141,12 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     demo = str(tmp_path / "demo")
     with cl.Project(tmp_path / "demo") as served:
         assert served.serving.cost("fraud").cpu_s_per_1000["online"] > 0
-        assert len([r for r in served.prediction_log.records("fraud")
-                    if r["kind"] == "prediction"]) == 3000
+        logged = [r for r in served.prediction_log.records("fraud")
+                  if r["kind"] == "prediction"]
+        # The HTTP traffic, then the live weeks the ladder was climbed on (each marked with
+        # the ladder's step that routed it).
+        assert len([r for r in logged if r.get("step") is None]) == 3000
+        assert all(r["step"].startswith("L2:") for r in logged if r.get("step"))
     moved = run("models", "alias", "fraud", "canary", "1", "-p", demo)
     assert moved.returncode == 0, moved.stderr
     assert "canary=1" in moved.stdout

@@ -9,6 +9,16 @@ and registers the model, materializes the online store, serves vectors in proces
 them against the offline path, then serves the model over HTTP (``closedloop serve`` on a
 free local port), drives simulated traffic at it, and measures the latency decomposition
 against the budget and the cost.
+
+Then the loop closes: the world runs two weeks past its history, and those weeks are the
+live traffic. The first model reads only the slow features (a month's spending, the
+profile); the demo trains two more versions and promotes each up the declared ladder
+(``cl.Ladder`` in the definitions): one that reads the profile alone is stopped at the
+offline gate and rolled back; the full feature set passes the gate, then climbs — shadow,
+canary, A/B test on the business's metrics, ramp — over the live weeks replayed through the
+serving path (``closedloop.sim.traffic.Replay``; their chargebacks fast-forwarded, as if the
+60 days had passed), and becomes production. Each transition is printed with its evidence,
+and the ladder report is written beside the evaluation report.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from closedloop.data.clock import Clock
 from closedloop.data.ingest import IngestReport
 from closedloop.data.labels import DelayReport, MaturityReport
 from closedloop.errors import ServingError
@@ -38,8 +50,41 @@ from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
 from closedloop.project import Project
 from closedloop.serving.budget import BudgetReport
+from closedloop.serving.controller import summarize
 from closedloop.sim.fraud import FraudWorld
-from closedloop.sim.fraud_project import EXPORTS, FEATURES, write_fraud_project
+from closedloop.sim.fraud_project import (
+    EXPORTS,
+    FEATURES,
+    LIVE,
+    SLOW_FEATURES,
+    with_features,
+    write_fraud_project,
+)
+from closedloop.sim.traffic import Replay
+
+#: The demo's world: many compromised cards, so two weeks hold enough fraud to decide on.
+COMPROMISED = 0.25
+LIVE_DAYS = 14
+#: The candidate stopped at the gate: it reads the profile alone.
+PROFILE_ONLY = ["user_profile.lifetime_spend", "user_profile.account_age_days"]
+
+
+@dataclass(frozen=True)
+class LadderDemo:
+    """The ladder part of the demo: the worse candidate and why it stopped, the better one
+    and every transition it made (with its evidence), the live requests served, the report."""
+
+    worse: int
+    worse_step: str
+    worse_reasons: tuple[str, ...]
+    better: int
+    transitions: tuple[tuple[str, str], ...]        # (the move, its evidence)
+    served: int
+    production: int
+    previous: int | None
+    report: Path
+    seconds: float
+    run_id: str = ""                                 # the better candidate's run
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,7 @@ class DemoReport:
     http_per_s: float = 0.0
     budget: BudgetReport | None = None
     cost: Any = None
+    ladder: LadderDemo | None = None
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:
         """Per feature: share missing, mean on fraud rows, mean on legitimate rows."""
@@ -95,7 +141,11 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
     root = Path(folder)
     t0 = time.perf_counter()
     say(f"generating the fraud world: {n_users} users, 90 days")
-    write_fraud_project(root, n_users=n_users, seed=seed)
+    write_fraud_project(root, n_users=n_users, seed=seed, live_days=LIVE_DAYS,
+                        compromised_share=COMPROMISED, ladder=True)
+    definitions = root / "definitions.py"           # the first model: the slow features
+    full = definitions.read_text()
+    definitions.write_text(with_features(full, SLOW_FEATURES))
     t1 = time.perf_counter()
     end = FraudWorld(n_users=n_users, seed=seed).end
     with Project(root) as project:
@@ -142,12 +192,63 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
         sent, failed, per_s = drive_http(root, _requests(txns, HTTP_REQUESTS))
         budget = project.serving.budget("fraud")
         cost = project.serving.cost("fraud", PRICES)
+    ladder = climb_ladder(root, full, end, say)
     return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output,
                       sum(r.entities for r in materialized), len(last),
                       statistics.median(timings) if timings else 0.0, tuple(report),
                       tuple(ingests), delay, maturity, run.id, run.record["metrics"],
                       run.record["seconds"], version.version, reports / "report.html",
-                      sent, failed, per_s, budget, cost)
+                      sent, failed, per_s, budget, cost, ladder)
+
+
+def climb_ladder(root: Path, full: str, end: Any, say: Any) -> LadderDemo:
+    """The demo's ladder (see module): a worse candidate stopped at the gate, then the full
+    feature set driven up the ladder over the live weeks."""
+    start = time.perf_counter()
+    definitions = root / "definitions.py"
+    say("the ladder: training a candidate on the profile alone")
+    definitions.write_text(with_features(full, PROFILE_ONLY))
+    with Project(root) as project:
+        run = project.training.train("fraud", cutoff=end, baseline=project.registry.baseline)
+        worse = project.registry.register(run.id).version
+        stopped = project.ladder.promote("fraud", worse, actor="demo")
+        reasons = tuple(project.ladder.history("fraud")[-1].evidence.get("reasons", []))
+    say("the ladder: training a candidate on the full feature set")
+    definitions.write_text(full)
+    later = end + timedelta(days=LIVE_DAYS + 61)
+    clock = Clock.of(later, replay=True, field="event_time")
+    transitions: list[tuple[str, str]] = []
+    with Project(root, clock=clock) as project:
+        run = project.training.train("fraud", cutoff=end, baseline=project.registry.baseline)
+        better = project.registry.register(run.id).version
+        better_run = run.id
+        # The live weeks' chargebacks, as they will have settled 60 days on.
+        project.data.ingest("chargebacks", root / "data" / LIVE / "chargebacks.parquet",
+                            at=later)
+        project.ladder.promote("fraud", better, actor="demo")
+        for event in project.ladder.history("fraud")[-2:]:
+            if event.candidate == better and event.action == "advance":
+                transitions.append((f"fraud v{better}: gate -> {event.to_step}",
+                                    summarize("gate", event.evidence.get("figures", {}))))
+        replay = Replay(project, since=end)
+        while replay.left:
+            record = project.ladder.status("fraud")
+            if record is None or record.status != "running":
+                break
+            say(f"the ladder: v{better} at {record.step}, {replay.sent:,} live requests served")
+            replay.serve(500)
+            for moved in project.ladder.tick():
+                if moved.moved:
+                    transitions.append((moved.describe(), moved.evidence_line()))
+        aliases = project.registry.aliases("fraud")
+        page = project.ladder.report("fraud")
+    target = root / ".closedloop" / "reports" / "ladder-fraud.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page)
+    return LadderDemo(worse, f"{stopped.step}, {stopped.status}", reasons, better,
+                      tuple(transitions), replay.sent, aliases["production"],
+                      aliases.get("previous"), target, time.perf_counter() - start,
+                      better_run)
 
 
 HTTP_REQUESTS, HTTP_CLIENTS = 3000, 8

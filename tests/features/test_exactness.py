@@ -13,6 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import closedloop as cl
 from closedloop.errors import DefinitionError, PointInTimeError
@@ -448,3 +450,32 @@ def test_sums_and_stddev_are_exact_online_materialized_and_pushed(make_project, 
     pushed = q.features.online({"user_id": "u"}, WINDOW, at=_at(hours))
     for ref, value in want.items():
         assert pushed.values[ref] == value, (ref, pushed.values[ref], value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(values=st.lists(st.floats(-1e4, 1e4, allow_nan=False).filter(lambda v: v != 0),
+                       min_size=3, max_size=30),
+       later=st.floats(1e5, 1e15))
+def test_a_training_set_is_the_same_after_later_rows_arrive(engine, tmp_path_factory,  # type: ignore[no-untyped-def]
+                                                            values, later) -> None:
+    """A training set is a function of what was known at its instants: a row that became
+    visible after the latest of them — however large — changes no bit of it, so a run
+    rebuilt after more data came reproduces (it once moved the sums' grid and plan)."""
+    from closedloop.features.catalog import Catalog
+    from closedloop.features.service import FeatureService
+
+    folder = tmp_path_factory.mktemp("later")
+    events = [("u", 1.0 + i * 0.01, v) for i, v in enumerate(values)]
+    rows = pa.table({"user_id": ["u", "u"], "t": pa.array([_at(1.0 + len(values) * 0.005),
+                                                          _at(2.0)], STAMP)})
+
+    def build(extra: list[tuple[str, float, Any]]) -> pa.Table:
+        _events(folder, events + extra, "float")
+        namespace: dict[str, Any] = {}
+        exec(NUMBERS.format(kind="float").replace(   # our own definitions text
+            "data/ev.parquet", str(folder / "data" / "ev.parquet")), namespace)
+        return FeatureService(Catalog([namespace["w"]]), engine).training_set(rows, WINDOW)
+
+    before = build([])
+    after = build([("v", 3.0, later), ("u", 2.5, -later)])    # both after the rows' instants
+    assert after.equals(before)

@@ -78,7 +78,8 @@ ladder = cl.Ladder(
     shadow=cl.Shadow(min_predictions=400),
     canary=cl.Canary(share=0.1, guardrails=cl.Guardrails(
         min_predictions=150, metrics={"decision:block": 0.05})),
-    ab=cl.ABTest(share=0.5, primary="false_block", guardrails=["missed_fraud", "brier"],
+    ab=cl.ABTest(share=0.5, primary="missed_fraud",
+                 guardrails={"false_block": 0.005, "brier": 0.0},
                  min_units=500, mde=0.3),
     ramp=cl.Ramp(steps=(0.5, 1.0), guardrails=cl.Guardrails(min_predictions=150)),
     metrics=[missed_fraud, false_block],

@@ -43,8 +43,8 @@ def test_a_truly_better_candidate_climbs_to_production(laddered: LadderWorld) ->
         # Each transition carries its evidence: the A/B test's says the candidate won.
         ab = next(e for e in events if e.action == "advance" and e.to_step == "ramp")
         primary = ab.evidence["figures"]["primary"]
-        assert primary["metric"] == "false_block"
-        assert primary["worsening_high"] < 0              # significantly fewer false blocks
+        assert primary["metric"] == "missed_fraud"
+        assert primary["worsening_high"] < 0              # significantly less fraud let through
         assert ab.evidence["figures"]["srm_p"] > 0.001
         # The candidate served only its share: shares grew, never shrank, then ended.
         shares = [e.share for e in events]

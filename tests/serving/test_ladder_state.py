@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -260,3 +261,41 @@ def test_two_controllers_never_move_one_ladder(laddered: object) -> None:
         assert second.tick() == []                         # still the first's
         a.metadata.release_lease("ladder:fraud", "first")
         assert [t.model for t in second.tick()] == ["fraud"]
+
+
+def _served(units: list[str], scores: np.ndarray) -> pa.Table:
+    return pa.table({"unit": units, "score": scores,
+                     "decision": ["allow"] * len(units), "fallback": [False] * len(units),
+                     "latency_ms": np.ones(len(units))})
+
+
+def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
+    from closedloop.serving.controller import LadderService
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    units = [f"u{i}" for i in range(n)]
+    habit = rng.normal(0.3, 0.1, n)                   # each unit's own level, before and after
+    pre = _served(units, habit + rng.normal(0, 0.02, n))
+    post = habit + rng.normal(0, 0.02, n)
+    post[n // 2:] += 0.01                             # the candidate's true effect
+    control, treated = _served(units[:n // 2], post[:n // 2]), _served(units[n // 2:],
+                                                                          post[n // 2:])
+    ladder = cl.Ladder("fraud")
+    plain = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+                                         sequential=False)
+    adjusted = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+                                            sequential=False, pre=pre)
+    assert plain["method"] == "welch"
+    assert adjusted["method"] == "cuped"
+    assert adjusted["covered"] == n
+    width = lambda found: found["ci"][1] - found["ci"][0]  # noqa: E731
+    assert width(adjusted) < 0.5 * width(plain)       # the unit's habit explained away
+    assert adjusted["ci"][0] < 0.01 < adjusted["ci"][1]
+    assert adjusted["ci"][0] > 0                      # significant only once adjusted
+    assert plain["ci"][0] < 0
+    # A pre-period that saw too few of the units is not used.
+    few = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+                                       sequential=False, pre=pre.slice(0, 50))
+    assert few["method"] == "welch"
+    assert "cuped_skipped" in few

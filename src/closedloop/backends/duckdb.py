@@ -29,6 +29,7 @@ from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.backends.eventlog import EventLog
 from closedloop.backends.windowsql import (
     hop_ctes,
+    horizon_of,
     nulls_low,
     profile,
     q,
@@ -340,7 +341,8 @@ class DuckDBEngine:
                 parts.append(part)
                 wanted = [w for w in wanted if w not in done]
         if wanted or not parts:
-            parts.append(self._run(self._windowed_sql(view, wanted, types), rows))
+            parts.append(self._run(self._windowed_sql(view, wanted, types,
+                                                      horizon_of(rows)), rows))
         out = parts[0]
         for part in parts[1:]:
             for name in part.column_names[1:]:
@@ -438,13 +440,17 @@ class DuckDBEngine:
         return _SQL_TYPES[view.entity.spec()["dtype"]]
 
     def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature],
-                      types: dict[str, str]) -> str:
+                      types: dict[str, str], horizon: int | None = None) -> str:
+        """The SQL plan's query; ``horizon``: the latest row's instant — the events visible
+        after it are read by no row, and left out of the scan and the profile alike."""
         columns = list(dict.fromkeys(w.column for w in wanted))
-        ctes = [f"src AS ({self._source_cte(view, columns)})", "ev AS (SELECT * FROM src)"]
+        seen = "" if horizon is None else f" WHERE __v <= {int(horizon)}"
+        ctes = [f"src AS ({self._source_cte(view, columns)})",
+                f"ev AS (SELECT * FROM src{seen})"]
         hops = sorted({w.hop for w in wanted})
         summed = sorted({w.column for w in wanted if w.fn in ("sum", "mean", "stddev")})
         ints = {c for c in summed if types.get(c) == "int64"}
-        compression, scales = self._profile(view, hops, summed, ints)
+        compression, scales = self._profile(view, hops, summed, ints, horizon)
         selects: list[str] = []
         joins: list[str] = []
         for i, hop in enumerate(hops):
@@ -458,14 +464,14 @@ class DuckDBEngine:
                 f"FROM __rows r {' '.join(joins)} ORDER BY r.{ROW_ID}")
 
     def _profile(self, view: FeatureView, hops: list[int], summed: list[str],
-                 ints: Collection[str] = (),
+                 ints: Collection[str] = (), horizon: int | None = None,
                  ) -> tuple[dict[int, float], dict[str, tuple[float, float] | None]]:
-        """One scan of the source: tiles' compression and the sums' scales
-        (``windowsql.profile``)."""
+        """One scan of the source (of the rows visible by ``horizon``): tiles' compression
+        and the sums' scales (``windowsql.profile``)."""
         def first_row(sql: str) -> tuple[Any, ...]:
             with self._lock:
                 return tuple(self._connection().execute(sql).fetchall()[0])
-        return profile(view, hops, summed, ints, self._scan(view.source), first_row)
+        return profile(view, hops, summed, ints, self._scan(view.source), first_row, horizon)
 
     # -- materialization (backends/duckdb_materialize.py) ----------------------------------
     def latest(self, view: FeatureView, at: int, since: int | None = None,

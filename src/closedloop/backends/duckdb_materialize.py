@@ -82,7 +82,8 @@ def tiles(engine: DuckDBEngine, view: FeatureView, hop: int, span: int, at: int,
                               columns)
     summed = [c for c in columns if types[c] in ("int64", "float64", "bool")]
     ints = {c for c in summed if types[c] != "float64"}
-    _, scales = engine._profile(view, [], [c for c in summed if c not in ints], ints)
+    _, scales = engine._profile(view, [], [c for c in summed if c not in ints], ints,
+                                horizon=at)
     parts = []
     sums = []
     for i, c in enumerate(columns):

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from closedloop.backends import ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
-from closedloop.backends.windowsql import q
+from closedloop.backends.windowsql import horizon_of, q
 from closedloop.data.sources import ARROW_TYPES
 from closedloop.errors import DataError
 from closedloop.features.definitions import FeatureView, WindowedFeature
@@ -113,8 +113,10 @@ def range_inputs(engine: DuckDBEngine, view: FeatureView, fast: list[WindowedFea
                          "__k": rows[ROW_KEY], "__t": rows[ROW_TS]})
         con.register(name, keys)
         try:
-            con.execute(f"CREATE TEMP TABLE {ev} AS "
-                        f"{engine._source_cte(view, columns)}")
+            horizon = horizon_of(rows)        # events no row can see are not read
+            seen = "" if horizon is None else f" WHERE __v <= {horizon}"
+            con.execute(f"CREATE TEMP TABLE {ev} AS SELECT * FROM "
+                        f"({engine._source_cte(view, columns)}){seen}")
             con.execute(f"CREATE TEMP TABLE {ks} AS SELECT __k, (row_number() OVER () "
                         f"- 1)::BIGINT AS __c FROM (SELECT DISTINCT __k FROM {ev})")
             sorted_events = con.sql(

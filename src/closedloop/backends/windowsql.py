@@ -7,6 +7,9 @@ import math
 from collections.abc import Callable, Collection
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
@@ -241,8 +244,17 @@ def _chan_cte(i: int, hop: int, stddevs: list[WindowedFeature],
             f"FROM p{i}))")
 
 
+def horizon_of(rows: pa.Table) -> int | None:
+    """The latest instant among point-in-time query rows (``__ts``), or None for no rows."""
+    if rows.num_rows == 0:
+        return None
+    latest = pc.max(rows[ROW_TS]).as_py()
+    return None if latest is None else int(latest)
+
+
 def profile(view: FeatureView, hops: list[int], summed: list[str], ints: Collection[str],
             scan: str, first_row: Callable[[str], tuple[Any, ...]],
+            horizon: int | None = None,
             ) -> tuple[dict[int, float], dict[str, tuple[float, float] | None]]:
     """One scan of the source (``scan``, its first row fetched by ``first_row``): events per
     tile at each hop (HyperLogLog), and for each summed column the scales that make its float
@@ -259,6 +271,10 @@ def profile(view: FeatureView, hops: list[int], summed: list[str], ints: Collect
     exact sum rounded once, not a float sum's accumulated error. An int64 column (in
     ``ints``) is summed as its integers, scale 1: exact whatever its magnitude. A column
     holding NaN or infinities falls back to float sums in a fixed order (``None``).
+    With ``horizon`` (µs), only the rows visible by then are profiled: a query whose rows
+    are all at or before it is a function of what was known by then alone — a row that
+    arrives later, however large, changes neither its grid nor its plan, so a training set
+    rebuilt after more data came hashes the same.
     stddev's deviations from a tile's smallest value lie in [0, 2m]: the second scale
     (their squares are float sums in a fixed order, see ``windowsql.hop_ctes``).
     """
@@ -273,6 +289,10 @@ def profile(view: FeatureView, hops: list[int], summed: list[str], ints: Collect
     # by the same count and largest value, so both plans round values alike.
     sql = (f"SELECT count(*), {', '.join(parts)} FROM {scan} "
            f"WHERE {key} IS NOT NULL AND {q(source.timestamp)} IS NOT NULL")
+    if horizon is not None:        # only what was visible by then: nothing later moves it
+        vis = source.visibility_column
+        v = f"greatest({ts}, {us(q(vis))})" if vis else ts
+        sql += f" AND {v} <= {int(horizon)}"
     row = first_row(sql)
     total = max(int(row[0]), 1)
     compression = {h: total / max(int(n), 1) for h, n in zip(hops, row[1:], strict=False)}

@@ -265,7 +265,9 @@ def demo(
     """Run the main job on the embedded defaults, no server to install: generate a fraud
     world, register its definitions, build a point-in-time training set, train and register
     the model, serve it in process and over HTTP under simulated traffic, and report the
-    latency against its budget and the cost."""
+    latency against its budget and the cost; then train two more versions and promote them
+    up the declared ladder over two weeks of live traffic: one is stopped at the gate, the
+    other climbs to production."""
     from closedloop.demo import run_demo
 
     target = folder or _free_folder(Path("closedloop-demo"))
@@ -317,17 +319,34 @@ def demo(
 
         render_budget(report.budget)
         render_cost([report.cost])
+    if report.ladder is not None:
+        lad = report.ladder
+        out.print("\n[bold]the ladder[/] (cl.Ladder in definitions.py)")
+        out.print(f"version {lad.worse}, on the profile alone, stopped at {lad.worse_step}: "
+                  + "; ".join(lad.worse_reasons[:2]), soft_wrap=True, markup=False)
+        out.print(f"version {lad.better}, on the full feature set, over {lad.served:,} live "
+                  "requests (two weeks replayed through the serving path, their chargebacks "
+                  "fast-forwarded 60 days):", soft_wrap=True)
+        for move, evidence in lad.transitions:
+            out.print(f"  {move}", soft_wrap=True, markup=False)
+            if evidence:
+                out.print(f"      {evidence}", soft_wrap=True, markup=False)
+        out.print(f"production is version {lad.production} (previous: {lad.previous}); "
+                  f"ladder report: {lad.report}", soft_wrap=True)
     out.print(f"\n[bold]the project stays in {report.folder}[/]; next, try:")
     for command, what in [
             (f"cd {report.folder}", ""),
             ("closedloop features", "every feature, by view and version"),
-            (f"closedloop reproduce {report.run_id}", "rebuild and retrain: identical"),
+            (f"closedloop reproduce {report.ladder.run_id if report.ladder else report.run_id}",
+             "rebuild and retrain production: identical"),
             ("closedloop runs list", "the runs, with their AUC"),
             ("closedloop models show fraud", "the registered versions and aliases"),
             ("closedloop online user_id=u1 amount=12.5 -f user_txn.amount_sum_1h",
              "one online vector"),
             ("closedloop serve", "the model over HTTP on 127.0.0.1:8000"),
-            ("closedloop budget fraud", "latency by stage against the budget")]:
+            ("closedloop budget fraud", "latency by stage against the budget"),
+            ("closedloop ladder status fraud", "the ladder's transitions and evidence"),
+            ("closedloop ladder report fraud", "the ladder's evidence as a page, with charts")]:
         out.print(f"  {command}" + (f"   # {what}" if what else ""), soft_wrap=True,
                   markup=False)
 

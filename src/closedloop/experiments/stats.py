@@ -252,7 +252,7 @@ def cuped(control: Cuped, treatment: Cuped, *, relative: bool = True,
     pooled = Cuped(*(getattr(control, f) + getattr(treatment, f) for f in
                      ("n", "post_sum", "post_ss", "pre_sum", "pre_ss", "post_pre_sp")))
     pre_variance = pooled.pre.variance
-    if pre_variance == 0:
+    if pre_variance <= 1e-12 * max(1.0, pooled.pre.mean ** 2):     # constant, up to rounding
         raise ExperimentError("the pre-period covariate is constant, so CUPED cannot use it",
                               fix="analyse without the covariate (welch)")
     theta = pooled.covariance / pre_variance

@@ -236,11 +236,14 @@ class ABTest:
     unit's pre-period value of the primary where the log has one; ``sequential``: decide on
     confidence sequences (safe to look at every tick) rather than a fixed-horizon test
     (look only once the sample is in); ``min_units`` per arm before any look; ``srm_p``: a
-    sample-ratio mismatch below this p-value stops the test."""
+    sample-ratio mismatch below this p-value stops the test. ``guardrails`` is a list of
+    metrics (none may be significantly worse at all) or a mapping of each to the worsening
+    it may show (in the metric's units) before it rolls the candidate back — a model that
+    stops three times the fraud may block a few more good customers."""
 
     share: float = 0.2
     primary: str = "log_loss"
-    guardrails: Sequence[str] = ("brier",)
+    guardrails: Sequence[str] | Mapping[str, float] = ("brier",)
     mde: float = 0.05
     power: float = 0.8
     alpha: float = 0.05
@@ -254,6 +257,8 @@ class ABTest:
         if isinstance(self.guardrails, str):
             raise DefinitionError("ab guardrails is a string, not a list of metric names",
                                   fix=f'use guardrails=["{self.guardrails}"]')
+        for name, worse in self.limits().items():
+            _limit(f"ab guardrail on {name!r}", worse, optional=False)
         _limit("ab mde", self.mde, optional=False)
         if not self.mde > 0:
             raise DefinitionError("ab mde must be above 0", fix="use 0.05 (5%)")
@@ -266,9 +271,15 @@ class ABTest:
             raise DefinitionError(f"ab srm_p {self.srm_p!r} is not in (0, 0.5)",
                                   fix="use 0.001")
 
+    def limits(self) -> dict[str, float]:
+        """Each guardrail metric and the worsening it may show (0: none)."""
+        if isinstance(self.guardrails, Mapping):
+            return {str(k): v for k, v in self.guardrails.items()}
+        return dict.fromkeys(self.guardrails, 0.0)
+
     def spec(self) -> dict[str, Any]:
         return {"share": self.share, "primary": self.primary,
-                "guardrails": list(self.guardrails), "mde": self.mde, "power": self.power,
+                "guardrails": self.limits(), "mde": self.mde, "power": self.power,
                 "alpha": self.alpha, "cuped": self.cuped, "sequential": self.sequential,
                 "min_units": self.min_units, "srm_p": self.srm_p}
 
@@ -363,7 +374,7 @@ class Ladder:
         uses = []
         if self.ab is not None:
             uses.append(("ab primary", self.ab.primary))
-            uses += [("ab guardrail", g) for g in self.ab.guardrails]
+            uses += [("ab guardrail", g) for g in self.ab.limits()]
         for step in (self.canary, self.ramp):
             if step is not None:
                 uses += [("guardrail", m) for m in step.guardrails.metrics]

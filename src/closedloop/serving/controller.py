@@ -77,6 +77,49 @@ class Evidence:
         out: dict[str, Any] = _plain(asdict(self))
         return out
 
+    def summary(self) -> str:
+        """The step's key figures in one line (the rest is in ``figures``)."""
+        return summarize(self.step, self.figures)
+
+
+def _ci(found: Mapping[str, Any]) -> str:
+    low, high = found.get("ci") or (found.get("low"), found.get("high"))
+    value = found.get("effect", found.get("difference"))
+    if value is None or low is None or high is None:
+        return f"not measured ({found.get('why', 'no values')})"
+    return f"{value:+.4g} [{low:+.4g}, {high:+.4g}]"
+
+
+def summarize(step: str, f: Mapping[str, Any]) -> str:
+    """A step's key figures in one line."""
+    if not f:
+        return ""
+    if step == "gate":
+        overall = f.get("overall") or {}
+        slices = f.get("slices") or []
+        failed = [s for s in slices if s.get("verdict") == "fail"]
+        return (f"{f.get('metric')} difference {_ci(overall)} (margin {f.get('margin')}); "
+                f"{len(slices) - len(failed)} of {len(slices)} slices non-inferior")
+    if step == "shadow" and "psi" in f:
+        change = max((f.get("decision_change") or {"-": 0.0}).values())
+        return (f"{f['predictions']:,} requests: PSI {f['psi']:.3f}, KS {f['ks']:.3f}, "
+                f"{change:.1%} of decisions changed, mean shift {f['mean_shift']:+.4f}, "
+                f"offline {'better' if f.get('offline_better') else 'not better'}")
+    if step == "ab" and isinstance(f.get("primary"), dict):
+        units = f.get("units") or {}
+        return (f"{units.get('treatment', 0):,} vs {units.get('control', 0):,} units "
+                f"(SRM p {f.get('srm_p', 1.0):.2f}): {f['primary'].get('metric')} "
+                f"{_ci(f['primary'])} by {f['primary'].get('method')}; guardrails "
+                + ", ".join(f"{k} {_ci(v)}" for k, v in (f.get("guardrails") or {}).items()))
+    if "latency_p99_ms" in f and isinstance(f["latency_p99_ms"], dict):
+        rates = f.get("rates") or {}
+        fallback = (rates.get("fallback_rate") or {}).get("candidate", 0.0)
+        metrics = ", ".join(f"{k} {_ci(v)}" for k, v in (f.get("metrics") or {}).items())
+        return (f"{f['predictions']:,} candidate predictions: p99 "
+                f"{f['latency_p99_ms']['candidate']:.1f} ms, fallback {fallback:.2%}"
+                + (f"; {metrics}" if metrics else ""))
+    return ""
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -99,6 +142,10 @@ class Transition:
                 else f"{self.model} v{a.candidate}: {a.step}, {self.evidence.verdict}")
         return head + ("" if not self.evidence.reasons else
                        " (" + "; ".join(self.evidence.reasons) + ")")
+
+    def evidence_line(self) -> str:
+        """The evidence the move was made on, in one line."""
+        return self.evidence.summary()
 
 
 def _plain(value: Any) -> Any:
@@ -635,13 +682,16 @@ class LadderService:
         total = units["control"] + units["treatment"]
         if required is not None:
             figures["progress"] = total / required
-        for name in spec["guardrails"]:
+        limits = spec["guardrails"]
+        if not isinstance(limits, dict):             # a policy recorded as a list
+            limits = dict.fromkeys(limits, 0.0)
+        for name, limit in limits.items():
             g = self._metric_effect(ladder, name, treated, control, alpha=spec["alpha"],
                                     sequential=spec["sequential"])
-            figures.setdefault("guardrails", {})[name] = g
-            if "effect" in g and g["worsening_low"] > 0:
-                reasons.append(f"guardrail {name} is significantly worse "
-                               f"({g['worsening']:+.4g}, interval {g['ci']})")
+            figures.setdefault("guardrails", {})[name] = {**g, "limit": limit}
+            if "effect" in g and g["worsening_low"] > limit:
+                reasons.append(f"guardrail {name} is significantly worse by more than "
+                               f"{limit:g} ({g['worsening']:+.4g}, interval {g['ci']})")
         if reasons:
             return Evidence("ab", "rollback", reasons, figures)
         if found["worsening_low"] > 0:
@@ -682,7 +732,8 @@ class LadderService:
                          pc.equal(predictions["route"], "production"))
         return predictions.filter(pc.fill_null(before, False))
 
-    def _metric_effect(self, ladder: Ladder, name: str, treated: pa.Table, control: pa.Table,
+    @staticmethod
+    def _metric_effect(ladder: Ladder, name: str, treated: pa.Table, control: pa.Table,
                        *, alpha: float, sequential: bool, pre: pa.Table | None = None,
                        ) -> dict[str, Any]:
         """The candidate's effect on a metric at unit level: per arm, each unit's mean value
@@ -700,8 +751,12 @@ class LadderService:
         out: dict[str, Any] = {"control_mean": arm_a.mean, "treatment_mean": arm_b.mean,
                                "control_variance": arm_a.variance, "units": [len(a), len(b)]}
         before = {} if pre is None else _unit_values(ladder, name, pre)
+        covered = sum(u in before for u in (*a, *b))
         adjusted = None
-        if before:
+        if before and covered < 0.1 * (len(a) + len(b)):    # a covariate for too few units
+            out["cuped_skipped"] = (f"{covered} of {len(a) + len(b)} units have a "
+                                    "pre-period")
+        elif before:
             ca, cb = _cuped_arm(a, before), _cuped_arm(b, before)
             try:
                 adjusted = stats.cuped(ca, cb, relative=False, alpha=alpha)
@@ -710,8 +765,7 @@ class LadderService:
         try:
             if adjusted is not None:
                 effect, low, high = (adjusted.effect.expected, *adjusted.effect.ci)
-                out.update(method="cuped", theta=adjusted.theta,
-                           covered=sum(u in before for u in (*a, *b)))
+                out.update(method="cuped", theta=adjusted.theta, covered=covered)
                 if sequential:               # CUPED's variance, sequential's interval
                     seq = stats.sequential(_adjusted_arm(ca, adjusted.theta),
                                            _adjusted_arm(cb, adjusted.theta),

@@ -137,7 +137,8 @@ def _effects(figures: dict[str, Any]) -> list[tuple[str, float, float, float, fl
     found: list[tuple[str, Any, float | None]] = (
         [("primary " + str(figures["primary"].get("metric")), figures["primary"], 0.0)]
         if isinstance(figures.get("primary"), dict) else [])
-    found += [(f"guardrail {k}", v, 0.0) for k, v in (figures.get("guardrails") or {}).items()]
+    found += [(f"guardrail {k}", v, v.get("limit", 0.0))
+              for k, v in (figures.get("guardrails") or {}).items()]
     found += [(f"guardrail {k}", v, None) for k, v in (figures.get("metrics") or {}).items()]
     for name, f, limit in found:
         if isinstance(f, dict) and "worsening" in f:

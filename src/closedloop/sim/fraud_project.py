@@ -89,11 +89,27 @@ FEATURES = [  # the model's features, written into the definitions above
 ]
 
 
+#: A first model's features: the slow ones (a month's spending, the profile). It cannot see
+#: a burst of fraud coming; the full ``FEATURES`` can.
+SLOW_FEATURES = ["user_txn.amount_sum_30d", "user_txn.amount_count_30d",
+                 "user_txn.amount_mean_30d", "user_txn.amount_max_30d",
+                 "user_profile.lifetime_spend", "user_profile.lifetime_txns",
+                 "user_profile.account_age_days"]
+
+
+def with_features(definitions: str, features: list[str]) -> str:
+    """The fraud project's definitions with model ``fraud`` reading ``features``."""
+    start = definitions.index('"fraud", features=') + len('"fraud", features=')
+    end = definitions.index("]", start)          # a list of names: no nested brackets
+    return definitions[:start] + repr(features) + definitions[end + 1:]
+
+
 #: How the model is served (replaceable as a whole: tests declare their own).
 SERVING = '''
-# Served by user: 2% held out (scored and logged, answered "allow"); decisions by score; a
-# fallback score when the online store is down.
-serving = cl.Serving("fraud", unit="user_id", subject="txn_id", holdout=0.02,
+# Each transaction is decided on its own, so traffic is split by transaction: 2% held out
+# (scored and logged, answered "allow"); decisions by score; a fallback score when the online
+# store is down.
+serving = cl.Serving("fraud", unit="txn_id", subject="txn_id", holdout=0.02,
                      decisions=[("block", 0.5), ("review", 0.1)], default_decision="allow",
                      fallback=0.01, budget=cl.Budget(p99_ms=50, fetch_ms=15, transform_ms=5,
                                                      inference_ms=30, post_ms=5))
@@ -126,7 +142,8 @@ ladder = cl.Ladder(
     shadow=cl.Shadow(min_predictions=500),
     canary=cl.Canary(share=0.1, guardrails=cl.Guardrails(
         min_predictions=200, metrics={"decision:block": 0.05})),
-    ab=cl.ABTest(share=0.5, primary="false_block", guardrails=["missed_fraud", "brier"],
+    ab=cl.ABTest(share=0.5, primary="missed_fraud",
+                 guardrails={"false_block": 0.005, "brier": 0.0},
                  min_units=500, mde=0.3),
     ramp=cl.Ramp(steps=(0.5, 1.0), guardrails=cl.Guardrails(min_predictions=200)),
     metrics=[missed_fraud, false_block],
