@@ -68,14 +68,15 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
     for system, why in missing.items():
         if systems is None or system in systems:
             print(f"{name}: leaving out {system}: {why}", file=sys.stderr, flush=True)
-    chosen = [s for s in module.SYSTEMS if (systems is None or s in systems or s == "floor")
+    base = getattr(module, "FLOOR", "floor")    # what the others are measured against
+    chosen = [s for s in module.SYSTEMS if (systems is None or s in systems or s == base)
               and s not in missing]
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in chosen}
     outs = {s: Path(tempfile.mkdtemp()) / f"{s}.parquet" for s in chosen}
     for _ in range(repeat):                 # interleave systems so drift hits all alike
         for system in chosen:
             runs[system].append(run_child(name, system, data, outs[system]))
-    floor = pq.read_table(outs["floor"])
+    floor = pq.read_table(outs[base])
     results = []
     for system in chosen:
         table = pq.read_table(outs[system])
@@ -96,14 +97,16 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
 
 
 def render(results: list[dict[str, Any]], anchor: str | None, metric: str,
-           higher: bool = False) -> None:
-    """One line per system; ratios on the workload's headline metric (lower is better)."""
+           higher: bool = False, base: str = "floor") -> None:
+    """One line per system; ratios on the workload's headline metric (lower is better)
+    against ``base`` (the floor, or the workload's own baseline)."""
     def floor_of(r: dict[str, Any]) -> dict[str, Any] | None:
-        return next((f for f in results if f["system"] == "floor"
+        return next((f for f in results if f["system"] == base
                      and f.get("concurrency") == r.get("concurrency")), None)
 
-    ours = [r for r in results if r["system"].startswith("closedloop")]
-    extra = [k for k in ("concurrency", "p50_ms", "p99_ms", "per_s", "errors", "materialize_s",
+    ours = [r for r in results if r["system"].startswith("closedloop") and r["system"] != base]
+    extra = [k for k in ("concurrency", "p50_ms", "p99_ms", "per_s", "errors", "rollback_s",
+                         "mismatched", "materialize_s",
                          "ingest_s", "train_s", "fit_s", "overhead_s", "overhead_share")
              if any(k in r for r in results)]
     width = {k: max(10, len(k) + 2) for k in extra}
@@ -113,7 +116,7 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str,
         ratio = ""
         floor = floor_of(r)
         if r["system"].startswith("closedloop") and floor:
-            ratio = f"{r[metric] / floor[metric]:.2f}x the floor ({metric})"
+            ratio = f"{r[metric] / floor[metric]:.2f}x {base} ({metric})"
         elif r["system"] == anchor and ours:
             mine = [o for o in ours if o.get("concurrency") == r.get("concurrency")] or ours
             better = [(o["system"], o[metric] / r[metric] if higher else r[metric] / o[metric])
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             render(results, WORKLOADS[name].ANCHOR, getattr(WORKLOADS[name], "METRIC",
                                                                   "seconds"),
-                   getattr(WORKLOADS[name], "HIGHER_IS_BETTER", False))
+                   getattr(WORKLOADS[name], "HIGHER_IS_BETTER", False),
+                   getattr(WORKLOADS[name], "FLOOR", "floor"))
     return 0
 
 

@@ -347,8 +347,9 @@ class PredictionLog(Protocol):
         """Every whole record of a model, each writer's in append order."""
         ...
 
-    def read(self, model: str) -> pa.Table:
-        """A model's records as an Arrow table (empty when nothing was logged)."""
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+        """A model's records as an Arrow table (empty when nothing was logged); with
+        ``columns``, only those fields, typed as given (null where a record lacks one)."""
         ...
 
     def size(self, model: str) -> int:

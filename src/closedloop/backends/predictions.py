@@ -34,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
@@ -239,9 +239,13 @@ class FilePredictionLog:
                 if line:
                     yield orjson.loads(line)
 
-    def read(self, model: str) -> pa.Table:
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
         """A model's records as an Arrow table (columns as the records' fields; empty when
-        nothing was logged)."""
+        nothing was logged). With ``columns``, only those fields, typed as given: DuckDB
+        reads the segments in parallel and converts only those (a torn last line skipped),
+        several times faster than parsing every field of every record."""
+        if columns is not None:
+            return self._read_columns(model, columns)
         parts = []
         for path in self.segments(model):
             data = path.read_bytes()
@@ -252,6 +256,36 @@ class FilePredictionLog:
             return pa.table({})
         return pj.read_json(pa.BufferReader(b"".join(parts)),
                             parse_options=pj.ParseOptions(newlines_in_values=False))
+
+
+    def _read_columns(self, model: str, columns: Mapping[str, pa.DataType]) -> pa.Table:
+        import duckdb
+
+        paths = self.segments(model)
+        if not paths:
+            return pa.table({n: pa.array([], t) for n, t in columns.items()})
+        declared = ", ".join(f"{_sql_name(n)}: '{_SQL_TYPES[t]}'" for n, t in columns.items())
+        files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+        con = duckdb.connect()
+        try:
+            table = con.sql(f"SELECT {', '.join(_sql_name(n) for n in columns)} FROM read_json("
+                            f"[{files}], format = 'newline_delimited', ignore_errors = true, "
+                            f"columns = {{{declared}}})").to_arrow_table()
+        except duckdb.Error as exc:
+            raise BackendError(f"the prediction log of {model!r} could not be read: {exc}",
+                               fix=f"check {self.root / model}") from exc
+        finally:
+            con.close()
+        return table.cast(pa.schema([(n, t) for n, t in columns.items()]))
+
+
+#: Arrow types as DuckDB declares JSON columns.
+_SQL_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT",
+              pa.bool_(): "BOOLEAN"}
+
+
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class StreamPredictionLog(FilePredictionLog):
@@ -298,12 +332,17 @@ class StreamPredictionLog(FilePredictionLog):
         for _, fields in self.stream.read_all(self.name(model)):
             yield orjson.loads(fields["r"])
 
-    def read(self, model: str) -> pa.Table:
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
         lines = [fields["r"] for _, fields in self.stream.read_all(self.name(model))]
         if not lines:
-            return pa.table({})
-        return pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
-                            parse_options=pj.ParseOptions(newlines_in_values=False))
+            return (pa.table({}) if columns is None else
+                    pa.table({n: pa.array([], t) for n, t in columns.items()}))
+        options = (pj.ParseOptions(newlines_in_values=False) if columns is None else
+                   pj.ParseOptions(newlines_in_values=False, explicit_schema=pa.schema(
+                       list(columns.items())), unexpected_field_behavior="ignore"))
+        table = pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
+                             parse_options=options)
+        return table if columns is None else table.select(list(columns))
 
     def close(self) -> None:
         super().close()

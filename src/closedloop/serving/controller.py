@@ -648,67 +648,11 @@ class LadderService:
         spec = record.spec["ab"]
         ladder = self.declared(record.model)
         treated, control = self._arms(record, predictions)
-        units = {"control": _units(control), "treatment": _units(treated)}
-        figures: dict[str, Any] = {"units": units, "share": spec["share"],
-                                   "predictions": {"control": control.num_rows,
-                                                   "treatment": treated.num_rows}}
-        reasons: list[str] = []
-        if units["control"] and units["treatment"]:
-            p = stats.srm([units["control"], units["treatment"]],
-                          [1 - spec["share"], spec["share"]])
-            figures["srm_p"] = p
-            if p < spec["srm_p"]:
-                return Evidence("ab", "hold", [f"sample ratio mismatch: {units} units for "
-                                               f"a {spec['share']:.0%} split (p = {p:.2g})"],
-                                figures)
-        primary = spec["primary"]
-        needs_label, _ = ladder.metric(primary)
-        if needs_label and "label" in treated.column_names:
-            maturing = int(treated["label"].null_count + control["label"].null_count)
-            figures["maturing"] = maturing
-        least = min(units.values())
-        if least < spec["min_units"]:
-            return Evidence("ab", "wait", [f"{least} of {spec['min_units']} units in the "
-                                           "smaller arm"], figures)
         pre = self._pre_period(record, predictions) if spec["cuped"] else None
-        found = self._metric_effect(ladder, primary, treated, control, alpha=spec["alpha"],
-                                    sequential=spec["sequential"], pre=pre)
-        figures["primary"] = {"metric": primary, **found}
-        if "effect" not in found:
-            return Evidence("ab", "wait", [f"{primary}: {found.get('why', 'not measurable')}"],
-                            figures)
-        required = self._required(found, spec)
-        figures["required_units"] = required
-        total = units["control"] + units["treatment"]
-        if required is not None:
-            figures["progress"] = total / required
-        limits = spec["guardrails"]
-        if not isinstance(limits, dict):             # a policy recorded as a list
-            limits = dict.fromkeys(limits, 0.0)
-        for name, limit in limits.items():
-            g = self._metric_effect(ladder, name, treated, control, alpha=spec["alpha"],
-                                    sequential=spec["sequential"])
-            figures.setdefault("guardrails", {})[name] = {**g, "limit": limit}
-            if "effect" in g and g["worsening_low"] > limit:
-                reasons.append(f"guardrail {name} is significantly worse by more than "
-                               f"{limit:g} ({g['worsening']:+.4g}, interval {g['ci']})")
-        if reasons:
-            return Evidence("ab", "rollback", reasons, figures)
-        if found["worsening_low"] > 0:
-            return Evidence("ab", "rollback", [f"{primary} is significantly worse "
-                                               f"({found['worsening']:+.4g}, interval "
-                                               f"{found['ci']})"], figures)
-        if found["worsening_high"] < 0:
-            return Evidence("ab", "pass", [], figures)          # significantly better
-        margin = spec["mde"] * abs(found["control_mean"])
-        if required is not None and total >= required and found["worsening_high"] < margin:
-            return Evidence("ab", "pass", [f"no significant difference on {total} units; "
-                                           f"non-inferior within the MDE"], figures)
-        left = "" if required is None else f" of {required} required"
-        return Evidence("ab", "wait", [f"{primary}: not yet significant ({total} units"
-                                       f"{left})"], figures)
+        return ab_evidence(ladder, spec, treated, control, pre)
 
-    def _required(self, found: Mapping[str, Any], spec: Mapping[str, Any]) -> int | None:
+    @staticmethod
+    def _required(found: Mapping[str, Any], spec: Mapping[str, Any]) -> int | None:
         """The units the test needs for its MDE at its power (more than an even split's for
         an uneven one: by 1/(4 s (1 − s)))."""
         try:
@@ -735,33 +679,37 @@ class LadderService:
     @staticmethod
     def _metric_effect(ladder: Ladder, name: str, treated: pa.Table, control: pa.Table,
                        *, alpha: float, sequential: bool, pre: pa.Table | None = None,
-                       ) -> dict[str, Any]:
+                       units: tuple[pa.Table, pa.Table] | None = None) -> dict[str, Any]:
         """The candidate's effect on a metric at unit level: per arm, each unit's mean value
         over its (matured, when the metric reads labels) predictions; the absolute effect
         (candidate − production) with its interval — a confidence sequence, or Welch's
         (CUPED-adjusted with a pre-period) — and ``worsening`` (low, value, high): the
         effect turned so that positive is worse."""
         needs_label, higher = ladder.metric(name)
-        a = _unit_values(ladder, name, control)
-        b = _unit_values(ladder, name, treated)
-        if len(a) < 2 or len(b) < 2:
-            return {"why": f"{len(a)} and {len(b)} units with a value"}
+        a, b = units if units is not None else (_unit_values(ladder, name, control),
+                                                _unit_values(ladder, name, treated))
+        if a.num_rows < 2 or b.num_rows < 2:
+            return {"why": f"{a.num_rows} and {b.num_rows} units with a value"}
         arm_a = _mean_arm(a)
         arm_b = _mean_arm(b)
         out: dict[str, Any] = {"control_mean": arm_a.mean, "treatment_mean": arm_b.mean,
-                               "control_variance": arm_a.variance, "units": [len(a), len(b)]}
-        before = {} if pre is None else _unit_values(ladder, name, pre)
-        covered = sum(u in before for u in (*a, *b))
+                               "control_variance": arm_a.variance,
+                               "units": [a.num_rows, b.num_rows]}
+        before = None if pre is None or not pre.num_rows else _unit_values(ladder, name, pre)
         adjusted = None
-        if before and covered < 0.1 * (len(a) + len(b)):    # a covariate for too few units
-            out["cuped_skipped"] = (f"{covered} of {len(a) + len(b)} units have a "
-                                    "pre-period")
-        elif before:
-            ca, cb = _cuped_arm(a, before), _cuped_arm(b, before)
-            try:
-                adjusted = stats.cuped(ca, cb, relative=False, alpha=alpha)
-            except ExperimentError as exc:     # e.g. a constant covariate: no adjustment
-                out["cuped_skipped"] = exc.message
+        if before is not None and before.num_rows:
+            fill = float(pc.mean(before["v"]).as_py())
+            (ca, seen_a), (cb, seen_b) = (_cuped_arm(a, before, fill),
+                                          _cuped_arm(b, before, fill))
+            covered = seen_a + seen_b
+            if covered < 0.1 * (a.num_rows + b.num_rows):   # a covariate for too few units
+                out["cuped_skipped"] = (f"{covered} of {a.num_rows + b.num_rows} units have "
+                                        "a pre-period")
+            else:
+                try:
+                    adjusted = stats.cuped(ca, cb, relative=False, alpha=alpha)
+                except ExperimentError as exc:    # e.g. a constant covariate: no adjustment
+                    out["cuped_skipped"] = exc.message
         try:
             if adjusted is not None:
                 effect, low, high = (adjusted.effect.expected, *adjusted.effect.ci)
@@ -770,12 +718,12 @@ class LadderService:
                     seq = stats.sequential(_adjusted_arm(ca, adjusted.theta),
                                            _adjusted_arm(cb, adjusted.theta),
                                            relative=False, alpha=alpha,
-                                           tuning=float(len(a) + len(b)))
+                                           tuning=float(a.num_rows + b.num_rows))
                     effect, low, high = seq.expected, *seq.ci
                     out["method"] = "cuped+sequential"
             elif sequential:
                 seq = stats.sequential(arm_a, arm_b, relative=False, alpha=alpha,
-                                       tuning=float(len(a) + len(b)))
+                                       tuning=float(a.num_rows + b.num_rows))
                 effect, low, high = seq.expected, *seq.ci
                 out["method"] = "sequential"
             else:
@@ -790,6 +738,78 @@ class LadderService:
                    worsening_low=ends[0], worsening_high=ends[1],
                    label=needs_label)
         return out
+
+
+def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, control: pa.Table,
+                pre: pa.Table | None = None) -> Evidence:
+    """The A/B step's evidence over the two arms' predictions (with their labels) and, for
+    CUPED, the predictions production made before the test: unit counts and the SRM check,
+    the primary metric's effect (CUPED where the pre-period covers the units; a confidence
+    sequence or Welch), the units the MDE needs, each guardrail's effect, and the verdict
+    (see ``LadderService``). The controller and the `ab` benchmark both run it."""
+    units = {"control": _units(control), "treatment": _units(treated)}
+    figures: dict[str, Any] = {"units": units, "share": spec["share"],
+                               "predictions": {"control": control.num_rows,
+                                               "treatment": treated.num_rows}}
+    reasons: list[str] = []
+    if units["control"] and units["treatment"]:
+        p = stats.srm([units["control"], units["treatment"]],
+                      [1 - spec["share"], spec["share"]])
+        figures["srm_p"] = p
+        if p < spec["srm_p"]:
+            return Evidence("ab", "hold", [f"sample ratio mismatch: {units} units for "
+                                           f"a {spec['share']:.0%} split (p = {p:.2g})"],
+                            figures)
+    primary = spec["primary"]
+    needs_label, _ = ladder.metric(primary)
+    if needs_label and "label" in treated.column_names:
+        maturing = int(treated["label"].null_count + control["label"].null_count)
+        figures["maturing"] = maturing
+    least = min(units.values())
+    if least < spec["min_units"]:
+        return Evidence("ab", "wait", [f"{least} of {spec['min_units']} units in the "
+                                       "smaller arm"], figures)
+    limits = spec["guardrails"]
+    if not isinstance(limits, dict):             # a policy recorded as a list
+        limits = dict.fromkeys(limits, 0.0)
+    names = list(dict.fromkeys([primary, *limits]))
+    by_arm = (_unit_tables(ladder, names, control), _unit_tables(ladder, names, treated))
+    found = LadderService._metric_effect(ladder, primary, treated, control, alpha=spec["alpha"],
+                                         sequential=spec["sequential"], pre=pre,
+                                         units=(by_arm[0][primary], by_arm[1][primary]))
+    figures["primary"] = {"metric": primary, **found}
+    if "effect" not in found:
+        return Evidence("ab", "wait", [f"{primary}: {found.get('why', 'not measurable')}"],
+                        figures)
+    required = LadderService._required(found, spec)
+    figures["required_units"] = required
+    total = units["control"] + units["treatment"]
+    if required is not None:
+        figures["progress"] = total / required
+    for name, limit in limits.items():
+        g = LadderService._metric_effect(ladder, name, treated, control, alpha=spec["alpha"],
+                                         sequential=spec["sequential"],
+                                         units=(by_arm[0][name], by_arm[1][name]))
+        figures.setdefault("guardrails", {})[name] = {**g, "limit": limit}
+        if "effect" in g and g["worsening_low"] > limit:
+            reasons.append(f"guardrail {name} is significantly worse by more than "
+                           f"{limit:g} ({g['worsening']:+.4g}, interval {g['ci']})")
+    if reasons:
+        return Evidence("ab", "rollback", reasons, figures)
+    if found["worsening_low"] > 0:
+        return Evidence("ab", "rollback", [f"{primary} is significantly worse "
+                                           f"({found['worsening']:+.4g}, interval "
+                                           f"{found['ci']})"], figures)
+    if found["worsening_high"] < 0:
+        return Evidence("ab", "pass", [], figures)          # significantly better
+    margin = spec["mde"] * abs(found["control_mean"])
+    if required is not None and total >= required and found["worsening_high"] < margin:
+        return Evidence("ab", "pass", [f"no significant difference on {total} units; "
+                                       f"non-inferior within the MDE"], figures)
+    left = "" if required is None else f" of {required} required"
+    return Evidence("ab", "wait", [f"{primary}: not yet significant ({total} units"
+                                   f"{left})"], figures)
+
 
 
 def _non_inferior(compared: Mapping[str, Any], metric: str, margin: float) -> dict[str, Any]:
@@ -888,32 +908,56 @@ def _values(ladder: Ladder, name: str, rows: pa.Table) -> tuple[np.ndarray[Any, 
     return value, has
 
 
-def _unit_values(ladder: Ladder, name: str, rows: pa.Table) -> dict[str, float]:
-    """Each unit's mean value of the metric over its predictions that have one."""
+def _unit_values(ladder: Ladder, name: str, rows: pa.Table) -> pa.Table:
+    """Each unit's mean value of the metric over its predictions that have one: a table of
+    ``u`` (the unit, as text) and ``v``, in no particular order."""
     if not rows.num_rows:
-        return {}
+        return pa.table({"u": pa.array([], pa.string()), "v": pa.array([], pa.float64())})
     value, has = _values(ladder, name, rows)
-    if not has.any():
-        return {}
-    units = rows["unit"].to_numpy(zero_copy_only=False)[has]
-    table = pa.table({"u": pa.array(units, pa.string()), "v": value[has]})
-    grouped = table.group_by("u", use_threads=False).aggregate([("v", "mean")])
-    return dict(zip(grouped["u"].to_pylist(), grouped["v_mean"].to_pylist(), strict=True))
+    units = rows["unit"]
+    if not has.all():
+        mask = pa.array(has)
+        units, value = units.filter(mask), value[has]
+    table = pa.table({"u": pc.cast(units, pa.string()), "v": value})
+    return table.group_by("u", use_threads=True).aggregate([("v", "mean")]).rename_columns(
+        ["u", "v"])
 
 
-def _mean_arm(values: Mapping[str, float]) -> stats.Mean:
-    v = np.fromiter(values.values(), dtype=np.float64)
-    return stats.Mean(float(v.size), float(v.sum()), float((v * v).sum()))
+def _unit_tables(ladder: Ladder, names: list[str], rows: pa.Table) -> dict[str, pa.Table]:
+    """``_unit_values`` of each metric in ``names``, in one grouping of the rows by unit."""
+    if not rows.num_rows or len(names) < 2:
+        return {name: _unit_values(ladder, name, rows) for name in names}
+    columns: dict[str, Any] = {"u": pc.cast(rows["unit"], pa.string())}
+    for j, name in enumerate(names):
+        value, has = _values(ladder, name, rows)
+        columns[f"m{j}"] = pa.array(value, mask=None if has.all() else ~has)
+    grouped = pa.table(columns).group_by("u", use_threads=True).aggregate(
+        [(f"m{j}", "mean") for j in range(len(names))])
+    out = {}
+    for j, name in enumerate(names):
+        one = grouped.select(["u", f"m{j}_mean"]).rename_columns(["u", "v"])
+        out[name] = one if one["v"].null_count == 0 else one.filter(pc.is_valid(one["v"]))
+    return out
 
 
-def _cuped_arm(values: Mapping[str, float], before: Mapping[str, float]) -> stats.Cuped:
-    """An arm with each unit's pre-period value as covariate (the pooled pre-period mean
-    for a unit the pre-period never saw: any fixed value is a valid covariate)."""
-    fill = float(np.mean(list(before.values()))) if before else 0.0
-    post = np.fromiter(values.values(), dtype=np.float64)
-    pre = np.array([before.get(u, fill) for u in values], dtype=np.float64)
-    return stats.Cuped(float(post.size), float(post.sum()), float((post * post).sum()),
-                       float(pre.sum()), float((pre * pre).sum()), float((post * pre).sum()))
+def _mean_arm(values: pa.Table) -> stats.Mean:
+    v = values["v"].to_numpy(zero_copy_only=False)
+    return stats.Mean(float(v.size), float(v.sum()), float(np.dot(v, v)))
+
+
+def _cuped_arm(values: pa.Table, before: pa.Table, fill: float) -> tuple[stats.Cuped, int]:
+    """An arm with each unit's pre-period value as covariate (``fill``, the pre-period's
+    mean, for a unit it never saw: any fixed value is a valid covariate), and how many of
+    its units the pre-period saw."""
+    joined = values.join(before.rename_columns(["u", "pre"]), "u", join_type="left outer",
+                         use_threads=True)
+    pre_col = joined["pre"]
+    covered = len(pre_col) - pre_col.null_count
+    post = joined["v"].to_numpy(zero_copy_only=False)
+    pre = pc.fill_null(pre_col, fill).to_numpy(zero_copy_only=False)
+    return stats.Cuped(float(post.size), float(post.sum()), float(np.dot(post, post)),
+                       float(pre.sum()), float(np.dot(pre, pre)),
+                       float(np.dot(post, pre))), covered
 
 
 def _adjusted_arm(arm: stats.Cuped, theta: float) -> stats.Mean:

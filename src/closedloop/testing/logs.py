@@ -65,17 +65,26 @@ def log_order_per_writer(make: LogMaker, model: str) -> None:
 
 
 def log_reads_back(make: LogMaker, model: str) -> None:
-    """``records``, ``read`` (a table) and ``size`` agree; a model with no records reads as
-    nothing."""
+    """``records``, ``read`` (a table; with ``columns``, only those, typed, a field no
+    record has null) and ``size`` agree; a model with no records reads as nothing."""
+    import pyarrow as pa
+
+    wanted = {"id": pa.string(), "n": pa.int64(), "absent": pa.float64()}
     log = make()
     try:
         assert list(log.records(model)) == []
         assert log.read(model).num_rows == 0
+        assert log.read(model, wanted).schema == pa.schema(list(wanted.items()))
         log.append(model, [_record(f"r{i}", i) for i in range(25)]).result(timeout=60)
         records = list(log.records(model))
         table = log.read(model)
         assert table.num_rows == len(records) == 25
         assert table.column("id").to_pylist() == [r["id"] for r in records]
+        some = log.read(model, wanted)
+        assert some.schema == pa.schema(list(wanted.items()))
+        assert sorted(zip(some["id"].to_pylist(), some["n"].to_pylist(), strict=True)) == \
+            sorted((r["id"], r["n"]) for r in records)
+        assert some["absent"].null_count == 25
         assert log.size(model) > 0
     finally:
         log.close()
