@@ -9,12 +9,13 @@ control); and the labels (``labels.parquet``: subject, label). Each unit has its
 base rate, which its labels follow and both versions' scores track (the candidate more
 closely), so a unit's pre-period explains much of its test-period value.
 
-* ``closedloop``: the prediction log's fields read as a table (``FilePredictionLog.read``
-  with its columns), joined to
-  the labels, and ``closedloop.serving.controller.ab_evidence`` — what the ladder's
-  controller runs at its A/B step: unit-level means of log loss (primary; CUPED by each
-  unit's pre-period log loss, then a confidence sequence), Brier and the block rate
-  (guardrails; confidence sequences), the SRM check and the sample the MDE needs.
+* ``closedloop``: the prediction log's predictions read as a table
+  (``FilePredictionLog.read`` with the columns it needs), their labels looked up
+  (``join_labels``, as ``project.serving.predictions`` does), and
+  ``closedloop.serving.controller.ab_evidence`` — what the ladder's controller runs at its
+  A/B step: unit-level means of log loss (primary; CUPED by each unit's pre-period log
+  loss, then a confidence sequence), Brier and the block rate (guardrails; confidence
+  sequences), the SRM check and the sample the MDE needs.
 * ``floor``: one hand-written DuckDB query over the same files (the JSON log read with its
   columns declared, joined to the labels, per-unit means, each arm's sums, the pre-period's
   join) and numpy with ``closedloop.experiments`` on the sums.
@@ -44,7 +45,7 @@ METRICS = ["log_loss", "brier", "decision:block"]
 OUTPUTS = ["control_mean", "treatment_mean", "effect", "low", "high"]
 LABEL = "L1:ab"
 #: The log's fields the analysis reads.
-COLUMNS = {"kind": pa.string(), "unit": pa.string(), "route": pa.string(),
+COLUMNS = {"unit": pa.string(), "route": pa.string(),
            "step": pa.string(), "score": pa.float64(), "decision": pa.string(),
            "subject": pa.string()}
 
@@ -116,12 +117,13 @@ def _rows(evidence: Any) -> pa.Table:
 def _closedloop(data: Path) -> Any:
     from closedloop.backends.predictions import FilePredictionLog
     from closedloop.serving.controller import ab_evidence
+    from closedloop.serving.service import join_labels
 
     log = FilePredictionLog(data / "log")
-    table = log.read("bench", COLUMNS)
+    table = log.read("bench", COLUMNS, kinds=["prediction"])
     log.close()
-    table = table.filter(pc.equal(table["kind"], "prediction")).join(
-        pq.read_table(data / "labels.parquet"), "subject", use_threads=True)
+    table = join_labels(table, pq.read_table(data / "labels.parquet")).drop_columns(
+        ["subject"])
     step = pc.fill_null(table["step"], "")
     during = table.filter(pc.equal(step, LABEL))
     treated = during.filter(pc.equal(during["route"], "ab"))

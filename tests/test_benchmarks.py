@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_benchmarks_json_and_zero_mismatches() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "pit", "windows", "ingest", "batch-score",
+        [sys.executable, "-m", "benchmarks", "pit", "windows", "ingest", "batch-score", "ab",
          "--scale", "0.02",
          "--repeat", "1", "--systems", "closedloop", "closedloop-sqlite", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
@@ -22,7 +22,8 @@ def test_benchmarks_json_and_zero_mismatches() -> None:
     seen = {(r["workload"], r["system"]) for r in lines}
     assert seen == {("pit", "closedloop"), ("pit", "floor"), ("windows", "closedloop"),
                     ("windows", "floor"), ("ingest", "closedloop"), ("ingest", "floor"),
-                    ("batch-score", "closedloop-sqlite"), ("batch-score", "floor")}
+                    ("batch-score", "closedloop-sqlite"), ("batch-score", "floor"),
+                    ("ab", "closedloop"), ("ab", "floor")}
     for r in lines:
         assert {"workload", "system", "seconds", "peak_mb", "mismatches"} <= set(r)
         assert r["mismatches"] == 0, r
@@ -65,3 +66,26 @@ def test_the_stream_workload_scores_every_event() -> None:
         assert r["mismatches"] == 0, r
         assert r["per_s"] > 0
         assert r["p99_ms"] >= r["p50_ms"] > 0
+
+
+def test_the_ladder_workload_rolls_back_without_a_failed_request() -> None:
+    import os
+    import shutil
+
+    import pytest
+
+    if shutil.which("wrk") is None:
+        pytest.skip("the ladder workload drives load with wrk (Debian: apt-get install wrk)")
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "ladder", "--scale", "0.02", "--repeat", "1",
+         "--json"], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "SERVE_SECONDS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {r["system"]: r for r in map(json.loads, (
+        line for line in result.stdout.splitlines() if line.startswith("{")))}
+    assert set(lines) == {"closedloop", "closedloop-ladder"}
+    for r in lines.values():
+        assert r["mismatches"] == 0, r            # a ladder changes no score
+        assert r["errors"] == 0, r
+        assert r["per_s"] > 0
+    assert lines["closedloop-ladder"]["rollback_s"] >= 0   # measured (a benchmark figure)

@@ -347,9 +347,11 @@ class PredictionLog(Protocol):
         """Every whole record of a model, each writer's in append order."""
         ...
 
-    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None,
+             kinds: Sequence[str] | None = None) -> pa.Table:
         """A model's records as an Arrow table (empty when nothing was logged); with
-        ``columns``, only those fields, typed as given (null where a record lacks one)."""
+        ``columns``, only those fields, typed as given (null where a record lacks one); with
+        ``kinds``, only the records whose ``kind`` is one of them."""
         ...
 
     def size(self, model: str) -> int:

@@ -239,13 +239,18 @@ class FilePredictionLog:
                 if line:
                     yield orjson.loads(line)
 
-    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None,
+             kinds: Sequence[str] | None = None) -> pa.Table:
         """A model's records as an Arrow table (columns as the records' fields; empty when
         nothing was logged). With ``columns``, only those fields, typed as given: DuckDB
         reads the segments in parallel and converts only those (a torn last line skipped),
-        several times faster than parsing every field of every record."""
+        several times faster than parsing every field of every record; with ``kinds``, only
+        the records of those kinds (filtered as they are read)."""
         if columns is not None:
-            return self._read_columns(model, columns)
+            return self._read_columns(model, columns, kinds)
+        return _of_kinds(self._read_all(model), kinds)
+
+    def _read_all(self, model: str) -> pa.Table:
         parts = []
         for path in self.segments(model):
             data = path.read_bytes()
@@ -258,25 +263,41 @@ class FilePredictionLog:
                             parse_options=pj.ParseOptions(newlines_in_values=False))
 
 
-    def _read_columns(self, model: str, columns: Mapping[str, pa.DataType]) -> pa.Table:
+    def _read_columns(self, model: str, columns: Mapping[str, pa.DataType],
+                      kinds: Sequence[str] | None) -> pa.Table:
         import duckdb
 
         paths = self.segments(model)
         if not paths:
             return pa.table({n: pa.array([], t) for n, t in columns.items()})
-        declared = ", ".join(f"{_sql_name(n)}: '{_SQL_TYPES[t]}'" for n, t in columns.items())
+        fields = dict(columns)
+        if kinds is not None:
+            fields.setdefault("kind", pa.string())
+        declared = ", ".join(f"{_sql_name(n)}: '{_SQL_TYPES[t]}'" for n, t in fields.items())
         files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+        where = "" if kinds is None else " WHERE kind IN (" + ", ".join(
+            "'" + k.replace("'", "''") + "'" for k in kinds) + ")"
         con = duckdb.connect()
         try:
             table = con.sql(f"SELECT {', '.join(_sql_name(n) for n in columns)} FROM read_json("
                             f"[{files}], format = 'newline_delimited', ignore_errors = true, "
-                            f"columns = {{{declared}}})").to_arrow_table()
+                            f"columns = {{{declared}}}){where}").to_arrow_table()
         except duckdb.Error as exc:
             raise BackendError(f"the prediction log of {model!r} could not be read: {exc}",
                                fix=f"check {self.root / model}") from exc
         finally:
             con.close()
         return table.cast(pa.schema([(n, t) for n, t in columns.items()]))
+
+
+def _of_kinds(table: pa.Table, kinds: Sequence[str] | None) -> pa.Table:
+    if kinds is None or table.num_rows == 0:
+        return table
+    if "kind" not in table.column_names:
+        return table.slice(0, 0)
+    import pyarrow.compute as pc
+
+    return table.filter(pc.is_in(table["kind"], pa.array(list(kinds), pa.string())))
 
 
 #: Arrow types as DuckDB declares JSON columns.
@@ -332,16 +353,19 @@ class StreamPredictionLog(FilePredictionLog):
         for _, fields in self.stream.read_all(self.name(model)):
             yield orjson.loads(fields["r"])
 
-    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None) -> pa.Table:
+    def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None,
+             kinds: Sequence[str] | None = None) -> pa.Table:
         lines = [fields["r"] for _, fields in self.stream.read_all(self.name(model))]
         if not lines:
             return (pa.table({}) if columns is None else
                     pa.table({n: pa.array([], t) for n, t in columns.items()}))
-        options = (pj.ParseOptions(newlines_in_values=False) if columns is None else
+        fields = None if columns is None else {
+            **columns, **({"kind": pa.string()} if kinds is not None else {})}
+        options = (pj.ParseOptions(newlines_in_values=False) if fields is None else
                    pj.ParseOptions(newlines_in_values=False, explicit_schema=pa.schema(
-                       list(columns.items())), unexpected_field_behavior="ignore"))
-        table = pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
-                             parse_options=options)
+                       list(fields.items())), unexpected_field_behavior="ignore"))
+        table = _of_kinds(pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
+                                       parse_options=options), kinds)
         return table if columns is None else table.select(list(columns))
 
     def close(self) -> None:

@@ -747,7 +747,14 @@ def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, cont
     the primary metric's effect (CUPED where the pre-period covers the units; a confidence
     sequence or Welch), the units the MDE needs, each guardrail's effect, and the verdict
     (see ``LadderService``). The controller and the `ab` benchmark both run it."""
-    units = {"control": _units(control), "treatment": _units(treated)}
+    primary = spec["primary"]
+    limits = spec["guardrails"]
+    if not isinstance(limits, dict):             # a policy recorded as a list
+        limits = dict.fromkeys(limits, 0.0)
+    names = list(dict.fromkeys([primary, *limits]))
+    (by_control, n_control), (by_treated, n_treated) = (_unit_tables(ladder, names, control),
+                                                        _unit_tables(ladder, names, treated))
+    units = {"control": n_control, "treatment": n_treated}
     figures: dict[str, Any] = {"units": units, "share": spec["share"],
                                "predictions": {"control": control.num_rows,
                                                "treatment": treated.num_rows}}
@@ -760,7 +767,6 @@ def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, cont
             return Evidence("ab", "hold", [f"sample ratio mismatch: {units} units for "
                                            f"a {spec['share']:.0%} split (p = {p:.2g})"],
                             figures)
-    primary = spec["primary"]
     needs_label, _ = ladder.metric(primary)
     if needs_label and "label" in treated.column_names:
         maturing = int(treated["label"].null_count + control["label"].null_count)
@@ -769,11 +775,7 @@ def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, cont
     if least < spec["min_units"]:
         return Evidence("ab", "wait", [f"{least} of {spec['min_units']} units in the "
                                        "smaller arm"], figures)
-    limits = spec["guardrails"]
-    if not isinstance(limits, dict):             # a policy recorded as a list
-        limits = dict.fromkeys(limits, 0.0)
-    names = list(dict.fromkeys([primary, *limits]))
-    by_arm = (_unit_tables(ladder, names, control), _unit_tables(ladder, names, treated))
+    by_arm = (by_control, by_treated)
     found = LadderService._metric_effect(ladder, primary, treated, control, alpha=spec["alpha"],
                                          sequential=spec["sequential"], pre=pre,
                                          units=(by_arm[0][primary], by_arm[1][primary]))
@@ -858,10 +860,6 @@ def _rate(rows: pa.Table, name: str) -> float:
     return float(flags.sum()) / float(rows.num_rows)
 
 
-def _units(rows: pa.Table) -> int:
-    return len(pc.unique(rows["unit"])) if rows.num_rows else 0
-
-
 def _values(ladder: Ladder, name: str, rows: pa.Table) -> tuple[np.ndarray[Any, Any],
                                                                   np.ndarray[Any, Any]]:
     """Each prediction's value of metric ``name`` and whether it has one (matured)."""
@@ -923,10 +921,12 @@ def _unit_values(ladder: Ladder, name: str, rows: pa.Table) -> pa.Table:
         ["u", "v"])
 
 
-def _unit_tables(ladder: Ladder, names: list[str], rows: pa.Table) -> dict[str, pa.Table]:
-    """``_unit_values`` of each metric in ``names``, in one grouping of the rows by unit."""
-    if not rows.num_rows or len(names) < 2:
-        return {name: _unit_values(ladder, name, rows) for name in names}
+def _unit_tables(ladder: Ladder, names: list[str], rows: pa.Table,
+                 ) -> tuple[dict[str, pa.Table], int]:
+    """``_unit_values`` of each metric in ``names``, in one grouping of the rows by unit, and
+    how many units the rows hold (with a value or not)."""
+    if not rows.num_rows:
+        return {name: _unit_values(ladder, name, rows) for name in names}, 0
     columns: dict[str, Any] = {"u": pc.cast(rows["unit"], pa.string())}
     for j, name in enumerate(names):
         value, has = _values(ladder, name, rows)
@@ -937,7 +937,7 @@ def _unit_tables(ladder: Ladder, names: list[str], rows: pa.Table) -> dict[str, 
     for j, name in enumerate(names):
         one = grouped.select(["u", f"m{j}_mean"]).rename_columns(["u", "v"])
         out[name] = one if one["v"].null_count == 0 else one.filter(pc.is_valid(one["v"]))
-    return out
+    return out, grouped.num_rows
 
 
 def _mean_arm(values: pa.Table) -> stats.Mean:

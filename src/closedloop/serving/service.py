@@ -44,6 +44,18 @@ from closedloop.training.model import Model
 _JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
 
 
+def join_labels(table: pa.Table, labels: pa.Table, on: str = "subject") -> pa.Table:
+    """``table`` (rows in their order) with every other column of ``labels`` — one row per
+    ``subject`` — appended: each row's label by its ``on`` column, null where there is none.
+    A lookup, not a join: no row is moved, nothing is sorted back."""
+    index = pc.index_in(pc.cast(table[on], pa.string()),
+                        value_set=pc.cast(labels["subject"], pa.string()))
+    for name in labels.column_names:
+        if name != "subject":
+            table = table.append_column(name, labels[name].take(index))
+    return table
+
+
 def _seen_ms(latency: Mapping[str, float]) -> float:
     """A prediction's latency as its caller saw it (see ``predictions``)."""
     if "request" in latency:
@@ -388,9 +400,7 @@ class ServingService:
                            "label": latest["__label_last"],
                            "label_settled_at": pc.cast(latest["__settled_last"], pa.int64())
                            .cast(pa.timestamp("us", tz="UTC"))})
-        joined = table.append_column("__order", pa.array(range(table.num_rows), pa.int64())
-                                     ).join(latest, "subject", join_type="left outer")
-        joined = joined.sort_by("__order").drop_columns(["__order"])
+        joined = join_labels(table, latest)
         if source.default is not None:          # a closed window with no label: the default
             closed = pc.less_equal(pc.add(pc.cast(joined["time"], pa.int64()),
                                           source.max_delay_micros), t)

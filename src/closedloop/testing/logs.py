@@ -85,6 +85,11 @@ def log_reads_back(make: LogMaker, model: str) -> None:
         assert sorted(zip(some["id"].to_pylist(), some["n"].to_pylist(), strict=True)) == \
             sorted((r["id"], r["n"]) for r in records)
         assert some["absent"].null_count == 25
+        log.append(model, [{"kind": "other", "id": "x", "n": -1}]).result(timeout=60)
+        checks = log.read(model, wanted, kinds=["check"])
+        assert checks.num_rows == 25
+        assert "x" not in checks["id"].to_pylist()
+        assert log.read(model, kinds=["other"])["id"].to_pylist() == ["x"]
         assert log.size(model) > 0
     finally:
         log.close()
