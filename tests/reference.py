@@ -20,10 +20,12 @@ def _low(value: Any) -> tuple[bool, Any]:
 
 
 def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
-                       key: Any, t: int) -> dict[str, Any]:
+                       key: Any, t: int, horizon: int | None = None) -> dict[str, Any]:
     """The features of ``view`` for entity ``key`` at time ``t`` (µs), from raw source rows.
 
     ``source_rows`` hold the entity key, the timestamp (and tie/arrival) columns as int µs.
+    ``horizon``: the latest instant of the query ``t`` is part of — exact sums are on the
+    grid of the rows visible by then (every row when None).
     """
     src = view.source
     k = view.entity.key
@@ -54,8 +56,11 @@ def reference_features(view: FeatureView, source_rows: Sequence[dict[str, Any]],
             out[f] = view.default(f) if value is None else value
         return out
     for w in view.windowed:
-        # Sums are exact on one grid, from the column's largest magnitude and row count.
-        held = [r for r in source_rows if r[k] is not None and r[src.timestamp] is not None]
+        # Sums are exact on one grid, from the column's largest magnitude and row count over
+        # the rows visible by the query's latest instant.
+        held = [r for r in source_rows if r[k] is not None and r[src.timestamp] is not None
+                and (horizon is None or (r[src.timestamp] <= horizon and (
+                    arrival is None or r[arrival] is None or r[arrival] <= horizon)))]
         largest = max((abs(float(r[w.column])) for r in held
                        if isinstance(r[w.column], int | float)), default=0.0)
         grid = sum_exponent(largest, len(held))

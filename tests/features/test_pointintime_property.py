@@ -131,9 +131,10 @@ def test_training_set_equals_reference(engine, evs, snaps, qs, use_arrival, ttl,
         rows = pa.table({"user_id": pa.array([k for k, _ in qs], pa.string()),
                          "t": _ts([t for _, t in qs], nanos)})
         got = service.training_set(rows, h.refs)
+    horizon = max(t for _, t in qs)           # the grid of exact sums: what was visible then
     for i, (key, t) in enumerate(qs):
         for name, view in h.views.items():
-            want = reference_features(view, h.source_rows(name), key, t)
+            want = reference_features(view, h.source_rows(name), key, t, horizon)
             for feature, value in want.items():
                 have = got[f"{name}.{feature}"][i].as_py()
                 if _exact(view, feature):      # the exact sum rounded once: the same bits
