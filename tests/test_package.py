@@ -17,7 +17,9 @@ def test_public_api_is_curated() -> None:
         "Agg", "Budget", "Clock", "ClosedLoopError", "Entity", "EventSource", "FeatureView",
         "LabelSource", "LightGBMTrainer", "Model", "Project", "Serving", "SklearnTrainer",
         "TableSource", "TimeSplit",
-        "Transform", "XGBoostTrainer", "init_project", "transform"])
+        "Transform", "XGBoostTrainer", "init_project", "transform",
+        # the promotion ladder
+        "Ladder", "Gate", "Shadow", "Canary", "ABTest", "Ramp", "Guardrails", "Metric"])
     for name in cl.__all__:
         assert getattr(cl, name) is not None
 

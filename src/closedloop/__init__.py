@@ -2,7 +2,7 @@
 
 >>> import closedloop as cl
 >>> sorted(cl.__all__)[:3]
-['Agg', 'Budget', 'Clock']
+['ABTest', 'Agg', 'Budget']
 """
 
 from closedloop.data.clock import Clock
