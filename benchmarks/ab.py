@@ -116,7 +116,7 @@ def _rows(evidence: Any) -> pa.Table:
 
 def _closedloop(data: Path) -> Any:
     from closedloop.backends.predictions import FilePredictionLog
-    from closedloop.serving.controller import ab_evidence
+    from closedloop.serving.evidence import ab_evidence
     from closedloop.serving.service import join_labels
 
     log = FilePredictionLog(data / "log")

@@ -50,7 +50,7 @@ from closedloop.features.materialize import Progress
 from closedloop.features.registration import Plan
 from closedloop.project import Project
 from closedloop.serving.budget import BudgetReport
-from closedloop.serving.controller import summarize
+from closedloop.serving.evidence import summarize
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import (
     EXPORTS,

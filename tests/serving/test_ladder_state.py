@@ -270,7 +270,7 @@ def _served(units: list[str], scores: np.ndarray) -> pa.Table:
 
 
 def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
-    from closedloop.serving.controller import LadderService
+    from closedloop.serving.evidence import metric_effect
 
     rng = np.random.default_rng(3)
     n = 2000
@@ -282,9 +282,9 @@ def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
     control, treated = _served(units[:n // 2], post[:n // 2]), _served(units[n // 2:],
                                                                           post[n // 2:])
     ladder = cl.Ladder("fraud")
-    plain = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+    plain = metric_effect(ladder, "score", treated, control, alpha=0.05,
                                          sequential=False)
-    adjusted = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+    adjusted = metric_effect(ladder, "score", treated, control, alpha=0.05,
                                             sequential=False, pre=pre)
     assert plain["method"] == "welch"
     assert adjusted["method"] == "cuped"
@@ -295,7 +295,7 @@ def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
     assert adjusted["ci"][0] > 0                      # significant only once adjusted
     assert plain["ci"][0] < 0
     # A pre-period that saw too few of the units is not used.
-    few = LadderService._metric_effect(ladder, "score", treated, control, alpha=0.05,
+    few = metric_effect(ladder, "score", treated, control, alpha=0.05,
                                        sequential=False, pre=pre.slice(0, 50))
     assert few["method"] == "welch"
     assert "cuped_skipped" in few
