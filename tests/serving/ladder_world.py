@@ -32,6 +32,7 @@ import pytest
 import closedloop as cl
 from closedloop.sim.fraud import FraudWorld
 from closedloop.sim.fraud_project import EXPORTS, LIVE, write_fraud_project
+from closedloop.sim.fraud_project import LADDER as DEMO_LADDER
 from closedloop.sim.fraud_project import SERVING as DEMO_SERVING
 from closedloop.sim.traffic import Replay
 
@@ -64,27 +65,8 @@ serving = cl.Serving("fraud", unit="txn_id", subject="txn_id", holdout=0.05,
                      fallback=0.01)
 '''
 
-#: The ladder the tests declare (each test may replace it: ``write_ladder``).
-LADDER = '''
-# The business's own metrics, per prediction: fraud let through, and a good customer blocked.
-missed_fraud = cl.Metric("missed_fraud", lambda c: (c["label"] == 1) & (c["decision"] == "allow"),
-                         higher_is_better=False)
-false_block = cl.Metric("false_block", lambda c: (c["label"] == 0) & (c["decision"] == "block"),
-                        higher_is_better=False)
-
-ladder = cl.Ladder(
-    "fraud",
-    gate=cl.Gate(metric="auc", margin=0.04),
-    shadow=cl.Shadow(min_predictions=400),
-    canary=cl.Canary(share=0.1, guardrails=cl.Guardrails(
-        min_predictions=150, metrics={"decision:block": 0.05})),
-    ab=cl.ABTest(share=0.5, primary="missed_fraud",
-                 guardrails={"false_block": 0.005, "brier": 0.0},
-                 min_units=500, mde=0.3),
-    ramp=cl.Ramp(steps=(0.5, 1.0), guardrails=cl.Guardrails(min_predictions=150)),
-    metrics=[missed_fraud, false_block],
-)
-'''
+#: The ladder the tests declare — the demo's (each test may replace it: ``write_ladder``).
+LADDER = DEMO_LADDER
 
 
 #: The project's own module of candidate estimators (beside its definitions, which import it).
