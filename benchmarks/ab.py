@@ -9,13 +9,15 @@ control); and the labels (``labels.parquet``: subject, label). Each unit has its
 base rate, which its labels follow and both versions' scores track (the candidate more
 closely), so a unit's pre-period explains much of its test-period value.
 
-* ``closedloop``: the prediction log's predictions read as a table
-  (``FilePredictionLog.read`` with the columns it needs), their labels looked up
-  (``join_labels``, as ``project.serving.predictions`` does), and
-  ``closedloop.serving.controller.ab_evidence`` — what the ladder's controller runs at its
-  A/B step: unit-level means of log loss (primary; CUPED by each unit's pre-period log
-  loss, then a confidence sequence), Brier and the block rate (guardrails; confidence
-  sequences), the SRM check and the sample the MDE needs.
+* ``closedloop``: what the ladder's controller runs at its A/B step, less the label
+  store (the labels are a file here): the prediction log read as a table
+  (``closedloop.serving.records.prediction_table``, as ``project.serving.predictions``
+  reads it), their labels looked up in the offline engine (``join_labels``), the arms and
+  the pre-period as masks (``closedloop.serving.measure``), and
+  ``closedloop.serving.evidence.ab_evidence``: unit-level means of log loss (primary;
+  CUPED by each unit's pre-period log loss, then a confidence sequence), Brier and the
+  block rate (guardrails; confidence sequences), the SRM check and the sample the MDE
+  needs.
 * ``floor``: one hand-written DuckDB query over the same files (the JSON log read with its
   columns declared, joined to the labels, per-unit means, each arm's sums, the pre-period's
   join) and numpy with ``closedloop.experiments`` on the sums.
@@ -44,10 +46,6 @@ PRE_SHARE = 0.2
 METRICS = ["log_loss", "brier", "decision:block"]
 OUTPUTS = ["control_mean", "treatment_mean", "effect", "low", "high"]
 LABEL = "L1:ab"
-#: The log's fields the analysis reads.
-COLUMNS = {"unit": pa.string(), "route": pa.string(),
-           "step": pa.string(), "score": pa.float64(), "decision": pa.string(),
-           "subject": pa.string()}
 
 
 def ab_data(scale: float = 1.0) -> Path:
@@ -115,22 +113,26 @@ def _rows(evidence: Any) -> pa.Table:
 
 
 def _closedloop(data: Path) -> Any:
+    from closedloop.backends.duckdb import DuckDBEngine
     from closedloop.backends.predictions import FilePredictionLog
-    from closedloop.serving.evidence import ab_evidence
+    from closedloop.serving.evidence import ab_evidence, mask
+    from closedloop.serving.measure import pre_period
+    from closedloop.serving.records import prediction_table
     from closedloop.serving.service import join_labels
 
-    log = FilePredictionLog(data / "log")
-    table = log.read("bench", COLUMNS, kinds=["prediction"])
-    log.close()
-    table = join_labels(table, pq.read_table(data / "labels.parquet")).drop_columns(
-        ["subject"])
-    step = pc.fill_null(table["step"], "")
-    during = table.filter(pc.equal(step, LABEL))
-    treated = during.filter(pc.equal(during["route"], "ab"))
-    control = during.filter(pc.equal(during["route"], "production"))
-    pre = table.filter(pc.and_(pc.equal(step, ""), pc.equal(table["route"], "production")))
+    log, engine = FilePredictionLog(data / "log"), DuckDBEngine()
+    try:
+        table = prediction_table(log, "bench", shadows=False)
+        table = join_labels(table, pq.read_table(data / "labels.parquet"), engine=engine)
+    finally:
+        log.close()
+        engine.close()
+    during = mask(table, pc.equal(table["step"], LABEL))
+    treated = during & mask(table, pc.equal(table["route"], "ab"))
+    control = during & mask(table, pc.equal(table["route"], "production"))
     ladder = _ladder()
-    evidence = ab_evidence(ladder, ladder.spec()["ab"], treated, control, pre)
+    evidence = ab_evidence(ladder, ladder.spec()["ab"], table, treated, control,
+                           pre_period(table, 1, 1))
     return _rows(evidence), {"units": float(sum(evidence.figures["units"].values()))}
 
 

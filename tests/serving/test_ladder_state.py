@@ -279,13 +279,14 @@ def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
     pre = _served(units, habit + rng.normal(0, 0.02, n))
     post = habit + rng.normal(0, 0.02, n)
     post[n // 2:] += 0.01                             # the candidate's true effect
-    control, treated = _served(units[:n // 2], post[:n // 2]), _served(units[n // 2:],
-                                                                          post[n // 2:])
+    served = pa.concat_tables([pre, _served(units, post)])     # before, then the test
+    test = np.arange(2 * n) >= n
+    control, treated = test & (np.arange(2 * n) < n + n // 2), np.arange(2 * n) >= n + n // 2
     ladder = cl.Ladder("fraud")
-    plain = metric_effect(ladder, "score", treated, control, alpha=0.05,
-                                         sequential=False)
-    adjusted = metric_effect(ladder, "score", treated, control, alpha=0.05,
-                                            sequential=False, pre=pre)
+    plain = metric_effect(ladder, "score", served, treated, control, alpha=0.05,
+                          sequential=False)
+    adjusted = metric_effect(ladder, "score", served, treated, control, alpha=0.05,
+                             sequential=False, pre=~test)
     assert plain["method"] == "welch"
     assert adjusted["method"] == "cuped"
     assert adjusted["covered"] == n
@@ -295,7 +296,7 @@ def test_the_ab_analysis_adjusts_by_each_units_pre_period() -> None:
     assert adjusted["ci"][0] > 0                      # significant only once adjusted
     assert plain["ci"][0] < 0
     # A pre-period that saw too few of the units is not used.
-    few = metric_effect(ladder, "score", treated, control, alpha=0.05,
-                                       sequential=False, pre=pre.slice(0, 50))
+    few = metric_effect(ladder, "score", served, treated, control, alpha=0.05,
+                        sequential=False, pre=np.arange(2 * n) < 50)
     assert few["method"] == "welch"
     assert "cuped_skipped" in few

@@ -71,6 +71,12 @@ class OfflineEngine(Protocol):
         """Every row the source holds (its files and its event log), or only ``columns``."""
         ...
 
+    def lookup(self, keys: pa.Array | pa.ChunkedArray,
+               values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """For each of ``keys``, the position in ``values`` (distinct, of the same type) of
+        the equal value, null where there is none (int64)."""
+        ...
+
     def compact(self, source: AnySource, small_rows: int = 1_000_000) -> int:
         """Merge the parts of the source's event log under ``small_rows`` rows into one,
         never showing a row twice or losing one, even after a crash; return how many parts

@@ -356,6 +356,33 @@ class DuckDBEngine:
                                f"{rows.num_rows}", fix="report this as a bug")
         return result
 
+    def lookup(self, keys: pa.Array | pa.ChunkedArray,
+               values: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """For each of ``keys``, the position in ``values`` (distinct, of the same type) of
+        the equal value; null where there is none. A hash join in DuckDB, in parallel — several
+        times faster than Arrow's single-threaded ``index_in`` on millions of strings."""
+        n = len(keys)
+        left = pa.table({"k": keys, "i": pa.array(np.arange(n, dtype=np.int64))})
+        right = pa.table({"k": values, "j": pa.array(np.arange(len(values), dtype=np.int64))})
+        with self._lock:
+            con = self._connection()
+            self._seq += 1
+            names = f"__keys_{self._seq}", f"__values_{self._seq}"
+            con.register(names[0], left)
+            con.register(names[1], right)
+            try:
+                found = con.sql(f"SELECT i, j FROM {names[0]} JOIN {names[1]} USING (k)"
+                                ).to_arrow_table()
+            except duckdb.Error as exc:
+                raise DataError(f"the lookup failed: {exc}",
+                                fix="look up keys of the values' type") from exc
+            finally:
+                con.unregister(names[0])
+                con.unregister(names[1])
+        out = np.full(n, -1, dtype=np.int64)
+        out[found["i"].to_numpy()] = found["j"].to_numpy()
+        return pa.array(out, mask=out < 0)
+
     def _over(self, sql: str, rows: pa.Table) -> pa.Table:
         """Run ``sql`` with ``rows`` registered as ``__rows``; DuckDB's errors as ours."""
         with self._lock:

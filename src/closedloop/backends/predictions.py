@@ -300,9 +300,30 @@ def _of_kinds(table: pa.Table, kinds: Sequence[str] | None) -> pa.Table:
     return table.filter(pc.is_in(table["kind"], pa.array(list(kinds), pa.string())))
 
 
-#: Arrow types as DuckDB declares JSON columns.
+#: Arrow types as DuckDB declares JSON columns (a string column holds an object's JSON text).
 _SQL_TYPES = {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT",
-              pa.bool_(): "BOOLEAN"}
+              pa.bool_(): "BOOLEAN", pa.map_(pa.string(), pa.float64()): "MAP(VARCHAR, DOUBLE)"}
+
+
+def _typed(value: Any, kind: pa.DataType) -> Any:
+    """A decoded JSON value as a column of ``kind`` holds it, as DuckDB's reader does: null
+    where it does not fit, an object's or array's JSON text in a string column."""
+    if value is None:
+        return None
+    if kind == pa.string():
+        return value if isinstance(value, str) else orjson.dumps(value).decode()
+    if kind == pa.bool_():
+        return value if isinstance(value, bool) else None
+    if isinstance(value, bool):
+        return None
+    if kind == pa.float64():
+        return float(value) if isinstance(value, int | float) else None
+    if kind == pa.int64():
+        return value if isinstance(value, int) else None
+    if isinstance(value, dict) and all(isinstance(v, int | float) and not isinstance(v, bool)
+                                       for v in value.values()):
+        return list(value.items())                   # map<string, double>
+    return None
 
 
 def _sql_name(name: str) -> str:
@@ -356,17 +377,18 @@ class StreamPredictionLog(FilePredictionLog):
     def read(self, model: str, columns: Mapping[str, pa.DataType] | None = None,
              kinds: Sequence[str] | None = None) -> pa.Table:
         lines = [fields["r"] for _, fields in self.stream.read_all(self.name(model))]
-        if not lines:
-            return (pa.table({}) if columns is None else
-                    pa.table({n: pa.array([], t) for n, t in columns.items()}))
-        fields = None if columns is None else {
-            **columns, **({"kind": pa.string()} if kinds is not None else {})}
-        options = (pj.ParseOptions(newlines_in_values=False) if fields is None else
-                   pj.ParseOptions(newlines_in_values=False, explicit_schema=pa.schema(
-                       list(fields.items())), unexpected_field_behavior="ignore"))
-        table = _of_kinds(pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
-                                       parse_options=options), kinds)
-        return table if columns is None else table.select(list(columns))
+        if columns is None:
+            if not lines:
+                return pa.table({})
+            return _of_kinds(pj.read_json(pa.BufferReader(b"\n".join(lines) + b"\n"),
+                                          parse_options=pj.ParseOptions(
+                                              newlines_in_values=False)), kinds)
+        records = [orjson.loads(line) for line in lines]
+        if kinds is not None:
+            wanted = set(kinds)
+            records = [r for r in records if r.get("kind") in wanted]
+        return pa.table({n: pa.array([_typed(r.get(n), t) for r in records], t)
+                         for n, t in columns.items()})
 
     def close(self) -> None:
         super().close()

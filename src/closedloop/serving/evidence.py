@@ -10,7 +10,7 @@ the one-line summaries the demo and ``ladder status`` print.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -107,34 +107,122 @@ def required_units(found: Mapping[str, Any], spec: Mapping[str, Any]) -> int | N
     need: int = math.ceil(even / (4.0 * float(s) * (1.0 - float(s))))
     return need
 
-def metric_effect(ladder: Ladder, name: str, treated: pa.Table, control: pa.Table,
-                   *, alpha: float, sequential: bool, pre: pa.Table | None = None,
-                   units: tuple[pa.Table, pa.Table] | None = None) -> dict[str, Any]:
-    """The candidate's effect on a metric at unit level: per arm, each unit's mean value
-    over its (matured, when the metric reads labels) predictions; the absolute effect
-    (candidate − production) with its interval — a confidence sequence, or Welch's
-    (CUPED-adjusted with a pre-period) — and ``worsening`` (low, value, high): the
-    effect turned so that positive is worse."""
+Mask = np.ndarray[Any, np.dtype[np.bool_]]
+
+
+@dataclass(frozen=True)
+class UnitMeans:
+    """Each unit's mean value of a metric over its rows that have one: the units (as the
+    codes of ``Units``) and their means, in code order."""
+
+    units: np.ndarray[Any, Any]
+    means: np.ndarray[Any, Any]
+
+    @property
+    def n(self) -> int:
+        return int(self.units.size)
+
+
+@dataclass(frozen=True)
+class Units:
+    """The rows' units as integer codes, one numbering for every group of the rows (the
+    arms, the pre-period: disjoint masks): each group's unit means are one bincount over
+    every row, a unit's covariate an index."""
+
+    keys: np.ndarray[Any, Any]    # group × (count + 1) + the unit's code (count: no unit)
+    count: int
+    groups: int                   # a row in none of them is in group ``groups``
+    cache: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, column: pa.ChunkedArray | pa.Array, groups: Sequence[Mask]) -> Units:
+        if isinstance(column, pa.ChunkedArray):
+            column = column.combine_chunks()
+        encoded = pc.dictionary_encode(pc.cast(column, pa.string()))
+        count = len(encoded.dictionary)
+        keys = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False).astype(
+            np.int64)
+        taken = np.zeros(len(keys), dtype=np.uint8)
+        for g, rows in enumerate(groups):
+            taken += rows
+            keys[rows] += g * (count + 1)
+        keys[taken == 0] += len(groups) * (count + 1)
+        if taken.max(initial=0) > 1:
+            raise ExperimentError("the groups share rows: an arm or the pre-period would "
+                                  "count a prediction twice",
+                                  fix="select disjoint predictions for each group")
+        return cls(keys, count, len(groups))
+
+    def _per_group(self, weights: np.ndarray[Any, Any] | None) -> np.ndarray[Any, Any]:
+        size = (self.groups + 1) * (self.count + 1)
+        found = np.bincount(self.keys, weights=weights, minlength=size)
+        return found.reshape(self.groups + 1, self.count + 1)[:self.groups, :self.count]
+
+    def means(self, values: np.ndarray[Any, Any], has: Mask) -> list[UnitMeans]:
+        """Per group, each unit's mean of ``values`` over the group's rows that have one."""
+        every = bool(has.all())
+        n = self._counts() if every else self._per_group(has.astype(np.float64))
+        total = self._per_group(values if every else np.where(has, values, 0.0))
+        out = []
+        for g in range(self.groups):
+            seen = np.flatnonzero(n[g])
+            out.append(UnitMeans(seen, total[g, seen] / n[g, seen]))
+        return out
+
+    def _counts(self) -> np.ndarray[Any, Any]:
+        """Each group's rows per unit (computed once)."""
+        if "counts" not in self.cache:
+            self.cache["counts"] = self._per_group(None)
+        return self.cache["counts"]
+
+    def present(self) -> list[int]:
+        """How many units each group holds."""
+        return [int(np.count_nonzero(row)) for row in self._counts()]
+
+
+def mask(table: pa.Table, condition: pa.ChunkedArray | pa.Array) -> Mask:
+    """A boolean condition over ``table``'s rows (null as false) as a numpy mask."""
+    out: Mask = pc.fill_null(condition, False).to_numpy(zero_copy_only=False).astype(bool)
+    return out
+
+
+def metric_effect(ladder: Ladder, name: str, rows: pa.Table, treated: Mask, control: Mask,
+                  *, alpha: float, sequential: bool, pre: Mask | None = None,
+                  ) -> dict[str, Any]:
+    """The candidate's effect on a metric at unit level over ``rows``: per arm (a mask over
+    the rows), each unit's mean value over its (matured, when the metric reads labels)
+    predictions; the absolute effect (candidate − production) with its interval — a
+    confidence sequence, or Welch's (CUPED-adjusted by each unit's mean over the ``pre``
+    rows) — and ``worsening`` (low, value, high): the effect turned so that positive is
+    worse."""
+    units = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]))
+    value, has = _values(ladder, name, rows)
+    a, b, *before = units.means(value, has)
+    return _effect(ladder, name, a, b, alpha=alpha, sequential=sequential,
+                   before=before[0] if before else None)
+
+
+def _effect(ladder: Ladder, name: str, a: UnitMeans, b: UnitMeans, *, alpha: float,
+            sequential: bool, before: UnitMeans | None) -> dict[str, Any]:
+    """``metric_effect`` on the arms' unit means (control ``a``, treatment ``b``)."""
     needs_label, higher = ladder.metric(name)
-    a, b = units if units is not None else (_unit_values(ladder, name, control),
-                                            _unit_values(ladder, name, treated))
-    if a.num_rows < 2 or b.num_rows < 2:
-        return {"why": f"{a.num_rows} and {b.num_rows} units with a value"}
-    arm_a = _mean_arm(a)
-    arm_b = _mean_arm(b)
+    if a.n < 2 or b.n < 2:
+        return {"why": f"{a.n} and {b.n} units with a value"}
+    arm_a = _mean_arm(a.means)
+    arm_b = _mean_arm(b.means)
     out: dict[str, Any] = {"control_mean": arm_a.mean, "treatment_mean": arm_b.mean,
-                           "control_variance": arm_a.variance,
-                           "units": [a.num_rows, b.num_rows]}
-    before = None if pre is None or not pre.num_rows else _unit_values(ladder, name, pre)
+                           "control_variance": arm_a.variance, "units": [a.n, b.n]}
     adjusted = None
-    if before is not None and before.num_rows:
-        fill = float(pc.mean(before["v"]).as_py())
-        (ca, seen_a), (cb, seen_b) = (_cuped_arm(a, before, fill),
-                                      _cuped_arm(b, before, fill))
+    if before is not None and before.n:
+        fill = float(before.means.mean())
+        size = int(max(a.units.max(), b.units.max(), before.units.max())) + 1
+        covariate = np.full(size, np.nan)
+        covariate[before.units] = before.means
+        (ca, seen_a), (cb, seen_b) = (_cuped_arm(a, covariate, fill),
+                                      _cuped_arm(b, covariate, fill))
         covered = seen_a + seen_b
-        if covered < 0.1 * (a.num_rows + b.num_rows):   # a covariate for too few units
-            out["cuped_skipped"] = (f"{covered} of {a.num_rows + b.num_rows} units have "
-                                    "a pre-period")
+        if covered < 0.1 * (a.n + b.n):   # a covariate for too few units
+            out["cuped_skipped"] = f"{covered} of {a.n + b.n} units have a pre-period"
         else:
             try:
                 adjusted = stats.cuped(ca, cb, relative=False, alpha=alpha)
@@ -147,13 +235,12 @@ def metric_effect(ladder: Ladder, name: str, treated: pa.Table, control: pa.Tabl
             if sequential:               # CUPED's variance, sequential's interval
                 seq = stats.sequential(_adjusted_arm(ca, adjusted.theta),
                                        _adjusted_arm(cb, adjusted.theta),
-                                       relative=False, alpha=alpha,
-                                       tuning=float(a.num_rows + b.num_rows))
+                                       relative=False, alpha=alpha, tuning=float(a.n + b.n))
                 effect, low, high = seq.expected, *seq.ci
                 out["method"] = "cuped+sequential"
         elif sequential:
             seq = stats.sequential(arm_a, arm_b, relative=False, alpha=alpha,
-                                   tuning=float(a.num_rows + b.num_rows))
+                                   tuning=float(a.n + b.n))
             effect, low, high = seq.expected, *seq.ci
             out["method"] = "sequential"
         else:
@@ -165,29 +252,29 @@ def metric_effect(ladder: Ladder, name: str, treated: pa.Table, control: pa.Tabl
     sign = -1.0 if higher else 1.0
     ends = sorted((sign * low, sign * high))
     out.update(effect=effect, ci=[low, high], worsening=sign * effect,
-               worsening_low=ends[0], worsening_high=ends[1],
-               label=needs_label)
+               worsening_low=ends[0], worsening_high=ends[1], label=needs_label)
     return out
 
-def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, control: pa.Table,
-                pre: pa.Table | None = None) -> Evidence:
-    """The A/B step's evidence over the two arms' predictions (with their labels) and, for
-    CUPED, the predictions production made before the test: unit counts and the SRM check,
-    the primary metric's effect (CUPED where the pre-period covers the units; a confidence
-    sequence or Welch), the units the MDE needs, each guardrail's effect, and the verdict
-    (see ``closedloop.serving.controller``). The controller and the `ab` benchmark both run it."""
+
+def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], rows: pa.Table, treated: Mask,
+                control: Mask, pre: Mask | None = None) -> Evidence:
+    """The A/B step's evidence over ``rows``, predictions with their labels: the two arms
+    and, for CUPED, what production served before the test, each a mask over the rows.
+    Unit counts and the SRM check, the primary metric's effect (CUPED where the pre-period
+    covers the units; a confidence sequence or Welch), the units the MDE needs, each
+    guardrail's effect, and the verdict (see ``closedloop.serving.controller``). The
+    controller and the `ab` benchmark both run it: the units are numbered once and every
+    metric is computed once over all the rows."""
     primary = spec["primary"]
     limits = spec["guardrails"]
     if not isinstance(limits, dict):             # a policy recorded as a list
         limits = dict.fromkeys(limits, 0.0)
-    names = list(dict.fromkeys([primary, *limits]))
-    (by_control, n_control), (by_treated, n_treated) = (_unit_tables(ladder, names, control),
-                                                        _unit_tables(ladder, names, treated))
-    units = {"control": n_control, "treatment": n_treated}
+    everyone = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]))
+    present = everyone.present()
+    units = {"control": present[0], "treatment": present[1]}
     figures: dict[str, Any] = {"units": units, "share": spec["share"],
-                               "predictions": {"control": control.num_rows,
-                                               "treatment": treated.num_rows}}
-    reasons: list[str] = []
+                               "predictions": {"control": int(control.sum()),
+                                               "treatment": int(treated.sum())}}
     if units["control"] and units["treatment"]:
         p = stats.srm([units["control"], units["treatment"]],
                       [1 - spec["share"], spec["share"]])
@@ -197,17 +284,24 @@ def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, cont
                                            f"a {spec['share']:.0%} split (p = {p:.2g})"],
                             figures)
     needs_label, _ = ladder.metric(primary)
-    if needs_label and "label" in treated.column_names:
-        maturing = int(treated["label"].null_count + control["label"].null_count)
-        figures["maturing"] = maturing
+    if needs_label and "label" in rows.column_names:
+        waiting = mask(rows, pc.is_null(rows["label"]))
+        figures["maturing"] = int(np.count_nonzero(waiting & (treated | control)))
     least = min(units.values())
     if least < spec["min_units"]:
         return Evidence("ab", "wait", [f"{least} of {spec['min_units']} units in the "
                                        "smaller arm"], figures)
-    by_arm = (by_control, by_treated)
-    found = metric_effect(ladder, primary, treated, control, alpha=spec["alpha"],
-                                         sequential=spec["sequential"], pre=pre,
-                                         units=(by_arm[0][primary], by_arm[1][primary]))
+
+    seen: dict[str, np.ndarray[Any, Any]] = {}
+
+    def effect(name: str, cuped: bool) -> dict[str, Any]:
+        value, has = _values(ladder, name, rows, seen)
+        a, b, *before = everyone.means(value, has)
+        return _effect(ladder, name, a, b, alpha=spec["alpha"],
+                       sequential=spec["sequential"],
+                       before=before[0] if cuped and before else None)
+
+    found = effect(primary, True)
     figures["primary"] = {"metric": primary, **found}
     if "effect" not in found:
         return Evidence("ab", "wait", [f"{primary}: {found.get('why', 'not measurable')}"],
@@ -217,10 +311,9 @@ def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], treated: pa.Table, cont
     total = units["control"] + units["treatment"]
     if required is not None:
         figures["progress"] = total / required
+    reasons: list[str] = []
     for name, limit in limits.items():
-        g = metric_effect(ladder, name, treated, control, alpha=spec["alpha"],
-                                         sequential=spec["sequential"],
-                                         units=(by_arm[0][name], by_arm[1][name]))
+        g = found if name == primary else effect(name, False)
         figures.setdefault("guardrails", {})[name] = {**g, "limit": limit}
         if "effect" in g and g["worsening_low"] > limit:
             reasons.append(f"guardrail {name} is significantly worse by more than "
@@ -289,22 +382,33 @@ def _rate(rows: pa.Table, name: str) -> float:
     return float(flags.sum()) / float(rows.num_rows)
 
 
-def _values(ladder: Ladder, name: str, rows: pa.Table) -> tuple[np.ndarray[Any, Any],
-                                                                  np.ndarray[Any, Any]]:
-    """Each prediction's value of metric ``name`` and whether it has one (matured)."""
+def _values(ladder: Ladder, name: str, rows: pa.Table,
+            seen: dict[str, np.ndarray[Any, Any]] | None = None,
+            ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Each prediction's value of metric ``name`` and whether it has one (matured);
+    ``seen`` keeps the score and labels as arrays for the next metric over the same rows."""
     needs_label, _ = ladder.metric(name)
-    score = rows["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    seen = {} if seen is None else seen
+    if "score" not in seen:
+        seen["score"] = rows["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+    score = seen["score"]
     has = np.ones(rows.num_rows, dtype=bool)
     y = np.zeros(rows.num_rows)
     if needs_label:
         if "label" not in rows.column_names:
-            return np.zeros(0), np.zeros(rows.num_rows, dtype=bool)
-        labels = rows["label"]
-        has = pc.is_valid(labels).to_numpy(zero_copy_only=False)
-        y = pc.fill_null(pc.cast(labels, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+            return np.zeros(rows.num_rows), np.zeros(rows.num_rows, dtype=bool)
+        if "y" not in seen:
+            labels = rows["label"]
+            seen["has"] = pc.is_valid(labels).to_numpy(zero_copy_only=False)
+            seen["y"] = pc.fill_null(pc.cast(labels, pa.float64()), 0.0).to_numpy(
+                zero_copy_only=False)
+        has, y = seen["has"], seen["y"]
     if name == "log_loss":
         p = np.clip(score, 1e-15, 1 - 1e-15)
-        value = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+        if np.all((y == 0.0) | (y == 1.0)):     # one logarithm a row; the same values
+            value = -np.log(np.where(y == 1.0, p, 1.0 - p))
+        else:
+            value = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     elif name == "brier":
         value = (score - y) ** 2
     elif name == "label":
@@ -335,58 +439,22 @@ def _values(ladder: Ladder, name: str, rows: pa.Table) -> tuple[np.ndarray[Any, 
     return value, has
 
 
-def _unit_values(ladder: Ladder, name: str, rows: pa.Table) -> pa.Table:
-    """Each unit's mean value of the metric over its predictions that have one: a table of
-    ``u`` (the unit, as text) and ``v``, in no particular order."""
-    if not rows.num_rows:
-        return pa.table({"u": pa.array([], pa.string()), "v": pa.array([], pa.float64())})
-    value, has = _values(ladder, name, rows)
-    units = rows["unit"]
-    if not has.all():
-        mask = pa.array(has)
-        units, value = units.filter(mask), value[has]
-    table = pa.table({"u": pc.cast(units, pa.string()), "v": value})
-    return table.group_by("u", use_threads=True).aggregate([("v", "mean")]).rename_columns(
-        ["u", "v"])
-
-
-def _unit_tables(ladder: Ladder, names: list[str], rows: pa.Table,
-                 ) -> tuple[dict[str, pa.Table], int]:
-    """``_unit_values`` of each metric in ``names``, in one grouping of the rows by unit, and
-    how many units the rows hold (with a value or not)."""
-    if not rows.num_rows:
-        return {name: _unit_values(ladder, name, rows) for name in names}, 0
-    columns: dict[str, Any] = {"u": pc.cast(rows["unit"], pa.string())}
-    for j, name in enumerate(names):
-        value, has = _values(ladder, name, rows)
-        columns[f"m{j}"] = pa.array(value, mask=None if has.all() else ~has)
-    grouped = pa.table(columns).group_by("u", use_threads=True).aggregate(
-        [(f"m{j}", "mean") for j in range(len(names))])
-    out = {}
-    for j, name in enumerate(names):
-        one = grouped.select(["u", f"m{j}_mean"]).rename_columns(["u", "v"])
-        out[name] = one if one["v"].null_count == 0 else one.filter(pc.is_valid(one["v"]))
-    return out, grouped.num_rows
-
-
-def _mean_arm(values: pa.Table) -> stats.Mean:
-    v = values["v"].to_numpy(zero_copy_only=False)
+def _mean_arm(v: np.ndarray[Any, Any]) -> stats.Mean:
     return stats.Mean(float(v.size), float(v.sum()), float(np.dot(v, v)))
 
 
-def _cuped_arm(values: pa.Table, before: pa.Table, fill: float) -> tuple[stats.Cuped, int]:
+def _cuped_arm(arm: UnitMeans, covariate: np.ndarray[Any, Any], fill: float,
+               ) -> tuple[stats.Cuped, int]:
     """An arm with each unit's pre-period value as covariate (``fill``, the pre-period's
     mean, for a unit it never saw: any fixed value is a valid covariate), and how many of
     its units the pre-period saw."""
-    joined = values.join(before.rename_columns(["u", "pre"]), "u", join_type="left outer",
-                         use_threads=True)
-    pre_col = joined["pre"]
-    covered = len(pre_col) - pre_col.null_count
-    post = joined["v"].to_numpy(zero_copy_only=False)
-    pre = pc.fill_null(pre_col, fill).to_numpy(zero_copy_only=False)
+    pre = covariate[arm.units]
+    seen = ~np.isnan(pre)
+    pre = np.where(seen, pre, fill)
+    post = arm.means
     return stats.Cuped(float(post.size), float(post.sum()), float(np.dot(post, post)),
                        float(pre.sum()), float(np.dot(pre, pre)),
-                       float(np.dot(post, pre))), covered
+                       float(np.dot(post, pre))), int(np.count_nonzero(seen))
 
 
 def _adjusted_arm(arm: stats.Cuped, theta: float) -> stats.Mean:

@@ -22,14 +22,27 @@ from closedloop.registry.ladder import Ladder
 from closedloop.registry.service import RegistryService
 from closedloop.serving.evidence import (
     Evidence,
+    Mask,
     _non_inferior,
     _p99,
     _rate,
     ab_evidence,
+    mask,
     metric_effect,
     psi,
 )
 from closedloop.serving.service import ServingService, step_label
+
+#: What the A/B step reads of the log when its metrics need no more (see ``_plain_metrics``).
+_AB_COLUMNS = ("unit", "route", "step", "version", "score", "decision")
+
+
+def _plain_metrics(spec: Mapping[str, Any]) -> bool:
+    """Whether every metric of an A/B spec is computed from the score, the decision and the
+    label alone."""
+    names = [spec["primary"], *spec["guardrails"]]
+    return all(n in ("log_loss", "brier", "label", "score") or n.startswith("decision:")
+               for n in names)
 
 
 class Measurements:
@@ -57,9 +70,10 @@ class Measurements:
 
     def _predictions(self, record: LadderRecord) -> pa.Table:
         ladder = self.declared(record.model)
-        table = self.serving.predictions(record.model,
-                                         requests=self._request_fields(ladder))
-        return table
+        return self.serving.predictions(record.model, requests=self._request_fields(ladder),
+                                        shadows=record.step == "shadow",
+                                        columns=_AB_COLUMNS if record.step == "ab"
+                                        and _plain_metrics(record.spec["ab"]) else None)
 
     def _request_fields(self, ladder: Ladder) -> list[str]:
         if not ladder.metrics:
@@ -213,23 +227,24 @@ class Measurements:
         return bool(better and not worse)
 
     # .. guardrails (canary, ramp) ...........................................................
-    def _arms(self, record: LadderRecord, predictions: pa.Table,
-              ) -> tuple[pa.Table, pa.Table]:
-        label = step_label(record)
-        here = predictions.filter(pc.fill_null(pc.equal(predictions["step"], label), False))
-        treated = here.filter(pc.equal(here["route"], record.step))
-        control = here.filter(pc.equal(here["route"], "production"))
-        return treated, control
+    def _arms(self, record: LadderRecord, predictions: pa.Table) -> tuple[Mask, Mask]:
+        """The candidate's and production's predictions in this step: masks over the rows."""
+        here = mask(predictions, pc.equal(predictions["step"], step_label(record)))
+        route = predictions["route"]
+        return (here & mask(predictions, pc.equal(route, record.step)),
+                here & mask(predictions, pc.equal(route, "production")))
 
     def guardrails(self, record: LadderRecord, predictions: pa.Table,
                    spec: Mapping[str, Any]) -> Evidence:
-        treated, control = self._arms(record, predictions)
-        if control.num_rows < spec["min_predictions"]:     # a full ramp has no control:
+        is_treated, is_control = self._arms(record, predictions)
+        if is_control.sum() < spec["min_predictions"]:     # a full ramp has no control:
             attempt = f"L{record.spec.get('attempt', 1)}:"  # production's earlier in the ladder
-            earlier = predictions.filter(pc.fill_null(pc.and_(
+            earlier = np.flatnonzero(mask(predictions, pc.and_(
                 pc.starts_with(predictions["step"], attempt),
-                pc.equal(predictions["route"], "production")), False))
-            control = earlier.slice(max(0, earlier.num_rows - 10 * spec["min_predictions"]))
+                pc.equal(predictions["route"], "production"))))
+            is_control = np.zeros(predictions.num_rows, dtype=bool)
+            is_control[earlier[-10 * spec["min_predictions"]:]] = True
+        treated, control = predictions.filter(is_treated), predictions.filter(is_control)
         n = treated.num_rows
         figures: dict[str, Any] = {"predictions": n, "control": control.num_rows,
                                    "needed": spec["min_predictions"]}
@@ -259,8 +274,8 @@ class Measurements:
         ladder = self.declared(record.model)
         metrics = {}
         for name, worse in spec["metrics"].items():
-            found = metric_effect(ladder, name, treated, control, alpha=0.05,
-                                        sequential=True)
+            found = metric_effect(ladder, name, predictions, is_treated, is_control,
+                                  alpha=0.05, sequential=True)
             metrics[name] = found
             if "effect" in found and found["worsening_low"] > worse:
                 reasons.append(f"{name} is worse by {found['worsening']:.4g} (at least "
@@ -271,18 +286,18 @@ class Measurements:
     # .. the A/B test ........................................................................
     def ab(self, record: LadderRecord, predictions: pa.Table) -> Evidence:
         spec = record.spec["ab"]
-        ladder = self.declared(record.model)
         treated, control = self._arms(record, predictions)
-        pre = self._pre_period(record, predictions) if spec["cuped"] else None
-        return ab_evidence(ladder, spec, treated, control, pre)
+        pre = pre_period(predictions, int(record.spec.get("attempt", 1)),
+                         record.baseline) if spec["cuped"] else None
+        return ab_evidence(self.declared(record.model), spec, predictions, treated, control,
+                           pre)
 
-    def _pre_period(self, record: LadderRecord, predictions: pa.Table) -> pa.Table:
-        """What production served before this ladder's A/B step (before the ladder, or in
-        its earlier steps): each unit's pre-period, for CUPED."""
-        attempt = f"L{record.spec.get('attempt', 1)}:"
-        step = pc.fill_null(predictions["step"], "")
-        later = pc.or_(pc.equal(step, f"{attempt}ab"), pc.starts_with(step, f"{attempt}ramp"))
-        before = pc.and_(pc.and_(pc.invert(later),
-                                 pc.equal(predictions["version"], record.baseline)),
-                         pc.equal(predictions["route"], "production"))
-        return predictions.filter(pc.fill_null(before, False))
+
+def pre_period(predictions: pa.Table, attempt: int, baseline: int | None) -> Mask:
+    """What production (version ``baseline``) served before a ladder's A/B step — before
+    the ladder, or in its earlier steps: each unit's pre-period, for CUPED."""
+    step = pc.fill_null(predictions["step"], "")
+    later = pc.or_(pc.equal(step, f"L{attempt}:ab"), pc.starts_with(step, f"L{attempt}:ramp"))
+    before = pc.and_(pc.and_(pc.invert(later), pc.equal(predictions["version"], baseline)),
+                     pc.equal(predictions["route"], "production"))
+    return mask(predictions, before)

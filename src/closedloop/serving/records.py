@@ -14,11 +14,18 @@ schema was versioned (the same fields, less the room below) and reads as schema 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
 from closedloop.backends.base import PredictionLog
+from closedloop.errors import ServingError
 
 #: The layout written now.
 SCHEMA = 1
@@ -91,3 +98,97 @@ def served(log: PredictionLog, model: str) -> Iterator[PredictionRecord | Shadow
             yield PredictionRecord.from_dict(r)
         elif kind == "shadow":
             yield ShadowRecord.from_dict(r)
+
+
+#: The prediction records' fields ``prediction_table`` reads, as the log types them.
+_TABLE_FIELDS = {"id": pa.string(), "time": pa.int64(), "version": pa.int64(),
+                 "route": pa.string(), "unit": pa.string(), "subject": pa.string(),
+                 "score": pa.float64(), "decision": pa.string(), "fallback": pa.bool_(),
+                 "fallback_reason": pa.string(), "step": pa.string(),
+                 "latency_ms": pa.map_(pa.string(), pa.float64())}
+_SHADOW_TABLE = {"id": pa.string(), "version": pa.int64(), "score": pa.float64(),
+                 "latency_ms": pa.float64()}
+
+
+def prediction_table(log: PredictionLog, model: str, *, requests: Sequence[str] = (),
+                     shadows: bool = True, columns: Sequence[str] | None = None) -> pa.Table:
+    """A model's served predictions as a table, read column by column (the log's reader
+    converts only these fields, in parallel where it can): id, time, version, route, unit,
+    subject, score, decision, fallback, fallback_reason, step, ``latency_ms`` as the caller
+    saw it (the ``request`` timing, from arrival at the server, queue wait included, where
+    the server served it; the stages' sum otherwise) — or only ``columns`` of them; with
+    ``shadows``, the shadow version, score and latency where one scored (``shadow_version``,
+    ``shadow_score``, ``shadow_latency_ms``); and each of ``requests`` as
+    ``request.<field>``."""
+    wanted = list(_TABLE_FIELDS) if columns is None else list(columns)
+    unknown = [c for c in wanted if c not in _TABLE_FIELDS]
+    if unknown:
+        raise ServingError(f"the prediction log has no column {unknown[0]!r}",
+                           fix=f"read some of {', '.join(_TABLE_FIELDS)}")
+    if shadows and "id" not in wanted:
+        wanted.append("id")
+    fields = {name: _TABLE_FIELDS[name] for name in wanted}
+    if requests:
+        fields["request"] = pa.string()                 # its JSON text
+    rows = log.read(model, fields, kinds=["prediction"])
+    table = rows.select(wanted)
+    if "time" in wanted:
+        table = table.set_column(wanted.index("time"), "time",
+                                 pc.cast(table["time"], pa.timestamp("us", tz="UTC")))
+    if "latency_ms" in wanted:
+        table = table.set_column(wanted.index("latency_ms"), "latency_ms", pa.array(
+            _seen_ms(table["latency_ms"].combine_chunks()), pa.float64()))
+    if shadows:
+        scored = log.read(model, _SHADOW_TABLE, kinds=["shadow"])
+        at = pc.index_in(table["id"], value_set=scored["id"])
+        for name, column in (("shadow_version", "version"), ("shadow_score", "score"),
+                             ("shadow_latency_ms", "latency_ms")):
+            table = table.append_column(name, scored[column].take(at))
+    for name, values in _request_fields(rows["request"] if requests else None,
+                                        requests).items():
+        table = table.append_column(f"request.{name}", values)
+    return table
+
+
+def _seen_ms(timing: pa.MapArray) -> np.ndarray[Any, Any]:
+    """Each prediction's latency as its caller saw it: its ``request`` timing where it has
+    one, else the sum of its stages (every timing but ``queue``)."""
+    request = pc.map_lookup(timing, pa.scalar("request"), "first")
+    offsets = timing.offsets.to_numpy()
+    first, size = int(offsets[0]), int(offsets[-1] - offsets[0])   # children are unsliced
+    keys = timing.keys.slice(first, size).to_numpy(zero_copy_only=False)
+    ms = pc.fill_null(timing.items.slice(first, size), 0.0).to_numpy(zero_copy_only=False)
+    parents = np.repeat(np.arange(len(timing)), np.diff(offsets))
+    stage = (keys != "queue") & (keys != "request")
+    summed = np.bincount(parents[stage], weights=ms[stage], minlength=len(timing))
+    return np.where(pc.is_valid(request).to_numpy(zero_copy_only=False),
+                    pc.fill_null(request, 0.0).to_numpy(zero_copy_only=False), summed)
+
+
+def _request_fields(texts: pa.ChunkedArray | None, names: Sequence[str],
+                    ) -> dict[str, pa.Array]:
+    """``names`` out of each record's request (its JSON text; null when none was kept): one
+    array per field, null where a request lacks it."""
+    if texts is None or not names:
+        return {}
+    n = len(texts)
+    if n:
+        lines = pc.fill_null(texts, "{}").to_pylist()
+        try:
+            parsed: pa.Table | None = pj.read_json(
+                pa.BufferReader("\n".join(lines).encode() + b"\n"),
+                parse_options=pj.ParseOptions(newlines_in_values=False))
+        except pa.ArrowInvalid:                # a field whose type changes between rows
+            parsed = None
+    out = {}
+    for name in names:
+        if n and parsed is not None and name in parsed.column_names:
+            values = parsed[name].combine_chunks()
+        elif n and parsed is None:
+            values = pa.array([json.loads(t).get(name) for t in lines])
+        else:
+            values = pa.nulls(n, pa.string())
+        if pa.types.is_null(values.type):      # nothing sent yet: typed, for joins
+            values = pa.nulls(n, pa.string())
+        out[name] = values
+    return out

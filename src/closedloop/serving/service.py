@@ -17,7 +17,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from closedloop.backends.base import EventStream, LadderRecord, LadderStore, PredictionLog
+from closedloop.backends.base import (
+    EventStream,
+    LadderRecord,
+    LadderStore,
+    OfflineEngine,
+    PredictionLog,
+)
 from closedloop.data.instants import now_micros
 from closedloop.data.labels import held_labels, known_labels
 from closedloop.data.sources import ARROW_TYPES, EventSource, LabelSource
@@ -36,7 +42,7 @@ from closedloop.serving import cost as costing
 from closedloop.serving.budget import BudgetReport, budget_report
 from closedloop.serving.online import OnlineModel, ShadowQueue
 from closedloop.serving.predictor import LoadedVersion, Prediction, Predictor
-from closedloop.serving.records import PredictionRecord, ShadowRecord, served
+from closedloop.serving.records import PredictionRecord, prediction_table, served
 from closedloop.serving.router import LadderSplit
 from closedloop.serving.spec import Serving
 from closedloop.training.model import Model
@@ -44,23 +50,19 @@ from closedloop.training.model import Model
 _JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
 
 
-def join_labels(table: pa.Table, labels: pa.Table, on: str = "subject") -> pa.Table:
+def join_labels(table: pa.Table, labels: pa.Table, on: str = "subject",
+                engine: OfflineEngine | None = None) -> pa.Table:
     """``table`` (rows in their order) with every other column of ``labels`` — one row per
     ``subject`` — appended: each row's label by its ``on`` column, null where there is none.
-    A lookup, not a join: no row is moved, nothing is sorted back."""
-    index = pc.index_in(pc.cast(table[on], pa.string()),
-                        value_set=pc.cast(labels["subject"], pa.string()))
+    A lookup, not a join: no row is moved, nothing is sorted back; the offline ``engine``
+    finds the rows where one is given (in parallel), Arrow's ``index_in`` otherwise."""
+    keys, values = pc.cast(table[on], pa.string()), pc.cast(labels["subject"], pa.string())
+    index = (pc.index_in(keys, value_set=values) if engine is None
+             else engine.lookup(keys, values))
     for name in labels.column_names:
         if name != "subject":
             table = table.append_column(name, labels[name].take(index))
     return table
-
-
-def _seen_ms(latency: Mapping[str, float]) -> float:
-    """A prediction's latency as its caller saw it (see ``predictions``)."""
-    if "request" in latency:
-        return float(latency["request"])
-    return float(sum(v for k, v in latency.items() if k != "queue"))
 
 
 def split_of(record: LadderRecord) -> LadderSplit:
@@ -339,51 +341,22 @@ class ServingService:
 
     # -- the log -----------------------------------------------------------------------------
     def predictions(self, model: str, *, labels: bool = True, at: datetime | None = None,
-                    requests: Sequence[str] = ()) -> pa.Table:
-        """The model's served predictions as a table — id, time, version, route, unit,
-        subject, score, decision, fallback, the shadow's version and score where one scored,
-        the ladder step that routed it, its latency as the caller saw it (``latency_ms``:
-        from its arrival at the server, queue wait included, when the server served it; the
-        stages' sum otherwise) and each of ``requests`` as ``request.<field>`` — joined by
-        subject to the label known now (or at ``at``) with when it settled; a subject whose
-        label window has closed with none takes the source's default; null while its label
-        may still come (the outcome lag)."""
+                    requests: Sequence[str] = (), shadows: bool = True,
+                    columns: Sequence[str] | None = None) -> pa.Table:
+        """The model's served predictions as a table (``closedloop.serving.records.
+        prediction_table``: id, time, version, route, unit, subject, score, decision,
+        fallback, the ladder step that routed it, its latency as the caller saw it — queue
+        wait included where the server served it — with ``shadows`` the shadow's version,
+        score and latency where one scored, and each of ``requests`` as ``request.<field>``;
+        or only ``columns`` of the log's, plus subject and time where labels are joined)
+        joined by subject to the label known now (or at ``at``) with when it settled; a
+        subject whose label window has closed with none takes the source's default; null
+        while its label may still come (the outcome lag)."""
         self.serving(model)
-        rows: list[PredictionRecord] = []
-        shadows: dict[str, ShadowRecord] = {}
-        for r in served(self.log, model):                # one pass over the log
-            if isinstance(r, PredictionRecord):
-                rows.append(r)
-            else:
-                shadows[r.id] = r
-        shadowed = [shadows.get(r.id) for r in rows]
-        table = pa.table({
-            "id": pa.array([r.id for r in rows], pa.string()),
-            "time": pa.array([r.time for r in rows], pa.int64()).cast(
-                pa.timestamp("us", tz="UTC")),
-            "version": pa.array([r.version for r in rows], pa.int64()),
-            "route": pa.array([r.route for r in rows], pa.string()),
-            "unit": pa.array([r.unit for r in rows], pa.string()),
-            "subject": pa.array([r.subject for r in rows], pa.string()),
-            "score": pa.array([r.score for r in rows], pa.float64()),
-            "decision": pa.array([r.decision for r in rows], pa.string()),
-            "fallback": pa.array([r.fallback for r in rows], pa.bool_()),
-            "fallback_reason": pa.array([r.fallback_reason for r in rows], pa.string()),
-            "shadow_version": pa.array([None if s is None else s.version for s in shadowed],
-                                       pa.int64()),
-            "shadow_score": pa.array([None if s is None else s.score for s in shadowed],
-                                     pa.float64()),
-            "step": pa.array([r.step for r in rows], pa.string()),
-            "latency_ms": pa.array([_seen_ms(r.latency_ms) for r in rows], pa.float64()),
-            "shadow_latency_ms": pa.array([None if s is None else s.latency_ms
-                                           for s in shadowed], pa.float64()),
-        })
-        for name in requests:
-            values = pa.array([None if r.request is None else r.request.get(name)
-                               for r in rows])
-            if pa.types.is_null(values.type):     # nothing sent yet: typed, for joins
-                values = pa.nulls(len(values), pa.string())
-            table = table.append_column(f"request.{name}", values)
+        if columns is not None and labels:       # what the labels are joined and aged by
+            columns = [*columns, *(c for c in ("subject", "time") if c not in columns)]
+        table = prediction_table(self.log, model, requests=requests, shadows=shadows,
+                                 columns=columns)
         declared = self.models[model]
         source = self.catalog.sources.get(declared.label)
         if not labels or not isinstance(source, LabelSource):
@@ -400,7 +373,7 @@ class ServingService:
                            "label": latest["__label_last"],
                            "label_settled_at": pc.cast(latest["__settled_last"], pa.int64())
                            .cast(pa.timestamp("us", tz="UTC"))})
-        joined = join_labels(table, latest)
+        joined = join_labels(table, latest, engine=self.features.engine)
         if source.default is not None:          # a closed window with no label: the default
             closed = pc.less_equal(pc.add(pc.cast(joined["time"], pa.int64()),
                                           source.max_delay_micros), t)

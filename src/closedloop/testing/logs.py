@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
@@ -90,6 +91,20 @@ def log_reads_back(make: LogMaker, model: str) -> None:
         assert checks.num_rows == 25
         assert "x" not in checks["id"].to_pylist()
         assert log.read(model, kinds=["other"])["id"].to_pylist() == ["x"]
+        nested = {"id": pa.string(), "n": pa.float64(), "times": pa.map_(pa.string(),
+                                                                          pa.float64()),
+                  "request": pa.string()}
+        log.append(model, [{"kind": "nested", "id": "m", "n": 2, "times": {"a": 1, "b": 2.5},
+                            "request": {"user": "u1", "amount": 3.5}},
+                           {"kind": "nested", "id": "k", "n": "text", "times": 4.5,
+                            "request": "plain"}]).result(timeout=60)
+        mixed = log.read(model, nested, kinds=["nested"]).sort_by("id")
+        assert mixed.schema == pa.schema(list(nested.items()))
+        assert mixed["id"].to_pylist() == ["k", "m"]
+        assert mixed["n"].to_pylist() == [None, 2.0]          # a value that does not fit: null
+        assert mixed["times"].to_pylist() == [None, [("a", 1.0), ("b", 2.5)]]
+        assert mixed["request"][0].as_py() == "plain"
+        assert json.loads(mixed["request"][1].as_py()) == {"user": "u1", "amount": 3.5}
         assert log.size(model) > 0
     finally:
         log.close()

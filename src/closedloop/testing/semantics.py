@@ -243,3 +243,16 @@ def check_offline_engine(engine: OfflineEngine) -> None:
                     assert same_value(have[name], value), (
                         f"{case.name} ({case.rule}): {name} for {query} is {have[name]!r}, "
                         f"expected {value!r}")
+    check_lookup(engine)
+
+
+def check_lookup(engine: OfflineEngine) -> None:
+    """``lookup`` finds each key's position among the values — null for a key not there,
+    a null key, or an empty set of values — whatever the order."""
+    import pyarrow as pa
+
+    values = pa.array(["b", "a", "c", "é"])
+    keys = pa.chunked_array([["a", "x", None], ["é", "a", "c", "b"]])
+    assert engine.lookup(keys, values).to_pylist() == [1, None, None, 3, 1, 2, 0]
+    assert engine.lookup(keys, pa.array([], pa.string())).null_count == len(keys)
+    assert engine.lookup(pa.array([], pa.string()), values).to_pylist() == []
