@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from closedloop.backends import duckdb_ranges, ranges
 from closedloop.backends.base import ROW_ID, ROW_KEY, ROW_TS
+from closedloop.backends.duckdb_types import COMPATIBLE, NANO_INSTANTS, SQL_TYPES, logical
 from closedloop.backends.eventlog import EventLog
 from closedloop.backends.windowsql import (
     hop_ctes,
@@ -46,41 +47,7 @@ from closedloop.errors import (
 )
 from closedloop.features.definitions import FeatureView, WindowedFeature
 
-_SQL_TYPES: dict[LogicalType, str] = {
-    "string": "VARCHAR", "int64": "BIGINT", "float64": "DOUBLE", "bool": "BOOLEAN",
-    "timestamp": "TIMESTAMPTZ",
-}
-
-
-_NANO_INSTANTS = ("TIMESTAMPTZ_NS", "TIMESTAMP_NS WITH TIME ZONE")
-
-
-def _logical(duck_type: str) -> str:
-    t = duck_type.upper()
-    if t in ("VARCHAR", "STRING", "TEXT") or t.startswith("VARCHAR"):
-        return "string"
-    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER",
-             "UBIGINT", "HUGEINT"):
-        return "int64"
-    if t in ("FLOAT", "DOUBLE", "REAL") or t.startswith("DECIMAL"):
-        return "float64"
-    if t == "BOOLEAN":
-        return "bool"
-    if t in ("TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", *_NANO_INSTANTS):
-        return "timestamp"           # nanosecond instants: read to the µs (check_source)
-    if t.startswith("TIMESTAMP") or t == "DATE":
-        return "timestamp_naive"
-    return t.lower()
-
-
 _PLANS = ("auto", "sql", "ranges")
-
-_COMPATIBLE = {
-    "string": {"string"}, "int64": {"int64"}, "float64": {"float64", "int64"},
-    "bool": {"bool"}, "timestamp": {"timestamp"},
-}
-
-
 
 
 def _lit(text: str) -> str:
@@ -176,7 +143,7 @@ class DuckDBEngine:
             return log                    # nothing but pushed rows so far
         path_sql = _lit(self._path(source))
         if source.file_format == "csv":
-            declared = {c: _SQL_TYPES[t] for c, t in source.logical_schema.items()}
+            declared = {c: SQL_TYPES[t] for c, t in source.logical_schema.items()}
             types = ", ".join(f"{_lit(c)}: {_lit(t)}" for c, t in declared.items())
             extra = f", types = {{{types}}}" if types else ""
             base = f"read_csv({path_sql}, header = true, union_by_name = true{extra})"
@@ -243,7 +210,7 @@ class DuckDBEngine:
 
     # -- schema -----------------------------------------------------------------------------
     def columns(self, source: AnySource) -> dict[str, str]:
-        return {name: _logical(kind) for name, kind in self._described(source).items()}
+        return {name: logical(kind) for name, kind in self._described(source).items()}
 
     def _described(self, source: AnySource) -> dict[str, str]:
         """The source's columns and their DuckDB types."""
@@ -261,7 +228,7 @@ class DuckDBEngine:
         """Refuse nanosecond instants finer than a microsecond in the source's own files (the
         boundary ingestion and push guard for the rest): never rounded, as everywhere."""
         finer = [c for c in dict.fromkeys(columns)
-                 if described.get(c, "").upper() in _NANO_INSTANTS]
+                 if described.get(c, "").upper() in NANO_INSTANTS]
         if not finer:
             return
         counts = ", ".join(f"count(*) FILTER (WHERE epoch_ns({q(c)}) % 1000 <> 0)"
@@ -280,7 +247,7 @@ class DuckDBEngine:
                      needed: Sequence[str]) -> dict[str, str]:
         """Check that a source has what a view reads; return its columns."""
         described = self._described(source)
-        cols = {name: _logical(kind) for name, kind in described.items()}
+        cols = {name: logical(kind) for name, kind in described.items()}
         self._check_micros(source, described, [c for c in (*source.time_columns, *needed)
                                                if cols.get(c) == "timestamp"])
         for col, role in [(source.timestamp, "timestamp"), *(
@@ -312,7 +279,7 @@ class DuckDBEngine:
                 raise SchemaMismatch(f"source {source.name!r} has no column {col!r}",
                                      fix=f"its columns are {sorted(cols)}")
             want = declared.get(col)
-            if want is not None and cols[col] not in _COMPATIBLE[want]:
+            if want is not None and cols[col] not in COMPATIBLE[want]:
                 raise SchemaMismatch(
                     f"column {col!r} of source {source.name!r} is {cols[col]}, but the source "
                     f"declares {want}", fix="fix the data or the declared schema")
@@ -362,36 +329,26 @@ class DuckDBEngine:
         the equal value; null where there is none. A hash join in DuckDB, in parallel — several
         times faster than Arrow's single-threaded ``index_in`` on millions of strings."""
         n = len(keys)
-        left = pa.table({"k": keys, "i": pa.array(np.arange(n, dtype=np.int64))})
-        right = pa.table({"k": values, "j": pa.array(np.arange(len(values), dtype=np.int64))})
-        with self._lock:
-            con = self._connection()
-            self._seq += 1
-            names = f"__keys_{self._seq}", f"__values_{self._seq}"
-            con.register(names[0], left)
-            con.register(names[1], right)
-            try:
-                found = con.sql(f"SELECT i, j FROM {names[0]} JOIN {names[1]} USING (k)"
-                                ).to_arrow_table()
-            except duckdb.Error as exc:
-                raise DataError(f"the lookup failed: {exc}",
-                                fix="look up keys of the values' type") from exc
-            finally:
-                con.unregister(names[0])
-                con.unregister(names[1])
+        found = self._over("SELECT i, j FROM __rows JOIN __values USING (k)",
+                           pa.table({"k": keys, "i": pa.array(np.arange(n, dtype=np.int64))}),
+                           pa.table({"k": values, "j": pa.array(np.arange(len(values),
+                                                                          dtype=np.int64))}))
         out = np.full(n, -1, dtype=np.int64)
         out[found["i"].to_numpy()] = found["j"].to_numpy()
         return pa.array(out, mask=out < 0)
 
-    def _over(self, sql: str, rows: pa.Table) -> pa.Table:
-        """Run ``sql`` with ``rows`` registered as ``__rows``; DuckDB's errors as ours."""
+    def _over(self, sql: str, rows: pa.Table, values: pa.Table | None = None) -> pa.Table:
+        """Run ``sql`` with ``rows`` registered as ``__rows`` (and ``values`` as
+        ``__values``); DuckDB's errors as ours."""
         with self._lock:
             con = self._connection()
             self._seq += 1
-            name = f"__rows_{self._seq}"
-            con.register(name, rows)
+            names = {"__rows": rows} if values is None else {"__rows": rows, "__values": values}
+            for name, table in names.items():
+                con.register(f"{name}_{self._seq}", table)
+                sql = sql.replace(name, f"{name}_{self._seq}")
             try:
-                result = con.sql(sql.replace("__rows", name)).to_arrow_table()
+                result = con.sql(sql).to_arrow_table()
             except duckdb.OutOfMemoryException as exc:
                 raise BackendError(f"DuckDB ran out of memory: {exc}",
                                    fix="raise [offline] memory_limit or set temp_directory "
@@ -404,7 +361,8 @@ class DuckDBEngine:
                 raise DataError(f"the offline query failed: {exc}",
                                 fix="check the source files against their definitions") from exc
             finally:
-                con.unregister(name)
+                for name in names:
+                    con.unregister(f"{name}_{self._seq}")
         return result
 
     def _source_cte(self, view: FeatureView, columns: Sequence[str]) -> str:
@@ -464,7 +422,7 @@ class DuckDBEngine:
 
     @staticmethod
     def _key_sql(view: FeatureView) -> str:
-        return _SQL_TYPES[view.entity.spec()["dtype"]]
+        return SQL_TYPES[view.entity.spec()["dtype"]]
 
     def _windowed_sql(self, view: FeatureView, wanted: list[WindowedFeature],
                       types: dict[str, str], horizon: int | None = None) -> str:
