@@ -11,10 +11,11 @@ closely), so a unit's pre-period explains much of its test-period value.
 
 * ``closedloop``: what the ladder's controller runs at its A/B step, less the label
   store (the labels are a file here): the prediction log read as a table
-  (``closedloop.serving.records.prediction_table``, as ``project.serving.predictions``
-  reads it), their labels looked up in the offline engine (``join_labels``), the arms and
-  the pre-period as masks (``closedloop.serving.measure``), and
-  ``closedloop.serving.evidence.ab_evidence``: unit-level means of log loss (primary;
+  (``closedloop.serving.records.prediction_table``, the columns the A/B step reads, as
+  ``project.serving.predictions`` reads them), their labels looked up in the offline
+  engine (``join_labels``), the arms and the pre-period as masks
+  (``closedloop.serving.measure``), and ``closedloop.serving.evidence.ab_evidence`` with
+  the units numbered by the engine (``encode``): unit-level means of log loss (primary;
   CUPED by each unit's pre-period log loss, then a confidence sequence), Brier and the
   block rate (guardrails; confidence sequences), the SRM check and the sample the MDE
   needs.
@@ -116,23 +117,24 @@ def _closedloop(data: Path) -> Any:
     from closedloop.backends.duckdb import DuckDBEngine
     from closedloop.backends.predictions import FilePredictionLog
     from closedloop.serving.evidence import ab_evidence, mask
-    from closedloop.serving.measure import pre_period
+    from closedloop.serving.measure import AB_COLUMNS, pre_period
     from closedloop.serving.records import prediction_table
     from closedloop.serving.service import join_labels
 
     log, engine = FilePredictionLog(data / "log"), DuckDBEngine()
     try:
-        table = prediction_table(log, "bench", shadows=False)
+        table = prediction_table(log, "bench", shadows=False,
+                                 columns=[*AB_COLUMNS, "subject", "time"])
         table = join_labels(table, pq.read_table(data / "labels.parquet"), engine=engine)
+        during = mask(table, pc.equal(table["step"], LABEL))
+        treated = during & mask(table, pc.equal(table["route"], "ab"))
+        control = during & mask(table, pc.equal(table["route"], "production"))
+        ladder = _ladder()
+        evidence = ab_evidence(ladder, ladder.spec()["ab"], table, treated, control,
+                               pre_period(table, 1, 1), engine=engine)
     finally:
         log.close()
         engine.close()
-    during = mask(table, pc.equal(table["step"], LABEL))
-    treated = during & mask(table, pc.equal(table["route"], "ab"))
-    control = during & mask(table, pc.equal(table["route"], "production"))
-    ladder = _ladder()
-    evidence = ab_evidence(ladder, ladder.spec()["ab"], table, treated, control,
-                           pre_period(table, 1, 1))
     return _rows(evidence), {"units": float(sum(evidence.figures["units"].values()))}
 
 

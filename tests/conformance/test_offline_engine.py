@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from closedloop.backends.base import OfflineEngine
 from closedloop.backends.duckdb import DuckDBEngine
@@ -69,3 +73,18 @@ def test_check_catches_a_wrong_engine() -> None:
             check_offline_engine(wrong)
     finally:
         wrong.close()
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.lists(st.one_of(st.none(), st.text(max_size=3)), max_size=20),
+                       min_size=1, max_size=3))
+def test_encode_agrees_with_arrow(engine: OfflineEngine, chunks: list[list[str | None]]) -> None:
+    """The engine's dictionary encoding decodes to the keys and numbers each distinct value
+    once, as Arrow's does (whatever the order it numbers them in)."""
+    keys = pa.chunked_array(chunks, pa.string())
+    found = engine.encode(keys)
+    arrow = pc.dictionary_encode(keys.combine_chunks())
+    assert found.dictionary_decode().to_pylist() == keys.to_pylist()
+    assert sorted(found.dictionary.to_pylist()) == sorted(arrow.dictionary.to_pylist())
+    assert found.indices.null_count == arrow.indices.null_count

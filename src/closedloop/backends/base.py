@@ -77,6 +77,11 @@ class OfflineEngine(Protocol):
         the equal value, null where there is none (int64)."""
         ...
 
+    def encode(self, keys: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+        """``keys`` dictionary-encoded, as ``pyarrow.compute.dictionary_encode`` does (each
+        distinct value once in the dictionary, in any order; a null key stays null)."""
+        ...
+
     def compact(self, source: AnySource, small_rows: int = 1_000_000) -> int:
         """Merge the parts of the source's event log under ``small_rows`` rows into one,
         never showing a row twice or losing one, even after a crash; return how many parts

@@ -329,13 +329,21 @@ class DuckDBEngine:
         the equal value; null where there is none. A hash join in DuckDB, in parallel — several
         times faster than Arrow's single-threaded ``index_in`` on millions of strings."""
         n = len(keys)
+        at = np.arange(max(n, len(values)), dtype=np.int64)    # both sides' positions
         found = self._over("SELECT i, j FROM __rows JOIN __values USING (k)",
-                           pa.table({"k": keys, "i": pa.array(np.arange(n, dtype=np.int64))}),
-                           pa.table({"k": values, "j": pa.array(np.arange(len(values),
-                                                                          dtype=np.int64))}))
+                           pa.table({"k": keys, "i": pa.array(at[:n])}),
+                           pa.table({"k": values, "j": pa.array(at[:len(values)])}))
         out = np.full(n, -1, dtype=np.int64)
         out[found["i"].to_numpy()] = found["j"].to_numpy()
         return pa.array(out, mask=out < 0)
+
+    def encode(self, keys: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
+        """``keys`` dictionary-encoded: the distinct values, then each key's position among
+        them (``lookup``) — DuckDB's parallel hash table, where Arrow's encoder is one
+        thread."""
+        distinct = self._over("SELECT DISTINCT k FROM __rows WHERE k IS NOT NULL",
+                              pa.table({"k": keys}))["k"].combine_chunks()
+        return pa.DictionaryArray.from_arrays(self.lookup(keys, distinct), distinct)
 
     def _over(self, sql: str, rows: pa.Table, values: pa.Table | None = None) -> pa.Table:
         """Run ``sql`` with ``rows`` registered as ``__rows`` (and ``values`` as

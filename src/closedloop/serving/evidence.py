@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from closedloop.backends.base import OfflineEngine
 from closedloop.errors import ExperimentError, PromotionBlocked
 from closedloop.experiments import stats
 from closedloop.registry.ladder import Ladder
@@ -135,10 +136,16 @@ class Units:
     cache: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, column: pa.ChunkedArray | pa.Array, groups: Sequence[Mask]) -> Units:
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        encoded = pc.dictionary_encode(pc.cast(column, pa.string()))
+    def of(cls, column: pa.ChunkedArray | pa.Array, groups: Sequence[Mask],
+           engine: OfflineEngine | None = None) -> Units:
+        """The rows' units (``column``) numbered — by the offline ``engine``, in parallel,
+        where one is given — and the ``groups`` they fall in."""
+        column = pc.cast(column, pa.string())
+        if engine is not None:
+            encoded = engine.encode(column)
+        else:
+            encoded = pc.dictionary_encode(column.combine_chunks() if isinstance(
+                column, pa.ChunkedArray) else column)
         count = len(encoded.dictionary)
         keys = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False).astype(
             np.int64)
@@ -188,14 +195,15 @@ def mask(table: pa.Table, condition: pa.ChunkedArray | pa.Array) -> Mask:
 
 def metric_effect(ladder: Ladder, name: str, rows: pa.Table, treated: Mask, control: Mask,
                   *, alpha: float, sequential: bool, pre: Mask | None = None,
-                  ) -> dict[str, Any]:
+                  engine: OfflineEngine | None = None) -> dict[str, Any]:
     """The candidate's effect on a metric at unit level over ``rows``: per arm (a mask over
     the rows), each unit's mean value over its (matured, when the metric reads labels)
     predictions; the absolute effect (candidate − production) with its interval — a
     confidence sequence, or Welch's (CUPED-adjusted by each unit's mean over the ``pre``
     rows) — and ``worsening`` (low, value, high): the effect turned so that positive is
-    worse."""
-    units = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]))
+    worse. The units are numbered by the offline ``engine`` where one is given."""
+    units = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]),
+                     engine)
     value, has = _values(ladder, name, rows)
     a, b, *before = units.means(value, has)
     return _effect(ladder, name, a, b, alpha=alpha, sequential=sequential,
@@ -257,19 +265,22 @@ def _effect(ladder: Ladder, name: str, a: UnitMeans, b: UnitMeans, *, alpha: flo
 
 
 def ab_evidence(ladder: Ladder, spec: Mapping[str, Any], rows: pa.Table, treated: Mask,
-                control: Mask, pre: Mask | None = None) -> Evidence:
+                control: Mask, pre: Mask | None = None,
+                engine: OfflineEngine | None = None) -> Evidence:
     """The A/B step's evidence over ``rows``, predictions with their labels: the two arms
     and, for CUPED, what production served before the test, each a mask over the rows.
     Unit counts and the SRM check, the primary metric's effect (CUPED where the pre-period
     covers the units; a confidence sequence or Welch), the units the MDE needs, each
     guardrail's effect, and the verdict (see ``closedloop.serving.controller``). The
     controller and the `ab` benchmark both run it: the units are numbered once and every
-    metric is computed once over all the rows."""
+    metric is computed once over all the rows (the units numbered by the offline
+    ``engine`` where one is given)."""
     primary = spec["primary"]
     limits = spec["guardrails"]
     if not isinstance(limits, dict):             # a policy recorded as a list
         limits = dict.fromkeys(limits, 0.0)
-    everyone = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]))
+    everyone = Units.of(rows["unit"], [control, treated] + ([] if pre is None else [pre]),
+                        engine)
     present = everyone.present()
     units = {"control": present[0], "treatment": present[1]}
     figures: dict[str, Any] = {"units": units, "share": spec["share"],
@@ -390,7 +401,8 @@ def _values(ladder: Ladder, name: str, rows: pa.Table,
     needs_label, _ = ladder.metric(name)
     seen = {} if seen is None else seen
     if "score" not in seen:
-        seen["score"] = rows["score"].to_numpy(zero_copy_only=False).astype(np.float64)
+        seen["score"] = rows["score"].to_numpy(zero_copy_only=False).astype(np.float64,
+                                                                            copy=False)
     score = seen["score"]
     has = np.ones(rows.num_rows, dtype=bool)
     y = np.zeros(rows.num_rows)
@@ -405,8 +417,11 @@ def _values(ladder: Ladder, name: str, rows: pa.Table,
         has, y = seen["has"], seen["y"]
     if name == "log_loss":
         p = np.clip(score, 1e-15, 1 - 1e-15)
-        if np.all((y == 0.0) | (y == 1.0)):     # one logarithm a row; the same values
-            value = -np.log(np.where(y == 1.0, p, 1.0 - p))
+        one = y == 1.0
+        if np.count_nonzero(one) + np.count_nonzero(y == 0.0) == y.size:
+            value = np.subtract(1.0, p, out=p, where=~one)  # one logarithm a row, in place
+            np.log(value, out=value)
+            np.negative(value, out=value)
         else:
             value = -(y * np.log(p) + (1 - y) * np.log(1 - p))
     elif name == "brier":

@@ -34,7 +34,7 @@ from closedloop.serving.evidence import (
 from closedloop.serving.service import ServingService, step_label
 
 #: What the A/B step reads of the log when its metrics need no more (see ``_plain_metrics``).
-_AB_COLUMNS = ("unit", "route", "step", "version", "score", "decision")
+AB_COLUMNS = ("unit", "route", "step", "version", "score", "decision")
 
 
 def _plain_metrics(spec: Mapping[str, Any]) -> bool:
@@ -72,7 +72,7 @@ class Measurements:
         ladder = self.declared(record.model)
         return self.serving.predictions(record.model, requests=self._request_fields(ladder),
                                         shadows=record.step == "shadow",
-                                        columns=_AB_COLUMNS if record.step == "ab"
+                                        columns=AB_COLUMNS if record.step == "ab"
                                         and _plain_metrics(record.spec["ab"]) else None)
 
     def _request_fields(self, ladder: Ladder) -> list[str]:
@@ -275,7 +275,8 @@ class Measurements:
         metrics = {}
         for name, worse in spec["metrics"].items():
             found = metric_effect(ladder, name, predictions, is_treated, is_control,
-                                  alpha=0.05, sequential=True)
+                                  alpha=0.05, sequential=True,
+                                  engine=self.serving.features.engine)
             metrics[name] = found
             if "effect" in found and found["worsening_low"] > worse:
                 reasons.append(f"{name} is worse by {found['worsening']:.4g} (at least "
@@ -290,7 +291,7 @@ class Measurements:
         pre = pre_period(predictions, int(record.spec.get("attempt", 1)),
                          record.baseline) if spec["cuped"] else None
         return ab_evidence(self.declared(record.model), spec, predictions, treated, control,
-                           pre)
+                           pre, engine=self.serving.features.engine)
 
 
 def pre_period(predictions: pa.Table, attempt: int, baseline: int | None) -> Mask:

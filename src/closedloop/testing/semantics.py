@@ -244,6 +244,7 @@ def check_offline_engine(engine: OfflineEngine) -> None:
                         f"{case.name} ({case.rule}): {name} for {query} is {have[name]!r}, "
                         f"expected {value!r}")
     check_lookup(engine)
+    check_encode(engine)
 
 
 def check_lookup(engine: OfflineEngine) -> None:
@@ -256,3 +257,17 @@ def check_lookup(engine: OfflineEngine) -> None:
     assert engine.lookup(keys, values).to_pylist() == [1, None, None, 3, 1, 2, 0]
     assert engine.lookup(keys, pa.array([], pa.string())).null_count == len(keys)
     assert engine.lookup(pa.array([], pa.string()), values).to_pylist() == []
+
+
+def check_encode(engine: OfflineEngine) -> None:
+    """``encode`` numbers the distinct keys (nulls stay null): decoded, the keys come back;
+    each value is in the dictionary once."""
+    import pyarrow as pa
+
+    keys = pa.chunked_array([["b", None, "a"], ["b", "é", "a", None]])
+    found = engine.encode(keys)
+    assert found.dictionary_decode().to_pylist() == keys.to_pylist()
+    assert sorted(found.dictionary.to_pylist()) == ["a", "b", "é"]
+    assert found.indices.null_count == 2
+    assert len(engine.encode(pa.array([], pa.string()))) == 0
+    assert engine.encode(pa.array([None, None], pa.string())).null_count == 2
