@@ -334,8 +334,10 @@ class DuckDBEngine:
                            pa.table({"k": keys, "i": pa.array(at[:n])}),
                            pa.table({"k": values, "j": pa.array(at[:len(values)])}))
         out = np.full(n, -1, dtype=np.int64)
-        out[found["i"].to_numpy()] = found["j"].to_numpy()
-        return pa.array(out, mask=out < 0)
+        for i, j in zip(found["i"].chunks, found["j"].chunks, strict=True):  # one table's
+            out[i.to_numpy()] = j.to_numpy()                                  # batches
+        missing = out < 0
+        return pa.array(out, mask=missing if missing.any() else None)
 
     def encode(self, keys: pa.Array | pa.ChunkedArray) -> pa.DictionaryArray:
         """``keys`` dictionary-encoded: the distinct values, then each key's position among
