@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from closedloop.backends.predictions import FilePredictionLog as PredictionLog
@@ -120,6 +121,8 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     again = PredictionLog(tmp_path / "log")
     assert [r["id"] for r in again.records("m")] == ["a", "b"]
     assert again.read("m").column("id").to_pylist() == ["a", "b"]
+    by_column = again.read("m", {"id": pa.string()})   # DuckDB's reader: strict, then lenient
+    assert by_column.column("id").to_pylist() == ["a", "b"]
 
 
 def test_a_log_that_cannot_write_says_so_and_recovers(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -265,11 +266,17 @@ class FilePredictionLog:
 
     def _read_columns(self, model: str, columns: Mapping[str, pa.DataType],
                       kinds: Sequence[str] | None) -> pa.Table:
+        with tempfile.TemporaryDirectory(prefix="cl-log-") as folder:
+            paths = _whole_lines(self.segments(model), Path(folder))
+            if not paths:
+                return pa.table({n: pa.array([], t) for n, t in columns.items()})
+            return self._query_columns(model, paths, columns, kinds)
+
+    def _query_columns(self, model: str, paths: Sequence[Path],
+                       columns: Mapping[str, pa.DataType],
+                       kinds: Sequence[str] | None) -> pa.Table:
         import duckdb
 
-        paths = self.segments(model)
-        if not paths:
-            return pa.table({n: pa.array([], t) for n, t in columns.items()})
         fields = dict(columns)
         if kinds is not None:
             fields.setdefault("kind", pa.string())
@@ -278,16 +285,45 @@ class FilePredictionLog:
         where = "" if kinds is None else " WHERE kind IN (" + ", ".join(
             "'" + k.replace("'", "''") + "'" for k in kinds) + ")"
         con = duckdb.connect()
+
+        def query(lenient: str) -> pa.Table:
+            return con.sql(f"SELECT {', '.join(_sql_name(n) for n in columns)} FROM read_json("
+                           f"[{files}], format = 'newline_delimited', ignore_errors = {lenient},"
+                           f" columns = {{{declared}}}){where}").to_arrow_table()
         try:
-            table = con.sql(f"SELECT {', '.join(_sql_name(n) for n in columns)} FROM read_json("
-                            f"[{files}], format = 'newline_delimited', ignore_errors = true, "
-                            f"columns = {{{declared}}}){where}").to_arrow_table()
+            try:        # strict first (faster); a value that does not fit: leniently
+                table = query("false")
+            except duckdb.Error:
+                table = query("true")
         except duckdb.Error as exc:
             raise BackendError(f"the prediction log of {model!r} could not be read: {exc}",
                                fix=f"check {self.root / model}") from exc
         finally:
             con.close()
         return table.cast(pa.schema([(n, t) for n, t in columns.items()]))
+
+
+def _whole_lines(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """The segments as whole lines: one whose last line is torn (a crash, or a write still
+    under way) is read from a copy of its complete lines in ``folder`` — a segment is at
+    most ``segment_bytes`` — the others in place."""
+    out: list[Path] = []
+    for path in paths:
+        try:
+            f = path.open("rb")
+        except FileNotFoundError:          # removed since it was listed
+            continue
+        with f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or (f.seek(size - 1), f.read(1))[1] == b"\n":
+                out.append(path)
+                continue
+            f.seek(0)
+            data = f.read(size)
+        copy = folder / f"{len(out):06d}-{path.name}"
+        copy.write_bytes(data[:data.rfind(b"\n") + 1])
+        out.append(copy)
+    return out
 
 
 def _of_kinds(table: pa.Table, kinds: Sequence[str] | None) -> pa.Table:

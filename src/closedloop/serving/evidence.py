@@ -150,10 +150,10 @@ class Units:
         keys = pc.fill_null(encoded.indices, count).to_numpy(zero_copy_only=False).astype(
             np.int64)
         taken = np.zeros(len(keys), dtype=np.uint8)
-        for g, rows in enumerate(groups):
+        for g, rows in enumerate(groups):      # one pass each, no index built
             taken += rows
-            keys[rows] += g * (count + 1)
-        keys[taken == 0] += len(groups) * (count + 1)
+            np.add(keys, g * (count + 1), out=keys, where=rows)
+        np.add(keys, len(groups) * (count + 1), out=keys, where=taken == 0)
         if taken.max(initial=0) > 1:
             raise ExperimentError("the groups share rows: an arm or the pre-period would "
                                   "count a prediction twice",
