@@ -291,10 +291,13 @@ class FilePredictionLog:
                            f"[{files}], format = 'newline_delimited', ignore_errors = {lenient},"
                            f" columns = {{{declared}}}){where}").to_arrow_table()
         try:
-            try:        # strict first (faster); a value that does not fit: leniently
-                table = query("false")
-            except duckdb.Error:
-                table = query("true")
+            if any(pa.types.is_map(t) for t in fields.values()):
+                table = query("true")   # other kinds log a number where a map is read
+            else:
+                try:    # strict first (faster); a value that does not fit: leniently
+                    table = query("false")
+                except duckdb.Error:
+                    table = query("true")
         except duckdb.Error as exc:
             raise BackendError(f"the prediction log of {model!r} could not be read: {exc}",
                                fix=f"check {self.root / model}") from exc
