@@ -62,7 +62,7 @@ def run_workload(name: str, repeat: int, scale: float, systems: list[str] | None
                  as_json: bool) -> list[dict[str, Any]]:
     module = WORKLOADS[name]
     if not as_json:
-        print(f"\n== {name}: generating data (scale {scale:g}) ...", flush=True)
+        print(f"\n== {name}: data at scale {scale:g} (generated on first use) ...", flush=True)
     data = module.DATA(scale)
     missing = module.unavailable() if hasattr(module, "unavailable") else {}
     for system, why in missing.items():
