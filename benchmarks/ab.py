@@ -119,12 +119,12 @@ def _closedloop(data: Path) -> Any:
     from closedloop.serving.evidence import ab_evidence, mask
     from closedloop.serving.measure import AB_COLUMNS, pre_period
     from closedloop.serving.records import prediction_table
-    from closedloop.serving.service import join_labels
+    from closedloop.serving.service import LABELLED_BY, join_labels
 
     log, engine = FilePredictionLog(data / "log"), DuckDBEngine()
     try:
         table = prediction_table(log, "bench", shadows=False,
-                                 columns=[*AB_COLUMNS, "subject", "time"])
+                                 columns=[*AB_COLUMNS, *LABELLED_BY])
         table = join_labels(table, pq.read_table(data / "labels.parquet"), engine=engine)
         during = mask(table, pc.equal(table["step"], LABEL))
         treated = during & mask(table, pc.equal(table["route"], "ab"))

@@ -50,6 +50,10 @@ from closedloop.training.model import Model
 _JSON_TYPES = {"string": "string", "int64": "integer", "float64": "number", "bool": "boolean"}
 
 
+#: What ``ServingService.predictions`` also reads of the log to join labels and age them.
+LABELLED_BY = ("subject", "time")
+
+
 def join_labels(table: pa.Table, labels: pa.Table, on: str = "subject",
                 engine: OfflineEngine | None = None) -> pa.Table:
     """``table`` (rows in their order) with every other column of ``labels`` — one row per
@@ -354,7 +358,7 @@ class ServingService:
         while its label may still come (the outcome lag)."""
         self.serving(model)
         if columns is not None and labels:       # what the labels are joined and aged by
-            columns = [*columns, *(c for c in ("subject", "time") if c not in columns)]
+            columns = [*columns, *(c for c in LABELLED_BY if c not in columns)]
         table = prediction_table(self.log, model, requests=requests, shadows=shadows,
                                  columns=columns)
         declared = self.models[model]
