@@ -162,6 +162,13 @@ class ExperimentError(ClosedLoopError):
     code = "CL-800"
 
 
+class MonitoringError(ClosedLoopError):
+    """A monitor cannot run as declared: a reference from another model or version, a
+    statistic or rule that does not exist, an alert rule without a playbook."""
+
+    code = "CL-900"
+
+
 __all__ = [
     "ArtefactCorrupted",
     "BackendError",
@@ -173,6 +180,7 @@ __all__ = [
     "ExperimentError",
     "LadderMoved",
     "LeakageError",
+    "MonitoringError",
     "Overloaded",
     "PointInTimeError",
     "PromotionBlocked",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,22 +31,11 @@ from closedloop.experiments import (
     srm,
     welch,
 )
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _reference_dir() -> Path | None:
-    """``$CLOSEDLOOP_REFERENCE``, else ``shared/reference`` beside the checkout, else this
-    workplace's ``/work/shared/reference``."""
-    for candidate in (os.environ.get("CLOSEDLOOP_REFERENCE"), ROOT.parent / "shared" /
-                      "reference", "/work/shared/reference"):
-        if candidate and (Path(candidate) / "ab" / "cases.json").is_file():
-            return Path(candidate)
-    return None
+from tests.shared_reference import reference_dir
 
 
 def _cases() -> list[dict[str, Any]]:
-    folder = _reference_dir()
+    folder = reference_dir("ab/cases.json")
     if folder is None:
         return []
     cases: list[dict[str, Any]] = json.loads((folder / "ab" / "cases.json").read_text())["cases"]

@@ -1,0 +1,221 @@
+"""Drift statistics against scipy (property tests), mergeable counts, the sketches' error
+bounds, bad input, and the decision rule's false-alarm rate and power over many seeds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from closedloop.errors import MonitoringError
+from closedloop.monitoring import (
+    DriftDetector,
+    DriftRule,
+    Persistence,
+    chi_square,
+    compare,
+    count,
+    fit_reference,
+    js_distance,
+    kl_divergence,
+    ks_statistic,
+    psi,
+    psi_null_threshold,
+    wasserstein_normed,
+)
+from closedloop.monitoring.reference import Binning, Reference
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+samples = st.lists(finite, min_size=2, max_size=60)   # scipy's asymptotic KS divides by n − 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 500), st.integers(0, 500)), min_size=2, max_size=12))
+def test_chi_square_is_scipys_contingency_test(pairs: list[tuple[int, int]]) -> None:
+    ref, cur = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    got = chi_square(ref, cur)
+    keep = (ref + cur) > 0
+    if ref.sum() == 0 or cur.sum() == 0 or keep.sum() < 2:
+        assert (got.statistic, got.p_value) == (0.0, 1.0)
+        return
+    want = stats.chi2_contingency(np.stack([ref[keep], cur[keep]]), correction=False)
+    assert got.dof == want.dof
+    assert got.statistic == pytest.approx(want.statistic, rel=1e-9, abs=1e-9)
+    assert got.p_value == pytest.approx(want.pvalue, rel=1e-9, abs=1e-12)
+
+
+@given(samples, samples)
+def test_ks_and_wasserstein_are_scipys(a: list[float], b: list[float]) -> None:
+    want_d = stats.ks_2samp(a, b, method="asymp").statistic
+    assert ks_statistic(a, b) == pytest.approx(want_d, abs=1e-12)
+    want = stats.wasserstein_distance(a, b) / max(float(np.std(a)), 0.001)
+    assert wasserstein_normed(a, b) == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=10).filter(lambda p: sum(p) > 0),
+       st.lists(st.floats(0, 1), min_size=2, max_size=10).filter(lambda p: sum(p) > 0))
+def test_divergences_are_scipys(p: list[float], q: list[float]) -> None:
+    n = min(len(p), len(q))
+    p_, q_ = np.array(p[:n]), np.array(q[:n])
+    if p_.sum() == 0 or q_.sum() == 0:
+        return
+    from scipy.spatial import distance
+
+    assert js_distance(p_, q_) == pytest.approx(distance.jensenshannon(p_, q_), abs=1e-7)
+    floor_p, floor_q = np.maximum(p_, 1e-4), np.maximum(q_, 1e-4)
+    assert kl_divergence(p_, q_) == pytest.approx(stats.entropy(floor_p, floor_q), abs=1e-9)
+    assert psi(p_, p_) == 0.0
+    assert psi(p_, q_) >= 0
+
+
+def test_statistics_refuse_bad_input() -> None:
+    with pytest.raises(MonitoringError, match="bins"):
+        psi([0.5, 0.5], [1.0])
+    with pytest.raises(MonitoringError, match="negative or non-finite"):
+        kl_divergence([0.5, np.nan], [0.5, 0.5])
+    with pytest.raises(MonitoringError, match="no values"):
+        ks_statistic([np.nan], [1.0])
+    with pytest.raises(MonitoringError, match="no PSI threshold"):
+        psi_null_threshold(0, 10, 10)
+
+
+values = st.one_of(finite, st.just(float("nan")), st.just(float("inf")), st.none())
+rows = st.lists(st.tuples(values, st.sampled_from(["a", "b", "c", "new", None])), max_size=40)
+
+
+@settings(max_examples=60)
+@given(rows, rows)
+def test_counts_merge_by_addition(first: list[Any], second: list[Any]) -> None:
+    rng = np.random.default_rng(1)
+    reference = fit_reference(pa.table({"x": rng.normal(size=300),
+                                        "c": rng.choice(["a", "b", "c"], 300)}))
+
+    def table(part: list[Any]) -> pa.Table:
+        return pa.table({"x": pa.array([r[0] for r in part], pa.float64()),
+                         "c": pa.array([r[1] for r in part], pa.string())})
+    merged = count(reference, table(first)) + count(reference, table(second))
+    whole = count(reference, table(first + second))
+    assert merged.rows == whole.rows == len(first) + len(second)
+    for name in ("x", "c"):
+        a, b = merged.columns[name], whole.columns[name]
+        assert a.counts.tolist() == b.counts.tolist()
+        assert (a.missing, a.nonfinite) == (b.missing, b.nonfinite)
+        assert a.below == pytest.approx(b.below)
+        assert a.above == pytest.approx(b.above)
+    nan, inf = sum(r[0] is None or r[0] != r[0] for r in first + second), sum(
+        r[0] in (float("inf"),) for r in first + second)
+    assert (whole.columns["x"].missing, whole.columns["x"].nonfinite) == (nan, inf)
+    assert whole.columns["c"].counts[-1] == sum(r[1] == "new" for r in first + second)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31), st.floats(-1, 1), st.floats(0.5, 2), st.integers(20, 3000))
+def test_sketches_hold_the_exact_values(seed: int, shift: float, scale: float,
+                                        n: int) -> None:
+    rng = np.random.default_rng(seed)
+    ref = rng.normal(size=2000)
+    cur = rng.normal(shift, scale, size=n)
+    reference = fit_reference(pa.table({"x": ref}), binning=Binning(resolution=64))
+    got = compare(reference, count(reference, pa.table({"x": cur}))).columns["x"]
+    exact_ks, exact_w = ks_statistic(ref, cur), wasserstein_normed(ref, cur)
+    assert got.ks - 1e-12 <= exact_ks <= got.ks + got.ks_error + 1e-12
+    assert abs(got.wasserstein - exact_w) <= got.wasserstein_error + 1e-9
+
+
+def _reference() -> Reference:
+    rng = np.random.default_rng(7)
+    return fit_reference(pa.table({"x": rng.normal(size=5000),
+                                   "c": rng.choice(["a", "b"], 5000),
+                                   "empty": pa.nulls(5000, pa.float64())}), model="m",
+                         run_id="r1")
+
+
+def test_bad_windows_have_defined_results() -> None:
+    reference = _reference()
+    none = compare(reference, count(reference, pa.table({"x": pa.array([], pa.float64())})))
+    assert none.rows == 0
+    assert not none.drifted
+    assert {c.status for c in none.columns.values()} == {"no_values"}
+    assert np.isnan(none.columns["x"].psi)                      # NaN, never a silent 0
+    nans = compare(reference, count(reference, pa.table({"x": [np.nan] * 10,
+                                                         "c": ["zz"] * 10})))
+    assert nans.columns["x"].status == "no_values"
+    assert nans.columns["x"].missing_share == 1
+    assert nans.columns["c"].unseen_share == 1.0                # a category never seen
+    assert nans.columns["empty"].status == "absent"             # not in the window at all
+    assert reference.columns["empty"].missing == 5000           # all-NaN reference column
+    assert compare(reference, count(reference, pa.table({"empty": [1.0] * 200}))
+                   ).columns["empty"].status == "no_values"
+    with pytest.raises(MonitoringError, match="numeric in the reference"):
+        count(reference, pa.table({"x": ["1.0"]}))
+    other = fit_reference(pa.table({"x": [1.0, 2.0]}), model="m", run_id="r2")
+    with pytest.raises(MonitoringError, match="another reference"):
+        compare(other, count(reference, pa.table({"x": [1.0]})))
+    with pytest.raises(MonitoringError, match="different references"):
+        _ = count(other, pa.table({"x": [1.0]})) + count(reference, pa.table({"x": [1.0]}))
+
+
+def test_reference_round_trips_through_json() -> None:
+    reference = _reference()
+    again = Reference.from_json(reference.to_json())
+    assert again.to_json() == reference.to_json()
+    assert again.hash == reference.hash
+    assert again.columns["x"] == reference.columns["x"]
+
+
+def _alarms(reference: Reference, n: int, shift: float, seeds: int) -> float:
+    """The share of windows of ``n`` rows in which any column drifts."""
+    rule = DriftRule()
+    hits = 0
+    for seed in range(seeds):
+        rng = np.random.default_rng(1000 + seed)
+        window = pa.table({f"x{j}": rng.normal(shift if j == 0 else 0.0, 1, n)
+                           for j in range(4)} | {"c": rng.choice(["a", "b", "c"], n,
+                                                                 p=[0.5, 0.3, 0.2])})
+        hits += bool(compare(reference, count(reference, window), rule).drifted)
+    return hits / seeds
+
+
+@pytest.fixture(scope="module")
+def wide() -> Reference:
+    rng = np.random.default_rng(3)
+    n = 20_000
+    return fit_reference(pa.table({f"x{j}": rng.normal(size=n) for j in range(4)}
+                                  | {"c": rng.choice(["a", "b", "c"], n, p=[0.5, 0.3, 0.2])}))
+
+
+@pytest.mark.parametrize("n", [200, 2_000, 20_000])
+def test_false_alarms_stay_under_the_rate(wide: Reference, n: int) -> None:
+    """Undrifted windows of every size alarm at most at the configured rate (1%, across the
+    five columns), over 300 seeds: at most 3 + the binomial 99.9% margin would be 8; the
+    correction is conservative, so we ask for at most 3."""
+    assert _alarms(wide, n, 0.0, 300) <= DriftRule().alpha
+
+
+@pytest.mark.parametrize(("n", "shift"), [(200, 0.5), (2_000, 0.2), (20_000, 0.1)])
+def test_real_shifts_are_caught_at_every_size(wide: Reference, n: int, shift: float) -> None:
+    assert _alarms(wide, n, shift, 50) >= 0.95
+
+
+def test_a_detector_merges_workers_and_persistence_needs_k_of_w() -> None:
+    reference = _reference()
+    rng = np.random.default_rng(5)
+    a, b = DriftDetector(reference), DriftDetector(reference)
+    a.update(pa.table({"x": rng.normal(1, 1, 500)}))
+    b.update(pa.table({"x": rng.normal(1, 1, 500)}))
+    a.merge(b.counts_)
+    assert a.counts_.columns["x"].n == 1000
+    assert a.result.drifted == ("x",)
+    persistence = Persistence(k=2, w=3)
+    calm = compare(reference, count(reference, pa.table(
+        {"x": np.random.default_rng(11).normal(0, 1, 500)})))
+    assert calm.drifted == ()
+    assert persistence.update(a.result) == ()
+    assert persistence.update(calm) == ()
+    assert persistence.update(a.result) == ("x",)
+    with pytest.raises(MonitoringError, match="impossible"):
+        Persistence(k=3, w=2)
