@@ -105,7 +105,8 @@ def render(results: list[dict[str, Any]], anchor: str | None, metric: str,
                      and f.get("concurrency") == r.get("concurrency")), None)
 
     ours = [r for r in results if r["system"].startswith("closedloop") and r["system"] != base]
-    extra = [k for k in ("concurrency", "p50_ms", "p99_ms", "per_s", "errors", "rollback_s",
+    extra = [k for k in ("concurrency", "cpu_s", "caught", "false_alarms", "p50_ms", "p99_ms",
+                         "per_s", "errors", "rollback_s",
                          "mismatched", "materialize_s",
                          "ingest_s", "train_s", "fit_s", "overhead_s", "overhead_share")
              if any(k in r for r in results)]

@@ -8,6 +8,7 @@ from typing import Any
 from benchmarks import (
     ab,
     batch_score,
+    drift,
     ingest,
     ladder,
     online,
@@ -24,5 +25,5 @@ WORKLOADS: dict[str, ModuleType | Any] = {
     "online-batch": online.online_batch, "materialize": online.materialize,
     "push": push.push, "ingest": ingest.ingest, "train": train.train, "serve": serve.serve,
     "batch-score": batch_score.batch_score, "stream": stream.stream, "ladder": ladder.ladder,
-    "ab": ab.ab,
+    "ab": ab.ab, "drift": drift.drift,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import closedloop as cl
@@ -22,6 +23,18 @@ def test_public_api_is_curated() -> None:
         "Ladder", "Gate", "Shadow", "Canary", "ABTest", "Ramp", "Guardrails", "Metric"])
     for name in cl.__all__:
         assert getattr(cl, name) is not None
+
+
+def test_a_stage_imports_without_the_rest() -> None:
+    """The public names load on first use: importing the monitoring statistics does not pull
+    in the project, the trainers or scipy.stats (the server's and CLI's start-up too)."""
+    code = ("import sys, closedloop.monitoring, closedloop as cl; "
+            "assert 'closedloop.project' not in sys.modules; "
+            "assert 'scipy.stats' not in sys.modules; "
+            "assert cl.Project.__name__ == 'Project'; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.stdout.strip() == "ok", result.stderr
 
 
 def test_every_error_has_a_unique_code_and_derives_from_the_root() -> None:

@@ -28,6 +28,7 @@ from closedloop.monitoring import (
     psi_null_threshold,
     wasserstein_normed,
 )
+from closedloop.monitoring.cells import Binner, Quantiles
 from closedloop.monitoring.reference import Binning, Reference
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
@@ -103,7 +104,8 @@ def test_counts_merge_by_addition(first: list[Any], second: list[Any]) -> None:
     for name in ("x", "c"):
         a, b = merged.columns[name], whole.columns[name]
         assert a.counts.tolist() == b.counts.tolist()
-        assert (a.missing, a.nonfinite) == (b.missing, b.nonfinite)
+        assert (a.missing, a.nonfinite, a.out_of_range) == (b.missing, b.nonfinite,
+                                                             b.out_of_range)
         assert a.below == pytest.approx(b.below)
         assert a.above == pytest.approx(b.above)
     nan, inf = sum(r[0] is None or r[0] != r[0] for r in first + second), sum(
@@ -219,3 +221,39 @@ def test_a_detector_merges_workers_and_persistence_needs_k_of_w() -> None:
     assert persistence.update(a.result) == ("x",)
     with pytest.raises(MonitoringError, match="impossible"):
         Persistence(k=3, w=2)
+
+
+awkward = st.one_of(finite, st.sampled_from([0.0, -0.0, 1.0, 1e-300, -1e300, 1e300, 5e-324]))
+
+
+@given(st.lists(awkward, min_size=1, max_size=300),
+       st.lists(st.floats(0, 1), min_size=1, max_size=20))
+def test_quantiles_by_cells_are_numpys_to_the_bit(data: list[float],
+                                                  levels: list[float]) -> None:
+    x, q = np.array(data), np.unique(np.array(levels))
+    fitted = Quantiles(x)
+    got = fitted.quantiles(q)
+    assert got.tolist() == np.quantile(x, q).tolist()
+    edges = np.unique(got)
+    assert fitted.below(edges).tolist() == np.searchsorted(np.sort(x), edges).tolist()
+
+
+@given(st.lists(awkward, min_size=1, max_size=40), st.lists(awkward, max_size=300))
+def test_binner_is_searchsorted(edges: list[float], data: list[float]) -> None:
+    e, x = np.unique(np.array(edges)), np.array(data, dtype=np.float64)
+    want = np.searchsorted(e, x, side="right")
+    assert Binner(e).bins(x).tolist() == want.tolist()
+
+
+def test_cells_agree_with_numpy_at_scale() -> None:
+    """A million values of several shapes: the cells' paths (not the small-input fallbacks)."""
+    rng = np.random.default_rng(2)
+    levels = np.unique(np.concatenate([np.arange(1, 256) / 256, [0.001, 0.999]]))
+    for x in (rng.normal(size=1_000_000), rng.lognormal(0, 2, 1_000_000),
+              rng.integers(0, 50, 1_000_000).astype(float), np.repeat([1.0, 2.0], 500_000)):
+        fitted = Quantiles(x)
+        edges = fitted.quantiles(levels)
+        assert edges.tolist() == np.quantile(x, levels).tolist()
+        unique = np.unique(edges)
+        assert fitted.below(unique).tolist() == np.searchsorted(np.sort(x), unique).tolist()
+        assert np.array_equal(Binner(unique).bins(x), np.searchsorted(unique, x, side="right"))

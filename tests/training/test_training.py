@@ -202,6 +202,24 @@ def test_registry_versions_aliases_and_loading(project: cl.Project) -> None:
         project.registry.load("fraud", 2)
 
 
+def test_a_version_carries_the_reference_its_run_fitted(project: cl.Project) -> None:
+    """The run fits the monitor's reference on its test rows — every feature, the calibrated
+    score and the label (by value) — and the registered version hands it out."""
+    run = project.training.train("fraud", cutoff=END)
+    version = project.registry.register(run.id)
+    reference = project.registry.reference("fraud", version.version)
+    assert (reference.model, reference.run_id) == ("fraud", run.id)
+    assert list(reference.columns) == [*version.features, "(score)", "(label)"]
+    assert reference.rows == run.report.rows
+    label = reference.columns["(label)"]
+    assert label.kind == "categorical" and set(label.categories) <= {"0", "1"}
+    positives = label.counts[label.categories.index("1")] if "1" in label.categories else 0
+    assert positives == run.report.test["positives"]
+    score = reference.columns["(score)"]
+    assert score.kind == "numeric" and 0 <= score.low <= score.high <= 1
+    assert sum(score.counts) == run.report.rows
+
+
 def test_runs_compare_side_by_side(project: cl.Project) -> None:
     a = project.training.train("fraud", cutoff=END)
     b = project.training.train("fraud", cutoff=END - timedelta(days=3))

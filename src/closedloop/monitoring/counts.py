@@ -28,12 +28,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.errors import MonitoringError
+from closedloop.monitoring.cells import Binner
 from closedloop.monitoring.reference import (
     ColumnReference,
     Reference,
-    category_strings,
     is_numeric,
     numeric_values,
+    value_counts,
 )
 
 _I = np.ndarray[Any, np.dtype[np.int64]]
@@ -50,6 +51,7 @@ class ColumnCounts:
     absent: int = 0                    # rows of windows that did not carry the column
     below: float = 0.0
     above: float = 0.0
+    out_of_range: int = 0              # numeric: values outside the reference's [low, high]
 
     @property
     def n(self) -> int:
@@ -61,18 +63,19 @@ class ColumnCounts:
                                   fix="merge windows counted against one reference")
         return ColumnCounts(self.counts + other.counts, self.missing + other.missing,
                             self.nonfinite + other.nonfinite, self.absent + other.absent,
-                            self.below + other.below, self.above + other.above)
+                            self.below + other.below, self.above + other.above,
+                            self.out_of_range + other.out_of_range)
 
     def to_dict(self) -> dict[str, Any]:
         return {"counts": self.counts.tolist(), "missing": self.missing,
                 "nonfinite": self.nonfinite, "absent": self.absent, "below": self.below,
-                "above": self.above}
+                "above": self.above, "out_of_range": self.out_of_range}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ColumnCounts:
         return cls(np.asarray(data["counts"], dtype=np.int64), int(data["missing"]),
                    int(data["nonfinite"]), int(data["absent"]), float(data["below"]),
-                   float(data["above"]))
+                   float(data["above"]), int(data.get("out_of_range", 0)))
 
 
 @dataclass
@@ -120,7 +123,7 @@ def count_numeric(column: ColumnReference, values: _F) -> ColumnCounts:
     edges = np.asarray(column.edges)
     if edges.size == 0:                         # the reference had no value: one open bin
         return ColumnCounts(np.array([n_finite], dtype=np.int64), n_missing, n_nonfinite)
-    index = np.searchsorted(edges, values, side="right")
+    index = Binner(edges).bins(values)
     counts = np.bincount(index, minlength=edges.size + 1).astype(np.int64)
     below = above = 0.0
     if counts[0]:
@@ -129,22 +132,21 @@ def count_numeric(column: ColumnReference, values: _F) -> ColumnCounts:
     if counts[-1]:
         high = values[values > edges[-1]]
         above = float(high.sum() - edges[-1] * high.size)
-    return ColumnCounts(counts, n_missing, n_nonfinite, 0, below, above)
+    outside = (int(np.count_nonzero(values < column.low))
+               + int(np.count_nonzero(values > column.high)))
+    return ColumnCounts(counts, n_missing, n_nonfinite, 0, below, above, outside)
 
 
 def count_categorical(column: ColumnReference,
                       values: pa.ChunkedArray | pa.Array) -> ColumnCounts:
     """``values`` counted per reference category; every other category in the unseen bin."""
-    strings = category_strings(values)
     counts = np.zeros(len(column.categories) + 1, dtype=np.int64)
-    present = strings.drop_null() if strings.null_count else strings
-    if len(present):
-        counted = pc.value_counts(present)
-        where = pc.index_in(counted.field("values"),
-                            value_set=pa.array(column.categories, pa.string()))
+    distinct, found = value_counts(values)
+    if len(distinct):
+        where = pc.index_in(distinct, value_set=pa.array(column.categories, pa.string()))
         slots = np.asarray(pc.fill_null(where, len(column.categories)), dtype=np.int64)
-        np.add.at(counts, slots, np.asarray(counted.field("counts"), dtype=np.int64))
-    return ColumnCounts(counts, strings.null_count)
+        np.add.at(counts, slots, found)
+    return ColumnCounts(counts, values.null_count)
 
 
 def count(reference: Reference, table: pa.Table) -> WindowCounts:

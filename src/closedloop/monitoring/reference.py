@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.errors import MonitoringError
+from closedloop.monitoring.cells import Quantiles
 
 _F = np.ndarray[Any, np.dtype[np.float64]]
 _I = np.ndarray[Any, np.dtype[np.int64]]
@@ -164,26 +165,28 @@ def numeric_values(column: pa.ChunkedArray | pa.Array) -> _F:
 def fit_numeric(name: str, values: _F, binning: Binning) -> ColumnReference:
     """One numeric column's reference (values as float64, NaN for missing)."""
     rows = int(values.size)
-    nan = np.isnan(values)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:                       # nothing to bin: the column is all missing
-        return ColumnReference(name, "numeric", (0,), rows, int(nan.sum()),
-                               int(rows - nan.sum()), (), (0, 1))
-    ordered = np.sort(finite)
-    fine = np.unique(np.quantile(ordered, binning.fine_levels()))
-    coarse_edges = np.unique(np.quantile(ordered, binning.coarse_levels()))
+    finite_mask = np.isfinite(values)
+    n_finite = int(np.count_nonzero(finite_mask))
+    n_nan = int(np.isnan(values).sum()) if n_finite < rows else 0
+    if n_finite == 0:                          # nothing to bin: the column is all missing
+        return ColumnReference(name, "numeric", (0,), rows, n_nan, rows - n_nan, (), (0, 1))
+    finite = values[finite_mask] if n_finite < rows else values
+    fitted = Quantiles(finite)
+    fine = np.unique(fitted.quantiles(binning.fine_levels()))
+    coarse_edges = np.unique(fitted.more(binning.coarse_levels()))
     starts = np.searchsorted(fine, coarse_edges) + 1          # fine bin after each edge
-    below = np.searchsorted(ordered, fine, side="left")      # values below each edge
-    counts = np.diff(np.concatenate([[0], below, [ordered.size]]))
-    low_n, high_n = int(below[0]), int(ordered.size - np.searchsorted(ordered, fine[-1],
-                                                                          side="right"))
+    below = fitted.below(fine)                                # values below each edge
+    counts = np.diff(np.concatenate([[0], below, [n_finite]]))
+    low = finite < fine[0]
+    high = finite > fine[-1]
+    low_n, high_n = int(below[0]), int(np.count_nonzero(high))
     return ColumnReference(
-        name, "numeric", tuple(int(c) for c in counts), rows, int(nan.sum()),
-        int(values.size - nan.sum() - finite.size), tuple(float(e) for e in fine),
-        (0, *(int(s) for s in starts), fine.size + 1), (), float(ordered[0]),
-        float(ordered[-1]), float(ordered.mean()), float(ordered.std()),
-        float(fine[0] * low_n - ordered[:low_n].sum()),
-        float(ordered[ordered.size - high_n:].sum() - fine[-1] * high_n))
+        name, "numeric", tuple(int(c) for c in counts), rows, n_nan,
+        rows - n_nan - n_finite, tuple(float(e) for e in fine),
+        (0, *(int(s) for s in starts), fine.size + 1), (), float(finite.min()),
+        float(finite.max()), float(finite.mean()), float(finite.std()),
+        float(fine[0] * low_n - finite[low].sum()),
+        float(finite[high].sum() - fine[-1] * high_n))
 
 
 def category_strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
@@ -195,12 +198,32 @@ def category_strings(column: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa
     return column
 
 
-def fit_categorical(name: str, column: pa.ChunkedArray | pa.Array,
-                    binning: Binning) -> ColumnReference:
+def value_counts(column: pa.ChunkedArray | pa.Array) -> tuple[pa.Array, _I]:
+    """The distinct non-null values of a categorical column (as strings) and their counts. A
+    dictionary column is counted on its indices, without decoding a value per row."""
+    if isinstance(column, pa.ChunkedArray) and pa.types.is_dictionary(column.type):
+        column = column.unify_dictionaries()
+        if column.num_chunks == 0:
+            return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
+        dictionary = column.chunk(0).dictionary
+        counts = np.zeros(len(dictionary), dtype=np.int64)
+        for chunk in column.chunks:
+            indices = chunk.indices
+            if chunk.null_count:
+                indices = indices.drop_null()
+            counts += np.bincount(np.asarray(indices), minlength=len(dictionary))
+        keep = np.flatnonzero(counts)
+        strings = category_strings(dictionary)
+        return strings.take(pa.array(keep)), counts[keep]
     strings = category_strings(column)
     counted = pc.value_counts(strings.drop_null() if strings.null_count else strings)
-    values = counted.field("values").to_pylist()
-    counts = np.asarray(counted.field("counts"), dtype=np.int64)
+    return counted.field("values"), np.asarray(counted.field("counts"), dtype=np.int64)
+
+
+def fit_categorical(name: str, column: pa.ChunkedArray | pa.Array,
+                    binning: Binning) -> ColumnReference:
+    distinct, counts = value_counts(column)
+    values = distinct.to_pylist()
     order = sorted(range(len(values)), key=lambda i: (-counts[i], values[i]))
     kept = order[:binning.max_categories]
     rest = int(counts[order[binning.max_categories:]].sum())
@@ -210,8 +233,10 @@ def fit_categorical(name: str, column: pa.ChunkedArray | pa.Array,
 
 
 def fit_reference(table: pa.Table, columns: Iterable[str] | None = None, *, model: str = "",
-                  run_id: str = "", binning: Binning | None = None) -> Reference:
-    """The reference of ``columns`` (default: all) of ``table``; see the module."""
+                  run_id: str = "", binning: Binning | None = None,
+                  categorical: Iterable[str] = ()) -> Reference:
+    """The reference of ``columns`` (default: all) of ``table``; see the module. Columns
+    named in ``categorical`` are binned by value even when numeric (a 0/1 label)."""
     binning = binning or Binning()
     names = list(table.column_names if columns is None else columns)
     missing = [c for c in names if c not in table.column_names]
@@ -222,9 +247,10 @@ def fit_reference(table: pa.Table, columns: Iterable[str] | None = None, *, mode
         raise MonitoringError("a reference needs rows, and the table has none",
                               fix="fit it on the rows the model was evaluated on")
     fitted = {}
+    by_value = set(categorical)
     for name in names:
         column = table[name]
-        if is_numeric(column.type):
+        if is_numeric(column.type) and name not in by_value:
             fitted[name] = fit_numeric(name, numeric_values(column), binning)
         else:
             fitted[name] = fit_categorical(name, column, binning)
@@ -232,4 +258,4 @@ def fit_reference(table: pa.Table, columns: Iterable[str] | None = None, *, mode
 
 
 __all__ = ["Binning", "ColumnReference", "Reference", "category_strings", "fit_categorical",
-           "fit_numeric", "fit_reference", "is_numeric", "numeric_values"]
+           "fit_numeric", "fit_reference", "is_numeric", "numeric_values", "value_counts"]

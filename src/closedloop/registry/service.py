@@ -22,8 +22,9 @@ import pyarrow as pa
 
 from closedloop.backends.base import ArtefactStore, ModelStore, VersionRecord
 from closedloop.data.sources import check_name
-from closedloop.errors import RegistryError, VersionNotFound
+from closedloop.errors import MonitoringError, RegistryError, VersionNotFound
 from closedloop.features.service import FeatureService
+from closedloop.monitoring.reference import Reference
 from closedloop.training.evaluation import calibrate
 from closedloop.training.matrix import feature_matrix
 from closedloop.training.report import EvaluationReport
@@ -162,6 +163,17 @@ class RegistryService:
     def report(self, model: str, ref: int | str = "latest") -> EvaluationReport:
         version = self.version(model, ref)
         return EvaluationReport.from_json(self.artefacts.get(version.manifest["report"]).decode())
+
+    def reference(self, model: str, ref: int | str = "production") -> Reference:
+        """The version's reference distributions (fitted by its run, in its bundle): what the
+        monitor compares its traffic with."""
+        version = self.version(model, ref)
+        found = version.manifest.get("reference")
+        if found is None:
+            raise MonitoringError(f"version {version.version} of {model!r} has no reference: "
+                                  "it was trained before runs fitted one",
+                                  fix=f"train and register it again: closedloop train {model}")
+        return Reference.from_json(self.artefacts.get(found))
 
     # -- aliases -----------------------------------------------------------------------------
     def set_alias(self, model: str, alias: str, ref: int | str) -> ModelVersion:
