@@ -10,6 +10,9 @@ by closedloop once per data size. Each request carries one instance (a random us
   online store in SQLite / Redis: routing (a 1% holdout, so every request hashes its unit),
   the online fetch, inference, decisions, the durable prediction log (each response sent
   after its record is fsync-ed), metrics.
+  Both run without monitoring (``[monitoring] checks = false``, no monitor).
+* ``closedloop-monitored``: ``closedloop-redis`` with every prediction checked against its
+  version's constraints and a monitor over the model, run every 10 s inside the server.
 * ``floor``: ``benchmarks/serve_floor.py``, a hand-written ASGI app on the same stack
   (uvicorn, uvloop, httptools, one worker): parse, one Redis GET of a packed vector, LightGBM
   predict on one numpy row, respond — nothing else.
@@ -103,7 +106,8 @@ def serve_data(scale: float = 1.0) -> Path:
     """The pit data, a requests file (its labels, settled at once) and a project over them
     with the model trained and registered as production; built once per size."""
     folder = DATA / f"serve-{scale:g}"
-    if project_built(folder):
+    if project_built(folder) and json.loads((folder / "done.json").read_text()).get(
+            "reference"):                       # a version with a reference (constraints)
         return folder
     data = pit_data(scale)
     folder.mkdir(parents=True, exist_ok=True)
@@ -128,7 +132,8 @@ def serve_data(scale: float = 1.0) -> Path:
         loaded.trainer.booster_.save_model(str(folder / "model.txt"))
     users = int(pc.count_distinct(labels["user_id"]).as_py())
     (folder / "done.json").write_text(json.dumps({"scale": scale, "users": users,
-                                                  "records": RECORD_FORMAT}))
+                                                  "records": RECORD_FORMAT,
+                                                  "reference": True}))
     return folder
 
 
@@ -225,10 +230,29 @@ def _load(port: int, path: str, users: int, process: subprocess.Popen[bytes],
     return job
 
 
-def _closedloop(store: str) -> Any:
+#: ``closedloop-monitored``: a monitor over the model, run every 10 s inside the server.
+MONITOR = """
+monitor = cl.Monitor("bench", window="1h", every="10s")
+"""
+#: The others: no constraint checks, no monitor.
+UNMONITORED = '[monitoring]\nchecks = false\nrunner = "off"\n'
+
+
+def _closedloop(store: str, monitored: bool = False) -> Any:
     def setup(data: Path) -> Any:
         prefix = f"clbench:{uuid.uuid4().hex}:"
         root = private_project(data, "serve", prefix if store == "redis" else None)
+        config = root / "closedloop.toml"
+        text = config.read_text()
+        if not monitored:                   # no constraint checks, no monitor
+            text = text.replace('runner = "serve"', 'runner = "off"').replace(
+                "checks = true", "checks = false")
+            if "checks = false" not in text:       # a project made before the section
+                text += UNMONITORED
+            config.write_text(text)
+        if monitored:
+            definitions = root / "definitions.py"
+            definitions.write_text(definitions.read_text() + MONITOR)
         with cl.Project(root) as project:
             project.features.materialize()
         port = _free_port()
@@ -361,6 +385,7 @@ def _mlflow_python() -> str | None:
 class _Serve:
     SYSTEMS: ClassVar[dict[str, Any]] = {"closedloop-sqlite": _closedloop("sqlite"),
                                          "closedloop-redis": _closedloop("redis"),
+                                         "closedloop-monitored": _closedloop("redis", True),
                                          "floor": _floor, "mlflow": _mlflow}
     SETUP: ClassVar[set[str]] = set(SYSTEMS)
     ANCHOR = "mlflow"

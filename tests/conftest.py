@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import closedloop as cl
+from tests.monitoring.world import monitored, monitored_world  # noqa: F401  (shared fixtures)
 from tests.serving.ladder_world import ladder_world, laddered  # noqa: F401  (shared fixtures)
 from tests.serving.world import served, served_world  # noqa: F401  (shared fixtures)
 

@@ -112,6 +112,19 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
     assert "missed_fraud" in result.stdout                  # the A/B test's evidence
     assert "production is version 3 (previous: 1)" in result.stdout
     assert (tmp_path / "demo" / ".closedloop" / "reports" / "ladder-fraud.html").exists()
+    # Then an upstream bug (amounts in cents): quiet before, the alert after two buggy days
+    # of three, its fallback playbook run, and the report written.
+    watched = result.stdout.split("monitoring (cl.Monitor")[1].split("the project stays")[0]
+    days = [line for line in watched.splitlines() if line.startswith("  20")]
+    clean = [d for d in days if "(in cents)" not in d]
+    buggy = [d for d in days if "(in cents)" in d]
+    assert clean
+    assert all("alerts: none" in d for d in clean)
+    assert "alerts: none" in buggy[0]
+    assert "amount feed on v3:amount_vs_usual" in buggy[-1]
+    assert "fallback done: traffic to the fallback until released" in watched
+    assert "predictions answered by the fallback" in watched
+    assert (tmp_path / "demo" / ".closedloop" / "reports" / "monitor-fraud.html").exists()
     # The project stays, and every next command the demo suggests runs in it.
     assert f"the project stays in {tmp_path / 'demo'}" in result.stdout
     suggested = [line.split("#")[0].split() for line in
@@ -144,8 +157,11 @@ def test_demo_runs_on_the_embedded_defaults(tmp_path: Path) -> None:
         logged = [r for r in served.prediction_log.records("fraud")
                   if r["kind"] == "prediction"]
         # The HTTP traffic, then the live weeks the ladder was climbed on (each marked with
-        # the ladder's step that routed it).
-        assert len([r for r in logged if r.get("step") is None]) == 3000
+        # the ladder's step that routed it), then the live days the monitor watched (replayed:
+        # each request carries its own instant).
+        http = [r for r in logged if r.get("step") is None
+                and "event_time" not in (r.get("request") or {})]
+        assert len(http) == 3000
         assert all(r["step"].startswith("L2:") for r in logged if r.get("step"))
     moved = run("models", "alias", "fraud", "canary", "1", "-p", demo)
     assert moved.returncode == 0, moved.stderr

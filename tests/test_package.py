@@ -20,7 +20,9 @@ def test_public_api_is_curated() -> None:
         "TableSource", "TimeSplit",
         "Transform", "XGBoostTrainer", "init_project", "transform",
         # the promotion ladder
-        "Ladder", "Gate", "Shadow", "Canary", "ABTest", "Ramp", "Guardrails", "Metric"])
+        "Ladder", "Gate", "Shadow", "Canary", "ABTest", "Ramp", "Guardrails", "Metric",
+        # monitoring: monitors, alerts and their playbooks
+        "Monitor", "Alert", "Rollback", "FreezeTraining", "Fallback", "Notify"])
     for name in cl.__all__:
         assert getattr(cl, name) is not None
 

@@ -5,7 +5,7 @@ stage — does not import every stage with it.
 
 >>> import closedloop as cl
 >>> sorted(cl.__all__)[:3]
-['ABTest', 'Agg', 'Budget']
+['ABTest', 'Agg', 'Alert']
 """
 
 from __future__ import annotations
@@ -18,6 +18,14 @@ if TYPE_CHECKING:
     from closedloop.data.sources import Entity, EventSource, LabelSource, TableSource
     from closedloop.errors import ClosedLoopError
     from closedloop.features.definitions import Agg, FeatureView, Transform, transform
+    from closedloop.monitoring.spec import (
+        Alert,
+        Fallback,
+        FreezeTraining,
+        Monitor,
+        Notify,
+        Rollback,
+    )
     from closedloop.project import Project, init_project
     from closedloop.registry.ladder import (
         ABTest,
@@ -48,6 +56,8 @@ _WHERE = {
     **{name: "closedloop.registry.ladder" for name in (
         "ABTest", "Canary", "Gate", "Guardrails", "Ladder", "Metric", "Ramp", "Shadow")},
     "Budget": "closedloop.serving.spec", "Serving": "closedloop.serving.spec",
+    **{name: "closedloop.monitoring.spec" for name in (
+        "Alert", "Fallback", "FreezeTraining", "Monitor", "Notify", "Rollback")},
     "Model": "closedloop.training.model", "TimeSplit": "closedloop.training.model",
     "LightGBMTrainer": "closedloop.training.trainers",
     "SklearnTrainer": "closedloop.training.trainers",
@@ -57,13 +67,16 @@ _WHERE = {
 __all__ = [
     "ABTest",
     "Agg",
+    "Alert",
     "Budget",
     "Canary",
     "Clock",
     "ClosedLoopError",
     "Entity",
     "EventSource",
+    "Fallback",
     "FeatureView",
+    "FreezeTraining",
     "Gate",
     "Guardrails",
     "LabelSource",
@@ -71,8 +84,11 @@ __all__ = [
     "LightGBMTrainer",
     "Metric",
     "Model",
+    "Monitor",
+    "Notify",
     "Project",
     "Ramp",
+    "Rollback",
     "Serving",
     "Shadow",
     "SklearnTrainer",

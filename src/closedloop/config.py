@@ -102,6 +102,11 @@ class LadderSettings(_Section):
     every_s: float = Field(default=5.0, gt=0)             # how often the controller measures
 
 
+class MonitoringSettings(_Section):
+    runner: Literal["serve", "separate", "off"] = "serve"   # where the monitors run
+    checks: bool = True                     # constraints checked on every served prediction
+
+
 class MetadataSettings(_Section):
     url: str = "sqlite:///.closedloop/metadata.db"
 
@@ -118,6 +123,7 @@ class Settings(_Section):
     cost: CostSettings = CostSettings()
     clock: ClockSettings = ClockSettings()
     ladder: LadderSettings = LadderSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
 
 def load_settings(path: Path | None) -> Settings:
@@ -171,6 +177,11 @@ fetch_timeout_ms = 100           # the online fetch's hard limit: beyond it, the
 [ladder]                         # the promotion ladders' controller
 controller = "serve"             # inside `closedloop serve`; "separate": `closedloop ladder run`
 every_s = 5.0                    # how often it measures each running ladder's evidence
+
+[monitoring]                     # the monitors declared in the definitions (cl.Monitor)
+runner = "serve"                 # run each every Monitor.every inside `closedloop serve` and
+                                 # `closedloop stream`; "separate": `closedloop monitor --watch`
+checks = true                    # every served prediction checked against its constraints
 
 [clock]                          # where "now" comes from (default: the wall clock)
 # at = "2025-06-01T00:00:00Z"    # serve, score, materialize... as of this instant (historical data)

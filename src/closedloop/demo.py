@@ -64,7 +64,7 @@ from closedloop.sim.traffic import Replay
 
 #: The demo's world: many compromised cards, so two weeks hold enough fraud to decide on.
 COMPROMISED = 0.25
-LIVE_DAYS = 14
+LIVE_DAYS = 18
 #: The candidate stopped at the gate: it reads the profile alone.
 PROFILE_ONLY = ["user_profile.lifetime_spend", "user_profile.account_age_days"]
 
@@ -85,6 +85,7 @@ class LadderDemo:
     report: Path
     seconds: float
     run_id: str = ""                                 # the better candidate's run
+    served_until: Any = None                         # the last live request served's time
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class DemoReport:
     budget: BudgetReport | None = None
     cost: Any = None
     ladder: LadderDemo | None = None
+    monitoring: MonitorDemo | None = None
 
     def feature_summary(self) -> list[tuple[str, float, float, float]]:
         """Per feature: share missing, mean on fraud rows, mean on legitimate rows."""
@@ -193,12 +195,13 @@ def run_demo(folder: str | Path, *, n_users: int = 2000, seed: int = 0,
         budget = project.serving.budget("fraud")
         cost = project.serving.cost("fraud", PRICES)
     ladder = climb_ladder(root, full, end, say)
+    monitoring = watch_for_drift(root, end, ladder.served_until, say)
     return DemoReport(root, plan, table.num_rows, t1 - t0, t3 - t2, table, output,
                       sum(r.entities for r in materialized), len(last),
                       statistics.median(timings) if timings else 0.0, tuple(report),
                       tuple(ingests), delay, maturity, run.id, run.record["metrics"],
                       run.record["seconds"], version.version, reports / "report.html",
-                      sent, failed, per_s, budget, cost, ladder)
+                      sent, failed, per_s, budget, cost, ladder, monitoring)
 
 
 def climb_ladder(root: Path, full: str, end: Any, say: Any) -> LadderDemo:
@@ -248,7 +251,72 @@ def climb_ladder(root: Path, full: str, end: Any, say: Any) -> LadderDemo:
     return LadderDemo(worse, f"{stopped.step}, {stopped.status}", reasons, better,
                       tuple(transitions), replay.sent, aliases["production"],
                       aliases.get("previous"), target, time.perf_counter() - start,
-                      better_run)
+                      better_run, None if not replay.sent else
+                      replay.requests["event_time"][replay.sent - 1].as_py())
+
+
+@dataclass(frozen=True)
+class MonitorDemo:
+    """The monitoring part of the demo: the live days served after the ladder, the day the
+    upstream bug began, each day's monitor run (its alerts and actions), the report."""
+
+    days: tuple[tuple[str, int, tuple[str, ...], tuple[str, ...]], ...]  # day, requests,
+    bug_from: str | None                                                 # alerts, actions
+    report: Path | None
+    fallback_served: int = 0          # predictions the fallback answered after the playbook
+    note: str = ""
+
+
+def watch_for_drift(root: Path, end: Any, after: Any, say: Any) -> MonitorDemo:
+    """The live days the ladder left, one by one through the serving path: the first as it
+    happened, then with the amount sent in cents (an upstream unit change). The monitor runs
+    at each day's end (``project.monitoring.run``); its drift alert's playbook switches the
+    model to its fallback, and the report is written as a page."""
+    later = end + timedelta(days=LIVE_DAYS + 61)
+    days: list[tuple[str, int, tuple[str, ...], tuple[str, ...]]] = []
+    with Project(root, clock=Clock.of(later, replay=True, field="event_time")) as project:
+        if after is None:
+            return MonitorDemo((), None, None, note="the ladder served no live traffic")
+        replay = Replay(project, since=after + timedelta(microseconds=1))
+        times = replay.requests["event_time"]
+        if replay.left == 0:
+            return MonitorDemo((), None, None, note="the ladder used every live day")
+        first = times[0].as_py()
+        start = first.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        bug = start + timedelta(days=1)          # one whole day as it happened, then the bug
+        cents = pc.greater_equal(times, pa.scalar(bug, times.type))
+        i = replay.requests.column_names.index("amount")
+        replay.requests = replay.requests.set_column(i, "amount", pc.if_else(
+            cents, pc.multiply(replay.requests["amount"], 100.0), replay.requests["amount"]))
+        report = None
+        day = start
+        fallback = 0
+        while replay.left:
+            upto = pc.sum(pc.less(times, pa.scalar(day, times.type))).as_py() - replay.sent
+            say(f"monitoring: serving the live day to {day:%Y-%m-%d}"
+                + (" (amounts in cents)" if day > bug else ""))
+            if upto > 0:
+                replay.serve(upto, batch=50)
+            report = project.monitoring.run("fraud", at=day)
+            days.append((f"{day - timedelta(days=1):%Y-%m-%d}", upto,
+                         tuple(f"{f.alert.name} on {f.subject}" for f in report.firing),
+                         tuple(f"{a.playbook} {a.status}: {a.outcome}"
+                               for a in report.actions)))
+            if any(a.playbook == "fallback" and a.status == "done" for a in report.actions):
+                left = min(replay.left, 200)      # a little traffic after: the fallback's
+                replay.serve(left, batch=50)
+                served = project.serving.predictions("fraud", labels=False, shadows=False,
+                                                     columns=["fallback_reason"])
+                fallback = sum(1 for r in served["fallback_reason"].to_pylist()
+                               if r and r.startswith("forced:"))
+                break
+            day += timedelta(days=1)
+        target = root / ".closedloop" / "reports" / "monitor-fraud.html"
+        if report is not None:
+            from closedloop.monitoring.report import to_html
+
+            target.write_text(to_html(report))
+    return MonitorDemo(tuple(days), f"{bug:%Y-%m-%d}", target if report else None, fallback)
 
 
 HTTP_REQUESTS, HTTP_CLIENTS = 3000, 8

@@ -23,6 +23,7 @@ from closedloop.backends.artefacts import LocalArtefactStore
 from closedloop.backends.base import EventStream, OnlineStore, PredictionLog
 from closedloop.backends.duckdb import DuckDBEngine
 from closedloop.backends.metadata import SQLMetadataStore
+from closedloop.backends.monitorstore import SQLMonitorStore
 from closedloop.backends.predictions import FilePredictionLog, StreamPredictionLog
 from closedloop.backends.sqlite import SQLiteOnlineStore
 from closedloop.backends.sqlite_stream import SQLiteEventStream
@@ -36,6 +37,8 @@ from closedloop.features.catalog import Catalog
 from closedloop.features.consistency import FeatureLog
 from closedloop.features.registration import Plan
 from closedloop.features.service import FeatureService
+from closedloop.monitoring.service import MonitoringService
+from closedloop.monitoring.spec import monitors_from_module
 from closedloop.registry.ladder import ladders_from_module
 from closedloop.registry.service import RegistryService
 from closedloop.serving.controller import LadderService
@@ -161,11 +164,13 @@ class Project:
         self.models = models_from_module(module)
         self.artefacts = LocalArtefactStore(self.root / ".closedloop" / "artefacts")
         definitions = self.root / self.settings.project.definitions
+        self.monitor_store = SQLMonitorStore(self.metadata)
         self.training = TrainingService(
             self.models, self.catalog, self.engine, self.features, self.metadata,
             self.metadata, self.artefacts, self.root,
             definitions_hash=lambda: hashlib.sha256(definitions.read_bytes()).hexdigest(),
-            decision_thresholds=lambda name: [t for _, t in self.serving.serving(name).decisions])
+            decision_thresholds=lambda name: [t for _, t in self.serving.serving(name).decisions],
+            frozen=lambda name: self.monitoring.frozen(name))
         self.registry = RegistryService(self.metadata, self.artefacts, self.training,
                                         self.features)
         serving = self.settings.serving
@@ -186,9 +191,14 @@ class Project:
                                       scoring=self.root / ".closedloop" / "scoring",
                                       events=self._event_stream(),
                                       ladders=ladders_from_module(module),
-                                      ladder_store=self.metadata)
+                                      ladder_store=self.metadata,
+                                      switches=self.monitor_store)
         #: The promotion ladders: commands, controller, evidence (``serving/controller.py``).
         self.ladder = LadderService(self.serving, self.registry, self.metadata)
+        #: The monitors: drift, constraints, outcome lag, slices, alerts → playbooks.
+        self.monitoring = MonitoringService(monitors_from_module(module), self.serving,
+                                            self.registry, self.ladder, self.monitor_store,
+                                            self.clock, self.metadata)
 
     def _online_store(self) -> OnlineStore:
         online = self.settings.online

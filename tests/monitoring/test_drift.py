@@ -257,3 +257,37 @@ def test_cells_agree_with_numpy_at_scale() -> None:
         unique = np.unique(edges)
         assert fitted.below(unique).tolist() == np.searchsorted(np.sort(x), unique).tolist()
         assert np.array_equal(Binner(unique).bins(x), np.searchsorted(unique, x, side="right"))
+
+
+values_or_gaps = st.one_of(st.floats(-50, 50), st.just(float("nan")), st.just(float("inf")),
+                           st.none(), st.just("absent"))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(values_or_gaps, values_or_gaps, st.sampled_from(["a", "b", "z", None,
+                                                                           "absent"]),
+                          st.floats(-0.5, 1.5) | st.just(float("nan"))), max_size=30))
+def test_request_path_and_batch_constraints_agree(rows: list[Any]) -> None:
+    """The checker the server runs per prediction and the batch monitor's counts over the
+    same records give the same violations per constraint."""
+    from closedloop.monitoring.constraints import CONSTRAINTS, ConstraintChecker
+    from closedloop.monitoring.signals import constraint_counts
+
+    rng = np.random.default_rng(4)
+    reference = fit_reference(pa.table({"x": rng.uniform(-10, 10, 200),
+                                        "y": rng.uniform(0, 5, 200),
+                                        "c": rng.choice(["a", "b"], 200),
+                                        "(score)": rng.uniform(0, 1, 200)}))
+    checker = ConstraintChecker(reference)
+    records = [{k: v for k, v in zip("xyc", r[:3], strict=True) if v != "absent"}
+               for r in rows]
+    want = dict.fromkeys(CONSTRAINTS, 0)
+    for record, r in zip(records, rows, strict=True):
+        for name in checker.check(record, r[3]):
+            want[name] += 1
+    table = pa.table({"x": pa.array([rec.get("x") for rec in records], pa.float64()),
+                      "y": pa.array([rec.get("y") for rec in records], pa.float64()),
+                      "c": pa.array([rec.get("c") for rec in records], pa.string()),
+                      "(score)": pa.array([r[3] for r in rows], pa.float64())})
+    present = {k: np.array([k in rec for rec in records], dtype=bool) for k in "xyc"}
+    assert constraint_counts(reference, table, present).counts == want

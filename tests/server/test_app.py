@@ -448,3 +448,12 @@ def test_served_vectors_reach_the_feature_log_within_the_flush_bound(served: cl.
         process.communicate(timeout=30)
     rows = [json.loads(r)["user_id"] for r in log.read()["row"].to_pylist()]
     assert {f"f{i}" for i in range(5)} <= set(rows)
+
+
+def test_every_prediction_is_checked_against_its_constraints(server: Server) -> None:
+    status, _ = server.predict([{**INSTANCE, "amount": 1e12}])
+    assert status == 200
+    text = server.request("GET", "/metrics")[2].decode()
+    line = next(li for li in text.splitlines() if li.startswith(
+        'closedloop_constraint_violations_total{constraint="out_of_range",model="fraud"}'))
+    assert float(line.split()[-1]) >= 1

@@ -207,3 +207,25 @@ def test_an_event_redelivered_after_a_kill_between_fold_and_ack_counts_once(
         assert offline["user_txn.amount_count_1h"][i].as_py() >= pushed[key]
         for ref in features:
             assert online[i].values[ref] == pytest.approx(offline[ref][i].as_py()), (key, ref)
+
+
+def test_a_forced_fallback_reaches_a_running_scorer(served: cl.Project) -> None:
+    """A monitoring playbook's fallback switch, set while the scorer runs, is what the next
+    events are scored by; released, the model scores again."""
+    users = served.data.read("transactions", ["user_id"])["user_id"].to_pylist()[:50]
+    scorer = served.serving.scorer("fraud", consumer="switch")
+    scorer.refresh_s = 0.0                      # read the switch before every batch
+    served.serving.publish("transactions", _events(users, 0, 20))
+    scorer.run(max_events=20, block_ms=50)
+    served.monitor_store.set_switch("fraud", "fallback", {"action": 1, "reason": "test"})
+    served.serving.publish("transactions", _events(users, 20, 20))
+    scorer.run(max_events=20, block_ms=50)
+    served.monitor_store.set_switch("fraud", "fallback", None)
+    served.serving.publish("transactions", _events(users, 40, 20))
+    scorer.run(max_events=20, block_ms=50)
+    table = served.serving.predictions("fraud", labels=False, shadows=False,
+                                       columns=["subject", "fallback", "fallback_reason"])
+    by = dict(zip(table["subject"].to_pylist(), table["fallback"].to_pylist(), strict=True))
+    assert [by[f"s{i}"] for i in range(60)] == [False] * 20 + [True] * 20 + [False] * 20
+    reasons = set(table.filter(table["fallback"])["fallback_reason"].to_pylist())
+    assert reasons == {"forced: test"}

@@ -212,11 +212,13 @@ def test_a_version_carries_the_reference_its_run_fitted(project: cl.Project) -> 
     assert list(reference.columns) == [*version.features, "(score)", "(label)"]
     assert reference.rows == run.report.rows
     label = reference.columns["(label)"]
-    assert label.kind == "categorical" and set(label.categories) <= {"0", "1"}
+    assert label.kind == "categorical"
+    assert set(label.categories) <= {"0", "1"}
     positives = label.counts[label.categories.index("1")] if "1" in label.categories else 0
     assert positives == run.report.test["positives"]
     score = reference.columns["(score)"]
-    assert score.kind == "numeric" and 0 <= score.low <= score.high <= 1
+    assert score.kind == "numeric"
+    assert 0 <= score.low <= score.high <= 1
     assert sum(score.counts) == run.report.rows
 
 

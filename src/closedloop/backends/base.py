@@ -276,6 +276,56 @@ class LadderStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class ActionRecord:
+    """One alert and what was done about it: the audit trail of monitoring. ``status``:
+    ``awaiting_approval``, ``done``, ``failed``, ``released`` (a fallback or a freeze lifted)
+    or ``declined``; ``evidence`` the figures the alert fired on; ``outcome`` what the
+    playbook did (or why it could not)."""
+
+    id: int
+    model: str
+    alert: str
+    signal: str
+    subject: str                     # the column, constraint or slice it fired on
+    playbook: str
+    status: str
+    evidence: dict[str, Any]
+    outcome: str
+    actor: str
+    at: datetime
+    updated_at: datetime
+
+
+class SwitchStore(Protocol):
+    """Named switches per model that every process reads: the forced fallback
+    (``fallback``) and the training windows frozen as contaminated (``freeze:…``)."""
+
+    def switches(self, model: str) -> dict[str, dict[str, Any]]:
+        ...
+
+    def set_switch(self, model: str, name: str, value: dict[str, Any] | None) -> None:
+        """Set a switch (None clears it)."""
+        ...
+
+
+class MonitorStore(SwitchStore, Protocol):
+    """The monitors' audit trail (every alert, its evidence, the action and its outcome) and
+    their switches."""
+
+    def add_action(self, record: ActionRecord) -> ActionRecord:
+        """Store a new action (its ``id`` is assigned); the stored record."""
+        ...
+
+    def update_action(self, action_id: int, *, status: str, outcome: str,
+                      actor: str) -> ActionRecord:
+        ...
+
+    def actions(self, model: str | None = None) -> list[ActionRecord]:
+        """Every action (of ``model``), oldest first."""
+        ...
+
+
 #: One online write: (namespace, key, value); a value of None deletes the key.
 OnlineItem = tuple[str, str, bytes | None]
 

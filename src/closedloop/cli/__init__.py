@@ -2,10 +2,18 @@
 and the shared helpers) and the commands of each stage, registered on it by their modules:
 ``features`` (init, apply, features, training sets, materialize, push, online, consistency,
 demo), ``data`` (ingest, quarantine, backfillable, labels), ``training`` (train, reproduce,
-runs, models), ``serving`` (serve, budget, score, stream, cost) and ``ladder`` (promote, and
-the ladder's status, approve, pause, resume, rollback, run, report)."""
+runs, models), ``serving`` (serve, budget, score, stream, cost), ``ladder`` (promote, and
+the ladder's status, approve, pause, resume, rollback, run, report) and ``monitoring``
+(monitor, and alerts list, approve, decline, release)."""
 
-from closedloop.cli import data, features, ladder, serving, training  # noqa: F401 - they register
+from closedloop.cli import (  # noqa: F401 - they register
+    data,
+    features,
+    ladder,
+    monitoring,
+    serving,
+    training,
+)
 from closedloop.cli.common import Table, app, main, report_error
 
 __all__ = ["Table", "app", "main", "report_error"]

@@ -333,6 +333,26 @@ def demo(
                 out.print(f"      {evidence}", soft_wrap=True, markup=False)
         out.print(f"production is version {lad.production} (previous: {lad.previous}); "
                   f"ladder report: {lad.report}", soft_wrap=True)
+    if report.monitoring is not None:
+        mon = report.monitoring
+        out.print("\n[bold]monitoring[/] (cl.Monitor in definitions.py)")
+        if mon.note:
+            out.print(mon.note, soft_wrap=True, markup=False)
+        if mon.bug_from:
+            out.print(f"the live days after the ladder; from {mon.bug_from} the amount "
+                      "arrives in cents (an upstream unit change):", soft_wrap=True,
+                      markup=False)
+        for day, requests, alerts, actions in mon.days:
+            cents = " (in cents)" if mon.bug_from and day >= mon.bug_from else ""
+            out.print(f"  {day}: {requests:,} requests{cents}; alerts: "
+                      f"{', '.join(alerts) or 'none'}", soft_wrap=True, markup=False)
+            for action in actions:
+                out.print(f"      {action}", soft_wrap=True, markup=False)
+        if mon.fallback_served:
+            out.print(f"then {mon.fallback_served:,} predictions answered by the fallback "
+                      "until `closedloop alerts release`", soft_wrap=True, markup=False)
+        if mon.report is not None:
+            out.print(f"monitor report: {mon.report}", soft_wrap=True, markup=False)
     out.print(f"\n[bold]the project stays in {report.folder}[/]; next, try:")
     for command, what in [
             (f"cd {report.folder}", ""),
@@ -346,7 +366,8 @@ def demo(
             ("closedloop serve", "the model over HTTP on 127.0.0.1:8000"),
             ("closedloop budget fraud", "latency by stage against the budget"),
             ("closedloop ladder status fraud", "the ladder's transitions and evidence"),
-            ("closedloop ladder report fraud", "the ladder's evidence as a page, with charts")]:
+            ("closedloop ladder report fraud", "the ladder's evidence as a page, with charts"),
+            ("closedloop alerts list fraud", "the alert, its evidence and the fallback")]:
         out.print(f"  {command}" + (f"   # {what}" if what else ""), soft_wrap=True,
                   markup=False)
 

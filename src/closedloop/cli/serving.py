@@ -4,8 +4,10 @@ app of ``closedloop.cli``)."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -182,11 +184,23 @@ def stream(
             metrics = StreamMetrics(model)
             metrics.serve(metrics_port)
             scorer.observe = metrics.observe
+        stop = threading.Event()
+        watcher = None
+        if model in p.monitoring.monitors and p.settings.monitoring.runner == "serve":
+            watcher = threading.Thread(target=p.monitoring.watch, daemon=True,
+                                       name="closedloop-monitor", kwargs={
+                                           "holder": f"stream-{consumer}-{os.getpid()}",
+                                           "stop": stop.is_set, "models": [model]})
+            watcher.start()
         try:
             report = scorer.run(max_events=max_events, idle_s=idle_exit,
                                 progress=_stepper(bar, task))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        finally:
+            stop.set()
+            if watcher is not None:
+                watcher.join(timeout=30)
     p50, p99 = report.lag(50), report.lag(99)
     lag = "" if p50 is None else f"; lag p50 {p50:.0f} ms, p99 {p99:.0f} ms"
     out.print(f"{consumer}: scored {report.events:,} events in {report.batches:,} batches "

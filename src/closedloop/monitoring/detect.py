@@ -141,9 +141,10 @@ def _sketches(ref: ColumnReference, r: _F, c: _F,
 
 
 def compare(reference: Reference, counts: WindowCounts, rule: DriftRule | None = None,
-            *, tests: int | None = None) -> DriftResult:
+            *, tests: int | None = None, verdicts: bool = True) -> DriftResult:
     """Every column's drift in ``counts``; verdicts corrected (Holm) over ``tests`` tests
-    (default: the columns here that have enough values)."""
+    (default: the columns here that have enough values). ``verdicts=False``: the statistics
+    only (no column ``drift`` yet), to decide with others in one correction (``decide``)."""
     rule = rule or DriftRule()
     if counts.reference != reference.hash:
         raise MonitoringError("these counts were made against another reference",
@@ -172,7 +173,7 @@ def compare(reference: Reference, counts: WindowCounts, rule: DriftRule | None =
             psi_of(r, c, eps=rule.eps), kl_divergence(r, c, eps=rule.eps), js_distance(r, c),
             chi_square(*_pooled(coarse_ref, coarse_cur)), ks, ks_error, w, w_error,
             status="insufficient" if cur.n < rule.min_rows else "ok")
-    return DriftResult(counts.rows, decide(found, rule, tests=tests))
+    return DriftResult(counts.rows, decide(found, rule, tests=tests) if verdicts else found)
 
 
 def _pooled(ref: Any, cur: Any, least: float = MIN_EXPECTED) -> tuple[Any, Any]:

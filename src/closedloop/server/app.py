@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from closedloop.errors import ClosedLoopError, Overloaded, RequestError
+from closedloop.monitoring.constraints import ConstraintChecker
+from closedloop.monitoring.service import MonitorReport
 from closedloop.server.metrics import ServerMetrics
 from closedloop.server.openapi import openapi
 from closedloop.serving.online import NotLogged, OnlineModel
@@ -84,6 +86,9 @@ class ServingApp:
         self._cpu = time.process_time()
         self._stopping = threading.Event()
         self._controller: threading.Thread | None = None
+        self._monitor: threading.Thread | None = None
+        self._checkers: dict[tuple[str, int], ConstraintChecker | None] = {}
+        self._checks = self.project.settings.monitoring.checks
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,9 +107,24 @@ class ServingApp:
                 kwargs={"every_s": ladder.every_s, "stop": self._stopping.is_set,
                         "say": lambda t: log.warning("ladder: %s", t.describe())})
             self._controller.start()
+        monitors = [m for m in self.online if m in self.project.monitoring.monitors]
+        if monitors and self.project.settings.monitoring.runner == "serve":
+            self._monitor = threading.Thread(
+                target=self.project.monitoring.watch, name="closedloop-monitor", daemon=True,
+                kwargs={"holder": f"serve-{os.getpid()}", "stop": self._stopping.is_set,
+                        "say": self._monitored, "models": monitors})
+            self._monitor.start()
         self.ready = True
         gc.collect()
         gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
+
+    def _monitored(self, report: MonitorReport) -> None:
+        self.metrics.monitored(report)
+        for f in report.firing:
+            log.warning("monitor: %s: alert %r on %s", report.model, f.alert.name, f.subject)
+        for a in report.actions:
+            log.warning("monitor: %s: %s %s (%s)", report.model, a.playbook, a.status,
+                        a.outcome or "waiting for approval")
 
     def _dropped(self, model: str, predictions: int) -> None:
         self.metrics.shadow_dropped.labels(model).inc(predictions)
@@ -114,8 +134,9 @@ class ServingApp:
         counted), let the shadow in progress finish, log the last usage, close the
         project."""
         self._stopping.set()
-        if self._controller is not None:
-            self._controller.join(timeout=30)
+        for thread in (self._controller, self._monitor):
+            if thread is not None:
+                thread.join(timeout=30)
         self.project.serving.shadow.close()
         self.record_usage()
         self.project.close()
@@ -144,13 +165,19 @@ class ServingApp:
                     aliases, split = await asyncio.to_thread(serving.routing, name)
                     if aliases != current.aliases:
                         fresh = await asyncio.to_thread(serving.online, name)
-                        self.online[name] = fresh
+                        self.online[name] = fresh       # its split and fallback: as of now
                         log.warning("model %s now serves %s", name, fresh.aliases)
-                    elif split != current.predictor.split:   # the ladder moved: swap its split
+                        continue
+                    if split != current.predictor.split:    # the ladder moved: swap its split
                         current.predictor.split = split
                         log.warning("model %s: ladder %s", name,
                                     "ended" if split is None else
                                     f"{split.step}, {split.share:.0%} on v{split.candidate}")
+                    forced = await asyncio.to_thread(serving.forced, name)
+                    if forced != current.predictor.forced:   # a fallback playbook, or released
+                        current.predictor.forced = forced
+                        log.warning("model %s: %s", name, f"fallback forced: {forced}"
+                                    if forced else "fallback released")
                 except ClosedLoopError as exc:    # keep serving what is loaded
                     log.warning("reloading %s failed: %s", name, exc)
 
@@ -266,6 +293,12 @@ class ServingApp:
             if stage != "request":
                 stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
+        for record in served.records[first:last] if self._checks else ():   # constraints
+            if record.features is not None:
+                checker = self._checker(name, record.version)
+                if checker is not None:
+                    for violated in checker.check(record.features, record.score):
+                        m.violated(name, violated)
         for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
             if p.fallback:
@@ -274,6 +307,20 @@ class ServingApp:
                 for feature, why in p.missing.items():
                     m.missing.labels(name, feature, why).inc()
         self._made[name] = self._made.get(name, 0) + len(mine)
+
+    def _checker(self, name: str, version: int) -> ConstraintChecker | None:
+        """The constraints of a version's reference (None: it has none), loaded once."""
+        key = (name, version)
+        if key not in self._checkers:
+            try:
+                reference = self.project.monitoring.reference(name, version)
+                pinned = self.project.registry.version(name, version).manifest["definitions"]
+                self._checkers[key] = ConstraintChecker(reference, {
+                    f["ref"]: f["column"] for f in pinned.get("features", [])})
+            except ClosedLoopError as exc:              # trained before references
+                log.warning("no constraints for %s v%s: %s", name, version, exc)
+                self._checkers[key] = None
+        return self._checkers[key]
 
     def _batcher(self, name: str) -> _Batcher:
         found = self._batchers.get(name)

@@ -16,6 +16,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -59,7 +60,62 @@ class ServerMetrics:
                                       ["model"], registry=kw)
         self.errors = Counter("closedloop_request_errors_total", "Requests answered with 4xx",
                               ["status"], registry=kw)
+        # Monitoring: constraints counted on the request path; the rest set by each monitor
+        # run (in whichever worker holds its lease: "mostrecent" across workers).
+        self.constraints = Counter("closedloop_constraint_violations_total",
+                                   "Served predictions violating a constraint of their "
+                                   "version's reference", ["model", "constraint"], registry=kw)
+        gauge: dict[str, Any] = {"registry": kw, "multiprocess_mode": "mostrecent"}
+        self.psi = Gauge("closedloop_drift_psi", "PSI of a column in the monitor's last window "
+                         "against the serving version's reference",
+                         ["model", "version", "column"], **gauge)
+        self.drifting = Gauge("closedloop_drift_alert", "1 while a column's drift persists (k "
+                              "of the last w windows), else 0",
+                              ["model", "version", "column"], **gauge)
+        self.matured = Gauge("closedloop_labels_matured_ratio", "Share of the predictions "
+                             "older than one monitor window that have their label", ["model"],
+                             **gauge)
+        self.auc = Gauge("closedloop_matured_auc", "AUC of the matured predictions of the "
+                         "monitor's cohort", ["model"], **gauge)
+        self.firing = Gauge("closedloop_alerts_firing", "Subjects (columns, slices, "
+                            "constraints) an alert holds on in the last monitor run; 0: quiet",
+                            ["model", "alert"], **gauge)
+        self.actions = Counter("closedloop_monitor_actions_total", "Playbook actions the "
+                               "monitors took, by outcome", ["model", "playbook", "status"],
+                               registry=kw)
         self._children: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._violations: dict[tuple[str, str], Any] = {}
+
+    def violated(self, model: str, constraint: str) -> None:
+        child = self._violations.get((model, constraint))
+        if child is None:
+            child = self._violations[(model, constraint)] = self.constraints.labels(
+                model, constraint)
+        child.inc()
+
+    def monitored(self, report: Any) -> None:
+        """Set the monitoring gauges from a monitor's report."""
+        model = report.model
+        for version in report.versions:
+            last = version.windows[-1].drift
+            for column, found in ({} if last is None else last.columns).items():
+                if found.psi == found.psi:                      # NaN: nothing to compare
+                    self.psi.labels(model, str(version.version), column).set(found.psi)
+                self.drifting.labels(model, str(version.version), column).set(
+                    float(column in version.persisted))
+        share = report.lag.matured_share(report.monitor.window_micros // 1_000_000)
+        if share is not None:
+            self.matured.labels(model).set(share)
+        overall = next((s for s in report.slices if s.column is None and s.auc), None)
+        if overall is not None:
+            self.auc.labels(model).set(overall.auc.value)
+        counts: dict[str, int] = {a.name: 0 for a in report.monitor.alerts}
+        for f in report.firing:
+            counts[f.alert.name] = counts.get(f.alert.name, 0) + 1
+        for name, n in counts.items():
+            self.firing.labels(model, name).set(n)
+        for action in report.actions:
+            self.actions.labels(model, action.playbook, action.status).inc()
 
     def of(self, model: str) -> tuple[dict[str, Any], Any]:
         """A model's stage histograms by stage (and ``queue``: the wait before its batch

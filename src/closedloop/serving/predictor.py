@@ -122,6 +122,9 @@ class Predictor:
     #: A running ladder's hold on the traffic (its candidate is loaded as ``candidate``);
     #: the server swaps it whole when the ladder moves.
     split: LadderSplit | None = None
+    #: Why every prediction goes to the fallback (a monitoring playbook switched it so), or
+    #: None; the server refreshes it with the ladder.
+    forced: str | None = None
     #: Every version loaded for this model, ``previous`` included (never routed to).
     loaded: dict[str, LoadedVersion] = field(default_factory=dict)
     #: The fields a request may carry: ``fields`` (what the versions read) and the rest of
@@ -187,6 +190,8 @@ class Predictor:
         ``RequestError`` for a bad request."""
         rows, routes, aliases, t0, times = self._begin(instances)
         read_at = None if at is None else self.features.clock.instant(at)   # records' time
+        if self.forced is not None:
+            return self._finish(rows, routes, aliases, t0, None, None, times, read_at)
         try:
             fetched = self.features.fetch(rows, self.fetch_columns, at=at, times=times)
         except BackendError as exc:
@@ -204,6 +209,8 @@ class Predictor:
         it has passed — and the fallback answers; the server sets it ``fetch_timeout_ms``
         after the request's arrival, so time spent queued counts against it."""
         rows, routes, aliases, t0, times = self._begin(instances, checked)
+        if self.forced is not None:
+            return self._finish(rows, routes, aliases, t0, None, None, times)
         try:
             fetch = self.features.fetch_async(rows, self.fetch_columns, times=times)
             if deadline is None:
@@ -279,7 +286,8 @@ class Predictor:
     def _finish(self, rows: list[dict[str, Any]], routes: list[str], aliases: list[str],
                 t0: float, fetched: OnlineFetch | None, down: BackendError | None,
                 times: list[int] | None = None, read_at: int | None = None) -> Served:
-        reason = None if down is None else f"online store: {down.message}"
+        reason = (f"forced: {self.forced}" if self.forced is not None
+                  else None if down is None else f"online store: {down.message}")
         vectors: list[dict[str, Any]] = []
         t1 = time.perf_counter()
         if fetched is not None:

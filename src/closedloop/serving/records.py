@@ -105,7 +105,8 @@ _TABLE_FIELDS = {"id": pa.string(), "time": pa.int64(), "version": pa.int64(),
                  "route": pa.string(), "unit": pa.string(), "subject": pa.string(),
                  "score": pa.float64(), "decision": pa.string(), "fallback": pa.bool_(),
                  "fallback_reason": pa.string(), "step": pa.string(),
-                 "latency_ms": pa.map_(pa.string(), pa.float64())}
+                 "latency_ms": pa.map_(pa.string(), pa.float64()),
+                 "features": pa.map_(pa.string(), pa.float64())}
 _SHADOW_TABLE = {"id": pa.string(), "version": pa.int64(), "score": pa.float64(),
                  "latency_ms": pa.float64()}
 
@@ -119,8 +120,10 @@ def prediction_table(log: PredictionLog, model: str, *, requests: Sequence[str] 
     the server served it; the stages' sum otherwise) — or only ``columns`` of them; with
     ``shadows``, the shadow version, score and latency where one scored (``shadow_version``,
     ``shadow_score``, ``shadow_latency_ms``); and each of ``requests`` as
-    ``request.<field>``."""
-    wanted = list(_TABLE_FIELDS) if columns is None else list(columns)
+    ``request.<field>``. ``features`` (as served, a map; null where the fallback answered)
+    is read only when ``columns`` names it."""
+    wanted = ([f for f in _TABLE_FIELDS if f != "features"] if columns is None
+              else list(columns))                      # features: only when asked for
     unknown = [c for c in wanted if c not in _TABLE_FIELDS]
     if unknown:
         raise ServingError(f"the prediction log has no column {unknown[0]!r}",

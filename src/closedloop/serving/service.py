@@ -23,6 +23,7 @@ from closedloop.backends.base import (
     LadderStore,
     OfflineEngine,
     PredictionLog,
+    SwitchStore,
 )
 from closedloop.data.instants import now_micros
 from closedloop.data.labels import held_labels, known_labels
@@ -91,11 +92,13 @@ class ServingService:
                  log: PredictionLog, scoring: Path | None = None,
                  events: EventStream | None = None,
                  ladders: Mapping[str, Ladder] | None = None,
-                 ladder_store: LadderStore | None = None) -> None:
+                 ladder_store: LadderStore | None = None,
+                 switches: SwitchStore | None = None) -> None:
         self.servings = dict(servings)
         #: The declared promotion ladders, by model, and where their state is kept.
         self.ladders = dict(ladders or {})
         self.ladder_store = ladder_store
+        self.switches = switches
         #: Versions loaded once per process, by (model, number): a reload after an alias or
         #: ladder move loads only what it has not loaded, so ``previous`` is always ready.
         self._loaded: dict[tuple[str, int], LoadedVersion] = {}
@@ -156,6 +159,14 @@ class ServingService:
         if self.ladder_store is None or model not in self.ladders:
             return None
         return self.ladder_store.ladder(model)
+
+    def forced(self, model: str) -> str | None:
+        """Why the model's traffic goes to its fallback (a monitoring playbook's switch), or
+        None when the model serves."""
+        if self.switches is None:
+            return None
+        found = self.switches.switches(model).get("fallback")
+        return None if found is None else str(found.get("reason", "fallback playbook"))
 
     def split(self, model: str) -> LadderSplit | None:
         """The running ladder's hold on the model's traffic, or None."""
@@ -238,7 +249,8 @@ class ServingService:
             accepted = accepted | {replay}
             types[replay] = "string"
         return Predictor(serving, versions_served, self.features, columns, fields, required,
-                         types, nullable, replay, split, loaded=versions, accepted=accepted)
+                         types, nullable, replay, split, forced=self.forced(model),
+                         loaded=versions, accepted=accepted)
 
     def _pinned(self, loaded: LoadedModel) -> list[str]:
         """The version's features as online keys, at the definition versions it pins."""
@@ -324,7 +336,7 @@ class ServingService:
         name = source or self.models[model].rows
         return stream.StreamScorer(self.online(model), self.features, self._events(),
                                    self._event_source(name), group=group,
-                                   consumer=consumer, usage=self.usage)
+                                   consumer=consumer, usage=self.usage, forced=self.forced)
 
     # -- cost ----------------------------------------------------------------------------------
     def usage(self, model: str, mode: str, cpu_s: float, predictions: int) -> None:
@@ -386,6 +398,26 @@ class ServingService:
                                joined["label"])
             joined = joined.set_column(joined.column_names.index("label"), "label", label)
         return joined
+
+    def unmatched_labels(self, model: str, predictions: pa.Table,
+                         at: datetime | None = None) -> int:
+        """Labels known now (or ``at``) for subjects no prediction of ``predictions`` (a
+        ``predictions`` table: subject, time) names, among those whose time is not before its
+        first prediction: a label for an unknown prediction id (a key mismatch upstream) is
+        counted here, never joined."""
+        declared = self.models[model]
+        source = self.catalog.sources.get(declared.label)
+        if not isinstance(source, LabelSource) or predictions.num_rows == 0:
+            return 0
+        known = known_labels(held_labels(self.features.engine, source), source,
+                             self.features.clock.instant(at))
+        if known is None:
+            return 0
+        first = pc.min(pc.cast(predictions["time"], pa.int64())).as_py()
+        recent = known.filter(pc.greater_equal(known["__t"], first))
+        subjects = pc.cast(recent["__s"], pa.string())
+        seen = pc.is_in(subjects, value_set=pc.unique(pc.drop_null(predictions["subject"])))
+        return int(recent.num_rows - (pc.sum(seen).as_py() or 0))
 
     def budget(self, model: str, last: int = 10_000) -> BudgetReport:
         """The measured latency of the last ``last`` logged predictions against the model's

@@ -122,7 +122,9 @@ class StreamScorer:
                  stream: EventStream, source: EventSource,
                  group: str = "closedloop", consumer: str = "scorer-1",
                  usage: Callable[[str, str, float, int], None] | None = None,
-                 observe: Callable[[list[float]], None] | None = None) -> None:
+                 observe: Callable[[list[float]], None] | None = None,
+                 forced: Callable[[str], str | None] | None = None,
+                 refresh_s: float = 1.0) -> None:
         self.online = online
         self.model = online.model
         self.predictor = online.predictor
@@ -133,6 +135,10 @@ class StreamScorer:
         self.consumer = consumer
         self.usage = usage
         self.observe = observe
+        #: Whether a monitoring playbook forces the model to its fallback (read every
+        #: ``refresh_s`` seconds, as the server's workers do every ``reload_s``).
+        self.forced = forced
+        self.refresh_s = refresh_s
 
     def run(self, *, max_events: int | None = None, idle_s: float | None = None,
             batch: int = 500, block_ms: int = 200, stop: threading.Event | None = None,
@@ -144,8 +150,11 @@ class StreamScorer:
         self.stream.ensure_group(name, self.group)
         report = StreamReport(self.model, self.consumer)
         start, cpu0 = time.perf_counter(), time.process_time()
-        quiet_since = next_claim = time.monotonic()
+        quiet_since = next_claim = next_refresh = time.monotonic()
         while stop is None or not stop.is_set():
+            if self.forced is not None and time.monotonic() >= next_refresh:
+                self.predictor.forced = self.forced(self.model)
+                next_refresh = time.monotonic() + self.refresh_s
             if max_events is not None and report.events >= max_events:
                 break
             want = batch if max_events is None else min(batch, max_events - report.events)

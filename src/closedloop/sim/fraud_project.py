@@ -148,6 +148,12 @@ ladder = cl.Ladder(
     ramp=cl.Ramp(steps=(0.5, 1.0), guardrails=cl.Guardrails(min_predictions=200)),
     metrics=[missed_fraud, false_block],
 )
+
+# What production is watched for, and what happens then (`closedloop monitor fraud`): the
+# amount the request carries, against the customer's usual, should never drift; if it does
+# for two days of three, an upstream feed broke and the fallback answers until released.
+monitor = cl.Monitor("fraud", window="1d", persistence=(2, 3), slices=["country"], alerts=[
+    cl.Alert("amount feed", on="drift", columns=["amount_vs_usual"], playbook=cl.Fallback())])
 '''
 
 

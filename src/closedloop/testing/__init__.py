@@ -15,6 +15,7 @@ its own id); ``check_*`` runs them all. Each calls only its protocol's methods.
 
 from closedloop.features.consistency import same_value
 from closedloop.testing.logs import PREDICTION_LOG_CHECKS, check_prediction_log
+from closedloop.testing.monitors import MONITOR_STORE_CHECKS, check_monitor_store
 from closedloop.testing.semantics import (
     SemanticCase,
     check_offline_engine,
@@ -31,8 +32,8 @@ from closedloop.testing.stores import (
 )
 from closedloop.testing.trainers import TRAINER_CHECKS, check_trainer
 
-__all__ = ["EVENT_STREAM_CHECKS", "METADATA_STORE_CHECKS", "ONLINE_STORE_CHECKS",
-           "PREDICTION_LOG_CHECKS", "TRAINER_CHECKS", "SemanticCase",
-           "check_event_stream", "check_metadata_store", "check_offline_engine",
-           "check_online_store", "check_prediction_log", "check_trainer", "run_case",
-           "same_value", "semantic_cases"]
+__all__ = ["EVENT_STREAM_CHECKS", "METADATA_STORE_CHECKS", "MONITOR_STORE_CHECKS",
+           "ONLINE_STORE_CHECKS", "PREDICTION_LOG_CHECKS", "TRAINER_CHECKS", "SemanticCase",
+           "check_event_stream", "check_metadata_store", "check_monitor_store",
+           "check_offline_engine", "check_online_store", "check_prediction_log",
+           "check_trainer", "run_case", "same_value", "semantic_cases"]

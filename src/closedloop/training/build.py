@@ -3,7 +3,7 @@ the content hash, the time split and the checks (leakage, the univariate screen)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -77,10 +77,12 @@ def label_source(catalog: Catalog, model: Model) -> LabelSource:
 
 
 def build(model: Model, cutoff: datetime, step: Callable[[str], None], catalog: Catalog,
-          engine: OfflineEngine, features: FeatureService) -> Built:
+          engine: OfflineEngine, features: FeatureService,
+          excluded: Sequence[tuple[int, int]] = ()) -> Built:
     """The model's training set as of ``cutoff``: its rows source's rows with matured labels,
-    their features as of each row's time, hashed, split, checked for leakage and screened
-    for features that are the label in disguise."""
+    less those whose time falls in an ``excluded`` window ([start, end) µs: data a monitor
+    froze as contaminated), their features as of each row's time, hashed, split, checked for
+    leakage and screened for features that are the label in disguise."""
     label = label_source(catalog, model)
     source = catalog.sources.get(model.rows)
     if source is None:
@@ -102,6 +104,14 @@ def build(model: Model, cutoff: datetime, step: Callable[[str], None], catalog: 
                               f"column(s) {absent}", fix=f"its columns are {sorted(held)}")
     rows = _time_ordered(engine.read(source, row_columns), source.timestamp,
                          label.subject)
+    left_out = 0
+    if excluded and rows.num_rows:
+        at = to_micros(rows[source.timestamp], f"column {source.timestamp!r}")
+        inside = pa.array(np.zeros(rows.num_rows, dtype=bool))
+        for start, end in excluded:
+            inside = pc.or_(inside, pc.and_(pc.greater_equal(at, start), pc.less(at, end)))
+        left_out = int(pc.sum(inside).as_py() or 0)
+        rows = rows.filter(pc.invert(inside))
     step("labels")
     labels = held_labels(engine, label)
     matured, report = mature(rows, labels, label, cutoff, timestamp=source.timestamp)
@@ -132,7 +142,9 @@ def build(model: Model, cutoff: datetime, step: Callable[[str], None], catalog: 
         built = Built(table, "", times, y, X, part, (valid_cut, test_cut), {
             "rows": report.rows, "matured": report.matured, "maturing": report.maturing,
             "labelled": report.labelled, "defaulted": report.defaulted,
-            "unlabelled": report.unlabelled, "ignored_labels": report.ignored_labels})
+            "unlabelled": report.unlabelled, "ignored_labels": report.ignored_labels,
+            **({"excluded_windows": [list(w) for w in excluded], "excluded_rows": left_out}
+               if excluded else {})})
         check_leakage(model, table, times, catalog, engine)
         # The univariate check is a screen: an evenly spaced sample of the training rows
         # is enough (and keeps it a fraction of the fit on a large training set).

@@ -120,7 +120,8 @@ class TrainingService:
                  features: FeatureService, metadata: MetadataStore, runs: RunStore,
                  artefacts: ArtefactStore, root: Path,
                  decision_thresholds: Callable[[str], list[float]] = lambda _: [],
-                 definitions_hash: Callable[[], str] | None = None) -> None:
+                 definitions_hash: Callable[[], str] | None = None,
+                 frozen: Callable[[str], list[tuple[int, int]]] = lambda _: []) -> None:
         self.models = models
         self.catalog = catalog
         self.engine = engine
@@ -131,6 +132,9 @@ class TrainingService:
         self.root = root
         self.definitions_hash = definitions_hash
         self.decision_thresholds = decision_thresholds    # a model's serving thresholds
+        #: The windows ([start, end) µs) monitoring froze as contaminated for a model: a run
+        #: leaves their rows out and records them.
+        self.frozen = frozen
 
     def model(self, name: str) -> Model:
         try:
@@ -172,8 +176,10 @@ class TrainingService:
         return label_source(self.catalog, model)
 
     # -- building the training set (closedloop.training.build) -------------------------------
-    def _build(self, model: Model, cutoff: datetime, step: Callable[[str], None]) -> Built:
-        return build(model, cutoff, step, self.catalog, self.engine, self.features)
+    def _build(self, model: Model, cutoff: datetime, step: Callable[[str], None],
+               excluded: list[tuple[int, int]] | None = None) -> Built:
+        return build(model, cutoff, step, self.catalog, self.engine, self.features,
+                     self.frozen(model.name) if excluded is None else excluded)
 
     # -- a run ------------------------------------------------------------------------------
     def train(self, name: str, *, cutoff: datetime | None = None, baseline: Baseline | None = None,
@@ -386,7 +392,9 @@ class TrainingService:
             if progress:
                 progress(_STEPS.index(what) if what in _STEPS else 0, len(_STEPS), what)
 
-        built = self._build(model, cutoff, step)
+        excluded = [(int(a), int(b)) for a, b in
+                    was["lineage"].get("maturity", {}).get("excluded_windows", [])]
+        built = self._build(model, cutoff, step, excluded)       # as the run left them out
         data_same = built.data_hash == was["lineage"]["training_set_hash"]
         if not data_same:
             differences.append(

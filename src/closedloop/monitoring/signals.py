@@ -1,0 +1,314 @@
+"""The monitor's signals, from one table of served predictions joined to their labels (what
+``project.serving.predictions`` returns): drift per version and window against the version's
+reference, constraint violations, the outcome lag, and metrics on matured slices.
+
+Windows: the last ``w`` windows of ``window`` each, ending at the monitor's instant; a row
+belongs to the window its ``time`` falls in. Predictions the fallback answered carry no
+features and are left out of drift and constraints (counted as ``fallback``). The label is
+counted only where it is known (matured); a window whose labels have not come yet shows the
+label as ``absent``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from closedloop.monitoring.constraints import CONSTRAINTS
+from closedloop.monitoring.counts import WindowCounts, count, count_categorical, count_numeric
+from closedloop.monitoring.detect import DriftResult, DriftRule, compare, decide
+from closedloop.monitoring.reference import Reference, numeric_values
+from closedloop.training import evaluation
+
+#: The reference's names for the score and the label (``training.service``).
+SCORE, LABEL = "(score)", "(label)"
+
+#: Label-delay histogram bounds, in seconds (the last bucket is open).
+DELAY_BOUNDS = (60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Violations counted per constraint in one window (rows, not values)."""
+
+    rows: int
+    counts: Mapping[str, int]
+
+    def share(self, name: str) -> float:
+        return self.counts.get(name, 0) / self.rows if self.rows else 0.0
+
+
+@dataclass(frozen=True)
+class WindowSignals:
+    """One version's window: its rows, drift (overall, and per slice value: ``"country=FR"``)
+    and constraint violations. One Holm correction covers every column of the window and
+    of its slices."""
+
+    start: int
+    end: int
+    rows: int
+    fallback: int
+    drift: DriftResult | None           # None: no row to compare
+    constraints: Constraints
+    slices: Mapping[str, DriftResult] = field(default_factory=dict)
+
+    def drifted(self) -> tuple[str, ...]:
+        """Every drifted column, ``slice:column`` for those in a slice."""
+        found = [] if self.drift is None else list(self.drift.drifted)
+        for name, result in self.slices.items():
+            found.extend(f"{name}:{column}" for column in result.drifted)
+        return tuple(found)
+
+
+@dataclass(frozen=True)
+class VersionSignals:
+    version: int
+    windows: tuple[WindowSignals, ...]
+    persisted: tuple[str, ...]          # columns drifted in k of the last w windows
+
+
+@dataclass(frozen=True)
+class OutcomeLag:
+    """How late labels come: the delay histogram of settled labels (counts per bucket of
+    ``DELAY_BOUNDS``, the last open) and the share of predictions with a label by age."""
+
+    delays: tuple[int, ...]
+    matured_by_age: tuple[tuple[int, int, int], ...]   # (age bucket's upper bound s, rows,
+    median_delay_s: float | None                       #  labelled rows)
+
+    def matured_share(self, older_than_s: int) -> float | None:
+        rows = sum(r for bound, r, _ in self.matured_by_age if bound > older_than_s)
+        done = sum(d for bound, _, d in self.matured_by_age if bound > older_than_s)
+        return done / rows if rows else None
+
+
+@dataclass(frozen=True)
+class SliceSignals:
+    """Metrics on the matured rows of one slice (or of all rows: ``slice`` None)."""
+
+    column: str | None
+    slice: str | None
+    rows: int
+    positives: int
+    scored: bool
+    auc: evaluation.Interval | None = None
+    calibration_gap: evaluation.Interval | None = None   # mean score − observed rate
+    ece: float | None = None
+    kpis: Mapping[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+
+def _window_table(rows: pa.Table, reference: Reference, keys: Mapping[str, str],
+                  ) -> tuple[pa.Table, int, dict[str, np.ndarray[Any, Any]]]:
+    """The reference's feature columns and the score out of the logged rows (those the model
+    scored: the fallback's carry no features), how many the fallback answered, and per
+    feature which rows' records hold its key at all. ``keys``: each feature's key in the
+    logged map (its pinned column, ``view@version.feature``)."""
+    fallback = (pc.fill_null(rows["fallback"], False) if "fallback" in rows.column_names
+                else pa.array(np.zeros(rows.num_rows, dtype=bool)))
+    scored = rows.filter(pc.invert(fallback))
+    columns: dict[str, Any] = {}
+    present: dict[str, np.ndarray[Any, Any]] = {}
+    features = scored["features"] if "features" in scored.column_names else None
+    for name in (n for n in reference.columns if n not in (SCORE, LABEL)):
+        if features is None:
+            present[name] = np.zeros(scored.num_rows, dtype=bool)
+            columns[name] = pa.nulls(scored.num_rows, pa.float64())
+            continue
+        key = pa.scalar(keys.get(name, name))
+        present[name] = np.asarray(pc.is_valid(pc.map_lookup(features, key, "all")))
+        columns[name] = pc.map_lookup(features, key, "first")
+    columns[SCORE] = scored["score"]
+    return pa.table(columns), rows.num_rows - scored.num_rows, present
+
+
+def constraint_counts(reference: Reference, table: pa.Table,
+                      present: Mapping[str, Any] | None = None) -> Constraints:
+    """Rows violating each constraint (``closedloop.monitoring.constraints``; a row with two
+    NaN features counts once per constraint). ``present``: per feature, which rows' records
+    hold its key (a record without it is a schema mismatch; with it and no value, a missing
+    input); default: every row holds every key the table has a column for."""
+    n = table.num_rows
+    hits: dict[str, np.ndarray[Any, Any]] = {k: np.zeros(n, dtype=bool) for k in CONSTRAINTS}
+    for name, ref in reference.columns.items():
+        if name == LABEL:
+            continue
+        if name not in table.column_names:
+            if name != SCORE:
+                hits["schema_mismatch"][:] = True
+            continue
+        held = (np.ones(n, dtype=bool) if present is None or name not in present
+                else np.asarray(present[name], dtype=bool))
+        if name != SCORE:
+            hits["schema_mismatch"] |= ~held
+        column = table[name]
+        if ref.kind == "numeric":
+            values = np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan)
+                                .to_numpy(zero_copy_only=False), dtype=np.float64)
+            nan, inf = np.isnan(values), np.isinf(values)
+            with np.errstate(invalid="ignore"):
+                if name == SCORE:
+                    hits["score_out_of_range"] |= nan | inf | (values < 0) | (values > 1)
+                    continue
+                hits["out_of_range"] |= held & ~inf & ((values < ref.low) | (values > ref.high))
+            hits["missing_input"] |= held & nan
+            hits["nonfinite_input"] |= held & inf
+        else:
+            strings = pc.cast(column, pa.string())
+            known = np.asarray(pc.fill_null(pc.is_in(strings, value_set=pa.array(
+                ref.categories, pa.string())), False))
+            null = np.asarray(pc.is_null(strings))
+            hits["missing_input"] |= held & null
+            hits["unseen_category"] |= held & ~null & ~known
+    return Constraints(n, {k: int(v.sum()) for k, v in hits.items()})
+
+
+def _counted(rows: pa.Table, reference: Reference,
+             keys: Mapping[str, str]) -> tuple[WindowCounts, pa.Table, int, dict[str, Any]]:
+    """Rows counted against the reference: features and score of the rows the model scored,
+    the label of those whose label is known."""
+    table, fallback, present = _window_table(rows, reference, keys)
+    counts = count(reference, table)
+    if LABEL in reference.columns and "label" in rows.column_names:
+        labelled = rows.filter(pc.is_valid(rows["label"]))
+        label = reference.columns[LABEL]
+        if labelled.num_rows and label.kind == "categorical":   # 0/1, as the run binned it
+            values = pc.cast(pc.cast(labelled["label"], pa.int64()), pa.string())
+            counts.columns[LABEL] = count_categorical(label, values)
+        elif labelled.num_rows:
+            counts.columns[LABEL] = count_numeric(label, numeric_values(labelled["label"]))
+    return counts, table, fallback, present
+
+
+def window_signals(rows: pa.Table, reference: Reference, rule: DriftRule, start: int,
+                   end: int, keys: Mapping[str, str] | None = None,
+                   slices: Sequence[str] = ()) -> WindowSignals:
+    """One version's window of rows against its reference (``keys``: see ``_window_table``),
+    overall and per value of each ``slices`` column of ``rows``."""
+    counts, table, fallback, present = _counted(rows, reference, keys or {})
+    if not table.num_rows:
+        return WindowSignals(start, end, rows.num_rows, fallback, None,
+                             constraint_counts(reference, table, present))
+    results = {"": compare(reference, counts, rule, verdicts=False)}
+    for column in slices:
+        if column not in rows.column_names:
+            continue
+        values = pc.cast(rows[column], pa.string()).fill_null("(null)")
+        for value in pc.unique(values).to_pylist():
+            part = rows.filter(pc.equal(values, value))
+            results[f"{column}={value}"] = compare(
+                reference, _counted(part, reference, keys or {})[0], rule, verdicts=False)
+    joined = {f"{name}|{col}": drift for name, result in results.items()
+              for col, drift in result.columns.items()}
+    decided = decide(joined, rule)                     # one Holm correction for them all
+    split = {name: DriftResult(result.rows, {col: decided[f"{name}|{col}"]
+                                             for col in result.columns})
+             for name, result in results.items()}
+    overall = split.pop("")
+    return WindowSignals(start, end, rows.num_rows, fallback, overall,
+                         constraint_counts(reference, table, present), split)
+
+
+def persisted(windows: Sequence[WindowSignals], k: int) -> tuple[str, ...]:
+    """Columns drifted in at least ``k`` of these windows."""
+    hits: dict[str, int] = {}
+    for w in windows:
+        for name in w.drifted():
+            hits[name] = hits.get(name, 0) + 1
+    return tuple(sorted(name for name, n in hits.items() if n >= k))
+
+
+def outcome_lag(rows: pa.Table, now: int) -> OutcomeLag:
+    """The label delays of settled predictions and the matured share by age."""
+    times = np.asarray(pc.cast(rows["time"], pa.int64()), dtype=np.int64)
+    if "label_settled_at" in rows.column_names:
+        settled = pc.cast(rows["label_settled_at"], pa.int64())
+        known = np.asarray(pc.is_valid(rows["label"]))
+        at = np.asarray(pc.fill_null(settled, 0), dtype=np.int64)
+    else:
+        known, at = np.zeros(times.size, dtype=bool), np.zeros(times.size, dtype=np.int64)
+    bounds = np.asarray(DELAY_BOUNDS, dtype=np.float64)
+    delay_s = np.maximum(at[known] - times[known], 0) / 1e6
+    delays = np.bincount(np.searchsorted(bounds, delay_s, side="left"),
+                         minlength=len(DELAY_BOUNDS) + 1)
+    age_s = np.maximum(now - times, 0) / 1e6
+    bucket = np.searchsorted(bounds, age_s, side="left")
+    rows_by = np.bincount(bucket, minlength=len(DELAY_BOUNDS) + 1)
+    done_by = np.bincount(bucket[known], minlength=len(DELAY_BOUNDS) + 1)
+    upper = [*DELAY_BOUNDS, 2**62]
+    return OutcomeLag(tuple(int(d) for d in delays),
+                      tuple((int(u), int(r), int(d)) for u, r, d in zip(upper, rows_by, done_by,
+                                                                         strict=True)),
+                      float(np.median(delay_s)) if delay_s.size else None)
+
+
+def _kpis(rows: pa.Table) -> dict[str, float]:
+    """Each decision's share and the label's rate: the business figures declared by the
+    serving's decisions."""
+    out: dict[str, float] = {}
+    if rows.num_rows and "decision" in rows.column_names:
+        counted = pc.value_counts(pc.fill_null(rows["decision"], "none"))
+        for value, n in zip(counted.field("values").to_pylist(),
+                            counted.field("counts").to_pylist(), strict=True):
+            out[f"decision:{value}"] = n / rows.num_rows
+    return out
+
+
+def slice_signals(rows: pa.Table, slices: Sequence[str], min_size: int,
+                  min_class: int = 10) -> list[SliceSignals]:
+    """AUC (DeLong interval), the calibration gap (normal interval) and ECE on the matured
+    rows, overall and per value of each slice column; slices under ``min_size`` rows or
+    ``min_class`` of a class are listed, unscored."""
+    if "label" not in rows.column_names:
+        return []
+    matured = rows.filter(pc.is_valid(rows["label"]))
+    y = np.asarray(pc.cast(matured["label"], pa.float64()), dtype=np.float64)
+    p = np.asarray(matured["score"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    groups: list[tuple[str | None, str | None, np.ndarray[Any, Any]]] = [
+        (None, None, np.ones(y.size, dtype=bool))]
+    for column in slices:
+        if column not in matured.column_names:
+            continue
+        values = pc.cast(matured[column], pa.string()).fill_null("(null)")
+        for found in pc.unique(values).to_pylist():
+            groups.append((column, str(found), np.asarray(pc.equal(values, found))))
+    out = []
+    for name, value, inside in groups:
+        yy, pp = y[inside], p[inside]
+        n, pos = int(yy.size), int(yy.sum())
+        kpis = _kpis(matured.filter(pa.array(inside)))
+        if n < min_size or pos < min_class or n - pos < min_class:
+            out.append(SliceSignals(name, value, n, pos, False, kpis=kpis,
+                                    reason=f"too small: needs {min_size} matured rows with "
+                                           f"{min_class} of each class"))
+            continue
+        gap = pp - yy
+        se = float(gap.std(ddof=1) / np.sqrt(n))
+        mean = float(gap.mean())
+        out.append(SliceSignals(name, value, n, pos, True, evaluation.delong(yy, pp),
+                                evaluation.Interval(mean, mean - 1.96 * se, mean + 1.96 * se, se),
+                                evaluation.reliability(yy, pp)[0], kpis))
+    return out
+
+
+def version_signals(rows: pa.Table, reference: Reference, rule: DriftRule,
+                    bounds: Sequence[tuple[int, int]], k: int, version: int,
+                    keys: Mapping[str, str] | None = None,
+                    slices: Sequence[str] = ()) -> VersionSignals:
+    times = pc.cast(rows["time"], pa.int64())
+    windows = []
+    for start, end in bounds:
+        inside = pc.and_(pc.greater_equal(times, start), pc.less(times, end))
+        windows.append(window_signals(rows.filter(inside), reference, rule, start, end, keys,
+                                      slices))
+    return VersionSignals(version, tuple(windows), persisted(windows, k))
+
+
+__all__ = ["DELAY_BOUNDS", "LABEL", "SCORE", "Constraints", "OutcomeLag", "SliceSignals",
+           "VersionSignals", "WindowSignals", "constraint_counts", "outcome_lag", "persisted",
+           "slice_signals", "version_signals", "window_signals"]
