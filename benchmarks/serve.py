@@ -11,8 +11,9 @@ by closedloop once per data size. Each request carries one instance (a random us
   the online fetch, inference, decisions, the durable prediction log (each response sent
   after its record is fsync-ed), metrics.
   Both run without monitoring (``[monitoring] checks = false``, no monitor).
-* ``closedloop-monitored``: ``closedloop-redis`` with every prediction checked against its
-  version's constraints and a monitor over the model, run every 10 s inside the server.
+* ``closedloop-monitored``: ``closedloop-redis`` with monitoring on: every prediction checked
+  against its version's constraints and counted for drift against its reference on the
+  request path, and a monitor over the model (every 5 minutes, its default) in the server.
 * ``floor``: ``benchmarks/serve_floor.py``, a hand-written ASGI app on the same stack
   (uvicorn, uvloop, httptools, one worker): parse, one Redis GET of a packed vector, LightGBM
   predict on one numpy row, respond — nothing else.
@@ -230,9 +231,9 @@ def _load(port: int, path: str, users: int, process: subprocess.Popen[bytes],
     return job
 
 
-#: ``closedloop-monitored``: a monitor over the model, run every 10 s inside the server.
+#: ``closedloop-monitored``: a monitor over the model, run inside the server.
 MONITOR = """
-monitor = cl.Monitor("bench", window="1h", every="10s")
+monitor = cl.Monitor("bench", window="1h", every="5m")
 """
 #: The others: no constraint checks, no monitor.
 UNMONITORED = '[monitoring]\nchecks = false\nrunner = "off"\n'

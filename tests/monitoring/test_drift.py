@@ -291,3 +291,37 @@ def test_request_path_and_batch_constraints_agree(rows: list[Any]) -> None:
                       "(score)": pa.array([r[3] for r in rows], pa.float64())})
     present = {k: np.array([k in rec for rec in records], dtype=bool) for k in "xyc"}
     assert constraint_counts(reference, table, present).counts == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7_200), values_or_gaps,
+                          st.sampled_from(["a", "b", "z", None]), st.floats(0, 1)),
+                max_size=40), st.integers(1, 16))
+def test_request_path_counts_are_the_batch_counts(rows: list[Any], batch: int) -> None:
+    """What the server counts per prediction (buffered, per window) equals counting the
+    same rows in one table, window by window."""
+    from closedloop.monitoring.live import LiveCounts
+
+    rng = np.random.default_rng(5)
+    reference = fit_reference(pa.table({"x": rng.normal(size=300),
+                                        "c": rng.choice(["a", "b"], 300),
+                                        "(score)": rng.uniform(0, 1, 300)}))
+    hour = 3_600_000_000
+    live = LiveCounts(reference, window_micros=hour, batch=batch)
+    records = []
+    for t, x, c, score in rows:
+        features = {k: v for k, v in (("x", x), ("c", c)) if v != "absent"}
+        records.append((t * 1_000_000, features, score))
+        live.observe(t * 1_000_000, features, score)
+    live.flush()
+    for start in sorted({r[0] - r[0] % hour for r in records}):
+        mine = [r for r in records if r[0] - r[0] % hour == start]
+        table = pa.table({"x": pa.array([r[1].get("x") for r in mine], pa.float64()),
+                          "c": pa.array([r[1].get("c") for r in mine], pa.string()),
+                          "(score)": pa.array([r[2] for r in mine], pa.float64())})
+        want, got = count(reference, table), live.windows_[start]
+        for name in ("x", "c", "(score)"):
+            a, b = got.columns[name].to_dict(), want.columns[name].to_dict()
+            for tail in ("below", "above"):        # sums added in another order
+                assert a.pop(tail) == pytest.approx(b.pop(tail), rel=1e-9, abs=1e-12)
+            assert a == b, name

@@ -457,3 +457,5 @@ def test_every_prediction_is_checked_against_its_constraints(server: Server) -> 
     line = next(li for li in text.splitlines() if li.startswith(
         'closedloop_constraint_violations_total{constraint="out_of_range",model="fraud"}'))
     assert float(line.split()[-1]) >= 1
+    # The same predictions counted for drift on the request path (this worker's window).
+    assert 'closedloop_live_drift_psi{column="amount_vs_usual",model="fraud",version=' in text

@@ -23,6 +23,8 @@ from typing import Any
 
 from closedloop.monitoring.reference import Reference
 
+_ABSENT = object()
+
 #: Every constraint, in the order a check reports them.
 CONSTRAINTS = ("missing_input", "nonfinite_input", "out_of_range", "unseen_category",
                "score_out_of_range", "schema_mismatch")
@@ -46,17 +48,23 @@ class ConstraintChecker:
         """The constraints one record violates (each named once)."""
         missing = nonfinite = outside = unseen = schema = False
         for key, low, high in self._numeric:
-            if key not in features:
-                schema = True
+            value = features.get(key, _ABSENT)
+            try:
+                if low <= value <= high:         # the common case: one comparison
+                    continue
+            except TypeError:                    # None, absent, or not a number
+                if value is _ABSENT or not (value is None or isinstance(value, str)):
+                    schema = True
+                elif value is None:
+                    missing = True
+                else:
+                    schema = True
                 continue
-            value = features[key]
-            if value is None or value != value:
+            if value != value:
                 missing = True
-            elif not isinstance(value, bool | int | float):
-                schema = True
             elif value in (math.inf, -math.inf):
                 nonfinite = True
-            elif value < low or value > high:
+            else:
                 outside = True
         for key, known in self._categorical:
             if key not in features:

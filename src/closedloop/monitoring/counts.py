@@ -112,8 +112,10 @@ def empty(reference: Reference) -> WindowCounts:
         for name, c in reference.columns.items()})
 
 
-def count_numeric(column: ColumnReference, values: _F) -> ColumnCounts:
-    """``values`` (float64, NaN for missing) counted into ``column``'s fine bins."""
+def count_numeric(column: ColumnReference, values: _F,
+                  binner: Binner | None = None) -> ColumnCounts:
+    """``values`` (float64, NaN for missing) counted into ``column``'s fine bins (``binner``:
+    one made for its edges already, when counting many small batches)."""
     finite = np.isfinite(values)
     n_finite = int(finite.sum())
     n_missing = int(np.isnan(values).sum()) if n_finite < values.size else 0
@@ -123,7 +125,7 @@ def count_numeric(column: ColumnReference, values: _F) -> ColumnCounts:
     edges = np.asarray(column.edges)
     if edges.size == 0:                         # the reference had no value: one open bin
         return ColumnCounts(np.array([n_finite], dtype=np.int64), n_missing, n_nonfinite)
-    index = Binner(edges).bins(values)
+    index = (binner or Binner(edges)).bins(values)
     counts = np.bincount(index, minlength=edges.size + 1).astype(np.int64)
     below = above = 0.0
     if counts[0]:

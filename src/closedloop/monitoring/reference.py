@@ -27,6 +27,7 @@ Per column (each feature, the score, the label):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -143,8 +144,9 @@ class Reference:
         return cls(data["model"], data["run_id"], {c.name: c for c in columns}, data["rows"],
                    Binning(**data["binning"]))
 
-    @property
+    @functools.cached_property
     def hash(self) -> str:
+        """The content hash (computed once: a reference never changes)."""
         return hashlib.sha256(self.to_json()).hexdigest()
 
 

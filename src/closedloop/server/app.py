@@ -45,6 +45,7 @@ import orjson
 
 from closedloop.errors import ClosedLoopError, Overloaded, RequestError
 from closedloop.monitoring.constraints import ConstraintChecker
+from closedloop.monitoring.live import LiveCounts
 from closedloop.monitoring.service import MonitorReport
 from closedloop.server.metrics import ServerMetrics
 from closedloop.server.openapi import openapi
@@ -87,7 +88,7 @@ class ServingApp:
         self._stopping = threading.Event()
         self._controller: threading.Thread | None = None
         self._monitor: threading.Thread | None = None
-        self._checkers: dict[tuple[str, int], ConstraintChecker | None] = {}
+        self._checkers: dict[tuple[str, int], tuple[ConstraintChecker, LiveCounts] | None] = {}
         self._checks = self.project.settings.monitoring.checks
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -225,6 +226,10 @@ class ServingApp:
                         {"ready": ready, "log": "ok" if logged else "failing",
                          "models": {n: m.aliases for n, m in self.online.items()}})
         elif path == "/metrics":
+            for (model, version), pair in list(self._checkers.items()):
+                drift = None if pair is None else pair[1].drift()
+                if drift is not None:
+                    self.metrics.live(model, version, drift)
             body, ctype = self.metrics.render()
             await _raw(send, 200, body, [(b"content-type", ctype.encode())])
         elif path == "/openapi.json":
@@ -294,11 +299,13 @@ class ServingApp:
                 stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
         for record in served.records[first:last] if self._checks else ():   # constraints
-            if record.features is not None:
-                checker = self._checker(name, record.version)
-                if checker is not None:
+            if record.features is not None:                  # and drift counts
+                found = self._checker(name, record.version)
+                if found is not None:
+                    checker, live = found
                     for violated in checker.check(record.features, record.score):
                         m.violated(name, violated)
+                    live.observe(record.time, record.features, record.score)
         for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
             if p.fallback:
@@ -308,15 +315,20 @@ class ServingApp:
                     m.missing.labels(name, feature, why).inc()
         self._made[name] = self._made.get(name, 0) + len(mine)
 
-    def _checker(self, name: str, version: int) -> ConstraintChecker | None:
-        """The constraints of a version's reference (None: it has none), loaded once."""
+    def _checker(self, name: str, version: int,
+                 ) -> tuple[ConstraintChecker, LiveCounts] | None:
+        """The constraints and the live drift counts of a version's reference (None: it has
+        none), made once."""
         key = (name, version)
         if key not in self._checkers:
             try:
                 reference = self.project.monitoring.reference(name, version)
                 pinned = self.project.registry.version(name, version).manifest["definitions"]
-                self._checkers[key] = ConstraintChecker(reference, {
-                    f["ref"]: f["column"] for f in pinned.get("features", [])})
+                keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
+                monitor = self.project.monitoring.monitors.get(name)
+                window = monitor.window_micros if monitor is not None else 3_600_000_000
+                self._checkers[key] = (ConstraintChecker(reference, keys),
+                                       LiveCounts(reference, keys, window_micros=window))
             except ClosedLoopError as exc:              # trained before references
                 log.warning("no constraints for %s v%s: %s", name, version, exc)
                 self._checkers[key] = None

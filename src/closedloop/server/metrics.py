@@ -80,6 +80,10 @@ class ServerMetrics:
         self.firing = Gauge("closedloop_alerts_firing", "Subjects (columns, slices, "
                             "constraints) an alert holds on in the last monitor run; 0: quiet",
                             ["model", "alert"], **gauge)
+        self.live_psi = Gauge("closedloop_live_drift_psi", "PSI of a column in the current "
+                              "window, counted on this worker's request path",
+                              ["model", "version", "column"], registry=kw,
+                              multiprocess_mode="liveall")
         self.actions = Counter("closedloop_monitor_actions_total", "Playbook actions the "
                                "monitors took, by outcome", ["model", "playbook", "status"],
                                registry=kw)
@@ -92,6 +96,12 @@ class ServerMetrics:
             child = self._violations[(model, constraint)] = self.constraints.labels(
                 model, constraint)
         child.inc()
+
+    def live(self, model: str, version: int, drift: Any) -> None:
+        """Set the live drift gauges from a worker's request-path counts."""
+        for column, found in drift.columns.items():
+            if found.psi == found.psi:
+                self.live_psi.labels(model, str(version), column).set(found.psi)
 
     def monitored(self, report: Any) -> None:
         """Set the monitoring gauges from a monitor's report."""
