@@ -24,9 +24,7 @@ from closedloop.monitoring.counts import WindowCounts, count, count_categorical,
 from closedloop.monitoring.detect import DriftResult, DriftRule, compare, decide
 from closedloop.monitoring.reference import Reference, numeric_values
 from closedloop.training import evaluation
-
-#: The reference's names for the score and the label (``training.service``).
-SCORE, LABEL = "(score)", "(label)"
+from closedloop.training.reference import LABEL, SCORE
 
 #: Label-delay histogram bounds, in seconds (the last bucket is open).
 DELAY_BOUNDS = (60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400)

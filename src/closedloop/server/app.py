@@ -17,7 +17,7 @@ Routes:
 A bad request is a 4xx whose body names the field — ``{"error", "code", "field", "fix"}`` —
 never a 500. More than ``max_inflight`` requests in flight on a worker are shed with a 503
 and ``Retry-After``. The requests already queued for a model are served as one batch
-(``_Batcher``), never held back for more to come. Aliases are polled every ``reload_s``: a
+(``Batcher``), never held back for more to come. Aliases are polled every ``reload_s``: a
 moved alias loads the new version off the event loop and swaps it in; requests in flight
 finish on the version they started on, so none is dropped. A running promotion ladder's
 split of the traffic is polled with them, and swapped in place when only it moved; the
@@ -37,20 +37,17 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from closedloop.errors import ClosedLoopError, Overloaded, RequestError
-from closedloop.monitoring.constraints import ConstraintChecker
-from closedloop.monitoring.live import LiveCounts
-from closedloop.monitoring.service import MonitorReport
+from closedloop.server.batching import Batcher
 from closedloop.server.metrics import ServerMetrics
+from closedloop.server.monitoring import RequestMonitor
 from closedloop.server.openapi import openapi
 from closedloop.serving.online import NotLogged, OnlineModel
-from closedloop.serving.predictor import Served
 
 if TYPE_CHECKING:
     from closedloop.project import Project
@@ -83,13 +80,11 @@ class ServingApp:
         self.ready = False
         self._reloader: asyncio.Task[None] | None = None
         self._made: dict[str, int] = {}            # predictions since the last usage record
-        self._batchers: dict[str, _Batcher] = {}
+        self._batchers: dict[str, Batcher] = {}
         self._cpu = time.process_time()
         self._stopping = threading.Event()
         self._controller: threading.Thread | None = None
-        self._monitor: threading.Thread | None = None
-        self._checkers: dict[tuple[str, int], tuple[ConstraintChecker, LiveCounts] | None] = {}
-        self._checks = self.project.settings.monitoring.checks
+        self.monitoring = RequestMonitor(project, self.metrics)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,24 +103,10 @@ class ServingApp:
                 kwargs={"every_s": ladder.every_s, "stop": self._stopping.is_set,
                         "say": lambda t: log.warning("ladder: %s", t.describe())})
             self._controller.start()
-        monitors = [m for m in self.online if m in self.project.monitoring.monitors]
-        if monitors and self.project.settings.monitoring.runner == "serve":
-            self._monitor = threading.Thread(
-                target=self.project.monitoring.watch, name="closedloop-monitor", daemon=True,
-                kwargs={"holder": f"serve-{os.getpid()}", "stop": self._stopping.is_set,
-                        "say": self._monitored, "models": monitors})
-            self._monitor.start()
+        self.monitoring.start(list(self.online), self._stopping.is_set)
         self.ready = True
         gc.collect()
         gc.freeze()        # start-up objects leave the collector's generations: a flatter tail
-
-    def _monitored(self, report: MonitorReport) -> None:
-        self.metrics.monitored(report)
-        for f in report.firing:
-            log.warning("monitor: %s: alert %r on %s", report.model, f.alert.name, f.subject)
-        for a in report.actions:
-            log.warning("monitor: %s: %s %s (%s)", report.model, a.playbook, a.status,
-                        a.outcome or "waiting for approval")
 
     def _dropped(self, model: str, predictions: int) -> None:
         self.metrics.shadow_dropped.labels(model).inc(predictions)
@@ -135,9 +116,9 @@ class ServingApp:
         counted), let the shadow in progress finish, log the last usage, close the
         project."""
         self._stopping.set()
-        for thread in (self._controller, self._monitor):
-            if thread is not None:
-                thread.join(timeout=30)
+        if self._controller is not None:
+            self._controller.join(timeout=30)
+        self.monitoring.join()
         self.project.serving.shadow.close()
         self.record_usage()
         self.project.close()
@@ -226,10 +207,7 @@ class ServingApp:
                         {"ready": ready, "log": "ok" if logged else "failing",
                          "models": {n: m.aliases for n, m in self.online.items()}})
         elif path == "/metrics":
-            for (model, version), pair in list(self._checkers.items()):
-                drift = None if pair is None else pair[1].drift()
-                if drift is not None:
-                    self.metrics.live(model, version, drift)
+            self.monitoring.export()
             body, ctype = self.metrics.render()
             await _raw(send, 200, body, [(b"content-type", ctype.encode())])
         elif path == "/openapi.json":
@@ -298,14 +276,7 @@ class ServingApp:
             if stage != "request":
                 stages[stage].observe(ms / 1e3)
         request.observe(time.perf_counter() - start)
-        for record in served.records[first:last] if self._checks else ():   # constraints
-            if record.features is not None:                  # and drift counts
-                found = self._checker(name, record.version)
-                if found is not None:
-                    checker, live = found
-                    for violated in checker.check(record.features, record.score):
-                        m.violated(name, violated)
-                    live.observe(record.time, record.features, record.score)
+        self.monitoring.observe(name, served.records[first:last])   # constraints, drift
         for p in mine:
             m.predictions.labels(name, p.route, p.decision).inc()
             if p.fallback:
@@ -315,134 +286,11 @@ class ServingApp:
                     m.missing.labels(name, feature, why).inc()
         self._made[name] = self._made.get(name, 0) + len(mine)
 
-    def _checker(self, name: str, version: int,
-                 ) -> tuple[ConstraintChecker, LiveCounts] | None:
-        """The constraints and the live drift counts of a version's reference (None: it has
-        none), made once."""
-        key = (name, version)
-        if key not in self._checkers:
-            try:
-                reference = self.project.monitoring.reference(name, version)
-                pinned = self.project.registry.version(name, version).manifest["definitions"]
-                keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
-                monitor = self.project.monitoring.monitors.get(name)
-                window = monitor.window_micros if monitor is not None else 3_600_000_000
-                self._checkers[key] = (ConstraintChecker(reference, keys),
-                                       LiveCounts(reference, keys, window_micros=window))
-            except ClosedLoopError as exc:              # trained before references
-                log.warning("no constraints for %s v%s: %s", name, version, exc)
-                self._checkers[key] = None
-        return self._checkers[key]
-
-    def _batcher(self, name: str) -> _Batcher:
+    def _batcher(self, name: str) -> Batcher:
         found = self._batchers.get(name)
         if found is None:
-            found = self._batchers[name] = _Batcher(self, name)
+            found = self._batchers[name] = Batcher(self, name)
         return found
-
-#: The most instances served as one merged batch.
-MERGE_INSTANCES = 256
-
-
-@dataclass
-class _Queued:
-    model: OnlineModel
-    rows: list[dict[str, Any]]
-    done: asyncio.Future[tuple[Served, int, int]]
-    arrived: float                         # time.perf_counter() when the request came in
-
-
-class _Batcher:
-    """Serves one model's queued requests together — only those already waiting, never
-    holding one back for others to come: the first request of a quiet moment is served
-    alone at once; requests that arrive while a batch is being served (its online fetch in
-    flight, its log write being committed) wait for it, then go as the next batch, up to
-    ``MERGE_INSTANCES`` instances. A batch is one online fetch, one predict per version,
-    one prediction-log append and one shadow job. Each request gets its own slice; routes
-    are per instance, so merging changes no score, route or decision. If a merged batch
-    fails on one request's input, each of its requests is served again alone, so the bad
-    one gets its own error and the rest their predictions."""
-
-    def __init__(self, app: ServingApp, name: str) -> None:
-        self.app = app
-        self.name = name
-        self.queue: list[_Queued] = []
-        self.running = False
-
-    def submit(self, model: OnlineModel, rows: list[dict[str, Any]],
-               arrived: float | None = None,
-               ) -> asyncio.Future[tuple[Served, int, int]]:
-        """Queue a checked request that came in at ``arrived`` (``time.perf_counter()``;
-        default: now); its future gives the batch served and the request's slice of it."""
-        done: asyncio.Future[tuple[Served, int, int]] = asyncio.get_running_loop().create_future()
-        self.queue.append(_Queued(model, rows, done,
-                                  time.perf_counter() if arrived is None else arrived))
-        if not self.running:
-            self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        return done
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                head = self.queue[0].model         # a reload mid-queue: one version per batch
-                cap = min(MERGE_INSTANCES, head.predictor.serving.max_instances)
-                batch: list[_Queued] = []
-                rest: list[_Queued] = []
-                size = 0
-                for item in self.queue:
-                    if item.model is head and (not batch or size + len(item.rows) <= cap):
-                        batch.append(item)
-                        size += len(item.rows)
-                    else:
-                        rest.append(item)
-                self.queue = rest
-                await self._serve(head, batch)
-        finally:
-            self.running = False
-
-    async def _serve(self, model: OnlineModel, batch: list[_Queued]) -> None:
-        rows = batch[0].rows if len(batch) == 1 else [r for q in batch for r in q.rows]
-        began = time.perf_counter()
-        deadline = min(q.arrived for q in batch) + self.app.fetch_timeout_s
-        try:
-            served = await model.serve_async(
-                rows, checked=True, deadline=deadline,
-                before_log=lambda s: _timed(s, batch, began, time.perf_counter()))
-        except NotLogged as exc:               # predicted, but the log refused: all 503
-            for item in batch:
-                _fail(item.done, exc)
-            return
-        except Exception as exc:
-            if len(batch) > 1:
-                for item in batch:              # find the bad one: each request alone
-                    await self._serve(model, [item])
-                return
-            if not isinstance(exc, ClosedLoopError):    # a bug: a 500 for this one request
-                log.exception("serving a request of %s failed", self.name)
-            _fail(batch[0].done, exc)
-            return
-        at = 0
-        for item in batch:
-            if not item.done.done():            # a client that went away is skipped
-                item.done.set_result((served, at, at + len(item.rows)))
-            at += len(item.rows)
-
-
-def _timed(served: Served, batch: list[_Queued], began: float, handed: float) -> None:
-    """Each request's queue wait (arrival to its batch's start: reading the body, checking
-    it, waiting behind the batch ahead) and its whole time on the server up to the log
-    (arrival to the records handed to the prediction log), in its records' ``latency_ms``
-    beside the batch's stages."""
-    records = served.records
-    at = 0
-    for item in batch:
-        timing = {**served.latency_ms, "queue": (began - item.arrived) * 1e3,
-                  "request": (handed - item.arrived) * 1e3}
-        for i in range(at, at + len(item.rows)):
-            records[i] = replace(records[i], latency_ms=timing)
-        at += len(item.rows)
-
 
 def _split(model: OnlineModel) -> dict[str, Any] | None:
     """The running ladder's hold on a served model's traffic, as this worker applies it."""
@@ -450,11 +298,6 @@ def _split(model: OnlineModel) -> dict[str, Any] | None:
     if split is None:
         return None
     return {"candidate": split.candidate, "step": split.step, "share": split.share}
-
-
-def _fail(done: asyncio.Future[Any], exc: BaseException) -> None:
-    if not done.done():
-        done.set_exception(exc)
 
 
 _USAGE_EVERY_S = 5.0                  # how often the server logs its CPU use

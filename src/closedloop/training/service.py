@@ -50,11 +50,11 @@ from closedloop.errors import (
 )
 from closedloop.features.catalog import Catalog
 from closedloop.features.service import FeatureService
-from closedloop.monitoring.reference import Reference, fit_reference
 from closedloop.training import evaluation
 from closedloop.training.build import Built, build, label_source
 from closedloop.training.lineage import code_version, environment
 from closedloop.training.model import Model
+from closedloop.training.reference import fit_run_reference
 from closedloop.training.report import EvaluationReport
 
 Progress = Callable[[int, int, str], None]
@@ -235,7 +235,7 @@ class TrainingService:
             report = self._evaluate(model, built, scores, y_valid, valid_scores, baseline,
                                     fitted)
             step("store")
-            reference = _reference(model, run_id, built, scores)
+            reference = fit_run_reference(model, run_id, built, scores)
             blob = fitted.to_bytes()
             record.update(self._lineage(model, built, blob, when))
             record["metrics"] = report.headline()
@@ -454,24 +454,6 @@ class RunComparison:
         """Only the keys whose values differ, by section."""
         return {s: {k: v for k, v in rows.items() if v[0] != v[1]}
                 for s, rows in self.sections.items()}
-
-
-#: The names the reference gives the score and the label beside the features (no feature
-#: reference can take them: those are identifiers and dots).
-SCORE, LABEL = "(score)", "(label)"
-
-
-def _reference(model: Model, run_id: str, built: Built,
-               scores: np.ndarray[Any, Any]) -> Reference:
-    """What the monitor compares this version's traffic with: the test rows' features (as the
-    model reads them), its calibrated scores and their labels (by value)."""
-    table = built.features_of(2)
-    table = table.append_column(SCORE, pa.array(scores, pa.float64()))
-    labels = built.y[built.rows(2)]
-    binary = bool(np.isin(labels, (0, 1)).all())
-    table = table.append_column(LABEL, pa.array(labels.astype(np.int64) if binary else labels))
-    return fit_reference(table, model=model.name, run_id=run_id,
-                         categorical=[LABEL] if binary else [])
 
 
 def _fit(model: Model, built: Built) -> Any:
