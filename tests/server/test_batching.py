@@ -11,7 +11,8 @@ import pytest
 
 import closedloop as cl
 from closedloop.errors import RequestError
-from closedloop.server.app import MERGE_INSTANCES, ServingApp
+from closedloop.server.app import ServingApp
+from closedloop.server.batching import MERGE_INSTANCES
 
 
 def _instances(users: list[str], n: int, first: int = 0) -> list[list[dict[str, Any]]]:

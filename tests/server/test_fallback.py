@@ -109,7 +109,8 @@ def test_the_fetch_timeout_holds_from_each_requests_arrival(served: cl.Project,
     from its arrival, so the fallback answers it at once, and says why."""
     import asyncio
 
-    from closedloop.server.app import MERGE_INSTANCES, ServingApp
+    from closedloop.server.app import ServingApp
+    from closedloop.server.batching import MERGE_INSTANCES
 
     root = served.root
     config = root / "closedloop.toml"
