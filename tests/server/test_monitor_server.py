@@ -5,7 +5,6 @@ model back (the constraints checked on every request: tests/server/test_app.py).
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,19 +14,9 @@ import pytest
 import closedloop as cl
 from tests.monitoring.world import DAY0
 from tests.server.test_app import INSTANCE, Server, start_server, stop_server
+from tests.serving.test_stream import _wait_for
 
 AT = DAY0 + timedelta(days=5)
-
-
-def _until(check, what: str, limit_s: float = 120.0):  # type: ignore[no-untyped-def]
-    """Poll ``check`` until it returns something true (the condition, not a fixed wait)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 @pytest.fixture
@@ -52,7 +41,8 @@ def test_the_servers_monitor_falls_back_and_a_release_restores(
         status, body = monitored_server.predict([instance])
         assert status == 200, body
         return bool(body["predictions"][0]["fallback"])
-    _until(fallen_back, "the fallback playbook reaching the worker")
+    _wait_for(lambda: fallen_back() or None, "the fallback playbook reaching the worker",
+              120.0)
     (action,) = [a for a in monitored_server.project.monitoring.audit("fraud")
                  if a.playbook == "fallback"]
     assert action.status == "done"
@@ -66,4 +56,4 @@ def test_the_servers_monitor_falls_back_and_a_release_restores(
             '1.0') in text
     assert 'closedloop_drift_alert{column="amount_vs_usual",model="fraud",version="1"} 1.0' in text
     monitored_server.project.monitoring.release("fraud", action.id)
-    _until(lambda: not fallen_back(), "the release reaching the worker")
+    _wait_for(lambda: (not fallen_back()) or None, "the release reaching the worker", 120.0)

@@ -53,9 +53,7 @@ class ConstraintChecker:
                 if low <= value <= high:         # the common case: one comparison
                     continue
             except TypeError:                    # None, absent, or not a number
-                if value is _ABSENT or not (value is None or isinstance(value, str)):
-                    schema = True
-                elif value is None:
+                if value is None:
                     missing = True
                 else:
                     schema = True

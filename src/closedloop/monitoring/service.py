@@ -146,7 +146,7 @@ class MonitoringService:
         k, w = monitor.persistence
         size = monitor.window_micros
         bounds = tuple((now - (w - j) * size, now - (w - j - 1) * size) for j in range(w))
-        requests = [s for s in monitor.slices]
+        requests = list(monitor.slices)
         table = self.serving.predictions(model, at=at, shadows=False, requests=requests,
                                          columns=list(COLUMNS))
         times = pc.cast(table["time"], pa.int64())

@@ -14,7 +14,7 @@ Every alert names its playbook; an alert without one is refused. A playbook runs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -168,9 +168,5 @@ def monitors_from_module(module: ModuleType) -> dict[str, Monitor]:
                        fix="declare one Monitor per model")
 
 
-def by_name(alerts: Sequence[Alert]) -> Mapping[str, Alert]:
-    return {a.name: a for a in alerts}
-
-
 __all__ = ["SIGNALS", "Alert", "Fallback", "FreezeTraining", "Monitor", "Notify", "Playbook",
-           "Rollback", "by_name", "monitors_from_module"]
+           "Rollback", "monitors_from_module"]
