@@ -105,6 +105,8 @@ class LadderSettings(_Section):
 class MonitoringSettings(_Section):
     runner: Literal["serve", "separate", "off"] = "serve"   # where the monitors run
     checks: bool = True                     # constraints checked on every served prediction
+    publish_s: float = Field(default=10.0, gt=0)   # each worker's drift counts to the monitor store
+                                            # (checked every [serving] reload_s)
 
 
 class MetadataSettings(_Section):
@@ -182,6 +184,8 @@ every_s = 5.0                    # how often it measures each running ladder's e
 runner = "serve"                 # run each every Monitor.every inside `closedloop serve` and
                                  # `closedloop stream`; "separate": `closedloop monitor --watch`
 checks = true                    # every served prediction checked against its constraints
+                                 # and counted for drift; the counts published every
+# publish_s = 10.0               # seconds to the monitor store, where the monitors merge them
 
 [clock]                          # where "now" comes from (default: the wall clock)
 # at = "2025-06-01T00:00:00Z"    # serve, score, materialize... as of this instant (historical data)

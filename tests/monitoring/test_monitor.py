@@ -6,14 +6,11 @@ real; the audit shows alert, evidence, action and outcome."""
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 import pytest
-from tests.monitoring.world import DAY0, LATER
+from tests.monitoring.world import DAY0, LATER, webhook
 
 import closedloop as cl
 from closedloop.errors import MonitoringError
@@ -97,29 +94,11 @@ def test_an_approved_freeze_leaves_the_window_out_of_training(monitored: cl.Proj
 
 
 def test_notify_posts_the_alert_to_a_real_webhook(monitored: cl.Project) -> None:
-    got: list[dict[str, Any]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook() as (url, got):
         monitored.monitoring.monitors = {"fraud": cl.Monitor("fraud", window="1d", alerts=[
             cl.Alert("amount feed", on="drift", columns=["amount_vs_usual"],
                      playbook=cl.Notify(url))])}
         report = monitored.monitoring.run("fraud", at=DAY0 + 5 * DAY)
-    finally:
-        server.shutdown()
-        server.server_close()
     (action,) = report.actions
     assert action.status == "done"
     assert action.outcome == f"notified {url}: HTTP 204"

@@ -325,6 +325,18 @@ class MonitorStore(SwitchStore, Protocol):
         """Every action (of ``model``), oldest first."""
         ...
 
+    def put_window_states(self, model: str, version: int, worker: str,
+                          states: Mapping[int, dict[str, Any]], *, keep_since: int) -> None:
+        """Replace what ``worker`` counted of each window (by start, µs) of one version (a
+        JSON-able ``WindowState``), and drop the model's states of windows that start before
+        ``keep_since``."""
+        ...
+
+    def window_states(self, model: str, version: int,
+                      starts: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Every worker's state of each window of ``starts`` that has any, by start."""
+        ...
+
 
 #: One online write: (namespace, key, value); a value of None deletes the key.
 OnlineItem = tuple[str, str, bytes | None]

@@ -1,4 +1,5 @@
-"""``SQLMonitorStore``: the monitors' audit trail and switches, in the metadata database
+"""``SQLMonitorStore``: the monitors' audit trail, switches and the workers' window states
+(what each serving process counted per window, merged by the monitor), in the metadata database
 (SQLite by default, PostgreSQL for scale-out), beside the ladders.
 
 >>> from closedloop.backends.metadata import SQLMetadataStore
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +41,15 @@ actions_table = sa.Table(
     sa.Column("actor", sa.String(200), nullable=False),
     sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+states_table = sa.Table(
+    "cl_monitor_window_states", _meta,
+    sa.Column("model", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("start", sa.BigInteger, primary_key=True),
+    sa.Column("worker", sa.String(200), primary_key=True),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
 )
 switches_table = sa.Table(
     "cl_monitor_switches", _meta,
@@ -96,6 +107,34 @@ class SQLMonitorStore:
             query = query.where(actions_table.c.model == model)
         with self._db().connect() as con:
             return [_action(r) for r in con.execute(query).all()]
+
+    def put_window_states(self, model: str, version: int, worker: str,
+                          states: Mapping[int, dict[str, Any]], *, keep_since: int) -> None:
+        self._db()
+        t = states_table
+        now = datetime.now(UTC)
+        with self.metadata._write() as con:
+            con.execute(t.delete().where(t.c.model == model, t.c.start < keep_since))
+            if states:
+                con.execute(t.delete().where(t.c.model == model, t.c.version == version,
+                                             t.c.worker == worker,
+                                             t.c.start.in_([int(s) for s in states])))
+                con.execute(t.insert(), [
+                    {"model": model, "version": version, "start": int(start), "worker": worker,
+                     "state": json.dumps(state, separators=(",", ":")), "at": now}
+                    for start, state in states.items()])
+
+    def window_states(self, model: str, version: int,
+                      starts: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        t = states_table
+        with self._db().connect() as con:
+            rows = con.execute(sa.select(t.c.start, t.c.state).where(
+                t.c.model == model, t.c.version == version,
+                t.c.start.in_([int(s) for s in starts])).order_by(t.c.start, t.c.worker)).all()
+        out: dict[int, list[dict[str, Any]]] = {}
+        for row in rows:
+            out.setdefault(int(row.start), []).append(json.loads(row.state))
+        return out
 
     def switches(self, model: str) -> dict[str, dict[str, Any]]:
         with self._db().connect() as con:

@@ -105,6 +105,39 @@ class WindowCounts:
                    {k: ColumnCounts.from_dict(v) for k, v in data["columns"].items()})
 
 
+@dataclass
+class WindowState:
+    """What one process counted of one version's window: its counts overall and per slice
+    value (``"country=FR"``), the rows violating each constraint, and the latest prediction
+    time counted (µs). States of two workers merge by ``+``; ``to_dict`` is JSON."""
+
+    counts: WindowCounts
+    slices: dict[str, WindowCounts] = field(default_factory=dict)
+    constraints: dict[str, int] = field(default_factory=dict)
+    latest: int = 0
+
+    def __add__(self, other: WindowState) -> WindowState:
+        slices = dict(self.slices)
+        for name, part in other.slices.items():
+            slices[name] = slices[name] + part if name in slices else part
+        constraints = dict(self.constraints)
+        for name, n in other.constraints.items():
+            constraints[name] = constraints.get(name, 0) + n
+        return WindowState(self.counts + other.counts, slices, constraints,
+                           max(self.latest, other.latest))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"counts": self.counts.to_dict(), "constraints": self.constraints,
+                "latest": self.latest,
+                "slices": {k: v.to_dict() for k, v in self.slices.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> WindowState:
+        return cls(WindowCounts.from_dict(data["counts"]),
+                   {k: WindowCounts.from_dict(v) for k, v in data["slices"].items()},
+                   {k: int(v) for k, v in data["constraints"].items()}, int(data["latest"]))
+
+
 def empty(reference: Reference) -> WindowCounts:
     """A window with no rows yet."""
     return WindowCounts(reference.hash, 0, {
@@ -171,5 +204,5 @@ def count(reference: Reference, table: pa.Table) -> WindowCounts:
     return out
 
 
-__all__ = ["ColumnCounts", "WindowCounts", "count", "count_categorical", "count_numeric",
-           "empty"]
+__all__ = ["ColumnCounts", "WindowCounts", "WindowState", "count", "count_categorical",
+           "count_numeric", "empty"]

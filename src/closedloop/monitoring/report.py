@@ -32,6 +32,9 @@ def summary(report: MonitorReport) -> list[str]:
                      f"({last.fallback:,} by the fallback); drifting now: "
                      f"{', '.join(drifted) or 'none'}; in {k} of {w} windows: "
                      f"{', '.join(version.persisted) or 'none'}")
+        counted = [w.source for w in version.windows]
+        lines.append(f"  counted from: {counted.count('counts')} of {w} windows the serving "
+                     f"workers' counts, {counted.count('log')} the prediction log")
         worst = {n: c for n, c in last.constraints.counts.items() if c}
         lines.append("  constraints: " + (", ".join(
             f"{n} {c:,} ({last.constraints.share(n):.1%})" for n, c in worst.items())

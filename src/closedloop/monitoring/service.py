@@ -35,6 +35,7 @@ from closedloop.backends.base import ActionRecord, LadderStore, MonitorStore
 from closedloop.data.clock import Clock
 from closedloop.data.instants import parse_duration
 from closedloop.errors import ClosedLoopError, MonitoringError
+from closedloop.monitoring.counts import WindowState
 from closedloop.monitoring.reference import Reference
 from closedloop.monitoring.signals import (
     OutcomeLag,
@@ -98,11 +99,13 @@ class MonitoringService:
 
     def watch(self, *, holder: str, stop: Callable[[], bool] = lambda: False,
               say: Callable[[MonitorReport], None] | None = None,
-              models: Sequence[str] | None = None) -> None:
+              models: Sequence[str] | None = None,
+              before: Callable[[str], None] | None = None) -> None:
         """Run each declared monitor (of ``models``) every ``Monitor.every`` until ``stop()``,
         under a lease per model so one process at a time runs it (the server's workers and
-        stream scorers all call this; one of them acts). Each report goes to ``say``; a run
-        that fails is logged and tried again at its next turn."""
+        stream scorers all call this; one of them acts). ``before(model)`` is called before
+        each run (the server publishes its counts). Each report goes to ``say``; a run that
+        fails is logged and tried again at its next turn."""
         names = [m for m in (models or list(self.monitors)) if m in self.monitors]
         due = dict.fromkeys(names, 0.0)
         held: set[str] = set()
@@ -117,6 +120,8 @@ class MonitoringService:
                         continue
                     held.add(model)
                     try:
+                        if before is not None:
+                            before(model)
                         report = self.run(model, actor=f"monitor ({holder})")
                     except Exception:              # the next turn tries again
                         _log.exception("the monitor of %s failed", model)
@@ -143,9 +148,8 @@ class MonitoringService:
         """The monitor's report now (or ``at``), its firing alerts listed, nothing run."""
         monitor = self.monitor(model)
         now = self.clock.instant(at)
-        k, w = monitor.persistence
-        size = monitor.window_micros
-        bounds = tuple((now - (w - j) * size, now - (w - j - 1) * size) for j in range(w))
+        bounds = window_bounds(now, monitor)
+        k = monitor.persistence[0]
         requests = list(monitor.slices)
         table = self.serving.predictions(model, at=at, shadows=False, requests=requests,
                                          columns=list(COLUMNS))
@@ -166,9 +170,13 @@ class MonitoringService:
             rows = recent.filter(pc.equal(recent["version"], number))
             pinned = self.registry.version(model, int(number)).manifest["definitions"]
             keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
+            found = self.store.window_states(model, int(number), [b[0] for b in bounds])
+            states = {start: [WindowState.from_dict(d) for d in dicts
+                              if d.get("counts", {}).get("reference") == reference.hash]
+                      for start, dicts in found.items()}
             versions.append(version_signals(_renamed(rows, requests), reference,
                                             monitor.rule, bounds, k, int(number), keys,
-                                            requests))
+                                            requests, states))
         lag = outcome_lag(recent, now)
         cohort = table.filter(pc.and_(pc.greater_equal(
             times, now - parse_duration(monitor.cohort)), pc.less(times, now)))
@@ -307,6 +315,16 @@ class MonitoringService:
         return self.registry.reference(model, version)
 
 
+def window_bounds(now: int, monitor: Monitor) -> tuple[tuple[int, int], ...]:
+    """The monitor's last ``w`` windows at ``now`` (µs), [start, end) on the grid of its
+    window (a window starts at a multiple of its length), the last one the window ``now``
+    falls in, ending at ``now`` (an instant on the grid ends the window before it)."""
+    size, w = monitor.window_micros, monitor.persistence[1]
+    end = -(-now // size) * size
+    return tuple((end - (w - j) * size, min(end - (w - j - 1) * size, now))
+                 for j in range(w))
+
+
 def _open(action: ActionRecord, since: int) -> bool:
     """Whether an action still answers its alert: one waiting or running; a fallback or
     freeze until released; a notify or rollback taken within the report's windows (after
@@ -375,4 +393,4 @@ def _with_firing(report: MonitorReport) -> MonitorReport:
     return MonitorReport(**{**report.__dict__, "firing": tuple(firing)})
 
 
-__all__ = ["COLUMNS", "Firing", "MonitorReport", "MonitoringService"]
+__all__ = ["COLUMNS", "Firing", "MonitorReport", "MonitoringService", "window_bounds"]

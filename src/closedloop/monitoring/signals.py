@@ -20,7 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from closedloop.monitoring.constraints import CONSTRAINTS
-from closedloop.monitoring.counts import WindowCounts, count, count_categorical, count_numeric
+from closedloop.monitoring.counts import (
+    WindowCounts,
+    WindowState,
+    count,
+    count_categorical,
+    count_numeric,
+    empty,
+)
 from closedloop.monitoring.detect import DriftResult, DriftRule, compare, decide
 from closedloop.monitoring.reference import Reference, numeric_values
 from closedloop.training import evaluation
@@ -54,6 +61,7 @@ class WindowSignals:
     drift: DriftResult | None           # None: no row to compare
     constraints: Constraints
     slices: Mapping[str, DriftResult] = field(default_factory=dict)
+    source: str = "log"                 # counted from the log, or the workers' "counts"
 
     def drifted(self) -> tuple[str, ...]:
         """Every drifted column, ``slice:column`` for those in a slice."""
@@ -166,12 +174,8 @@ def constraint_counts(reference: Reference, table: pa.Table,
     return Constraints(n, {k: int(v.sum()) for k, v in hits.items()})
 
 
-def _counted(rows: pa.Table, reference: Reference,
-             keys: Mapping[str, str]) -> tuple[WindowCounts, pa.Table, int, dict[str, Any]]:
-    """Rows counted against the reference: features and score of the rows the model scored,
-    the label of those whose label is known."""
-    table, fallback, present = _window_table(rows, reference, keys)
-    counts = count(reference, table)
+def _label_counts(rows: pa.Table, reference: Reference, counts: WindowCounts) -> None:
+    """The label of the rows whose label is known, counted into ``counts``."""
     if LABEL in reference.columns and "label" in rows.column_names:
         labelled = rows.filter(pc.is_valid(rows["label"]))
         label = reference.columns[LABEL]
@@ -180,18 +184,59 @@ def _counted(rows: pa.Table, reference: Reference,
             counts.columns[LABEL] = count_categorical(label, values)
         elif labelled.num_rows:
             counts.columns[LABEL] = count_numeric(label, numeric_values(labelled["label"]))
+
+
+def _counted(rows: pa.Table, reference: Reference,
+             keys: Mapping[str, str]) -> tuple[WindowCounts, pa.Table, int, dict[str, Any]]:
+    """Rows counted against the reference: features and score of the rows the model scored,
+    the label of those whose label is known."""
+    table, fallback, present = _window_table(rows, reference, keys)
+    counts = count(reference, table)
+    _label_counts(rows, reference, counts)
     return counts, table, fallback, present
+
+
+def _fallback_rows(rows: pa.Table) -> int:
+    if "fallback" not in rows.column_names:
+        return 0
+    return int(np.count_nonzero(np.asarray(pc.fill_null(rows["fallback"], False))))
+
+
+def scored_rows(rows: pa.Table) -> int:
+    """How many of the logged rows the model scored (the fallback's carry no features)."""
+    return int(rows.num_rows) - _fallback_rows(rows)
+
+
+def _with_labels(counts: WindowCounts, rows: pa.Table, reference: Reference) -> WindowCounts:
+    """A worker-counted window's counts with its label counted from the log (labels come
+    after the prediction; no worker sees them)."""
+    out = WindowCounts(counts.reference, counts.rows, dict(counts.columns))
+    _label_counts(rows, reference, out)
+    return out
 
 
 def window_signals(rows: pa.Table, reference: Reference, rule: DriftRule, start: int,
                    end: int, keys: Mapping[str, str] | None = None,
-                   slices: Sequence[str] = ()) -> WindowSignals:
+                   slices: Sequence[str] = (), state: WindowState | None = None,
+                   ) -> WindowSignals:
     """One version's window of rows against its reference (``keys``: see ``_window_table``),
-    overall and per value of each ``slices`` column of ``rows``."""
-    counts, table, fallback, present = _counted(rows, reference, keys or {})
-    if not table.num_rows:
-        return WindowSignals(start, end, rows.num_rows, fallback, None,
-                             constraint_counts(reference, table, present))
+    overall and per value of each ``slices`` column of ``rows``. ``state``: the workers'
+    merged counts of exactly these rows (``source`` "counts"): the features, score and
+    constraints are taken from it and only the label is counted from ``rows``."""
+    if state is not None:
+        fallback = _fallback_rows(rows)
+        counts = _with_labels(state.counts, rows, reference)
+        constraints = Constraints(state.counts.rows, {
+            name: state.constraints.get(name, 0) for name in CONSTRAINTS})
+        scored = state.counts.rows
+    else:
+        counts, table, fallback, present = _counted(rows, reference, keys or {})
+        constraints = constraint_counts(reference, table, present)
+        scored = table.num_rows
+    source = "log" if state is None else "counts"
+    if not scored:
+        return WindowSignals(start, end, rows.num_rows, fallback, None, constraints,
+                             source=source)
     results = {"": compare(reference, counts, rule, verdicts=False)}
     for column in slices:
         if column not in rows.column_names:
@@ -199,8 +244,14 @@ def window_signals(rows: pa.Table, reference: Reference, rule: DriftRule, start:
         values = pc.cast(rows[column], pa.string()).fill_null("(null)")
         for value in pc.unique(values).to_pylist():
             part = rows.filter(pc.equal(values, value))
-            results[f"{column}={value}"] = compare(
-                reference, _counted(part, reference, keys or {})[0], rule, verdicts=False)
+            if state is not None:
+                found = state.slices.get(f"{column}={value}")   # None: only the fallback's
+                part_counts = _with_labels(empty(reference) if found is None else found,
+                                           part, reference)
+            else:
+                part_counts = _counted(part, reference, keys or {})[0]
+            results[f"{column}={value}"] = compare(reference, part_counts, rule,
+                                                   verdicts=False)
     joined = {f"{name}|{col}": drift for name, result in results.items()
               for col, drift in result.columns.items()}
     decided = decide(joined, rule)                     # one Holm correction for them all
@@ -208,8 +259,33 @@ def window_signals(rows: pa.Table, reference: Reference, rule: DriftRule, start:
                                              for col in result.columns})
              for name, result in results.items()}
     overall = split.pop("")
-    return WindowSignals(start, end, rows.num_rows, fallback, overall,
-                         constraint_counts(reference, table, present), split)
+    return WindowSignals(start, end, rows.num_rows, fallback, overall, constraints, split,
+                         source)
+
+
+def usable_state(rows: pa.Table, found: Sequence[WindowState], end: int,
+                 slices: Sequence[str]) -> WindowState | None:
+    """The workers' states of one window merged, if they account for exactly its logged rows
+    the model scored (``rows``: the window's, of one version): every prediction counted
+    before ``end`` (the window's end, or the monitor's instant), as many as the log holds,
+    and a state for every slice value the log shows. Else None: the log is counted."""
+    if not found:
+        return None
+    state = found[0]
+    for other in found[1:]:
+        state = state + other
+    if state.latest >= end or state.counts.rows != scored_rows(rows):
+        return None
+    fallback = (pc.fill_null(rows["fallback"], False) if "fallback" in rows.column_names
+                else None)
+    scored = rows if fallback is None else rows.filter(pc.invert(fallback))
+    for column in slices:
+        if column not in scored.column_names:
+            continue
+        values = pc.cast(scored[column], pa.string()).fill_null("(null)")
+        if any(f"{column}={v}" not in state.slices for v in pc.unique(values).to_pylist()):
+            return None
+    return state
 
 
 def persisted(windows: Sequence[WindowSignals], k: int) -> tuple[str, ...]:
@@ -297,16 +373,21 @@ def slice_signals(rows: pa.Table, slices: Sequence[str], min_size: int,
 def version_signals(rows: pa.Table, reference: Reference, rule: DriftRule,
                     bounds: Sequence[tuple[int, int]], k: int, version: int,
                     keys: Mapping[str, str] | None = None,
-                    slices: Sequence[str] = ()) -> VersionSignals:
+                    slices: Sequence[str] = (),
+                    states: Mapping[int, Sequence[WindowState]] | None = None,
+                    ) -> VersionSignals:
+    """Each window of ``bounds`` ([start, end) µs); ``states``: the workers' states by window
+    start (see ``usable_state``)."""
     times = pc.cast(rows["time"], pa.int64())
     windows = []
     for start, end in bounds:
-        inside = pc.and_(pc.greater_equal(times, start), pc.less(times, end))
-        windows.append(window_signals(rows.filter(inside), reference, rule, start, end, keys,
-                                      slices))
+        inside = rows.filter(pc.and_(pc.greater_equal(times, start), pc.less(times, end)))
+        state = usable_state(inside, (states or {}).get(start, ()), end, slices)
+        windows.append(window_signals(inside, reference, rule, start, end, keys, slices,
+                                      state))
     return VersionSignals(version, tuple(windows), persisted(windows, k))
 
 
 __all__ = ["DELAY_BOUNDS", "LABEL", "SCORE", "Constraints", "OutcomeLag", "SliceSignals",
            "VersionSignals", "WindowSignals", "constraint_counts", "outcome_lag", "persisted",
-           "slice_signals", "version_signals", "window_signals"]
+           "scored_rows", "slice_signals", "usable_state", "version_signals", "window_signals"]

@@ -136,12 +136,17 @@ class ServingApp:
     async def _reload_loop(self) -> None:
         serving = self.project.serving
         ticks = 0
+        published = time.monotonic()
+        every = self.project.settings.monitoring.publish_s
         while True:
             await asyncio.sleep(self.reload_s)
             ticks += 1
             if ticks * self.reload_s >= _USAGE_EVERY_S:
                 ticks = 0
                 await asyncio.to_thread(self.record_usage)
+            if time.monotonic() - published >= every:
+                published = time.monotonic()
+                await asyncio.to_thread(self.monitoring.publish)
             for name, current in list(self.online.items()):
                 try:
                     aliases, split = await asyncio.to_thread(serving.routing, name)

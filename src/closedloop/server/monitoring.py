@@ -1,13 +1,17 @@
 """The server's side of monitoring: every served prediction checked against its version's
 constraints and counted for drift (``RequestMonitor.observe``, on the request path, after the
-response), the monitors run in a thread of the server (``RequestMonitor.start``), and their
-figures on ``/metrics``."""
+response), the counts published to the monitor store for the monitors to merge
+(``RequestMonitor.publish``: every ``[monitoring] publish_s``, before each monitor run in
+this process, and at shutdown), the monitors run in a thread of the server
+(``RequestMonitor.start``), and their figures on ``/metrics``."""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,6 +37,9 @@ class RequestMonitor:
         self.checks = project.settings.monitoring.checks
         self._versions: dict[tuple[str, int], tuple[ConstraintChecker, LiveCounts] | None] = {}
         self._thread: threading.Thread | None = None
+        self._publishing = threading.Lock()
+        #: This process in the monitor store (unique per process lifetime).
+        self.worker = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
     def start(self, models: Sequence[str], stop: Callable[[], bool]) -> None:
         """Run the monitors of ``models`` that declare one, in a thread, until ``stop()``
@@ -43,12 +50,38 @@ class RequestMonitor:
         self._thread = threading.Thread(
             target=self.project.monitoring.watch, name="closedloop-monitor", daemon=True,
             kwargs={"holder": f"serve-{os.getpid()}", "stop": stop, "say": self._monitored,
-                    "models": watched})
+                    "models": watched, "before": self.publish})
         self._thread.start()
 
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.publish()
+
+    def publish(self, model: str | None = None) -> None:
+        """This process's window states (of ``model``; default: every model) into the monitor
+        store, replacing what it published before. A store that fails is logged; the
+        monitor then counts those windows from the log."""
+        with self._publishing:
+            for (name, version), pair in list(self._versions.items()):
+                if pair is None or (model is not None and name != model):
+                    continue
+                live = pair[1]
+                states = live.states()
+                if not states:
+                    continue
+                monitor = self.project.monitoring.monitors.get(name)
+                w = monitor.persistence[1] if monitor is not None else 3
+                keep_since = max(states) - (w + 1) * live.window_micros
+                try:
+                    self.project.monitoring.store.put_window_states(
+                        name, version, self.worker,
+                        {start: state.to_dict() for start, state in states.items()},
+                        keep_since=keep_since)
+                    live.published(states)
+                except ClosedLoopError as exc:
+                    log.warning("publishing the drift counts of %s v%s failed: %s", name,
+                                version, exc)
 
     def _monitored(self, report: MonitorReport) -> None:
         self.metrics.monitored(report)
@@ -68,9 +101,11 @@ class RequestMonitor:
             found = self._version(name, record.version)
             if found is not None:
                 checker, live = found
-                for violated in checker.check(record.features, record.score):
-                    self.metrics.violated(name, violated)
-                live.observe(record.time, record.features, record.score)
+                violated = checker.check(record.features, record.score)
+                for constraint in violated:
+                    self.metrics.violated(name, constraint)
+                live.observe(record.time, record.features, record.score, record.request,
+                             violated)
 
     def export(self) -> None:
         """Each version's live drift onto the metrics (before ``/metrics`` renders)."""
@@ -91,8 +126,10 @@ class RequestMonitor:
                 keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
                 monitor = self.project.monitoring.monitors.get(name)
                 window = monitor.window_micros if monitor is not None else DEFAULT_WINDOW
-                self._versions[key] = (ConstraintChecker(reference, keys),
-                                       LiveCounts(reference, keys, window_micros=window))
+                self._versions[key] = (ConstraintChecker(reference, keys), LiveCounts(
+                    reference, keys, window_micros=window,
+                    slices=monitor.slices if monitor is not None else (),
+                    keep=monitor.persistence[1] if monitor is not None else 3))
             except ClosedLoopError as exc:              # trained before references
                 log.warning("no constraints for %s v%s: %s", name, version, exc)
                 self._versions[key] = None

@@ -1,6 +1,7 @@
 """``check_monitor_store``: the checks every ``MonitorStore`` passes (``MONITOR_STORE_CHECKS``,
 each its own test id): actions numbered and read back whole, updated in place, kept per model;
-switches set, replaced and cleared, per model."""
+switches set, replaced and cleared, per model; window states kept per worker, replaced,
+dropped before a start."""
 
 from __future__ import annotations
 
@@ -69,10 +70,30 @@ def switches_set_replace_clear(store: Any, p: str) -> None:
         raise AssertionError("another model's switches moved")
 
 
+def window_states_per_worker(store: Any, p: str) -> None:
+    model, other = f"{p}m", f"{p}other"
+    store.put_window_states(model, 1, "w1", {100: {"rows": 1}, 200: {"rows": 2}}, keep_since=0)
+    store.put_window_states(model, 1, "w2", {200: {"rows": 5}}, keep_since=0)
+    store.put_window_states(model, 2, "w1", {200: {"rows": 7}}, keep_since=0)
+    store.put_window_states(other, 1, "w1", {100: {"rows": 9}}, keep_since=0)
+    store.put_window_states(model, 1, "w1", {200: {"rows": 3}}, keep_since=0)   # replaced
+    got = store.window_states(model, 1, [100, 200, 300])
+    if got != {100: [{"rows": 1}], 200: [{"rows": 3}, {"rows": 5}]}:
+        raise AssertionError(f"window states of version 1: {got}")
+    if store.window_states(model, 2, [200]) != {200: [{"rows": 7}]}:
+        raise AssertionError("another version's states moved")
+    store.put_window_states(model, 1, "w1", {}, keep_since=200)       # 100 is dropped
+    if store.window_states(model, 1, [100, 200]) != {200: [{"rows": 3}, {"rows": 5}]}:
+        raise AssertionError("states before keep_since were not dropped")
+    if store.window_states(other, 1, [100]) != {100: [{"rows": 9}]}:
+        raise AssertionError("dropping one model's old states dropped another's")
+
+
 MONITOR_STORE_CHECKS: dict[str, Callable[[Any, str], None]] = {
     "actions_round_trip": actions_round_trip,
     "actions_update_in_place": actions_update_in_place,
     "switches_set_replace_clear": switches_set_replace_clear,
+    "window_states_per_worker": window_states_per_worker,
 }
 
 
