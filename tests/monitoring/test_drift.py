@@ -263,34 +263,65 @@ values_or_gaps = st.one_of(st.floats(-50, 50), st.just(float("nan")), st.just(fl
                            st.none(), st.just("absent"))
 
 
+def _violated(record: dict[str, Any], score: float, reference: Any) -> set[str]:
+    """The constraints one record violates, written out one by one (the oracle)."""
+    hits = set()
+    for name in ("x", "y"):
+        if name not in record:
+            hits.add("schema_mismatch")
+            continue
+        value, ref = record[name], reference.columns[name]
+        if value is None or value != value:
+            hits.add("missing_input")
+        elif value in (float("inf"), float("-inf")):
+            hits.add("nonfinite_input")
+        elif not ref.low <= value <= ref.high:
+            hits.add("out_of_range")
+    if "c" not in record:
+        hits.add("schema_mismatch")
+    elif record["c"] is None:
+        hits.add("missing_input")
+    elif record["c"] not in reference.columns["c"].categories:
+        hits.add("unseen_category")
+    if not 0.0 <= score <= 1.0:
+        hits.add("score_out_of_range")
+    return hits
+
+
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(values_or_gaps, values_or_gaps, st.sampled_from(["a", "b", "z", None,
-                                                                           "absent"]),
-                          st.floats(-0.5, 1.5) | st.just(float("nan"))), max_size=30))
-def test_request_path_and_batch_constraints_agree(rows: list[Any]) -> None:
-    """The checker the server runs per prediction and the batch monitor's counts over the
-    same records give the same violations per constraint."""
-    from closedloop.monitoring.constraints import CONSTRAINTS, ConstraintChecker
-    from closedloop.monitoring.signals import constraint_counts
+@given(st.lists(st.tuples(st.integers(0, 7_200), values_or_gaps, values_or_gaps,
+                          st.sampled_from(["a", "b", "z", None, "absent"]),
+                          st.floats(-0.5, 1.5) | st.just(float("nan"))), max_size=30),
+       st.integers(1, 8))
+def test_request_path_constraints_are_each_records(rows: list[Any], batch: int) -> None:
+    """The constraints the server counts per window (buffered, checked as columns) are those
+    each record violates, one by one; and what each flush reports sums to them."""
+    from closedloop.monitoring.constraints import CONSTRAINTS
+    from closedloop.monitoring.live import LiveCounts
 
     rng = np.random.default_rng(4)
     reference = fit_reference(pa.table({"x": rng.uniform(-10, 10, 200),
                                         "y": rng.uniform(0, 5, 200),
                                         "c": rng.choice(["a", "b"], 200),
                                         "(score)": rng.uniform(0, 1, 200)}))
-    checker = ConstraintChecker(reference)
-    records = [{k: v for k, v in zip("xyc", r[:3], strict=True) if v != "absent"}
-               for r in rows]
-    want = dict.fromkeys(CONSTRAINTS, 0)
-    for record, r in zip(records, rows, strict=True):
-        for name in checker.check(record, r[3]):
-            want[name] += 1
-    table = pa.table({"x": pa.array([rec.get("x") for rec in records], pa.float64()),
-                      "y": pa.array([rec.get("y") for rec in records], pa.float64()),
-                      "c": pa.array([rec.get("c") for rec in records], pa.string()),
-                      "(score)": pa.array([r[3] for r in rows], pa.float64())})
-    present = {k: np.array([k in rec for rec in records], dtype=bool) for k in "xyc"}
-    assert constraint_counts(reference, table, present).counts == want
+    reported: dict[str, int] = {}
+
+    def heard(counts: Any) -> None:
+        for name, n in counts.items():
+            reported[name] = reported.get(name, 0) + n
+    hour = 3_600_000_000
+    live = LiveCounts(reference, window_micros=hour, batch=batch, on_violations=heard)
+    want: dict[int, dict[str, int]] = {}
+    for t, *values, score in rows:
+        record = {k: v for k, v in zip("xyc", values, strict=True) if v != "absent"}
+        live.observe(t * 1_000_000, record, score)
+        tally = want.setdefault(t * 1_000_000 - t * 1_000_000 % hour, {})
+        for name in _violated(record, score, reference):
+            tally[name] = tally.get(name, 0) + 1
+    states = live.states()
+    assert {start: state.constraints for start, state in states.items()} == want
+    totals = {name: sum(w.get(name, 0) for w in want.values()) for name in CONSTRAINTS}
+    assert {k: v for k, v in reported.items() if v} == {k: v for k, v in totals.items() if v}
 
 
 @settings(max_examples=60, deadline=None)

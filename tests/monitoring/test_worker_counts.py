@@ -94,9 +94,9 @@ def test_a_window_no_longer_kept_is_published_once_more(monitored: cl.Project) -
     worker.observe("fraud", records[:1])
     live = worker._versions[("fraud", 1)]
     assert live is not None
-    live[1].keep = 1
+    live.keep = 1
     worker.observe("fraud", records[1:])
     worker.publish()
     report = monitored.monitoring.check("fraud", at=AT)
     assert [w.source for w in report.versions[0].windows] == ["counts"] * 3
-    assert live[1].states().keys() == {max(live[1].states())}     # the others forgotten
+    assert live.states().keys() == {max(live.states())}     # the others forgotten

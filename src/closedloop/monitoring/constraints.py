@@ -1,79 +1,93 @@
-"""Constraints checked on every served prediction, from the version's reference: cheap
-enough for the request path (a few comparisons per feature, no allocation per record).
+"""Constraints counted on served predictions, from the version's reference — by the batch
+monitor over a window of the log, and on the request path over each buffer of served
+predictions (``closedloop.monitoring.live``): one function, ``constraint_counts``, over a
+table of the values as served.
 
-The constraints are those the batch monitor counts (``closedloop.monitoring.signals``):
-``missing_input`` (a feature null or NaN), ``nonfinite_input`` (±inf), ``out_of_range``
-(outside the reference's [min, max]), ``unseen_category``, ``score_out_of_range`` (outside
-[0, 1] or not finite) and ``schema_mismatch`` (the record lacks a feature the version reads).
+The constraints: ``missing_input`` (a feature null or NaN), ``nonfinite_input`` (±inf),
+``out_of_range`` (outside the reference's [min, max]), ``unseen_category``,
+``score_out_of_range`` (outside [0, 1] or not finite) and ``schema_mismatch`` (the record
+lacks a feature the version reads). Each is counted in rows: a row with two NaN features
+counts once for ``missing_input``.
 
->>> import pyarrow as pa
+>>> import numpy as np, pyarrow as pa
 >>> from closedloop.monitoring.reference import fit_reference
 >>> ref = fit_reference(pa.table({"x": [0.0, 10.0], "(score)": [0.1, 0.2]}))
->>> ConstraintChecker(ref).check({"x": 50.0}, 0.3)
-('out_of_range',)
->>> ConstraintChecker(ref).check({"x": float("nan")}, 1.5)
-('missing_input', 'score_out_of_range')
+>>> found = constraint_counts(ref, pa.table({"x": [50.0, np.nan, 5.0],
+...                                          "(score)": [0.3, 1.5, 0.5]}))
+>>> {k: v for k, v in found.counts.items() if v}
+{'missing_input': 1, 'out_of_range': 1, 'score_out_of_range': 1}
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from closedloop.monitoring.reference import Reference
 
-_ABSENT = object()
-
-#: Every constraint, in the order a check reports them.
+#: Every constraint, in the order a report lists them.
 CONSTRAINTS = ("missing_input", "nonfinite_input", "out_of_range", "unseen_category",
                "score_out_of_range", "schema_mismatch")
+SCORE = "(score)"
+LABEL = "(label)"
 
 
-class ConstraintChecker:
-    """Checks one version's served records (see module). ``keys``: each feature's key in
-    the served record (its pinned column) where it differs from the reference's name."""
+@dataclass(frozen=True)
+class Constraints:
+    """Violations counted per constraint in one window (rows, not values)."""
 
-    def __init__(self, reference: Reference, keys: Mapping[str, str] | None = None) -> None:
-        self.reference = reference
-        self.keys = dict(keys or {})
-        names = [n for n in reference.columns if not n.startswith("(")]
-        self._numeric = [(self.keys.get(n, n), reference.columns[n].low,
-                          reference.columns[n].high) for n in names
-                         if reference.columns[n].kind == "numeric"]
-        self._categorical = [(self.keys.get(n, n), frozenset(reference.columns[n].categories))
-                             for n in names if reference.columns[n].kind == "categorical"]
+    rows: int
+    counts: Mapping[str, int]
 
-    def check(self, features: Mapping[str, Any], score: float) -> tuple[str, ...]:
-        """The constraints one record violates (each named once)."""
-        missing = nonfinite = outside = unseen = schema = False
-        for key, low, high in self._numeric:
-            value = features.get(key, _ABSENT)
-            try:
-                if low <= value <= high:         # the common case: one comparison
+    def share(self, name: str) -> float:
+        return self.counts.get(name, 0) / self.rows if self.rows else 0.0
+
+
+def constraint_counts(reference: Reference, table: pa.Table,
+                      present: Mapping[str, Any] | None = None) -> Constraints:
+    """Rows of ``table`` (the reference's feature columns and ``(score)``, as served)
+    violating each constraint (see module). ``present``: per feature, which rows' records
+    hold its key (a record without it is a schema mismatch; with it and no value, a missing
+    input); default: every row holds every key the table has a column for."""
+    n = table.num_rows
+    hits: dict[str, np.ndarray[Any, Any]] = {k: np.zeros(n, dtype=bool) for k in CONSTRAINTS}
+    for name, ref in reference.columns.items():
+        if name == LABEL:
+            continue
+        if name not in table.column_names:
+            if name != SCORE:
+                hits["schema_mismatch"][:] = True
+            continue
+        held = (np.ones(n, dtype=bool) if present is None or name not in present
+                else np.asarray(present[name], dtype=bool))
+        if name != SCORE:
+            hits["schema_mismatch"] |= ~held
+        column = table[name]
+        if ref.kind == "numeric":
+            values = np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan)
+                                .to_numpy(zero_copy_only=False), dtype=np.float64)
+            nan, inf = np.isnan(values), np.isinf(values)
+            with np.errstate(invalid="ignore"):
+                if name == SCORE:
+                    hits["score_out_of_range"] |= nan | inf | (values < 0) | (values > 1)
                     continue
-            except TypeError:                    # None, absent, or not a number
-                if value is None:
-                    missing = True
-                else:
-                    schema = True
-                continue
-            if value != value:
-                missing = True
-            elif value in (math.inf, -math.inf):
-                nonfinite = True
-            else:
-                outside = True
-        for key, known in self._categorical:
-            if key not in features:
-                schema = True
-            elif features[key] is None:
-                missing = True
-            elif str(features[key]) not in known:
-                unseen = True
-        bad_score = not (0.0 <= score <= 1.0)        # NaN fails both comparisons
-        found = (missing, nonfinite, outside, unseen, bad_score, schema)
-        return tuple(name for name, hit in zip(CONSTRAINTS, found, strict=True) if hit)
+                hits["out_of_range"] |= held & ~inf & ((values < ref.low) | (values > ref.high))
+            hits["missing_input"] |= held & nan
+            hits["nonfinite_input"] |= held & inf
+        else:
+            strings = pc.cast(column, pa.string())
+            known = np.asarray(pc.fill_null(pc.is_in(strings, value_set=pa.array(
+                ref.categories, pa.string())), False))
+            null = np.asarray(pc.is_null(strings))
+            hits["missing_input"] |= held & null
+            hits["unseen_category"] |= held & ~null & ~known
+    return Constraints(n, {k: int(v.sum()) for k, v in hits.items()})
 
 
-__all__ = ["CONSTRAINTS", "ConstraintChecker"]
+
+__all__ = ["CONSTRAINTS", "Constraints", "constraint_counts"]

@@ -184,9 +184,11 @@ def count_categorical(column: ColumnReference,
     return ColumnCounts(counts, values.null_count)
 
 
-def count(reference: Reference, table: pa.Table) -> WindowCounts:
+def count(reference: Reference, table: pa.Table,
+          binners: Mapping[str, Binner] | None = None) -> WindowCounts:
     """``table``'s rows counted against ``reference``: every reference column the table
-    carries; the others are ``absent`` for these rows."""
+    carries; the others are ``absent`` for these rows. ``binners``: made already for the
+    numeric columns' edges (when counting many small tables)."""
     out = empty(reference)
     out.rows = table.num_rows
     for name, column in reference.columns.items():
@@ -198,7 +200,8 @@ def count(reference: Reference, table: pa.Table) -> WindowCounts:
             if not (is_numeric(data.type) or pa.types.is_null(data.type)):
                 raise MonitoringError(f"column {name!r} is {data.type} here and numeric in "
                                       "the reference", fix="log the feature with its type")
-            out.columns[name] = count_numeric(column, numeric_values(data))
+            out.columns[name] = count_numeric(column, numeric_values(data),
+                                              (binners or {}).get(name))
         else:
             out.columns[name] = count_categorical(column, data)
     return out

@@ -1,15 +1,20 @@
-"""Drift counts kept on the request path: each served prediction's features and score counted
-against its version's reference, per window and per slice value, with the constraints it
-violated, in the process that served it.
+"""Drift counts and constraints kept on the request path: each served prediction's features
+and score counted against its version's reference, per window and per slice value, and
+checked against its constraints, in the process that served it.
 
-``observe`` only appends the record to a buffer; every ``batch`` records the buffer is counted
-at once (numpy over columns, the same ``count_numeric`` / ``count_categorical`` the monitor
-uses), so a prediction costs a few microseconds. A window's state is a ``WindowState`` (its
-``WindowCounts`` overall and per slice value, the rows violating each constraint): two
-workers' merge by addition. ``drift()`` is the current window against the reference — what
-the server exports as ``closedloop_live_drift_psi`` (per worker) — and ``states()`` is every
-window kept, for the server to publish to the monitor store, where the monitor merges the
-workers' states instead of counting the log again.
+``observe`` only appends the prediction's values to a buffer (two ``itemgetter`` calls: about
+a microsecond); every ``batch`` predictions the full buffer is handed to the process's
+counting thread (off the event loop), where it becomes one table per window, which the batch
+monitor's own ``count`` and ``constraint_counts`` count and check (numpy over columns), so
+both paths agree by construction. ``flush`` (and ``states``, ``drift``) count whatever waits
+in the calling thread first, so what they return covers every prediction observed. A
+window's state is a ``WindowState`` (its ``WindowCounts`` overall and per slice value, the
+rows violating each constraint): two workers' merge by addition; ``on_violations`` hears
+each count's violations (the server's ``closedloop_constraint_violations_total``).
+``drift()`` is the current window against the
+reference — what the server exports as ``closedloop_live_drift_psi`` (per worker) — and
+``states()`` is every window kept, for the server to publish to the monitor store, where the
+monitor merges the workers' states instead of counting the log again.
 
 Windows are those of the grid (a window starts at a multiple of ``window_micros``). The
 latest ``keep`` windows are kept (3: the current one and two before it), an older one until
@@ -26,7 +31,7 @@ marks its window's slices unusable (``slices`` left empty, ``sliced`` False).
 >>> ref = fit_reference(pa.table({"x": [float(i) for i in range(100)], "(score)": [0.5] * 100}))
 >>> live = LiveCounts(ref, window_micros=3_600_000_000, batch=2, slices=["country"])
 >>> live.observe(10, {"x": 5.0}, 0.5, {"country": "FR"})
->>> live.observe(20, {"x": 500.0}, 0.5, {"country": "DE"}, ("out_of_range",))
+>>> live.observe(20, {"x": 500.0}, 0.5, {"country": "DE"})
 >>> state = live.states()[0]
 >>> state.counts.columns["x"].n, state.counts.columns["x"].out_of_range, state.constraints
 (2, 1, {'out_of_range': 1})
@@ -36,25 +41,38 @@ marks its window's slices unusable (``slices`` left empty, ``sliced`` False).
 
 from __future__ import annotations
 
+import logging
+import operator
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from closedloop.monitoring.cells import Binner
-from closedloop.monitoring.counts import (
-    WindowCounts,
-    WindowState,
-    count_categorical,
-    count_numeric,
-    empty,
-)
+from closedloop.monitoring.constraints import constraint_counts
+from closedloop.monitoring.counts import WindowCounts, WindowState, count
 from closedloop.monitoring.detect import DriftResult, DriftRule, compare
 from closedloop.monitoring.reference import Reference
 
 SCORE = "(score)"
+
+
+_log = logging.getLogger("closedloop.monitoring")
+_COUNTER: ThreadPoolExecutor | None = None
+_COUNTER_LOCK = threading.Lock()
+
+
+def _counter() -> ThreadPoolExecutor:
+    """The process's one counting thread (made on first use)."""
+    global _COUNTER
+    with _COUNTER_LOCK:
+        if _COUNTER is None:
+            _COUNTER = ThreadPoolExecutor(1, thread_name_prefix="closedloop-counts")
+        return _COUNTER
 
 
 #: A slice value the monitor could render otherwise (see module).
@@ -72,119 +90,179 @@ def slice_value(value: Any) -> str:
     return UNSLICEABLE
 
 
-def _number(value: Any) -> float:
-    """A served value as a number, NaN when it is none (a constraint counts it apart)."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
+def _getter(keys: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The values of ``keys`` out of a mapping, as a tuple (KeyError when one is absent)."""
+    if not keys:
+        return lambda features: ()
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda features: (features[key],)
+    return operator.itemgetter(*keys)
+
+
+#: A buffered prediction: time, numeric values, categorical values, score, slice values, and
+#: the features whose keys the record lacks (None: it has them all).
+_Row = tuple[int, tuple[Any, ...], tuple[Any, ...], float, tuple[str, ...],
+             frozenset[str] | None]
 
 
 class LiveCounts:
-    """One version's drift counts on the request path (see module). ``slices``: the request
-    fields its monitor cuts windows by; ``keep``: how many windows are kept."""
+    """One version's drift counts and constraint violations on the request path (see
+    module). ``slices``: the request fields its monitor cuts windows by; ``keep``: how many
+    windows are kept; ``on_violations``: called with each flush's rows per constraint."""
 
     def __init__(self, reference: Reference, keys: Mapping[str, str] | None = None, *,
-                 window_micros: int, batch: int = 512, slices: Sequence[str] = (),
-                 keep: int = 3) -> None:
+                 window_micros: int, batch: int = 2048, slices: Sequence[str] = (),
+                 keep: int = 3,
+                 on_violations: Callable[[Mapping[str, int]], None] | None = None) -> None:
         self.reference = reference
         self.keys = dict(keys or {})
         self.window_micros = window_micros
         self.batch = batch
         self.slices = tuple(slices)
+        self.keep = keep
+        self.on_violations = on_violations
         self._states: dict[int, WindowState] = {}
         self._sliced: dict[int, bool] = {}
         self._retired: dict[int, WindowState] = {}  # windows no longer kept, not yet published
-        self.keep = keep
         self._dropped: int | None = None            # the newest window start no longer kept
-        self._lock = threading.Lock()
-        self._buffer: list[tuple[int, list[Any], float, tuple[str, ...], tuple[str, ...]]] = []
-        self._names = [n for n in reference.columns if not n.startswith("(")]
+        self._lock = threading.Lock()               # the buffers
+        self._counting = threading.Lock()           # the states, and counting into them
+        self._buffer: list[_Row] = []
+        self._pending: deque[list[_Row]] = deque()  # full buffers, waiting to be counted
+        names = [n for n in reference.columns if not n.startswith("(")]
+        self._numeric = [n for n in names if reference.columns[n].kind == "numeric"]
+        self._categorical = [n for n in names if n not in self._numeric]
+        self._numbers = _getter([self.keys.get(n, n) for n in self._numeric])
+        self._labels = _getter([self.keys.get(n, n) for n in self._categorical])
         self._binners = {n: Binner(c.edges) for n, c in reference.columns.items()
                          if c.kind == "numeric" and c.edges}
-        self._numeric = [n for n in self._names if reference.columns[n].kind == "numeric"]
-        self._keys = [self.keys.get(n, n) for n in self._names]
-        self._numeric_at = [self._names.index(n) for n in self._numeric]
-        self._categorical = [(n, self._names.index(n)) for n in self._names
-                             if n not in self._numeric]
-        self._uncounted = [n for n in reference.columns if n.startswith("(") and n != SCORE]
 
     def observe(self, time: int, features: Mapping[str, Any], score: float,
-                request: Mapping[str, Any] | None = None,
-                violated: tuple[str, ...] = ()) -> None:
-        """One served prediction: its time (µs), features as served, score, the request (its
-        slice fields) and the constraints it violated. Only the values are kept, not the
-        record (nothing of the request outlives it)."""
-        sliced = tuple(slice_value((request or {}).get(f)) for f in self.slices)
+                request: Mapping[str, Any] | None = None) -> None:
+        """One served prediction: its time (µs), features as served, score and the request
+        (its slice fields). Only the values are kept, not the record (nothing of the request
+        outlives it); they are counted and checked at the next flush."""
+        sliced = (tuple(slice_value((request or {}).get(f)) for f in self.slices)
+                  if self.slices else ())
+        try:
+            row: _Row = (time, self._numbers(features), self._labels(features), score,
+                         sliced, None)
+        except KeyError:                              # a record without some feature
+            row = (time, tuple(features.get(self.keys.get(n, n)) for n in self._numeric),
+                   tuple(features.get(self.keys.get(n, n)) for n in self._categorical),
+                   score, sliced, frozenset(n for n in (*self._numeric, *self._categorical)
+                                            if self.keys.get(n, n) not in features))
         with self._lock:
-            self._buffer.append((time, [features.get(k) for k in self._keys], score, sliced,
-                                 violated))
-            if len(self._buffer) >= self.batch:
-                self._flush()
+            self._buffer.append(row)
+            if len(self._buffer) < self.batch:
+                return
+            self._pending.append(self._buffer)
+            self._buffer = []
+        _counter().submit(self._drain)              # counted off the caller's thread
 
     def flush(self) -> None:
-        """Count what the buffer holds."""
-        with self._lock:
-            self._flush()
+        """Count and check everything observed so far (in the calling thread)."""
+        with self._counting:
+            with self._lock:
+                if self._buffer:
+                    self._pending.append(self._buffer)
+                    self._buffer = []
+            self._count_pending()
 
-    def _flush(self) -> None:
-        buffer, self._buffer = self._buffer, []
-        if not buffer:
-            return
-        starts = np.asarray([r[0] for r in buffer], dtype=np.int64)
-        starts -= starts % self.window_micros
+    def _drain(self) -> None:
+        """The counting thread's turn: every full buffer waiting. A failure is logged; its
+        windows then fall short of the log, which the monitor counts instead."""
+        try:
+            with self._counting:
+                self._count_pending()
+        except Exception:
+            _log.exception("counting served predictions for drift failed")
+
+    def _count_pending(self) -> None:
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                buffer = self._pending.popleft()
+            self._count_buffer(buffer)
+
+    def _count_buffer(self, buffer: list[_Row]) -> None:
+        times = np.asarray([r[0] for r in buffer], dtype=np.int64)
+        starts = times - times % self.window_micros
+        violations: dict[str, int] = {}
         for start in (int(s) for s in np.unique(starts)):
             if self._dropped is not None and start <= self._dropped:   # no longer kept
                 continue
-            rows = [buffer[i] for i in np.flatnonzero(starts == start)]
-            constraints: dict[str, int] = {}
-            for row in rows:
-                for name in row[4]:
-                    constraints[name] = constraints.get(name, 0) + 1
-            state = WindowState(self._count(rows), {}, constraints, max(r[0] for r in rows))
+            inside = np.flatnonzero(starts == start)
+            rows = buffer if inside.size == len(buffer) else [buffer[i] for i in inside]
+            table, present = self._table(rows)
+            found = constraint_counts(self.reference, table, present).counts
+            for name, n in found.items():
+                violations[name] = violations.get(name, 0) + n
+            state = WindowState(count(self.reference, table, self._binners), {},
+                                {k: n for k, n in found.items() if n},
+                                int(times[inside].max()))
             sliced = self._sliced.get(start, True)
             for j, field in enumerate(self.slices):
-                values = [r[3][j] for r in rows]
+                values = [r[4][j] for r in rows]
                 if UNSLICEABLE in values:
                     sliced = False
                     break
                 for value in set(values):
-                    state.slices[f"{field}={value}"] = self._count(
-                        [r for r, v in zip(rows, values, strict=True) if v == value])
-            found = self._states.get(start)
-            self._states[start] = state if found is None else found + state
+                    mask = pa.array([v == value for v in values], pa.bool_())
+                    state.slices[f"{field}={value}"] = count(self.reference,
+                                                             table.filter(mask), self._binners)
+            before = self._states.get(start)
+            self._states[start] = state if before is None else before + state
             self._sliced[start] = sliced
         for old in sorted(self._states)[:-self.keep]:     # keep the latest ``keep``
             self._retired[old] = self._sliced_state(old)    # until it is published
             del self._states[old]
             del self._sliced[old]
             self._dropped = old if self._dropped is None else max(self._dropped, old)
+        if self.on_violations is not None and any(violations.values()):
+            self.on_violations(violations)
 
-    def _count(self, rows: list[Any]) -> WindowCounts:
-        """Rows of one window counted against the reference."""
-        counts = empty(self.reference)
-        counts.rows = len(rows)
-        numeric = self._numeric
-        if numeric:                               # one matrix: None (and absent) is NaN
-            at = self._numeric_at
-            try:
-                matrix = np.array([[r[1][j] for j in at] for r in rows], dtype=np.float64)
-            except (TypeError, ValueError):      # a value that is not a number: missing
-                matrix = np.array([[_number(r[1][j]) for j in at] for r in rows],
-                                  dtype=np.float64)
-            for j, name in enumerate(numeric):
-                counts.columns[name] = count_numeric(
-                    self.reference.columns[name], np.ascontiguousarray(matrix[:, j]),
-                    self._binners.get(name))
-        for name, j in self._categorical:
-            counts.columns[name] = count_categorical(self.reference.columns[name], pa.array(
-                [None if (v := r[1][j]) is None else str(v) for r in rows], pa.string()))
-        for name in self._uncounted:             # the label: it comes later, from the log
-            counts.columns[name].absent = len(rows)
-        if SCORE in self.reference.columns:
-            counts.columns[SCORE] = count_numeric(self.reference.columns[SCORE], np.asarray(
-                [r[2] for r in rows], dtype=np.float64), self._binners.get(SCORE))
-        return counts
+    def _table(self, rows: list[_Row]) -> tuple[pa.Table, dict[str, Any] | None]:
+        """One window's rows as the table the batch monitor counts (the reference's names,
+        NaN or null for no value), and which rows hold each feature's key (None: all)."""
+        n = len(rows)
+        _, numbers, labels, scores, _, absent = zip(*rows, strict=True)   # columns, in C
+        columns: dict[str, Any] = {}
+        present: dict[str, Any] | None = None
+        if absent.count(None) < n:
+            present = {name: np.array([a is None or name not in a for a in absent])
+                       for name in (*self._numeric, *self._categorical)}
+        if self._numeric:
+            try:                                  # one matrix: None is NaN
+                matrix = np.array(numbers, dtype=np.float64).reshape(n, -1)
+            except (TypeError, ValueError):      # a value that is not a number
+                matrix, present = self._numbers_apart(rows, present)
+            for j, name in enumerate(self._numeric):
+                columns[name] = pa.array(matrix[:, j])
+        for j, name in enumerate(self._categorical):
+            columns[name] = pa.array([None if (v := r[j]) is None else str(v)
+                                      for r in labels], pa.string())
+        columns[SCORE] = pa.array(np.array(scores, dtype=np.float64))
+        return pa.table(columns), present
+
+    def _numbers_apart(self, rows: list[_Row], present: dict[str, Any] | None,
+                       ) -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
+        """The numeric values one by one: one that is not a number is no value, and its
+        record does not hold the feature (a schema mismatch)."""
+        present = present or {name: np.ones(len(rows), dtype=bool)
+                              for name in (*self._numeric, *self._categorical)}
+        matrix = np.full((len(rows), len(self._numeric)), np.nan)
+        for i, r in enumerate(rows):
+            for j, value in enumerate(r[1]):
+                if value is None:
+                    continue
+                try:
+                    matrix[i, j] = float(value)
+                except (TypeError, ValueError):
+                    present[self._numeric[j]][i] = False
+        return matrix, present
 
     def _sliced_state(self, start: int) -> WindowState:
         state = self._states[start]
@@ -196,13 +274,13 @@ class LiveCounts:
         """Every window kept, and those no longer kept but not yet ``published``, by start
         (µs), as counted so far; a window whose slice values could not be rendered safely
         has no slices (see module)."""
-        with self._lock:
-            self._flush()
+        self.flush()
+        with self._counting:
             return {**self._retired, **{s: self._sliced_state(s) for s in self._states}}
 
     def published(self, starts: Iterable[int]) -> None:
         """These windows' states are in the store: those no longer kept are forgotten."""
-        with self._lock:
+        with self._counting:
             for start in starts:
                 self._retired.pop(start, None)
 

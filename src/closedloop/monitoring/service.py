@@ -41,6 +41,7 @@ from closedloop.monitoring.signals import (
     OutcomeLag,
     SliceSignals,
     VersionSignals,
+    counted_from_log,
     outcome_lag,
     slice_signals,
     version_signals,
@@ -151,13 +152,17 @@ class MonitoringService:
         bounds = window_bounds(now, monitor)
         k = monitor.persistence[0]
         requests = list(monitor.slices)
-        table = self.serving.predictions(model, at=at, shadows=False, requests=requests,
-                                         columns=list(COLUMNS))
-        times = pc.cast(table["time"], pa.int64())
-        recent = table.filter(pc.and_(pc.greater_equal(times, bounds[0][0]),
-                                      pc.less(times, now)))
+
+        def read(columns: Sequence[str]) -> tuple[pa.Table, pa.Array, pa.Table]:
+            table = self.serving.predictions(model, at=at, shadows=False, requests=requests,
+                                             columns=list(columns))
+            times = pc.cast(table["time"], pa.int64())
+            return table, times, table.filter(pc.and_(pc.greater_equal(times, bounds[0][0]),
+                                                      pc.less(times, now)))
+        # First without the features: the windows the workers counted need none of them.
+        table, times, recent = read([c for c in COLUMNS if c != "features"])
         problems: list[str] = []
-        versions = []
+        plans = []
         for number in sorted(set(pc.unique(recent["version"]).to_pylist()) - {None}):
             try:
                 reference = self.registry.reference(model, int(number))
@@ -167,16 +172,21 @@ class MonitoringService:
             if reference.model != model:
                 problems.append(f"version {number}: its reference is {reference.model!r}'s")
                 continue
-            rows = recent.filter(pc.equal(recent["version"], number))
             pinned = self.registry.version(model, int(number)).manifest["definitions"]
             keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
             found = self.store.window_states(model, int(number), [b[0] for b in bounds])
             states = {start: [WindowState.from_dict(d) for d in dicts
                               if d.get("counts", {}).get("reference") == reference.hash]
                       for start, dicts in found.items()}
-            versions.append(version_signals(_renamed(rows, requests), reference,
-                                            monitor.rule, bounds, k, int(number), keys,
-                                            requests, states))
+            plans.append((int(number), reference, keys, states))
+        if any(counted_from_log(_renamed(recent.filter(pc.equal(recent["version"], n)),
+                                         requests), states, bounds, requests)
+               for n, _, _, states in plans):
+            table, times, recent = read(COLUMNS)
+        versions = [version_signals(_renamed(recent.filter(pc.equal(recent["version"], n)),
+                                             requests), reference, monitor.rule, bounds, k,
+                                    n, keys, requests, states)
+                    for n, reference, keys, states in plans]
         lag = outcome_lag(recent, now)
         cohort = table.filter(pc.and_(pc.greater_equal(
             times, now - parse_duration(monitor.cohort)), pc.less(times, now)))

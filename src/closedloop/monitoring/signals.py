@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from closedloop.monitoring.constraints import CONSTRAINTS
+from closedloop.monitoring.constraints import CONSTRAINTS, Constraints, constraint_counts
 from closedloop.monitoring.counts import (
     WindowCounts,
     WindowState,
@@ -35,17 +35,6 @@ from closedloop.training.reference import LABEL, SCORE
 
 #: Label-delay histogram bounds, in seconds (the last bucket is open).
 DELAY_BOUNDS = (60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400)
-
-
-@dataclass(frozen=True)
-class Constraints:
-    """Violations counted per constraint in one window (rows, not values)."""
-
-    rows: int
-    counts: Mapping[str, int]
-
-    def share(self, name: str) -> float:
-        return self.counts.get(name, 0) / self.rows if self.rows else 0.0
 
 
 @dataclass(frozen=True)
@@ -131,47 +120,6 @@ def _window_table(rows: pa.Table, reference: Reference, keys: Mapping[str, str],
         columns[name] = pc.map_lookup(features, key, "first")
     columns[SCORE] = scored["score"]
     return pa.table(columns), rows.num_rows - scored.num_rows, present
-
-
-def constraint_counts(reference: Reference, table: pa.Table,
-                      present: Mapping[str, Any] | None = None) -> Constraints:
-    """Rows violating each constraint (``closedloop.monitoring.constraints``; a row with two
-    NaN features counts once per constraint). ``present``: per feature, which rows' records
-    hold its key (a record without it is a schema mismatch; with it and no value, a missing
-    input); default: every row holds every key the table has a column for."""
-    n = table.num_rows
-    hits: dict[str, np.ndarray[Any, Any]] = {k: np.zeros(n, dtype=bool) for k in CONSTRAINTS}
-    for name, ref in reference.columns.items():
-        if name == LABEL:
-            continue
-        if name not in table.column_names:
-            if name != SCORE:
-                hits["schema_mismatch"][:] = True
-            continue
-        held = (np.ones(n, dtype=bool) if present is None or name not in present
-                else np.asarray(present[name], dtype=bool))
-        if name != SCORE:
-            hits["schema_mismatch"] |= ~held
-        column = table[name]
-        if ref.kind == "numeric":
-            values = np.asarray(pc.fill_null(pc.cast(column, pa.float64()), np.nan)
-                                .to_numpy(zero_copy_only=False), dtype=np.float64)
-            nan, inf = np.isnan(values), np.isinf(values)
-            with np.errstate(invalid="ignore"):
-                if name == SCORE:
-                    hits["score_out_of_range"] |= nan | inf | (values < 0) | (values > 1)
-                    continue
-                hits["out_of_range"] |= held & ~inf & ((values < ref.low) | (values > ref.high))
-            hits["missing_input"] |= held & nan
-            hits["nonfinite_input"] |= held & inf
-        else:
-            strings = pc.cast(column, pa.string())
-            known = np.asarray(pc.fill_null(pc.is_in(strings, value_set=pa.array(
-                ref.categories, pa.string())), False))
-            null = np.asarray(pc.is_null(strings))
-            hits["missing_input"] |= held & null
-            hits["unseen_category"] |= held & ~null & ~known
-    return Constraints(n, {k: int(v.sum()) for k, v in hits.items()})
 
 
 def _label_counts(rows: pa.Table, reference: Reference, counts: WindowCounts) -> None:
@@ -370,6 +318,20 @@ def slice_signals(rows: pa.Table, slices: Sequence[str], min_size: int,
     return out
 
 
+def counted_from_log(rows: pa.Table, states: Mapping[int, Sequence[WindowState]],
+                     bounds: Sequence[tuple[int, int]], slices: Sequence[str]) -> bool:
+    """Whether some window of ``bounds`` holds rows the model scored that the workers'
+    ``states`` do not account for (``usable_state``): its features must be read from the
+    log."""
+    times = pc.cast(rows["time"], pa.int64())
+    for start, end in bounds:
+        inside = rows.filter(pc.and_(pc.greater_equal(times, start), pc.less(times, end)))
+        if scored_rows(inside) and usable_state(inside, states.get(start, ()), end,
+                                                slices) is None:
+            return True
+    return False
+
+
 def version_signals(rows: pa.Table, reference: Reference, rule: DriftRule,
                     bounds: Sequence[tuple[int, int]], k: int, version: int,
                     keys: Mapping[str, str] | None = None,
@@ -388,6 +350,22 @@ def version_signals(rows: pa.Table, reference: Reference, rule: DriftRule,
     return VersionSignals(version, tuple(windows), persisted(windows, k))
 
 
-__all__ = ["DELAY_BOUNDS", "LABEL", "SCORE", "Constraints", "OutcomeLag", "SliceSignals",
-           "VersionSignals", "WindowSignals", "constraint_counts", "outcome_lag", "persisted",
-           "scored_rows", "slice_signals", "usable_state", "version_signals", "window_signals"]
+__all__ = [
+    "DELAY_BOUNDS",
+    "LABEL",
+    "SCORE",
+    "Constraints",
+    "OutcomeLag",
+    "SliceSignals",
+    "VersionSignals",
+    "WindowSignals",
+    "constraint_counts",
+    "counted_from_log",
+    "outcome_lag",
+    "persisted",
+    "scored_rows",
+    "slice_signals",
+    "usable_state",
+    "version_signals",
+    "window_signals",
+]

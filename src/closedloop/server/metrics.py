@@ -90,12 +90,12 @@ class ServerMetrics:
         self._children: dict[str, tuple[dict[str, Any], Any]] = {}
         self._violations: dict[tuple[str, str], Any] = {}
 
-    def violated(self, model: str, constraint: str) -> None:
+    def violated(self, model: str, constraint: str, rows: int = 1) -> None:
         child = self._violations.get((model, constraint))
         if child is None:
             child = self._violations[(model, constraint)] = self.constraints.labels(
                 model, constraint)
-        child.inc()
+        child.inc(rows)
 
     def live(self, model: str, version: int, drift: Any) -> None:
         """Set the live drift gauges from a worker's request-path counts."""

@@ -1,9 +1,9 @@
-"""The server's side of monitoring: every served prediction checked against its version's
-constraints and counted for drift (``RequestMonitor.observe``, on the request path, after the
-response), the counts published to the monitor store for the monitors to merge
-(``RequestMonitor.publish``: every ``[monitoring] publish_s``, before each monitor run in
-this process, and at shutdown), the monitors run in a thread of the server
-(``RequestMonitor.start``), and their figures on ``/metrics``."""
+"""The server's side of monitoring: every served prediction counted for drift and checked
+against its version's constraints (``RequestMonitor.observe``, on the request path, after the
+response: its values buffered, counted every 2,048 in a thread), the counts published to the
+monitor store for the monitors to merge (``RequestMonitor.publish``: every ``[monitoring]
+publish_s``, before each monitor run in this process, and at shutdown), the monitors run
+in a thread of the server (``RequestMonitor.start``), and their figures on ``/metrics``."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from closedloop.errors import ClosedLoopError
-from closedloop.monitoring.constraints import ConstraintChecker
 from closedloop.monitoring.live import LiveCounts
 from closedloop.monitoring.service import MonitorReport
 from closedloop.project import Project
@@ -35,7 +34,7 @@ class RequestMonitor:
         self.project = project
         self.metrics = metrics
         self.checks = project.settings.monitoring.checks
-        self._versions: dict[tuple[str, int], tuple[ConstraintChecker, LiveCounts] | None] = {}
+        self._versions: dict[tuple[str, int], LiveCounts | None] = {}
         self._thread: threading.Thread | None = None
         self._publishing = threading.Lock()
         #: This process in the monitor store (unique per process lifetime).
@@ -63,10 +62,9 @@ class RequestMonitor:
         store, replacing what it published before. A store that fails is logged; the
         monitor then counts those windows from the log."""
         with self._publishing:
-            for (name, version), pair in list(self._versions.items()):
-                if pair is None or (model is not None and name != model):
+            for (name, version), live in list(self._versions.items()):
+                if live is None or (model is not None and name != model):
                     continue
-                live = pair[1]
                 states = live.states()
                 if not states:
                     continue
@@ -92,32 +90,27 @@ class RequestMonitor:
                         a.outcome or "waiting for approval")
 
     def observe(self, name: str, records: Sequence[Any]) -> None:
-        """Served records (those the model scored): constraints counted, drift counted."""
+        """Served records (those the model scored): counted for drift and checked against
+        their constraints (at each flush of their version's buffer)."""
         if not self.checks:
             return
         for record in records:
             if record.features is None:             # the fallback answered: no features
                 continue
-            found = self._version(name, record.version)
-            if found is not None:
-                checker, live = found
-                violated = checker.check(record.features, record.score)
-                for constraint in violated:
-                    self.metrics.violated(name, constraint)
-                live.observe(record.time, record.features, record.score, record.request,
-                             violated)
+            live = self._version(name, record.version)
+            if live is not None:
+                live.observe(record.time, record.features, record.score, record.request)
 
     def export(self) -> None:
-        """Each version's live drift onto the metrics (before ``/metrics`` renders)."""
-        for (model, version), pair in list(self._versions.items()):
-            drift = None if pair is None else pair[1].drift()
+        """Each version's live drift onto the metrics (before ``/metrics`` renders; the
+        buffers flushed, so the constraint counters are current)."""
+        for (model, version), live in list(self._versions.items()):
+            drift = None if live is None else live.drift()
             if drift is not None:
                 self.metrics.live(model, version, drift)
 
-    def _version(self, name: str, version: int,
-                 ) -> tuple[ConstraintChecker, LiveCounts] | None:
-        """The constraints and the live drift counts of a version's reference (None: it has
-        none), made once."""
+    def _version(self, name: str, version: int) -> LiveCounts | None:
+        """The live counts of a version's reference (None: it has none), made once."""
         key = (name, version)
         if key not in self._versions:
             try:
@@ -126,10 +119,16 @@ class RequestMonitor:
                 keys = {f["ref"]: f["column"] for f in pinned.get("features", [])}
                 monitor = self.project.monitoring.monitors.get(name)
                 window = monitor.window_micros if monitor is not None else DEFAULT_WINDOW
-                self._versions[key] = (ConstraintChecker(reference, keys), LiveCounts(
+
+                def violated(counts: Mapping[str, int]) -> None:
+                    for constraint, n in counts.items():
+                        if n:
+                            self.metrics.violated(name, constraint, n)
+                self._versions[key] = LiveCounts(
                     reference, keys, window_micros=window,
                     slices=monitor.slices if monitor is not None else (),
-                    keep=monitor.persistence[1] if monitor is not None else 3))
+                    keep=monitor.persistence[1] if monitor is not None else 3,
+                    on_violations=violated)
             except ClosedLoopError as exc:              # trained before references
                 log.warning("no constraints for %s v%s: %s", name, version, exc)
                 self._versions[key] = None
