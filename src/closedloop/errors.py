@@ -169,6 +169,13 @@ class MonitoringError(ClosedLoopError):
     code = "CL-900"
 
 
+class FeedbackError(ClosedLoopError):
+    """Logged feedback cannot be evaluated or learnt from as given: a propensity outside
+    (0, 1], an action outside the action set, an estimator that does not exist."""
+
+    code = "CL-1000"
+
+
 __all__ = [
     "ArtefactCorrupted",
     "BackendError",
@@ -178,6 +185,7 @@ __all__ = [
     "DataError",
     "DefinitionError",
     "ExperimentError",
+    "FeedbackError",
     "LadderMoved",
     "LeakageError",
     "MonitoringError",

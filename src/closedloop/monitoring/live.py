@@ -100,10 +100,32 @@ def _getter(keys: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...
     return operator.itemgetter(*keys)
 
 
-#: A buffered prediction: time, numeric values, categorical values, score, slice values, and
-#: the features whose keys the record lacks (None: it has them all).
-_Row = tuple[int, tuple[Any, ...], tuple[Any, ...], float, tuple[str, ...],
-             frozenset[str] | None]
+class _Buffer:
+    """Buffered predictions, column by column (nothing to transpose when they are counted):
+    times, numeric values, categorical values, scores, slice values, and by position the
+    features whose keys a record lacks."""
+
+    __slots__ = ("absent", "labels", "numbers", "scores", "sliced", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []
+        self.numbers: list[tuple[Any, ...]] = []
+        self.labels: list[tuple[Any, ...]] = []
+        self.scores: list[float] = []
+        self.sliced: list[tuple[str, ...]] = []
+        self.absent: dict[int, frozenset[str]] = {}
+
+    def take(self, at: Any) -> _Buffer:
+        """The rows at positions ``at``."""
+        out = _Buffer()
+        out.times = [self.times[i] for i in at]
+        out.numbers = [self.numbers[i] for i in at]
+        out.labels = [self.labels[i] for i in at]
+        out.scores = [self.scores[i] for i in at]
+        out.sliced = [self.sliced[i] for i in at]
+        where = {int(i): k for k, i in enumerate(at)}
+        out.absent = {where[i]: a for i, a in self.absent.items() if i in where}
+        return out
 
 
 class LiveCounts:
@@ -128,8 +150,8 @@ class LiveCounts:
         self._dropped: int | None = None            # the newest window start no longer kept
         self._lock = threading.Lock()               # the buffers
         self._counting = threading.Lock()           # the states, and counting into them
-        self._buffer: list[_Row] = []
-        self._pending: deque[list[_Row]] = deque()  # full buffers, waiting to be counted
+        self._buffer = _Buffer()
+        self._pending: deque[_Buffer] = deque()     # full buffers, waiting to be counted
         names = [n for n in reference.columns if not n.startswith("(")]
         self._numeric = [n for n in names if reference.columns[n].kind == "numeric"]
         self._categorical = [n for n in names if n not in self._numeric]
@@ -146,28 +168,34 @@ class LiveCounts:
         sliced = (tuple(slice_value((request or {}).get(f)) for f in self.slices)
                   if self.slices else ())
         try:
-            row: _Row = (time, self._numbers(features), self._labels(features), score,
-                         sliced, None)
+            numbers, labels, absent = self._numbers(features), self._labels(features), None
         except KeyError:                              # a record without some feature
-            row = (time, tuple(features.get(self.keys.get(n, n)) for n in self._numeric),
-                   tuple(features.get(self.keys.get(n, n)) for n in self._categorical),
-                   score, sliced, frozenset(n for n in (*self._numeric, *self._categorical)
-                                            if self.keys.get(n, n) not in features))
+            numbers = tuple(features.get(self.keys.get(n, n)) for n in self._numeric)
+            labels = tuple(features.get(self.keys.get(n, n)) for n in self._categorical)
+            absent = frozenset(n for n in (*self._numeric, *self._categorical)
+                               if self.keys.get(n, n) not in features)
         with self._lock:
-            self._buffer.append(row)
-            if len(self._buffer) < self.batch:
+            b = self._buffer
+            if absent is not None:
+                b.absent[len(b.times)] = absent
+            b.times.append(time)
+            b.numbers.append(numbers)
+            b.labels.append(labels)
+            b.scores.append(score)
+            b.sliced.append(sliced)
+            if len(b.times) < self.batch:
                 return
-            self._pending.append(self._buffer)
-            self._buffer = []
+            self._pending.append(b)
+            self._buffer = _Buffer()
         _counter().submit(self._drain)              # counted off the caller's thread
 
     def flush(self) -> None:
         """Count and check everything observed so far (in the calling thread)."""
         with self._counting:
             with self._lock:
-                if self._buffer:
+                if self._buffer.times:
                     self._pending.append(self._buffer)
-                    self._buffer = []
+                    self._buffer = _Buffer()
             self._count_pending()
 
     def _drain(self) -> None:
@@ -187,15 +215,15 @@ class LiveCounts:
                 buffer = self._pending.popleft()
             self._count_buffer(buffer)
 
-    def _count_buffer(self, buffer: list[_Row]) -> None:
-        times = np.asarray([r[0] for r in buffer], dtype=np.int64)
+    def _count_buffer(self, buffer: _Buffer) -> None:
+        times = np.asarray(buffer.times, dtype=np.int64)
         starts = times - times % self.window_micros
         violations: dict[str, int] = {}
         for start in (int(s) for s in np.unique(starts)):
             if self._dropped is not None and start <= self._dropped:   # no longer kept
                 continue
             inside = np.flatnonzero(starts == start)
-            rows = buffer if inside.size == len(buffer) else [buffer[i] for i in inside]
+            rows = buffer if inside.size == times.size else buffer.take(inside)
             table, present = self._table(rows)
             found = constraint_counts(self.reference, table, present).counts
             for name, n in found.items():
@@ -205,7 +233,7 @@ class LiveCounts:
                                 int(times[inside].max()))
             sliced = self._sliced.get(start, True)
             for j, field in enumerate(self.slices):
-                values = [r[4][j] for r in rows]
+                values = [r[j] for r in rows.sliced]
                 if UNSLICEABLE in values:
                     sliced = False
                     break
@@ -224,38 +252,41 @@ class LiveCounts:
         if self.on_violations is not None and any(violations.values()):
             self.on_violations(violations)
 
-    def _table(self, rows: list[_Row]) -> tuple[pa.Table, dict[str, Any] | None]:
+    def _table(self, rows: _Buffer) -> tuple[pa.Table, dict[str, Any] | None]:
         """One window's rows as the table the batch monitor counts (the reference's names,
         NaN or null for no value), and which rows hold each feature's key (None: all)."""
-        n = len(rows)
-        _, numbers, labels, scores, _, absent = zip(*rows, strict=True)   # columns, in C
+        n = len(rows.times)
         columns: dict[str, Any] = {}
         present: dict[str, Any] | None = None
-        if absent.count(None) < n:
-            present = {name: np.array([a is None or name not in a for a in absent])
+        if rows.absent:
+            present = {name: np.ones(n, dtype=bool)
                        for name in (*self._numeric, *self._categorical)}
+            for i, lacked in rows.absent.items():
+                for name in lacked:
+                    present[name][i] = False
         if self._numeric:
             try:                                  # one matrix: None is NaN
-                matrix = np.array(numbers, dtype=np.float64).reshape(n, -1)
+                matrix = np.array(rows.numbers, dtype=np.float64).reshape(n, -1)
             except (TypeError, ValueError):      # a value that is not a number
-                matrix, present = self._numbers_apart(rows, present)
+                matrix, present = self._numbers_apart(rows.numbers, present)
+            by_column = np.ascontiguousarray(matrix.T)  # pa.array of a strided column: slow
             for j, name in enumerate(self._numeric):
-                columns[name] = pa.array(matrix[:, j])
+                columns[name] = pa.array(by_column[j])
         for j, name in enumerate(self._categorical):
             columns[name] = pa.array([None if (v := r[j]) is None else str(v)
-                                      for r in labels], pa.string())
-        columns[SCORE] = pa.array(np.array(scores, dtype=np.float64))
+                                      for r in rows.labels], pa.string())
+        columns[SCORE] = pa.array(np.array(rows.scores, dtype=np.float64))
         return pa.table(columns), present
 
-    def _numbers_apart(self, rows: list[_Row], present: dict[str, Any] | None,
+    def _numbers_apart(self, numbers: list[tuple[Any, ...]], present: dict[str, Any] | None,
                        ) -> tuple[np.ndarray[Any, Any], dict[str, Any]]:
         """The numeric values one by one: one that is not a number is no value, and its
         record does not hold the feature (a schema mismatch)."""
-        present = present or {name: np.ones(len(rows), dtype=bool)
+        present = present or {name: np.ones(len(numbers), dtype=bool)
                               for name in (*self._numeric, *self._categorical)}
-        matrix = np.full((len(rows), len(self._numeric)), np.nan)
-        for i, r in enumerate(rows):
-            for j, value in enumerate(r[1]):
+        matrix = np.full((len(numbers), len(self._numeric)), np.nan)
+        for i, values in enumerate(numbers):
+            for j, value in enumerate(values):
                 if value is None:
                     continue
                 try:
