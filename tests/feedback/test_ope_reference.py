@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from closedloop.errors import FeedbackError
-from closedloop.feedback.ope import Logged, bootstrap_interval
+from closedloop.feedback.ope import Logged, bootstrap_interval, normal_interval
 from tests.shared_reference import require
 
 CASE = "ope/synthetic_case.json"
@@ -74,6 +74,10 @@ def test_estimates_weights_and_intervals_match_open_bandit_pipeline(
         stats = want["round_reward_stats"][name]
         assert rounds.mean() == pytest.approx(stats["round_mean"], abs=TOL)
         assert rounds.var() == pytest.approx(stats["round_var_ddof0"], abs=TOL)
+        normal = normal_interval(rounds, alpha=boot["alpha"])
+        assert normal.value == pytest.approx(stats["round_mean"], abs=TOL)
+        assert (normal.high - normal.low) / 2 / 1.959963984540054 == pytest.approx(
+            stats["stderr"], abs=TOL)
         mean, low, high = bootstrap_interval(rounds, resamples=boot["n_bootstrap_samples"],
                                              alpha=boot["alpha"], seed=boot["random_state"])
         assert (mean, low, high) == pytest.approx(
