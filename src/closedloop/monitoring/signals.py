@@ -104,9 +104,7 @@ def _window_table(rows: pa.Table, reference: Reference, keys: Mapping[str, str],
     scored: the fallback's carry no features), how many the fallback answered, and per
     feature which rows' records hold its key at all. ``keys``: each feature's key in the
     logged map (its pinned column, ``view@version.feature``)."""
-    fallback = (pc.fill_null(rows["fallback"], False) if "fallback" in rows.column_names
-                else pa.array(np.zeros(rows.num_rows, dtype=bool)))
-    scored = rows.filter(pc.invert(fallback))
+    scored = _scored(rows)
     columns: dict[str, Any] = {}
     present: dict[str, np.ndarray[Any, Any]] = {}
     features = scored["features"] if "features" in scored.column_names else None
@@ -144,15 +142,16 @@ def _counted(rows: pa.Table, reference: Reference,
     return counts, table, fallback, present
 
 
-def _fallback_rows(rows: pa.Table) -> int:
+def _scored(rows: pa.Table) -> pa.Table:
+    """The logged rows the model scored (the fallback's carry no features)."""
     if "fallback" not in rows.column_names:
-        return 0
-    return int(np.count_nonzero(np.asarray(pc.fill_null(rows["fallback"], False))))
+        return rows
+    return rows.filter(pc.invert(pc.fill_null(rows["fallback"], False)))
 
 
 def scored_rows(rows: pa.Table) -> int:
-    """How many of the logged rows the model scored (the fallback's carry no features)."""
-    return int(rows.num_rows) - _fallback_rows(rows)
+    """How many of the logged rows the model scored."""
+    return int(_scored(rows).num_rows)
 
 
 def _with_labels(counts: WindowCounts, rows: pa.Table, reference: Reference) -> WindowCounts:
@@ -172,7 +171,7 @@ def window_signals(rows: pa.Table, reference: Reference, rule: DriftRule, start:
     merged counts of exactly these rows (``source`` "counts"): the features, score and
     constraints are taken from it and only the label is counted from ``rows``."""
     if state is not None:
-        fallback = _fallback_rows(rows)
+        fallback = rows.num_rows - scored_rows(rows)
         counts = _with_labels(state.counts, rows, reference)
         constraints = Constraints(state.counts.rows, {
             name: state.constraints.get(name, 0) for name in CONSTRAINTS})
@@ -222,11 +221,9 @@ def usable_state(rows: pa.Table, found: Sequence[WindowState], end: int,
     state = found[0]
     for other in found[1:]:
         state = state + other
-    if state.latest >= end or state.counts.rows != scored_rows(rows):
+    scored = _scored(rows)
+    if state.latest >= end or state.counts.rows != scored.num_rows:
         return None
-    fallback = (pc.fill_null(rows["fallback"], False) if "fallback" in rows.column_names
-                else None)
-    scored = rows if fallback is None else rows.filter(pc.invert(fallback))
     for column in slices:
         if column not in scored.column_names:
             continue
